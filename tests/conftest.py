@@ -1,0 +1,24 @@
+"""Shared test setup: 8 simulated CPU devices unless the caller already chose XLA flags."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+  """Path to ../shared/data; skips the test when the folder is absent (CI on a bare clone)."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip("../shared/data not present")
+  return SHARED_DATA
