@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     stage, spec, overrides, print_config = parse_args(argv)
     from qgjax.config import build_config
+    from qgjax.parallel.distributed import maybe_initialize
     config = build_config(spec, overrides)
+    maybe_initialize()  # joins a multi-host run when a launcher set QGJAX_* variables
     if print_config:
       print(config)
     module = importlib.import_module(STAGES[stage][0])
