@@ -1,0 +1,225 @@
+"""Sharded resumable JSONL writer: crash windows, real SIGKILLs, checks on resume."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from qgjax.data import sharded_writer as sw
+from qgjax.data.sharded_writer import ShardedJsonlWriter, iter_sharded
+from qgjax.errors import ConfigError, InputError
+
+
+def _record(i: int) -> dict:
+  rng = random.Random(i)
+  return {"doc_id": f"d{i // 3}", "sample_idx": i % 3, "query": "q" * rng.randint(1, 3000),
+          "logprob": -rng.random()}
+
+
+def _records(n):
+  return [_record(i) for i in range(n)]
+
+
+def _write_all(out, n, shard_size=7, meta=None):
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=shard_size,
+                          meta=meta or {"n": n}) as w:
+    for rec in _records(n):
+      w.write(rec)
+    return w.finish()
+
+
+def test_clean_run_roundtrip(tmp_path):
+  summary = _write_all(tmp_path / "out", 50)
+  assert summary["records"] == 50 and summary["shards"] == 8  # 7 full shards + one of 1
+  assert list(iter_sharded(tmp_path / "out", verify=True, require_complete=True)) == _records(50)
+  manifest = sw.read_manifest(tmp_path / "out")
+  assert manifest["complete"] and [s["records"] for s in manifest["shards"]] == [7] * 7 + [1]
+
+
+def test_write_skips_done_keys_and_resume_reports_them(tmp_path):
+  out = tmp_path / "out"
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=4) as w:
+    for rec in _records(10):
+      assert w.write(rec)
+    assert not w.write(_record(3))  # duplicate key: skipped
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=4) as w:
+    assert w.num_records == 10 and ("d1", 0) in w.done_keys and not w.complete
+    for rec in _records(12):
+      w.write(rec)
+    assert w.num_written == 2 and w.num_skipped == 10
+    w.finish()
+  assert list(iter_sharded(out, require_complete=True)) == _records(12)
+
+
+def test_torn_tail_of_open_shard_is_cut(tmp_path):
+  out = tmp_path / "out"
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=5) as w:
+    for rec in _records(8):
+      w.write(rec)
+  tmp = out / "shard-00001.jsonl.tmp"
+  with open(tmp, "ab") as f:  # a record half-written when the process died
+    f.write(b'{"doc_id": "d2", "sample_idx": 2, "que')
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=5) as w:
+    assert w.num_records == 8 and ("d2", 2) not in w.done_keys
+    for rec in _records(11):
+      w.write(rec)
+    w.finish()
+  assert list(iter_sharded(out, verify=True)) == _records(11)
+
+
+def test_kill_between_rename_and_manifest_adopts_shard(tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  w = ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=4)
+  for rec in _records(4):
+    w.write(rec)
+  boom = RuntimeError("killed")
+
+  def die(*a, **k):
+    raise boom
+
+  monkeypatch.setattr(ShardedJsonlWriter, "_append_manifest_entry", die)
+  with pytest.raises(RuntimeError):
+    for rec in _records(8)[4:]:
+      w.write(rec)
+  w.close()
+  monkeypatch.undo()
+  assert (out / "shard-00001.jsonl").is_file() and len(sw.read_manifest(out)["shards"]) == 1
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=4) as w2:
+    assert w2.num_records == 8
+    for rec in _records(10):
+      w2.write(rec)
+    w2.finish()
+  assert list(iter_sharded(out, verify=True)) == _records(10)
+
+
+def test_kill_while_replacing_manifest_keeps_old_manifest(tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  w = ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3)
+  for rec in _records(3):
+    w.write(rec)
+  real_replace = os.replace
+
+  def replace(src, dst):
+    if str(dst).endswith(sw.MANIFEST):
+      raise RuntimeError("killed before the manifest rename")
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(sw.os, "replace", replace)
+  with pytest.raises(RuntimeError):
+    for rec in _records(6)[3:]:
+      w.write(rec)
+  w.close()
+  monkeypatch.undo()
+  assert (out / (sw.MANIFEST + ".tmp")).is_file()
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3) as w2:
+    for rec in _records(7):
+      w2.write(rec)
+    w2.finish()
+  assert list(iter_sharded(out, verify=True)) == _records(7)
+
+
+def test_committed_shards_are_never_rewritten(tmp_path):
+  out = tmp_path / "out"
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3) as w:
+    for rec in _records(7):
+      w.write(rec)
+  before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("shard-*.jsonl")}
+  assert len(before) == 2
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3) as w:
+    for rec in _records(20):
+      w.write(rec)
+    w.finish()
+  after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("shard-*.jsonl")}
+  assert all(after[name] == digest for name, digest in before.items())
+
+
+def test_resume_checks(tmp_path):
+  out = tmp_path / "out"
+  _write_all(out, 10, meta={"model": "a"})
+  with pytest.raises(ConfigError, match=r"different settings \(model: 'a' -> 'b'\)"):
+    ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "b"})
+  with pytest.raises(ConfigError, match="written with key"):
+    ShardedJsonlWriter(out, key="doc_id", meta={"model": "a"})
+  w = ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
+  with pytest.raises(InputError, match="another process is writing"):
+    ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
+  w.close()
+  shard = out / "shard-00000.jsonl"
+  shard.write_bytes(shard.read_bytes().replace(b'"d0"', b'"dX"'))
+  with pytest.raises(InputError, match="shard-00000.jsonl: committed shard does not match"):
+    ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
+  with pytest.raises(InputError, match="does not match its checksum"):
+    list(iter_sharded(out, verify=True))
+  with pytest.raises(InputError, match="no manifest"):
+    list(iter_sharded(tmp_path / "nothing"))
+
+
+def test_incomplete_output_is_refused_when_required(tmp_path):
+  out = tmp_path / "out"
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=2) as w:
+    for rec in _records(5):
+      w.write(rec)
+  assert [r["doc_id"] for r in iter_sharded(out)] == ["d0", "d0", "d0", "d1"]  # committed only
+  with pytest.raises(InputError, match="incomplete"):
+    list(iter_sharded(out, require_complete=True))
+
+
+PRODUCER = textwrap.dedent("""
+    import random, sys, time
+    sys.path.insert(0, {repo!r})
+    from qgjax.data.sharded_writer import ShardedJsonlWriter
+    out, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    def record(i):
+      rng = random.Random(i)
+      return {{"doc_id": f"d{{i // 3}}", "sample_idx": i % 3, "query": "q" * rng.randint(1, 3000),
+              "logprob": -rng.random()}}
+    with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=37, meta={{"n": n}}) as w:
+      for i in range(n):
+        if (f"d{{i // 3}}", i % 3) in w.done_keys:
+          continue
+        w.write(record(i))
+        time.sleep(pause)
+      w.finish()
+    print("done", w.num_written)
+""")
+
+
+def test_sigkill_at_random_moments_then_resume_equals_clean_run(tmp_path):
+  import pathlib
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  script = tmp_path / "producer.py"
+  script.write_text(PRODUCER.format(repo=repo))
+  n = 1500
+  out = tmp_path / "killed"
+  rng = random.Random(0)
+  kills = 0
+  for _ in range(8):
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(n), "0.002"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(rng.uniform(0.2, 0.7))
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills += 1
+    proc.wait()
+    if sw.is_complete(out):
+      break
+  assert kills >= 3, "the producer finished before it could be killed; make it slower"
+  assert not sw.is_complete(out)
+  final = subprocess.run([sys.executable, str(script), str(out), str(n), "0"], capture_output=True,
+                         text=True, timeout=120)
+  assert final.returncode == 0, final.stderr
+  clean = tmp_path / "clean"
+  subprocess.run([sys.executable, str(script), str(clean), str(n), "0"], check=True, timeout=120,
+                 capture_output=True)
+  got = list(iter_sharded(out, verify=True, require_complete=True))
+  want = list(iter_sharded(clean, verify=True, require_complete=True))
+  assert len(got) == n and got == want == _records(n)
+  assert "done" in final.stdout and int(final.stdout.split()[-1]) < n  # it resumed, not restarted
+  assert not list(out.glob("*.tmp"))
