@@ -284,7 +284,8 @@ class DecoderLM(nn.Module):
     self.embed_tokens = Embedding(c.vocab_size, c.hidden_size, dt, pdt)
     block = nn.remat(DecoderBlock, prevent_cse=not c.scan_layers) if c.remat else DecoderBlock
     if c.scan_layers:
-      self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+      # "lora": optional adapter collection (qgjax.models.lora.apply_unmerged), stacked like params.
+      self.layers = nn.scan(block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True},
                             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c)
     else:
