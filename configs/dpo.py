@@ -1,0 +1,79 @@
+"""DPO on the query generator (SmolLM2-135M-Instruct, LoRA) from preference pairs.
+
+  qgjax train --config configs/dpo.py:tiny
+  qgjax train --config configs/dpo.py --config.data.train=runs/nfcorpus/pairs/pairs.jsonl \
+      --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/dpo
+
+Pairs come from `qgjax pairs` (records: doc_id, chosen, rejected, rewards); documents are looked
+up in `data.corpus` and formatted with the same prompt as `qgjax generate`. The reference
+log-probs are precomputed once into <workdir>/pairs_with_ref.jsonl (dpo.reference=precomputed)
+or taken from the base model with adapters off (dpo.reference=adapters_off).
+Arguments: tiny (demo pairs, 8 steps, CPU-sized), loss=sigmoid|ipo, lora=true|false.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fields shared by the decoder-only alignment configs (sft, rsft, dpo, rsft_dpo)."""
+  from qgjax.train.demo import DEMO_BEIR
+
+  c = ml_collections.ConfigDict()
+  c.task = "dpo"
+  c.workdir = "runs/dpo"
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(
+      name="smollm2-135m-instruct", init="pretrained", dtype="auto", scan_layers=True, remat=False,
+      overrides={}))
+  c.train_mode = "lora" if arg.lora else "full"
+  c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj"))
+  c.data = ml_collections.ConfigDict(dict(
+      train="", corpus="", chat=True, prompt_template="", max_doc_tokens=256,
+      prompt_buckets=(128, 256, 384), completion_buckets=(32, 64), bucket_window=8, eval_fraction=0.05))
+  c.batch_size = 16
+  c.accum_steps = 1
+  c.num_steps = 0
+  c.num_epochs = 1.0
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=5e-4 if arg.lora else 5e-6, schedule="cosine", warmup_steps=10, end_lr_ratio=0.1,
+      weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, freeze=[]))
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.num_devices = 0
+  c.log_every = 10
+  c.eval_every = 50
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, best_metric="eval/loss", best_mode="min",
+                                                async_save=True))
+  c.export = ml_collections.ConfigDict(dict(enabled=True, dir=""))
+  if arg.tiny:
+    c.data.corpus = DEMO_BEIR
+    c.data.max_doc_tokens = 64
+    c.data.prompt_buckets = (128,)
+    c.data.completion_buckets = (24,)
+    c.data.eval_fraction = 0.2
+    c.batch_size = 4
+    c.num_steps = 8
+    c.log_every = 1
+    c.eval_every = 4
+    c.checkpoint.every = 4
+    c.optim.warmup_steps = 2
+    c.workdir = "runs/tiny"
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  from qgjax.train.demo import demo_path
+
+  a = parse_arg(arg, tiny=False, loss="sigmoid", lora=True)
+  c = base_config(a)
+  c.task = "dpo"
+  c.workdir = "runs/dpo" if not a.tiny else "runs/tiny/dpo"
+  c.dpo = ml_collections.ConfigDict(dict(
+      beta=0.1, label_smoothing=0.0, loss_type=a.loss, reference="precomputed", share_prompt=True,
+      sft_weight=0.0))
+  if a.tiny:
+    c.data.train = demo_path("pairs")
+  return c

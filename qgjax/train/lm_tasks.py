@@ -1,0 +1,245 @@
+"""SFT, RSFT, DPO and RSFT+DPO on a decoder-only generator: config -> TaskSetup -> `loop.fit`.
+
+  sft       masked token NLL of the query given the prompt (data: SFT records)
+  rsft      the same objective on best-of-n records (the `pairs` stage's RSFT output)
+  dpo       DPO / IPO on preference pairs
+  rsft_dpo  DPO + dpo.sft_weight * NLL of the chosen query (AQE's combined objective)
+
+DPO's reference log-probs (`config.dpo.reference`):
+  "precomputed"  one pass of the initial model over the pairs before training, stored with the
+                 pairs (`<workdir>/pairs_with_ref.jsonl`, fields ref_chosen / ref_rejected =
+                 summed log-probs); nothing of the reference stays in memory while training.
+                 Pairs that already carry ref_chosen / ref_rejected are used as they are.
+  "adapters_off" (LoRA only) the frozen base model without the adapters, run in the step.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qgjax.errors import ConfigError
+from qgjax.train import examples as ex
+from qgjax.train.data import Column, StepLoader
+from qgjax.train.generator import Generator, load_generator
+from qgjax.train.logprobs import completion_logprobs, pair_logprobs
+from qgjax.train.loop import TaskSetup, fit
+from qgjax.train.losses import dpo_loss, masked_nll, rsft_dpo_loss
+
+PAIR_SPEC = {"prompt": Column("prompt", "left"), "chosen": Column("completion", "right"),
+             "rejected": Column("completion", "right")}
+SFT_SPEC = {"prompt": Column("prompt", "left"), "completion": Column("completion", "right")}
+
+
+def _split_eval(doc_ids: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Deterministic split by document (a document's pairs all land on one side)."""
+  if fraction <= 0:
+    return np.arange(len(doc_ids)), np.zeros((0,), np.int64)
+  h = np.asarray([zlib.crc32(f"{seed}:{d}".encode()) / 2**32 for d in doc_ids])
+  is_eval = h < fraction
+  return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
+
+
+def _loader(columns: dict, spec: dict, config: Any, *, shuffle: bool, batch_size: int | None = None) -> StepLoader:
+  d = config.data
+  return StepLoader(columns, spec, batch_size=batch_size or int(config.batch_size),
+                    buckets={"prompt": tuple(d.prompt_buckets), "completion": tuple(d.completion_buckets)},
+                    pad_id=0, seed=int(config.get("seed", 0)), bucket_window=int(d.get("bucket_window", 8)),
+                    shuffle=shuffle, process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _builder(gen: Generator, config: Any) -> ex.PromptBuilder:
+  d = config.data
+  corpus = None
+  if d.get("corpus", ""):
+    from qgjax.data.beir import Corpus
+    path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
+    corpus = Corpus(path)
+  return ex.PromptBuilder(gen.tokenizer, template=d.get("prompt_template", "") or ex.DEFAULT_TEMPLATE,
+                          chat=bool(d.get("chat", True)), max_doc_tokens=int(d.get("max_doc_tokens", 256)),
+                          corpus=corpus)
+
+
+def _take(columns: dict, idx: np.ndarray) -> dict:
+  return {k: [v[i] for i in idx] for k, v in columns.items()}
+
+
+def _fingerprint(config: Any, gen: Generator) -> dict:
+  fp = {"task": config.task, "model": str(config.model.name), "train_mode": gen.mode,
+        "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
+        "train_file": os.path.abspath(config.data.train)}
+  if gen.mode == "lora":
+    fp["lora"] = {k: config.lora[k] for k in sorted(config.lora.keys())}
+  return fp
+
+
+# ------------------------------------------------------------------------------------------------
+# SFT / RSFT
+
+
+def sft_loss_fn(gen: Generator):
+  def loss_fn(params, frozen, batch):
+    lp = completion_logprobs(gen.fns(params, frozen), batch["prompt"], batch["prompt_mask"],
+                             batch["completion"], batch["completion_mask"])
+    mask = lp.mask * batch["weight"][:, None]
+    nll = masked_nll(lp.token, mask)
+    return nll, {"nll": nll, "tokens": jnp.sum(mask)}
+  return loss_fn
+
+
+def setup_sft(config: Any) -> TaskSetup:
+  gen = load_generator(config)
+  texts = ex.load_sft(config.data.train, _builder(gen, config))
+  train_idx, eval_idx = _split_eval(texts["doc_id"], float(config.data.get("eval_fraction", 0.0)),
+                                    int(config.get("seed", 0)))
+  cols = {"prompt": ex.tokenize_prompts(gen.tokenizer, texts["prompt"]),
+          "completion": ex.tokenize_completions(gen.tokenizer, texts["completion"])}
+  train = _loader(_take(cols, train_idx), SFT_SPEC, config, shuffle=True)
+  evals = _loader(_take(cols, eval_idx), SFT_SPEC, config, shuffle=False) if len(eval_idx) else None
+  return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen, sft_loss_fn(gen),
+                   train, evals, gen.export, _fingerprint(config, gen),
+                   {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
+                    "truncated": train.truncated})
+
+
+def run_sft(config: Any) -> dict:
+  return fit(setup_sft(config), config)
+
+
+run_rsft = run_sft
+
+
+# ------------------------------------------------------------------------------------------------
+# DPO / IPO / RSFT+DPO
+
+
+def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0):
+  reference = dpo.get("reference", "precomputed")
+  loss_type = dpo.get("loss_type", "sigmoid")
+  share = bool(dpo.get("share_prompt", True))
+  beta, ls = float(dpo.get("beta", 0.1)), float(dpo.get("label_smoothing", 0.0))
+
+  def loss_fn(params, frozen, batch):
+    args = (batch["prompt"], batch["prompt_mask"], batch["chosen"], batch["chosen_mask"], batch["rejected"],
+            batch["rejected_mask"])
+    c, r = pair_logprobs(gen.fns(params, frozen), *args, share_prompt=share)
+    if reference == "precomputed":
+      ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+    else:
+      rc, rr = pair_logprobs(gen.fns(params, frozen, adapters=False), *args, share_prompt=share)
+      ref_c, ref_r = jax.lax.stop_gradient(rc.total), jax.lax.stop_gradient(rr.total)
+    if loss_type == "ipo":  # IPO compares per-token mean log-probs
+      pi_c, pi_r = c.mean, r.mean
+      ref_c, ref_r = ref_c / jnp.maximum(c.count, 1.0), ref_r / jnp.maximum(r.count, 1.0)
+    else:
+      pi_c, pi_r = c.total, r.total
+    kw = dict(beta=beta, label_smoothing=ls, loss_type=loss_type, weights=batch["weight"])
+    if sft_weight > 0:
+      out = rsft_dpo_loss(pi_c, pi_r, ref_c, ref_r, c.token, c.mask, sft_weight=sft_weight, **kw)
+    else:
+      out = dpo_loss(pi_c, pi_r, ref_c, ref_r, **kw)
+    return out.loss, out.metrics
+  return loss_fn
+
+
+def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Summed log-probs of chosen / rejected under the initial model (adapters off), one pass in file order."""
+  from qgjax.parallel.mesh import mesh_from_config
+  from qgjax.parallel.sharding import activate, put_batch, put_on_mesh, rules_for, tree_shardings
+  from qgjax.data.progress import progress
+
+  mesh = mesh_from_config(config)
+  rules = rules_for(mesh, config.get("sharding_rules", None))
+  if gen.mode == "lora":
+    params, abstract = gen.frozen, gen.abstract_frozen
+    fns_of = lambda p: gen.fns({}, p, adapters=False)
+  else:
+    params, abstract = gen.trainable, gen.abstract_trainable
+    fns_of = lambda p: gen.fns(p, {})
+  params = put_on_mesh(params, tree_shardings(abstract, mesh, rules))
+  share = bool(config.dpo.get("share_prompt", True))
+  batch_size = int(config.get("reference_batch_size", 0) or config.batch_size)
+  loader = _loader(columns, PAIR_SPEC, config, shuffle=False, batch_size=batch_size)
+
+  @jax.jit
+  def ref_step(p, b):
+    c, r = pair_logprobs(fns_of(p), b["prompt"], b["prompt_mask"], b["chosen"], b["chosen_mask"], b["rejected"],
+                         b["rejected_mask"], share_prompt=share)
+    return c.total, r.total
+
+  out_c = np.zeros(loader.num_examples, np.float64)
+  out_r = np.zeros(loader.num_examples, np.float64)
+  from jax.experimental import multihost_utils
+  for s in progress(range(loader.steps_per_epoch), desc="reference log-probs", unit="batch"):
+    host = loader.batch(s)
+    with activate(mesh, rules):
+      c, r = ref_step(params, put_batch(host, mesh, rules))
+    if jax.process_count() > 1:
+      c, r = multihost_utils.process_allgather((c, r), tiled=True)
+    rows = loader.epoch_order(0)[s]
+    keep = (s * batch_size + np.arange(batch_size)) < loader.num_examples
+    out_c[rows[keep]] = np.asarray(c)[keep]
+    out_r[rows[keep]] = np.asarray(r)[keep]
+  return out_c, out_r
+
+
+def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
+  gen = load_generator(config)
+  dpo = config.dpo
+  reference = dpo.get("reference", "precomputed")
+  if reference not in ("precomputed", "adapters_off"):
+    raise ConfigError(f"dpo.reference={reference!r}; expected 'precomputed' or 'adapters_off'")
+  if reference == "adapters_off" and gen.mode != "lora":
+    raise ConfigError("dpo.reference='adapters_off' needs train_mode='lora' (the base model is the reference)")
+  src = config.data.train
+  stored = os.path.join(os.path.abspath(config.workdir), "pairs_with_ref.jsonl")
+  builder = _builder(gen, config)
+  texts = ex.load_pairs(src, builder)
+  cols = {"prompt": ex.tokenize_prompts(gen.tokenizer, texts["prompt"]),
+          "chosen": ex.tokenize_completions(gen.tokenizer, texts["chosen"]),
+          "rejected": ex.tokenize_completions(gen.tokenizer, texts["rejected"])}
+  info: dict = {}
+  if reference == "precomputed":
+    if "ref_chosen" in texts:
+      info["reference"] = f"stored in {src}"
+      cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
+    elif os.path.isfile(stored):
+      done = ex.load_pairs(stored, builder)
+      if len(done["prompt"]) != len(texts["prompt"]) or done["chosen"] != texts["chosen"]:
+        raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
+      info["reference"] = f"stored in {stored}"
+      cols["ref_chosen"], cols["ref_rejected"] = done["ref_chosen"], done["ref_rejected"]
+    else:
+      ref_c, ref_r = reference_logprobs(gen, cols, config)
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(stored), exist_ok=True)
+        ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
+      info["reference"] = f"computed into {stored}"
+      cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
+  else:
+    info["reference"] = "base model with adapters off"
+  train_idx, eval_idx = _split_eval(texts["doc_id"], float(config.data.get("eval_fraction", 0.0)),
+                                    int(config.get("seed", 0)))
+  train = _loader(_take(cols, train_idx), PAIR_SPEC, config, shuffle=True)
+  evals = _loader(_take(cols, eval_idx), PAIR_SPEC, config, shuffle=False) if len(eval_idx) else None
+  weight = float(dpo.get("sft_weight", 0.0)) if sft_weight is None else sft_weight
+  info.update(train_pairs=int(len(train_idx)), eval_pairs=int(len(eval_idx)), truncated=train.truncated)
+  fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys())})
+  return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen,
+                   dpo_loss_fn(gen, dpo, sft_weight=weight), train, evals, gen.export, fp, info)
+
+
+def run_dpo(config: Any) -> dict:
+  return fit(setup_dpo(config, sft_weight=0.0), config)
+
+
+def run_rsft_dpo(config: Any) -> dict:
+  weight = float(config.dpo.get("sft_weight", 1.0))
+  if weight <= 0:
+    raise ConfigError("task rsft_dpo needs dpo.sft_weight > 0 (the weight of the RSFT term)")
+  return fit(setup_dpo(config, sft_weight=weight), config)

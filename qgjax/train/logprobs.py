@@ -1,0 +1,195 @@
+"""Sequence log-probabilities of completions given prompts, for decoder-only and encoder-decoder LMs.
+
+Batch layout (what `qgjax.train.data` produces): prompts int32[B, Tp] LEFT-padded, completions
+int32[B, Tc] RIGHT-padded (ending in EOS), bool masks beside them. The completion then starts
+at the same column Tp for every row, so "the logits that predict the completion" are a static
+slice and only Tc (not Tp + Tc) rows of the vocabulary projection are computed.
+
+Decoder-only:
+  completion_logprobs(fns, prompt, pmask, completion, cmask)   one packed pass [prompt; completion]
+  pair_logprobs(fns, prompt, pmask, chosen, cmask_c, rejected, cmask_r, share_prompt=True)
+      DPO's chosen and rejected share the prompt: the prompt runs ONCE per pair, filling a KV
+      cache (gradients flow through it); both completions then run as one [2B, Tc] batch that
+      attends to the cached prompt. The first completion token is scored from the prompt
+      pass's last position. Cost: B*Tp + 2B*Tc token-passes instead of 2B*(Tp + Tc).
+      share_prompt=False packs [prompt; completion] for both (the reference for the test).
+Encoder-decoder:
+  encdec_completion_logprobs(fns, src, smask, completion, cmask)  encode, teacher-force
+  encdec_pair_logprobs(...)    encode the prompt once, decode chosen and rejected against it
+
+`fns` bind a model to its parameters inside the traced loss (see `DecoderFns`, `EncDecFns`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class SeqLogprobs(NamedTuple):
+  token: jax.Array   # f32[B, Tc] log p of each completion token (0 where masked)
+  mask: jax.Array    # f32[B, Tc]
+  total: jax.Array   # f32[B] sum over the completion
+  count: jax.Array   # f32[B] number of completion tokens
+
+  @property
+  def mean(self) -> jax.Array:
+    """f32[B] per-token mean (length-normalised) log-prob."""
+    return self.total / jnp.maximum(self.count, 1.0)
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """logits [B, T, V] (any float dtype), targets int[B, T] -> f32[B, T] log softmax at the target."""
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _seq(token_lp: jax.Array, mask: jax.Array) -> SeqLogprobs:
+  m = mask.astype(jnp.float32)
+  tok = token_lp * m
+  return SeqLogprobs(tok, m, jnp.sum(tok, axis=-1), jnp.sum(m, axis=-1))
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """bool[B, T] -> int32[B, T]: cumsum(mask) - 1, clipped at 0 (left padding gets position 0)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoder-only
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderFns:
+  """A decoder LM bound to its parameters.
+
+  forward(tokens, positions, kv_mask, cache=None, cache_index=0) -> (hidden [B, T, D], cache)
+      final-norm hidden states (logits are not needed here; XLA drops the unused ones)
+  logits(hidden [B, T, D]) -> f32[B, T, V]
+  init_cache(batch, max_len) -> an empty KV cache
+  repeat_cache(cache, n) -> the cache with every row repeated n times ([b0..bB, b0..bB, ...])
+  """
+  forward: Callable[..., tuple[jax.Array, Any]]
+  logits: Callable[[jax.Array], jax.Array]
+  init_cache: Callable[[int, int], Any]
+  repeat_cache: Callable[[Any, int], Any]
+
+
+def decoder_fns(module: Any, variables: Any) -> DecoderFns:
+  """DecoderFns for `qgjax.models.decoder.DecoderLM` and its variables ({"params": ...})."""
+  from qgjax.models import decoder as dec
+
+  def forward(tokens, positions, kv_mask, cache=None, cache_index=0):
+    _, new_cache, hidden = module.apply(variables, tokens, positions, kv_mask, cache, cache_index,
+                                        return_hidden=True)
+    return hidden, new_cache
+
+  def logits(hidden):
+    return module.apply(variables, hidden, method=dec.DecoderLM.logits)
+
+  def init_cache(batch, max_len):
+    return dec.init_cache(module.config, batch, max_len)
+
+  def repeat_cache(cache, n):
+    # KVCache.k / .v are [layers, batch, slots, kv_heads, head_dim].
+    return jax.tree.map(lambda x: jnp.concatenate([x] * n, axis=1), cache)
+
+  return DecoderFns(forward, logits, init_cache, repeat_cache)
+
+
+def completion_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, completion: jax.Array,
+                        completion_mask: jax.Array) -> SeqLogprobs:
+  """log p(completion | prompt) with one packed pass over [prompt; completion] ([B, Tp + Tc])."""
+  tp, tc = prompt.shape[1], completion.shape[1]
+  tokens = jnp.concatenate([prompt, completion], axis=1)
+  mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+  hidden, _ = fns.forward(tokens, positions_from_mask(mask), mask)
+  # Column t predicts token t+1: columns Tp-1 .. Tp+Tc-2 predict the completion.
+  logits = fns.logits(hidden[:, tp - 1: tp + tc - 1])
+  return _seq(token_logprobs(logits, completion), completion_mask)
+
+
+def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, chosen: jax.Array,
+                  chosen_mask: jax.Array, rejected: jax.Array, rejected_mask: jax.Array,
+                  share_prompt: bool = True) -> tuple[SeqLogprobs, SeqLogprobs]:
+  """(log p(chosen | prompt), log p(rejected | prompt)); the prompt runs once when share_prompt."""
+  b, tp = prompt.shape
+  tc = chosen.shape[1]
+  if chosen.shape != rejected.shape:
+    raise ValueError(f"chosen {chosen.shape} and rejected {rejected.shape} must be padded alike")
+  completions = jnp.concatenate([chosen, rejected], axis=0)
+  cmask = jnp.concatenate([chosen_mask, rejected_mask], axis=0).astype(bool)
+  if not share_prompt:
+    both = completion_logprobs(fns, jnp.concatenate([prompt] * 2), jnp.concatenate([prompt_mask] * 2),
+                               completions, cmask)
+  else:
+    pmask = prompt_mask.astype(bool)
+    cache = fns.init_cache(b, tp + tc)
+    kv_prompt = jnp.concatenate([pmask, jnp.zeros((b, tc), bool)], axis=1)
+    hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask), kv_prompt, cache, 0)
+    first_logits = fns.logits(hidden_p[:, -1:])                             # predicts completion[:, 0]
+    cache = fns.repeat_cache(cache, 2)
+    n_prompt = jnp.sum(pmask, axis=1, dtype=jnp.int32)
+    positions = jnp.concatenate([n_prompt] * 2)[:, None] + jnp.arange(tc, dtype=jnp.int32)[None, :]
+    kv = jnp.concatenate([jnp.concatenate([pmask] * 2), cmask], axis=1)
+    hidden_c, _ = fns.forward(completions, positions, kv, cache, tp)
+    first = token_logprobs(jnp.concatenate([first_logits] * 2), completions[:, :1])
+    rest = token_logprobs(fns.logits(hidden_c[:, :-1]), completions[:, 1:])
+    both = _seq(jnp.concatenate([first, rest], axis=1), cmask)
+  split = lambda x: (x[:b], x[b:])
+  c, r = zip(*(split(x) for x in both))
+  return SeqLogprobs(*c), SeqLogprobs(*r)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder-decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecFns:
+  """An encoder-decoder LM bound to its parameters.
+
+  encode(src, src_mask) -> enc [B, S, D]
+  decode(enc, src_mask, dec_inputs, dec_mask) -> f32 logits [B, T, V] (teacher forcing)
+  decoder_start_id: first decoder input (T5: the pad id 0)
+  """
+  encode: Callable[[jax.Array, jax.Array], jax.Array]
+  decode: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+  decoder_start_id: int = 0
+
+
+def shift_right(targets: jax.Array, start_id: int) -> jax.Array:
+  """Decoder inputs for teacher forcing: [start, y_0, ..., y_{T-2}]."""
+  start = jnp.full(targets.shape[:1] + (1,), start_id, targets.dtype)
+  return jnp.concatenate([start, targets[:, :-1]], axis=1)
+
+
+def encdec_decode_logprobs(fns: EncDecFns, enc: jax.Array, src_mask: jax.Array, completion: jax.Array,
+                           completion_mask: jax.Array) -> SeqLogprobs:
+  """log p(completion | encoder states) by teacher forcing."""
+  dec_in = shift_right(completion, fns.decoder_start_id)
+  dec_mask = shift_right(completion_mask.astype(jnp.int32), 1).astype(bool)
+  logits = fns.decode(enc, src_mask, dec_in, dec_mask)
+  return _seq(token_logprobs(logits, completion), completion_mask)
+
+
+def encdec_completion_logprobs(fns: EncDecFns, src: jax.Array, src_mask: jax.Array, completion: jax.Array,
+                               completion_mask: jax.Array) -> SeqLogprobs:
+  """Encode the prompt, teacher-force the completion."""
+  return encdec_decode_logprobs(fns, fns.encode(src, src_mask), src_mask, completion, completion_mask)
+
+
+def encdec_pair_logprobs(fns: EncDecFns, src: jax.Array, src_mask: jax.Array, chosen: jax.Array,
+                         chosen_mask: jax.Array, rejected: jax.Array,
+                         rejected_mask: jax.Array) -> tuple[SeqLogprobs, SeqLogprobs]:
+  """The prompt is encoded once; chosen and rejected decode against the same encoder states."""
+  b = src.shape[0]
+  enc = fns.encode(src, src_mask)
+  both = encdec_decode_logprobs(fns, jnp.concatenate([enc] * 2), jnp.concatenate([src_mask] * 2),
+                                jnp.concatenate([chosen, rejected]), jnp.concatenate([chosen_mask, rejected_mask]))
+  c, r = zip(*((x[:b], x[b:]) for x in both))
+  return SeqLogprobs(*c), SeqLogprobs(*r)

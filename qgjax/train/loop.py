@@ -1,0 +1,160 @@
+"""The training loop shared by every task: sharded state, resume, steps, eval, checkpoints, export.
+
+A task builds a `TaskSetup` (what to train and on what); `fit(setup, config)` runs it:
+mesh and rules from config -> optimizer -> state created sharded -> restore the latest
+checkpoint in `config.workdir` (if any) -> `train_step` per global batch from `setup.train`
+(random access by step, so a resumed run sees the same batches) -> every `eval_every` steps
+the eval set's mean metrics -> async checkpoints (last k + best) -> export at the end.
+
+Per-step metrics go to `<workdir>/metrics.jsonl` (process 0): one JSON line per logged step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from qgjax.data.progress import progress
+from qgjax.parallel.distributed import is_main_process
+from qgjax.parallel.mesh import mesh_from_config
+from qgjax.parallel.sharding import batch_devices, put_batch, rules_for
+from qgjax.train.checkpoint import Checkpointer, write_json
+from qgjax.train.data import StepLoader
+from qgjax.train.optim import make_optimizer
+from qgjax.train.step import create_state, make_eval_step, make_train_step, state_shardings
+
+from qgjax.errors import ConfigError
+
+
+@dataclasses.dataclass
+class TaskSetup:
+  """What a task hands to `fit`."""
+  trainable: Any                 # host tree the optimizer updates
+  frozen: Any                    # host tree the loss reads ({} when none)
+  abstract_trainable: Any        # boxed abstract trees (logical axis names) of both
+  abstract_frozen: Any
+  loss_fn: Callable              # (params, frozen, batch) -> (loss, metrics)
+  train: StepLoader
+  eval: StepLoader | None = None
+  export: Callable | None = None  # (params, frozen, out_dir) -> out_dir
+  fingerprint: dict = dataclasses.field(default_factory=dict)
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+def total_steps(config: Any, loader: StepLoader) -> int:
+  steps = int(config.get("num_steps", 0) or 0)
+  if steps <= 0:
+    steps = int(round(float(config.get("num_epochs", 1)) * loader.steps_per_epoch))
+  return max(1, steps)
+
+
+def _host(metrics: dict) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def evaluate(eval_step, state, loader: StepLoader, mesh, rules) -> dict:
+  """Weighted mean of the eval metrics over one file-order pass of `loader`."""
+  sums: dict[str, float] = {}
+  total = 0.0
+  for s in range(loader.steps_per_epoch):
+    batch = loader.batch(s)
+    w = float(np.sum(batch["weight"]))
+    m = _host(eval_step(state, put_batch(batch, mesh, rules)))
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + v * w
+    total += w
+  return {f"eval/{k}": v / max(total, 1e-9) for k, v in sums.items()}
+
+
+def fit(setup: TaskSetup, config: Any) -> dict:
+  """Trains to `num_steps` (or `num_epochs`), resuming from `config.workdir`; returns a summary."""
+  workdir = os.path.abspath(config.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_from_config(config)
+  rules = rules_for(mesh, config.get("sharding_rules", None))
+  loader = setup.train
+  if loader.batch_size % batch_devices(mesh, rules):
+    raise ConfigError(f"batch_size {loader.batch_size} must divide by the {batch_devices(mesh, rules)} "
+                      f"devices the batch is split over (mesh {dict(mesh.shape)})")
+  accum = int(config.get("accum_steps", 1) or 1)
+  if loader.batch_size % (accum * batch_devices(mesh, rules)):
+    raise ConfigError(f"batch_size {loader.batch_size} must divide by accum_steps x batch devices "
+                      f"= {accum * batch_devices(mesh, rules)}")
+  steps = total_steps(config, loader)
+  tx, schedule = make_optimizer(config.optim, steps)
+  shardings = state_shardings(setup.abstract_trainable, setup.abstract_frozen, tx, mesh, rules)
+  state = create_state(setup.trainable, setup.frozen, shardings, tx, mesh, rules)
+
+  ck_cfg = config.get("checkpoint", None) or {}
+  fingerprint = dict(setup.fingerprint, num_steps=steps)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 3)),
+                      best_metric=ck_cfg.get("best_metric", None) if setup.eval is not None else None,
+                      best_mode=ck_cfg.get("best_mode", "min"), fingerprint=fingerprint,
+                      async_save=bool(ck_cfg.get("async_save", True)))
+  state = ckpt.restore_or(state, shardings)
+  start = int(jax.device_get(state.step))
+
+  example = loader.batch(0)
+  train_step = make_train_step(setup.loss_fn, tx, schedule, mesh=mesh, rules=rules, shardings=shardings,
+                               example_batch=example, accum_steps=accum)
+  eval_step = (make_eval_step(setup.loss_fn, mesh=mesh, rules=rules, shardings=shardings,
+                              example_batch=setup.eval.batch(0)) if setup.eval is not None else None)
+  log_every = max(1, int(config.get("log_every", 10)))
+  eval_every = int(config.get("eval_every", 0) or 0)
+  save_every = max(1, int(ck_cfg.get("every", 100)))
+  main = is_main_process()
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  log = open(metrics_path, "a") if main else None
+  history: list[dict] = []
+  last_eval: dict = {}
+  t0 = time.perf_counter()
+  bar = progress(total=steps, desc=f"train {config.get('task', '')}", unit="step", initial=start)
+  try:
+    for step in range(start, steps):
+      batch = put_batch(loader.batch(step), mesh, rules)
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      bar.update(1)
+      record = None
+      if done % log_every == 0 or done == steps or done == start + 1:
+        record = {"step": done, **_host(metrics)}
+      if eval_step is not None and eval_every and (done % eval_every == 0 or done == steps):
+        last_eval = evaluate(eval_step, state, setup.eval, mesh, rules)
+        record = {"step": done, **(record or _host(metrics)), **last_eval}
+      if record is not None:
+        elapsed = time.perf_counter() - t0
+        record["examples_per_s"] = (done - start) * loader.batch_size / max(elapsed, 1e-9)
+        history.append(record)
+        if log is not None:
+          log.write(json.dumps(record) + "\n")
+          log.flush()
+          bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "eval/loss") if k in record})
+      if done % save_every == 0 or done == steps:
+        ckpt.save(done, state, last_eval if (last_eval and record and "eval/loss" in record) else None,
+                  force=done == steps)
+  finally:
+    bar.close()
+    ckpt.wait()
+    if log is not None:
+      log.close()
+  elapsed = time.perf_counter() - t0
+  summary = {"task": config.get("task", ""), "workdir": workdir, "steps": steps, "resumed_from": start,
+             "mesh": dict(mesh.shape), "checkpoints": ckpt.all_steps(), "best_step": ckpt.best_step(),
+             "seconds": round(elapsed, 2),
+             "examples_per_s": round((steps - start) * loader.batch_size / max(elapsed, 1e-9), 3),
+             "final": history[-1] if history else {}, **setup.info}
+  if setup.export is not None and config.get("export", None) and config.export.get("enabled", True):
+    out = config.export.get("dir", "") or os.path.join(workdir, "export")
+    if steps > start or not os.path.isfile(os.path.join(out, "config.json")):
+      # Every process takes part (the parameters are gathered across hosts); process 0 writes.
+      summary["export"] = setup.export(state.params, state.frozen, out)
+  ckpt.close()
+  if main:
+    write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary

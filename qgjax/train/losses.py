@@ -1,0 +1,114 @@
+"""Loss functions of the alignment objectives, on per-token / per-sequence log-probs (pure jnp).
+
+  masked_nll(token_logp, mask)                      SFT / RSFT: mean NLL over completion tokens
+  dpo_loss(pi_c, pi_r, ref_c, ref_r, ...)           DPO sigmoid (+ label smoothing) or IPO, + metrics
+  rsft_dpo_loss(..., nll_chosen, sft_weight)        AQE's RSFT+DPO: DPO + w * NLL of the chosen query
+  mean_pool(states, mask)                           [B, S, D] -> [B, D] over valid positions
+  self_contrastive_loss(pooled, tau)                ReadQG in-batch self-contrastive loss
+  calibration_hinge(logp_fw, logp_rev, eps)         ReadQG calibration max(0, eps - fw + rev)
+
+All inputs are f32; sequence log-probs are sums over completion tokens unless a caller passes
+length-normalised ones (IPO and the calibration hinge use per-token means).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_nll(token_logp: jax.Array, mask: jax.Array) -> jax.Array:
+  """token_logp f32[..., T], mask [..., T] -> scalar: -sum(logp * mask) / max(sum(mask), 1)."""
+  mask = mask.astype(jnp.float32)
+  return -jnp.sum(token_logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+class DPOOutput(NamedTuple):
+  loss: jax.Array                 # scalar
+  metrics: dict[str, jax.Array]   # scalars: reward accuracy, margins, chosen/rejected rewards and log-probs
+
+
+def dpo_loss(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
+             *, beta: float = 0.1, label_smoothing: float = 0.0, loss_type: str = "sigmoid",
+             weights: jax.Array | None = None) -> DPOOutput:
+  """DPO (Rafailov et al. 2023) on sequence log-probs f32[B] of the policy and the reference.
+
+  h = (pi_c - pi_r) - (ref_c - ref_r)
+  sigmoid: -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)   (conservative DPO)
+  ipo:     (h - 1 / (2 * beta))^2   (Azar et al. 2023; pass per-token mean log-probs)
+  Implicit rewards r = beta * (pi - ref); accuracy = mean(r_c > r_r); margin = mean(r_c - r_r).
+  `weights` f32[B] (e.g. 0 for padding pairs) weight the mean.
+  """
+  h = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)
+  if loss_type == "sigmoid":
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+              - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+  elif loss_type == "ipo":
+    losses = (h - 1.0 / (2.0 * beta)) ** 2
+  else:
+    raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected 'sigmoid' or 'ipo'")
+  w = jnp.ones_like(h) if weights is None else weights.astype(jnp.float32)
+  wsum = jnp.maximum(jnp.sum(w), 1e-9)
+
+  def mean(x):
+    return jnp.sum(x * w) / wsum
+
+  r_c = beta * jax.lax.stop_gradient(pi_chosen - ref_chosen)
+  r_r = beta * jax.lax.stop_gradient(pi_rejected - ref_rejected)
+  metrics = {
+      "rewards/chosen": mean(r_c),
+      "rewards/rejected": mean(r_r),
+      "rewards/accuracy": mean((r_c > r_r).astype(jnp.float32)),
+      "rewards/margin": mean(r_c - r_r),
+      "logps/chosen": mean(jax.lax.stop_gradient(pi_chosen)),
+      "logps/rejected": mean(jax.lax.stop_gradient(pi_rejected)),
+  }
+  loss = mean(losses)
+  metrics["dpo_loss"] = jax.lax.stop_gradient(loss)
+  return DPOOutput(loss, metrics)
+
+
+def rsft_dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, chosen_token_logp, chosen_mask, *,
+                  sft_weight: float = 1.0, beta: float = 0.1, label_smoothing: float = 0.0,
+                  loss_type: str = "sigmoid", weights=None) -> DPOOutput:
+  """AQE's RSFT+DPO: DPO + sft_weight * masked NLL of the chosen (best) query's tokens."""
+  out = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=beta,
+                 label_smoothing=label_smoothing, loss_type=loss_type, weights=weights)
+  mask = chosen_mask if weights is None else chosen_mask * weights[:, None].astype(chosen_mask.dtype)
+  nll = masked_nll(chosen_token_logp, mask)
+  metrics = dict(out.metrics, sft_nll=jax.lax.stop_gradient(nll))
+  return DPOOutput(out.loss + sft_weight * nll, metrics)
+
+
+def mean_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
+  """states [B, S, D], mask [B, S] -> f32[B, D]: mean over valid positions."""
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(states.astype(jnp.float32) * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+
+
+def self_contrastive_loss(pooled: jax.Array, tau: float = 0.25, *, normalize: bool = True) -> jax.Array:
+  """ReadQG in-batch self-contrastive loss over pooled encoder states f32[N, D].
+
+  Each row must be closest to itself among all N rows (documents x relevance prompts):
+  logits = z z^T / tau with z the (L2-normalised) rows; cross-entropy with label i for row i.
+  Pushes apart the encodings of different documents and of the same document under
+  different relevance prompts, which is what lets the prompt steer generation.
+  """
+  z = pooled.astype(jnp.float32)
+  if normalize:
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
+  logits = z @ z.T / tau
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.diagonal(logp))
+
+
+def calibration_hinge(logp_forward: jax.Array, logp_reversed: jax.Array, eps: float = 1.0) -> jax.Array:
+  """ReadQG calibration: mean(max(0, eps - logp_fw + logp_rev)).
+
+  logp_forward: (length-normalised) log P(q | d, r) of each query under its own relevance prompt;
+  logp_reversed: the same decoder inputs swapped between the relevance-entailed and the
+  contradicted query (log P(q- | d, r+) and log P(q+ | d, r-)).
+  """
+  return jnp.mean(jnp.maximum(0.0, eps - logp_forward + logp_reversed))

@@ -1,0 +1,74 @@
+"""Optimizer and learning-rate schedule from config (optax).
+
+  config.optim = dict(name="adamw", lr=1e-4, schedule="cosine", warmup_steps=10, end_lr_ratio=0.0,
+                      weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, freeze=[])
+
+  make_schedule(optim, total_steps) -> optax.Schedule (linear warmup, then cosine/linear/constant)
+  make_optimizer(optim, total_steps) -> (optax.GradientTransformation, schedule)
+
+Weight decay applies to matrices only (ndim >= 2), not to norms' scales and biases. `freeze`
+lists regexes of parameter paths ("a/b/kernel") that get no update and no optimizer state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+
+from qgjax.errors import ConfigError
+
+
+def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
+  lr = float(optim.get("lr", 1e-4))
+  warmup = int(optim.get("warmup_steps", 0))
+  kind = optim.get("schedule", "cosine")
+  end = lr * float(optim.get("end_lr_ratio", 0.0))
+  decay_steps = max(int(total_steps) - warmup, 1)
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  elif kind == "linear":
+    decay = optax.linear_schedule(lr, end, decay_steps)
+  elif kind == "constant":
+    decay = optax.constant_schedule(lr)
+  else:
+    raise ConfigError(f"optim.schedule={kind!r}; expected cosine, linear or constant")
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _decay_mask(params):
+  return jax.tree.map(lambda x: getattr(x, "ndim", len(getattr(x, "shape", ()))) >= 2, params)
+
+
+def make_optimizer(optim: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip -> AdamW / Adafactor / SGD with the schedule; frozen paths masked out."""
+  schedule = make_schedule(optim, total_steps)
+  name = optim.get("name", "adamw")
+  if name == "adamw":
+    tx = optax.adamw(schedule, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
+                     eps=float(optim.get("eps", 1e-8)), weight_decay=float(optim.get("weight_decay", 0.0)),
+                     mask=_decay_mask)
+  elif name == "adafactor":
+    tx = optax.adafactor(schedule)
+  elif name == "sgd":
+    tx = optax.sgd(schedule, momentum=float(optim.get("momentum", 0.0)) or None)
+  else:
+    raise ConfigError(f"optim.name={name!r}; expected adamw, adafactor or sgd")
+  clip = float(optim.get("grad_clip", 0.0) or 0.0)
+  if clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  patterns = [re.compile(p) for p in (optim.get("freeze", None) or [])]
+  if patterns:
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: "frozen" if any(p.search(_path_str(path)) for p in patterns) else "train", params)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule
