@@ -1,0 +1,87 @@
+"""Sampling from decoder-only LMs (qgjax.models.decoder.DecoderLM): prefill once, decode in a loop.
+
+Each prompt is prefilled ONCE; its KV cache is then broadcast to its n samples (HF `generate`
+copies the prompt n times and prefills every copy). Only the last prompt position goes through
+the LM head during the prefill.
+
+  generate_decoder(model, params, tokens int32[B, P], mask bool[B, P], keys[B], sampling)
+      -> Samples with R = B * num_samples rows (prompt-major)
+
+Prompts are left-padded (mask False on the left); positions are cumsum(mask) - 1. The cache
+holds P + max_new_tokens slots: the prompt at [0, P), new token t at P + t.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qgjax.models.decoder import DecoderLM, KVCache, init_cache, positions_from_mask
+from qgjax.sampling.beam import beam_loop
+from qgjax.sampling.keys import sample_keys
+from qgjax.sampling.logits import SamplingParams
+from qgjax.sampling.loop import Samples, sample_loop
+
+
+def _only_last_position(next_fun, args, kwargs, context):
+  """Method interceptor: DecoderLM.logits sees only the last position's hidden state."""
+  if isinstance(context.module, DecoderLM) and context.method_name == "logits":
+    hidden = args[0]
+    return next_fun(hidden[:, -1:], *args[1:], **kwargs)
+  return next_fun(*args, **kwargs)
+
+
+def prefill(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax.Array,
+            cache_len: int | None = None) -> tuple[jax.Array, KVCache]:
+  """Runs the prompt through the model. tokens int32[B, P] left-padded, mask bool[B, P].
+
+  Returns (logits f32[B, V] for the next token, cache with `cache_len` (default P) slots, the
+  prompt in [0, P)). The LM head runs on the last position only.
+  """
+  b, p = tokens.shape
+  cache = init_cache(model.config, b, cache_len or p)
+  kv_mask = mask if cache_len is None else jnp.pad(mask, ((0, 0), (0, cache_len - p)))
+  with nn.intercept_methods(_only_last_position):
+    logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0)
+  return logits[:, -1], cache
+
+
+def _grow(cache: KVCache, copies: int, extra: int) -> KVCache:
+  """[L, B, P, ...] -> [L, B * copies, P + extra, ...]: each prompt's entries repeated, zeros after."""
+  def grow(x):
+    x = jnp.repeat(x, copies, axis=1) if copies > 1 else x
+    return jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0)))
+  return KVCache(k=grow(cache.k), v=grow(cache.v))
+
+
+def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax.Array, keys: jax.Array | None,
+                     sampling: SamplingParams) -> Samples:
+  """Samples (or beam-searches) continuations of B left-padded prompts; see the module docstring.
+
+  keys: typed keys [B], one per prompt (from keys.prompt_keys); unused for greedy and beam search.
+  """
+  b, p = tokens.shape
+  beam = sampling.num_beams > 1
+  copies = sampling.num_beams if beam else sampling.num_samples
+  n_new = sampling.max_new_tokens
+  last_logits, cache = prefill(model, params, tokens, mask)
+  cache = _grow(cache, copies, n_new)
+  rows_mask = jnp.repeat(mask, copies, axis=0)
+  kv_mask = jnp.pad(rows_mask, ((0, 0), (0, n_new)), constant_values=True)
+  prompt_len = rows_mask.sum(axis=1).astype(jnp.int32)
+  first_logits = jnp.repeat(last_logits, copies, axis=0)
+
+  def step(cache, tok, t):
+    pos = (prompt_len + t)[:, None]
+    logits, cache = model.apply({"params": params}, tok[:, None], pos, kv_mask, cache, p + t)
+    return logits[:, 0], cache
+
+  if beam:
+    def gather(cache, rows):
+      return KVCache(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
+    return beam_loop(step, gather, cache, first_logits, sampling)
+  row_keys = None if sampling.greedy else sample_keys(keys, sampling.num_samples)
+  return sample_loop(step, cache, first_logits, row_keys, sampling)
