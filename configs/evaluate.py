@@ -1,0 +1,47 @@
+"""Retrieval evaluation on a BEIR directory: BM25 now; dense and re-ranked systems plug in.
+
+  qgjax evaluate --config configs/evaluate.py
+  qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus
+  qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus \
+      --config.bm25.backend=pyserini --config.workdir=runs/evaluate/nfcorpus-lucene
+
+Without `data_dir` it runs on the demo corpus shipped in qgjax/data/demo. Writes
+<workdir>/metrics.json and one TREC run file per system (run.<system>.trec) and prints a table.
+
+`retriever` lists systems, comma-separated; a system is a chain of stages joined by '+'
+(`bm25`, later `dense`, `bm25+rerank`), each stage re-scoring the previous stage's run.
+A stage named X is `qgjax.jobs.evaluate.STAGES[X]` or `qgjax.retrieval.X:evaluation_run`,
+called as `fn(config, data, queries, previous_run) -> {qid: {doc_id: score}}`; its settings
+live in `config.X` (add that group here). `reports` names extra metric modules
+(`qgjax.evaluation.X:report(config, data, runs) -> dict`, e.g. query quality), merged into
+metrics.json. Arguments: tiny (8 queries, depth 100).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.data_dir = ""  # BEIR directory; empty = the shipped demo corpus
+  c.split = "test"  # qrels/<split>.tsv; queries_<split>.jsonl if present, else queries.jsonl
+  c.workdir = "runs/evaluate"
+  c.retriever = "bm25"
+  c.depth = 1000  # documents retrieved per query (run files keep this many)
+  c.max_queries = 0  # 0 = every judged query
+  c.measures = ("nDCG@10", "RR@10", "R@100", "R@1000", "Success@1", "Success@10")
+  c.reports = ()
+  c.bm25 = ml_collections.ConfigDict(dict(
+      backend="bm25s",  # or "pyserini" (extra; Lucene, Java 21)
+      k1=0.9, b=0.4, stemmer="porter", stopwords="en", token_pattern=r"(?u)\b\w+\b",
+      cache_dir=""))  # empty: build in memory every run; else reuse an index keyed by corpus+settings
+  if a.tiny:
+    c.max_queries = 8
+    c.depth = 100
+    c.measures = ("nDCG@10", "RR@10", "R@100", "Success@1")
+    c.workdir = "runs/tiny/evaluate"
+  return c

@@ -1,0 +1,136 @@
+"""`qgjax evaluate`: retrieval on a BEIR directory -> IR metrics (JSON), TREC runs, a table.
+
+  qgjax evaluate --config configs/evaluate.py
+  qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus
+
+Each system in `config.retriever` (comma-separated; stages joined by '+', e.g. `bm25+rerank`)
+produces a run `{query_id: {doc_id: score}}` over the judged queries of `config.split`;
+metrics follow trec_eval (see qgjax.evaluation.ir_metrics). Outputs in `config.workdir`:
+metrics.json and run.<system>.trec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import re
+import time
+from typing import Any, Callable
+
+from qgjax.config import require
+from qgjax.data import demo_dir
+from qgjax.data.beir import BeirData, load_beir
+from qgjax.errors import ConfigError
+from qgjax.evaluation import ir_metrics
+
+Run = dict[str, dict[str, float]]
+
+# stage -> "module:function"; a stage not listed resolves to qgjax.retrieval.<stage>:evaluation_run.
+STAGES: dict[str, str] = {
+    "bm25": "qgjax.jobs.evaluate:bm25_run",
+}
+
+
+def bm25_run(config: Any, data: BeirData, queries: dict[str, str], previous: Run | None) -> Run:
+  """BM25 over the corpus (first stage) or re-scoring `previous` candidates with BM25."""
+  from qgjax.retrieval.bm25 import BM25Settings, open_bm25
+  settings = BM25Settings.from_config(config.bm25)
+  retriever = open_bm25(data.corpus, config.bm25.backend, settings,
+                        cache_dir=config.bm25.cache_dir or None)
+  qids = list(queries)
+  results = retriever.search([queries[q] for q in qids], k=int(config.depth))
+  run = results.as_run(qids)
+  if previous is not None:  # keep only the previous stage's candidates, in BM25 order
+    run = {q: {d: s for d, s in run[q].items() if d in previous.get(q, {})} for q in qids}
+  return run
+
+
+def _resolve(name: str, table: dict[str, str], package: str, attr: str) -> Callable:
+  target = table.get(name, f"{package}.{name}:{attr}")
+  module, _, fn = target.partition(":")
+  try:
+    return getattr(importlib.import_module(module), fn)
+  except ModuleNotFoundError as e:
+    if e.name and module.startswith(e.name):  # the module itself is missing, not a dependency
+      known = ", ".join(sorted(table)) or "none"
+      raise ConfigError(f"unknown {package.split('.')[-1]} stage '{name}' (no {module}); "
+                        f"built in: {known}") from None
+    raise
+  except AttributeError:
+    raise ConfigError(f"{module} has no {fn}() for '{name}'") from None
+
+
+def parse_systems(spec: str) -> list[list[str]]:
+  """'bm25, bm25+rerank' -> [['bm25'], ['bm25', 'rerank']]."""
+  systems = []
+  for part in spec.split(","):
+    stages = [s.strip() for s in part.split("+") if s.strip()]
+    if stages:
+      systems.append(stages)
+  if not systems:
+    raise ConfigError("config.retriever names no system (e.g. 'bm25')")
+  return systems
+
+
+def _safe(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def run(config: Any) -> dict:
+  require(config, "workdir", "retriever", "split", "depth", "measures")
+  measures = list(config.measures)
+  for m in measures:
+    ir_metrics.parse_measure(m)
+  systems = parse_systems(config.retriever)
+  data_dir = config.data_dir or str(demo_dir())
+  data = load_beir(data_dir, config.split)
+  queries = data.queries
+  if config.max_queries:
+    queries = dict(list(queries.items())[: int(config.max_queries)])
+  qrels = {q: data.qrels[q] for q in queries}
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  results: dict[str, dict[str, float]] = {}
+  runs: dict[str, Run] = {}
+  timings: dict[str, float] = {}
+  run_files: dict[str, str] = {}
+  cache: dict[tuple[str, ...], Run] = {}  # shared prefixes (bm25 for bm25+rerank) run once
+  for stages in systems:
+    name = "+".join(stages)
+    start = time.perf_counter()
+    previous = None
+    for i in range(len(stages)):
+      prefix = tuple(stages[: i + 1])
+      if prefix not in cache:
+        fn = _resolve(stages[i], STAGES, "qgjax.retrieval", "evaluation_run")
+        cache[prefix] = fn(config, data, queries, previous)
+      previous = cache[prefix]
+    runs[name] = previous
+    timings[name] = time.perf_counter() - start
+    results[name] = ir_metrics.evaluate(previous, qrels, measures)
+    path = workdir / f"run.{_safe(name)}.trec"
+    ir_metrics.write_trec_run(path, previous, tag=_safe(name))
+    run_files[name] = str(path)
+
+  reports = {}
+  for report in config.reports:
+    fn = _resolve(report, {}, "qgjax.evaluation", "report")
+    reports[report] = fn(config, data, runs)
+
+  metrics = {
+      "data_dir": os.path.abspath(data_dir), "split": config.split, "num_queries": len(queries),
+      "num_docs": len(data.corpus), "measures": measures, "systems": results,
+      "seconds": timings, "run_files": run_files, "reports": reports,
+      "config": json.loads(config.to_json()),
+  }
+  tmp = workdir / "metrics.json.tmp"
+  tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+  os.replace(tmp, workdir / "metrics.json")
+  print(f"{pathlib.Path(data_dir).name} ({config.split}): {len(queries)} queries, "
+        f"{len(data.corpus)} documents")
+  print(ir_metrics.format_table(results, measures))
+  return {"metrics_file": str(workdir / "metrics.json"), "systems": results,
+          **({"reports": reports} if reports else {})}
