@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from qgjax.config import parse_arg
+from qgjax.retrieval.bm25 import default_bm25_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,10 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_queries = 0  # 0 = every judged query
   c.measures = ("nDCG@10", "RR@10", "R@100", "R@1000", "Success@1", "Success@10")
   c.reports = ()
-  c.bm25 = ml_collections.ConfigDict(dict(
-      backend="bm25s",  # or "pyserini" (extra; Lucene, Java 21)
-      k1=0.9, b=0.4, stemmer="porter", stopwords="en", token_pattern=r"(?u)\b\w+\b",
-      cache_dir=""))  # empty: build in memory every run; else reuse an index keyed by corpus+settings
+  c.bm25 = default_bm25_config()  # backend (bm25s | pyserini), k1, b, stemmer, stopwords, cache_dir
   if a.tiny:
     c.max_queries = 8
     c.depth = 100

@@ -89,8 +89,12 @@ def test_ranks_of_batched_depth_and_unmatched():
   assert ranks.tolist() == [3, 3, 11, 11, 11]
   assert retriever.ranks_of(["dogs chase cats"], ["d0"], depth=2).tolist() == [3]
   assert retriever.rank_of("dogs chase cats", "d5", depth=1) == 1
+  # a set of targets (several gold documents): the best rank among them
+  assert retriever.ranks_of(["dogs chase cats", "cat"], [["d0", "d2"], ["d3", "d4"]], 10).tolist() == [2, 5]
   with pytest.raises(InputError, match="not in the BM25 index"):
     retriever.ranks_of(["cat"], ["nope"])
+  with pytest.raises(InputError, match="not in the BM25 index"):
+    retriever.ranks_of(["cat"], [["d1", "nope"]])
   empty_ids, empty_scores = retriever.search(["the a", ""], k=5)
   assert empty_ids == [[], []] and all(s.size == 0 for s in empty_scores)
 

@@ -35,10 +35,8 @@ STAGES: dict[str, str] = {
 
 def bm25_run(config: Any, data: BeirData, queries: dict[str, str], previous: Run | None) -> Run:
   """BM25 over the corpus (first stage) or re-scoring `previous` candidates with BM25."""
-  from qgjax.retrieval.bm25 import BM25Settings, open_bm25
-  settings = BM25Settings.from_config(config.bm25)
-  retriever = open_bm25(data.corpus, config.bm25.backend, settings,
-                        cache_dir=config.bm25.cache_dir or None)
+  from qgjax.retrieval.bm25 import open_bm25_from_config
+  retriever = open_bm25_from_config(data.corpus, config.bm25)
   qids = list(queries)
   results = retriever.search([queries[q] for q in qids], k=int(config.depth))
   run = results.as_run(qids)

@@ -145,8 +145,12 @@ class BM25Retriever:
   def search(self, queries: Sequence[str], k: int = 100) -> SearchResults:
     raise NotImplementedError
 
-  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str], depth: int = 1000) -> np.ndarray:
-    """int32 [n]: rank of doc_ids[i] for queries[i] (1 = best), depth + 1 when not in the top depth."""
+  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+               depth: int = 1000) -> np.ndarray:
+    """int32 [n]: rank of doc_ids[i] for queries[i] (1 = best), depth + 1 when not in the top depth.
+
+    doc_ids[i] may also be a list of ids (e.g. all gold documents of a query): the best rank.
+    """
     raise NotImplementedError
 
   def rank_of(self, query: str, doc_id: str, depth: int = 1000) -> int:
@@ -155,11 +159,18 @@ class BM25Retriever:
   def save(self, index_dir: str | os.PathLike) -> None:
     raise NotImplementedError
 
-  def _check_doc_ids(self, doc_ids: Sequence[str]) -> None:
-    unknown = [d for d in doc_ids if d not in self._index_of]
+  def _target_sets(self, queries: Sequence[str], doc_ids: Sequence) -> list[list[str]]:
+    """doc_ids[i] (an id or a list of ids) -> list of ids; checks lengths and that ids exist."""
+    if len(queries) != len(doc_ids):
+      raise ValueError(f"{len(queries)} queries but {len(doc_ids)} doc ids")
+    sets = [[d] if isinstance(d, str) else list(d) for d in doc_ids]
+    if any(not t for t in sets):
+      raise ValueError("an empty set of target documents")
+    unknown = [d for t in sets for d in t if d not in self._index_of]
     if unknown:
       raise InputError(f"{len(unknown)} document ids are not in the BM25 index, e.g. "
                        f"{', '.join(map(str, unknown[:5]))}", field="doc_id")
+    return sets
 
   def _meta(self) -> dict:
     return {"backend": self.backend, "settings": dataclasses.asdict(self.settings),
@@ -209,12 +220,14 @@ class Bm25sRetriever(BM25Retriever):
       out_scores.append(scores[top].astype(np.float32))
     return SearchResults(out_ids, out_scores)
 
-  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str], depth: int = 1000) -> np.ndarray:
-    if len(queries) != len(doc_ids):
-      raise ValueError(f"{len(queries)} queries but {len(doc_ids)} doc ids")
-    self._check_doc_ids(doc_ids)
-    return np.array([rank_from_scores(self._scores(q), self._index_of[d], depth, self._tie_rank)
-                     for q, d in zip(queries, doc_ids)], np.int32)
+  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+               depth: int = 1000) -> np.ndarray:
+    ranks = []
+    for q, targets in zip(queries, self._target_sets(queries, doc_ids)):
+      scores = self._scores(q)
+      ranks.append(min(rank_from_scores(scores, self._index_of[d], depth, self._tie_rank)
+                       for d in targets))
+    return np.array(ranks, np.int32)
 
   def save(self, index_dir: str | os.PathLike) -> None:
     index_dir = pathlib.Path(index_dir)
@@ -343,13 +356,13 @@ class PyseriniRetriever(BM25Retriever):
     return SearchResults([[d for d, _ in h] for h in hits],
                          [np.array([s for _, s in h], np.float32) for h in hits])
 
-  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str], depth: int = 1000) -> np.ndarray:
-    if len(queries) != len(doc_ids):
-      raise ValueError(f"{len(queries)} queries but {len(doc_ids)} doc ids")
-    self._check_doc_ids(doc_ids)
+  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+               depth: int = 1000) -> np.ndarray:
+    sets = self._target_sets(queries, doc_ids)
     ranks = []
-    for hits, target in zip(self._hits(queries, depth), doc_ids):
-      ranks.append(next((i + 1 for i, (d, _) in enumerate(hits) if d == target), depth + 1))
+    for hits, targets in zip(self._hits(queries, depth), sets):
+      wanted = set(targets)
+      ranks.append(next((i + 1 for i, (d, _) in enumerate(hits) if d in wanted), depth + 1))
     return np.array(ranks, np.int32)
 
   def save(self, index_dir: str | os.PathLike) -> None:
@@ -364,6 +377,21 @@ class PyseriniRetriever(BM25Retriever):
 
 
 # -- entry points ----------------------------------------------------------------------------------
+
+
+def default_bm25_config():
+  """The `bm25` config group shared by jobs (evaluate, score): backend, settings, index cache."""
+  import ml_collections
+  d = BM25Settings()
+  return ml_collections.ConfigDict(dict(
+      backend="bm25s",  # or "pyserini" (extra: Lucene through Pyserini, Java 21)
+      k1=d.k1, b=d.b, stemmer=d.stemmer, stopwords=d.stopwords, token_pattern=d.token_pattern,
+      cache_dir=""))  # "": build in memory each run; else reuse an index keyed by corpus + settings
+
+
+def open_bm25_from_config(corpus: Corpus, cfg) -> BM25Retriever:
+  """`open_bm25` with a `default_bm25_config()`-shaped group."""
+  return open_bm25(corpus, cfg.backend, BM25Settings.from_config(cfg), cache_dir=cfg.cache_dir or None)
 
 
 def _check_backend(backend: str) -> None:
