@@ -46,15 +46,20 @@ class Generator:
     """The model's complete parameter tree (LoRA adapters merged into the base weights)."""
     if self.mode == "full":
       return params
-    from qgjax.models import lora as lora_lib
-    return lora_lib.merge(frozen, params, self.lora)
+    from qgjax.models.lora import merge_lora
+    return merge_lora(frozen, params, self.lora.scale)
 
   def fns(self, params: Any, frozen: Any, adapters: bool = True) -> DecoderFns:
+    """The policy bound to its parameters; LoRA runs unmerged (x@W + s*(x@a)@b), so the
+    backward pass never forms a full-size weight gradient. adapters=False: the base model."""
     if self.mode == "full":
       return decoder_fns(self.module, {"params": params})
     if not adapters:
       return decoder_fns(self.module, {"params": frozen})
-    return decoder_fns(self.module, {"params": self.full_params(params, frozen)})
+    from qgjax.models.lora import apply_unmerged
+    scale = self.lora.scale
+    return decoder_fns(self.module, {"params": frozen},
+                       apply=lambda *a, **k: apply_unmerged(self.module, frozen, params, scale, *a, **k))
 
   def export(self, params: Any, frozen: Any, out_dir: str) -> str:
     """HF safetensors dir of the trained generator (adapters merged). Call on every process."""
@@ -90,6 +95,27 @@ def _abstract_params(module: Any) -> Any:
                         jnp.zeros((1, 2), jnp.int32))["params"]
 
 
+def _abstract_adapters(adapters: Any, abstract_params: Any) -> Any:
+  """Adapter shapes boxed with the logical names of the kernels they adapt.
+
+  a [..., in, r] takes the kernel's leading and input names, b [..., r, out] its leading and
+  output names (the rank axis is never sharded), so adapters follow the base model's layout.
+  """
+  from flax import linen as nn
+
+  from qgjax.models.hf_checkpoint import flatten_tree, unflatten_tree
+
+  kernels = flatten_tree(abstract_params)
+  out = {}
+  for path, x in flatten_tree(adapters).items():
+    module, leaf = path.rsplit("/", 1)
+    box = kernels.get(f"{module}/kernel")
+    names = tuple(box.names) if isinstance(box, nn.LogicallyPartitioned) else (None,) * np.ndim(x)
+    names = names[:-1] + (None,) if leaf == "a" else names[:-2] + (None, names[-1])
+    out[path] = nn.LogicallyPartitioned(jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), names)
+  return unflatten_tree(out)
+
+
 def load_generator(config: Any) -> Generator:
   """From `config.model` (name / path, dtype, random init for tests) and `config.train_mode`."""
   from qgjax.models.decoder import DecoderConfig, DecoderLM
@@ -118,10 +144,11 @@ def load_generator(config: Any) -> Generator:
   if mode == "full":
     return Generator(module, tokenizer, params, {}, abstract, {}, mode)
   if mode == "lora":
-    from qgjax.models import lora as lora_lib
+    from qgjax.models.lora import LoraConfig, init_lora
 
-    spec = lora_lib.spec_from_config(config.lora)
-    adapters = lora_lib.init(params, spec, jax.random.key(int(config.get("seed", 0)) + 1))
-    abstract_adapters = lora_lib.abstract(abstract, spec)
-    return Generator(module, tokenizer, jax.device_get(adapters), params, abstract_adapters, abstract, mode, spec)
+    spec = LoraConfig(rank=int(config.lora.rank), alpha=float(config.lora.alpha), targets=str(config.lora.targets),
+                      a_init=config.lora.get("a_init", "kaiming_uniform"))
+    adapters = jax.device_get(init_lora(jax.random.key(int(config.get("seed", 0)) + 1), params, spec))
+    return Generator(module, tokenizer, adapters, params, _abstract_adapters(adapters, abstract), abstract,
+                     mode, spec)
   raise ConfigError(f"train_mode={mode!r}; expected 'full' or 'lora'")

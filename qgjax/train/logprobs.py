@@ -79,17 +79,22 @@ class DecoderFns:
   repeat_cache: Callable[[Any, int], Any]
 
 
-def decoder_fns(module: Any, variables: Any) -> DecoderFns:
-  """DecoderFns for `qgjax.models.decoder.DecoderLM` and its variables ({"params": ...})."""
+def decoder_fns(module: Any, variables: Any, apply: Callable | None = None) -> DecoderFns:
+  """DecoderFns for `qgjax.models.decoder.DecoderLM` and its variables ({"params": ...}).
+
+  `apply(*args, method=None, **kwargs)` replaces `module.apply(variables, ...)` (e.g. LoRA's
+  unmerged forward).
+  """
   from qgjax.models import decoder as dec
 
+  apply = apply or (lambda *a, **k: module.apply(variables, *a, **k))
+
   def forward(tokens, positions, kv_mask, cache=None, cache_index=0):
-    _, new_cache, hidden = module.apply(variables, tokens, positions, kv_mask, cache, cache_index,
-                                        return_hidden=True)
+    _, new_cache, hidden = apply(tokens, positions, kv_mask, cache, cache_index, return_hidden=True)
     return hidden, new_cache
 
   def logits(hidden):
-    return module.apply(variables, hidden, method=dec.DecoderLM.logits)
+    return apply(hidden, method=dec.DecoderLM.logits)
 
   def init_cache(batch, max_len):
     return dec.init_cache(module.config, batch, max_len)
@@ -193,3 +198,25 @@ def encdec_pair_logprobs(fns: EncDecFns, src: jax.Array, src_mask: jax.Array, ch
                                 jnp.concatenate([chosen, rejected]), jnp.concatenate([chosen_mask, rejected_mask]))
   c, r = zip(*((x[:b], x[b:]) for x in both))
   return SeqLogprobs(*c), SeqLogprobs(*r)
+
+
+def t5_fns(module: Any, variables: Any, prefix: Callable[[jax.Array, jax.Array], tuple] | None = None) -> EncDecFns:
+  """EncDecFns for `qgjax.models.t5.T5Model`.
+
+  `prefix(embeds [B, S, D], mask [B, S]) -> (embeds, mask)` edits the encoder input embeddings
+  (soft prompts); the encoder then runs on embeddings instead of token ids.
+  """
+  from qgjax.models.t5 import T5Model
+
+  def encode(src, src_mask):
+    if prefix is None:
+      return module.apply(variables, src, src_mask, method=T5Model.encode)
+    embeds = module.apply(variables, src, method=T5Model.embed)
+    embeds, mask = prefix(embeds, src_mask)
+    return module.apply(variables, None, mask, embeds=embeds, method=T5Model.encode)
+
+  def decode(enc, enc_mask, dec_in, dec_mask):
+    logits, _ = module.apply(variables, dec_in, enc, enc_mask, dec_mask=dec_mask, method=T5Model.decode)
+    return logits
+
+  return EncDecFns(encode, decode, int(module.config.decoder_start_token_id))

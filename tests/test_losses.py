@@ -1,0 +1,250 @@
+"""Alignment losses, sequence log-probs, the step-addressable loader and schedules vs numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qgjax.train import logprobs as L
+from qgjax.train import losses
+from qgjax.train.data import Column, StepLoader
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _logsig(x):
+  return -np.log1p(np.exp(-x))
+
+
+# ------------------------------------------------------------------------------------------------
+# losses
+
+
+def test_masked_nll():
+  rng = np.random.default_rng(0)
+  lp = -rng.random((3, 5)).astype(np.float32)
+  mask = rng.random((3, 5)) > 0.4
+  ref = -(lp * mask).sum() / mask.sum()
+  np.testing.assert_allclose(losses.masked_nll(jnp.asarray(lp), jnp.asarray(mask)), ref, rtol=1e-6)
+  assert float(losses.masked_nll(jnp.asarray(lp), jnp.zeros((3, 5)))) == 0.0
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+def test_dpo_sigmoid_matches_numpy(ls):
+  rng = np.random.default_rng(1)
+  pc, pr, rc, rr = (rng.normal(-20, 5, 6).astype(np.float32) for _ in range(4))
+  w = np.array([1, 1, 0, 1, 1, 1], np.float32)
+  beta = 0.3
+  out = losses.dpo_loss(*map(jnp.asarray, (pc, pr, rc, rr)), beta=beta, label_smoothing=ls, weights=jnp.asarray(w))
+  h = (pc - pr) - (rc - rr)
+  per = -(1 - ls) * _logsig(beta * h) - ls * _logsig(-beta * h)
+  np.testing.assert_allclose(out.loss, (per * w).sum() / w.sum(), rtol=1e-5)
+  r_c, r_r = beta * (pc - rc), beta * (pr - rr)
+  m = out.metrics
+  np.testing.assert_allclose(m["rewards/chosen"], (r_c * w).sum() / w.sum(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m["rewards/margin"], ((r_c - r_r) * w).sum() / w.sum(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m["rewards/accuracy"], ((r_c > r_r) * w).sum() / w.sum(), rtol=1e-6)
+  np.testing.assert_allclose(m["logps/rejected"], (pr * w).sum() / w.sum(), rtol=1e-6)
+
+
+def test_dpo_gradient_sign_and_ipo():
+  pc, pr = jnp.asarray([-10.0, -12.0]), jnp.asarray([-11.0, -9.0])
+  rc, rr = jnp.asarray([-10.5, -11.0]), jnp.asarray([-10.5, -11.0])
+  g = jax.grad(lambda a: losses.dpo_loss(a, pr, rc, rr, beta=0.1).loss)(pc)
+  assert np.all(np.asarray(g) < 0)  # raising log p(chosen) lowers the loss
+  beta = 0.5
+  out = losses.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="ipo")
+  h = (np.asarray(pc) - np.asarray(pr)) - (np.asarray(rc) - np.asarray(rr))
+  np.testing.assert_allclose(out.loss, np.mean((h - 1 / (2 * beta)) ** 2), rtol=1e-6)
+  with pytest.raises(ValueError, match="loss_type"):
+    losses.dpo_loss(pc, pr, rc, rr, loss_type="hinge2")
+
+
+def test_rsft_dpo_is_weighted_sum():
+  rng = np.random.default_rng(2)
+  pc, pr, rc, rr = (jnp.asarray(rng.normal(-20, 5, 4).astype(np.float32)) for _ in range(4))
+  tok = jnp.asarray(-rng.random((4, 7)).astype(np.float32))
+  mask = jnp.asarray(rng.random((4, 7)) > 0.3)
+  d = losses.dpo_loss(pc, pr, rc, rr, beta=0.2)
+  c = losses.rsft_dpo_loss(pc, pr, rc, rr, tok, mask, sft_weight=0.7, beta=0.2)
+  nll = -(np.asarray(tok) * np.asarray(mask)).sum() / np.asarray(mask).sum()
+  np.testing.assert_allclose(c.loss, float(d.loss) + 0.7 * nll, rtol=1e-6)
+  np.testing.assert_allclose(c.metrics["sft_nll"], nll, rtol=1e-6)
+
+
+def test_readqg_losses_match_numpy():
+  rng = np.random.default_rng(3)
+  states = rng.normal(size=(4, 6, 5)).astype(np.float32)
+  mask = np.ones((4, 6), bool)
+  mask[1, 4:] = False
+  mask[3, 1:] = False
+  pooled = np.stack([states[i][mask[i]].mean(0) for i in range(4)])
+  np.testing.assert_allclose(losses.mean_pool(jnp.asarray(states), jnp.asarray(mask)), pooled, rtol=1e-5)
+  tau = 0.3
+  z = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+  logits = z @ z.T / tau
+  ref = -np.mean([_log_softmax(logits[i])[i] for i in range(4)])
+  np.testing.assert_allclose(losses.self_contrastive_loss(jnp.asarray(pooled), tau), ref, rtol=1e-5)
+  fw, rev = rng.normal(-2, 1, 6).astype(np.float32), rng.normal(-2, 1, 6).astype(np.float32)
+  np.testing.assert_allclose(losses.calibration_hinge(jnp.asarray(fw), jnp.asarray(rev), 0.5),
+                             np.mean(np.maximum(0, 0.5 - fw + rev)), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# sequence log-probs
+
+
+def test_token_logprobs():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(2, 3, 11)).astype(np.float32)
+  tgt = rng.integers(0, 11, (2, 3))
+  ref = np.take_along_axis(_log_softmax(logits), tgt[..., None], -1)[..., 0]
+  np.testing.assert_allclose(L.token_logprobs(jnp.asarray(logits), jnp.asarray(tgt)), ref, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_decoder():
+  from qgjax.models.decoder import DecoderConfig, DecoderLM
+
+  cfg = DecoderConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8)
+  model = DecoderLM(cfg)
+  params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32))
+  return model, params
+
+
+def _pair_batch(seed=0, b=3, tp=6, tc=4, vocab=37):
+  rng = np.random.default_rng(seed)
+  prompt = rng.integers(1, vocab, (b, tp)).astype(np.int32)
+  pm = np.ones((b, tp), bool)
+  pm[0, :2] = False
+  pm[2, :4] = False
+  ch, rj = (rng.integers(1, vocab, (b, tc)).astype(np.int32) for _ in range(2))
+  cm, rm = np.ones((b, tc), bool), np.ones((b, tc), bool)
+  cm[1, 2:] = False
+  rm[0, 1:] = False
+  return prompt, pm, ch, cm, rj, rm
+
+
+def test_decoder_pair_logprobs_shared_prompt_equals_unpadded_numpy():
+  model, params = _tiny_decoder()
+  prompt, pm, ch, cm, rj, rm = _pair_batch()
+  fns = L.decoder_fns(model, params)
+  c1, r1 = L.pair_logprobs(fns, prompt, pm, ch, cm, rj, rm, share_prompt=True)
+  c2, r2 = L.pair_logprobs(fns, prompt, pm, ch, cm, rj, rm, share_prompt=False)
+  np.testing.assert_allclose(c1.token, c2.token, atol=2e-5)
+  np.testing.assert_allclose(r1.token, r2.token, atol=2e-5)
+  for comp, mask, got in ((ch, cm, c1), (rj, rm, r1)):
+    for i in range(prompt.shape[0]):
+      seq = np.concatenate([prompt[i][pm[i]], comp[i][mask[i]]])
+      logits, _ = model.apply(params, seq[None], np.arange(len(seq))[None])
+      lp = _log_softmax(np.asarray(logits[0], np.float64))
+      n = pm[i].sum()
+      ref = sum(lp[n - 1 + j, seq[n + j]] for j in range(mask[i].sum()))
+      np.testing.assert_allclose(got.total[i], ref, rtol=1e-5, atol=1e-4)
+      assert got.count[i] == mask[i].sum()
+  # the same gradients either way
+  def total(p, share):
+    c, r = L.pair_logprobs(L.decoder_fns(model, p), prompt, pm, ch, cm, rj, rm, share_prompt=share)
+    return jnp.sum(c.total) - 0.5 * jnp.sum(r.total)
+  g1, g2 = jax.grad(total)(params, True), jax.grad(total)(params, False)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_encdec_pair_logprobs_match_numpy():
+  from qgjax.models.t5 import T5Config, T5Model, init_params
+
+  cfg = T5Config(vocab_size=41, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+  model = T5Model(cfg)
+  params = init_params(model, 0)
+  fns = L.t5_fns(model, {"params": params})
+  rng = np.random.default_rng(5)
+  src = rng.integers(2, 41, (2, 7)).astype(np.int32)
+  smask = np.ones((2, 7), bool)
+  smask[1, 5:] = False
+  ch, rj = (rng.integers(2, 41, (2, 4)).astype(np.int32) for _ in range(2))
+  cm, rm = np.ones((2, 4), bool), np.ones((2, 4), bool)
+  cm[0, 3:] = False
+  c, r = L.encdec_pair_logprobs(fns, src, smask, ch, cm, rj, rm)
+  for comp, mask, got in ((ch, cm, c), (rj, rm, r)):
+    for i in range(2):
+      n, m = smask[i].sum(), mask[i].sum()
+      dec_in = np.concatenate([[cfg.decoder_start_token_id], comp[i][: m - 1]])[None]
+      logits = model.apply({"params": params}, src[i:i + 1, :n], np.ones((1, n), bool), dec_in)
+      lp = _log_softmax(np.asarray(logits[0], np.float64))
+      np.testing.assert_allclose(got.total[i], sum(lp[j, comp[i, j]] for j in range(m)), rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# data loader and schedule
+
+
+def _columns(n=11, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"prompt": [list(rng.integers(1, 50, rng.integers(1, 20))) for _ in range(n)],
+          "completion": [list(rng.integers(1, 50, rng.integers(1, 6))) for _ in range(n)],
+          "score": list(rng.random(n))}
+
+
+SPEC = {"prompt": Column("prompt", "left"), "completion": Column("completion", "right")}
+
+
+def test_loader_static_shapes_determinism_and_resume():
+  cols = _columns()
+  mk = lambda **k: StepLoader(cols, SPEC, batch_size=4, buckets={"prompt": (8, 16), "completion": (8,)}, pad_id=0,
+                              seed=7, bucket_window=2, **k)
+  a, b = mk(), mk()
+  assert a.steps_per_epoch == 3
+  for step in (0, 1, 2, 3, 7):   # random access by step: a fresh loader gives the same batch
+    for k, v in a.batch(step).items():
+      np.testing.assert_array_equal(v, b.batch(step)[k])
+  seen = np.concatenate([a.indices(s) for s in range(3)])
+  assert set(seen) == set(range(11)) and len(seen) == 12          # every example once + one wrap-around
+  assert not np.array_equal(a.epoch_order(0), a.epoch_order(1))   # reshuffled per epoch
+  shapes = a.shapes()
+  assert len(shapes) <= 2                                          # one program per prompt bucket
+  batch = a.batch(0)
+  for i, idx in enumerate(a.indices(0)):
+    p, c = cols["prompt"][idx], cols["completion"][idx]
+    lp = batch["prompt"].shape[1]
+    kept = p[-lp:]
+    np.testing.assert_array_equal(batch["prompt"][i, lp - len(kept):], kept)       # left padded
+    assert not batch["prompt_mask"][i, : lp - len(kept)].any()
+    np.testing.assert_array_equal(batch["completion"][i, : len(c)], c)            # right padded
+    assert batch["completion_mask"][i].sum() == len(c)
+    np.testing.assert_allclose(batch["score"][i], cols["score"][idx])
+  # two processes each get half of the same global batch
+  halves = [StepLoader(cols, SPEC, batch_size=4, buckets={"prompt": (8, 16), "completion": (8,)}, pad_id=0, seed=7,
+                       bucket_window=2, process_index=p, process_count=2) for p in range(2)]
+  for step in range(3):
+    both = np.concatenate([h.indices(step) for h in halves])
+    np.testing.assert_array_equal(both, a.indices(step))
+    assert halves[0].batch(step)["prompt"].shape == halves[1].batch(step)["prompt"].shape
+
+
+def test_loader_file_order_weights():
+  cols = _columns(n=5)
+  ld = StepLoader(cols, SPEC, batch_size=4, buckets={"prompt": (32,), "completion": (8,)}, pad_id=0, shuffle=False)
+  np.testing.assert_array_equal(ld.indices(0), [0, 1, 2, 3])
+  np.testing.assert_array_equal(ld.indices(1), [4, 0, 1, 2])
+  np.testing.assert_array_equal(ld.batch(1)["weight"], [1, 0, 0, 0])
+
+
+def test_schedule_warmup_cosine():
+  import ml_collections
+
+  from qgjax.train.optim import make_schedule
+
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, schedule="cosine", end_lr_ratio=0.1))
+  s = make_schedule(optim, 110)
+  np.testing.assert_allclose(s(5), 5e-4, rtol=1e-6)
+  np.testing.assert_allclose(s(10), 1e-3, rtol=1e-6)
+  t = 50 / 100
+  np.testing.assert_allclose(s(60), 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-5)
+  np.testing.assert_allclose(s(110), 1e-4, rtol=1e-5)
+  optim.schedule = "linear"
+  np.testing.assert_allclose(make_schedule(optim, 110)(60), 1e-3 + (1e-4 - 1e-3) * 0.5, rtol=1e-5)
