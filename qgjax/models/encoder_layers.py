@@ -145,15 +145,28 @@ def merge_heads(x: jax.Array) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-              bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+              bias: jax.Array | None = None, scale: float | None = None, *,
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
   """Softmax attention via `jax.nn.dot_product_attention` (a fused kernel where the backend has one).
 
   q [B, T, N, H], k/v [B, S, N, H]; mask bool broadcastable to [B, N, T, S] (True = attend);
   bias f32 broadcastable to [B, N, T, S]; scale defaults to 1/sqrt(H). Returns [B, T, N, H].
-  Logits and softmax run in f32 (XLA implementation); a fully masked row yields the mean of v.
+  Logits and softmax run in f32; a fully masked row yields the mean of v. With `dropout_rate`
+  > 0 and a `dropout_rng` (training) the probabilities are dropped out, on an unfused path.
   """
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
   if bias is not None:
-    bias = bias.astype(q.dtype) if q.dtype != jnp.float32 else bias
+    bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
 
 
