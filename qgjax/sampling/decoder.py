@@ -1,8 +1,8 @@
 """Sampling from decoder-only LMs (qgjax.models.decoder.DecoderLM): prefill once, decode in a loop.
 
-Each prompt is prefilled ONCE; its KV cache is then broadcast to its n samples (HF `generate`
-copies the prompt n times and prefills every copy). Only the last prompt position goes through
-the LM head during the prefill.
+Each prompt is prefilled ONCE and its n samples (or beams) decode against that one copy of its
+KV cache (shared_prefix.py; HF `generate` copies the prompt n times and prefills and caches
+every copy). Only the last prompt position goes through the LM head during the prefill.
 
   generate_decoder(model, params, tokens int32[B, P], mask bool[B, P], keys[B], sampling)
       -> Samples with R = B * num_samples rows (prompt-major)
@@ -24,6 +24,7 @@ from qgjax.sampling.beam import beam_loop
 from qgjax.sampling.keys import sample_keys
 from qgjax.sampling.logits import SamplingParams
 from qgjax.sampling.loop import Samples, sample_loop
+from qgjax.sampling.shared_prefix import PromptCache, decode_step, init_new_cache
 
 
 def _only_last_position(next_fun, args, kwargs, context):
@@ -58,29 +59,40 @@ def _grow(cache: KVCache, copies: int, extra: int) -> KVCache:
 
 
 def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax.Array, keys: jax.Array | None,
-                     sampling: SamplingParams) -> Samples:
+                     sampling: SamplingParams, *, shared_prompt: bool = True) -> Samples:
   """Samples (or beam-searches) continuations of B left-padded prompts; see the module docstring.
 
   keys: typed keys [B], one per prompt (from keys.prompt_keys); unused for greedy and beam search.
+  shared_prompt: decode against one copy of each prompt's cache (shared_prefix.py); False
+  broadcasts the cache to every sample and uses the model's own attention (the reference path).
   """
   b, p = tokens.shape
   beam = sampling.num_beams > 1
   copies = sampling.num_beams if beam else sampling.num_samples
   n_new = sampling.max_new_tokens
   last_logits, cache = prefill(model, params, tokens, mask)
-  cache = _grow(cache, copies, n_new)
   rows_mask = jnp.repeat(mask, copies, axis=0)
-  kv_mask = jnp.pad(rows_mask, ((0, 0), (0, n_new)), constant_values=True)
   prompt_len = rows_mask.sum(axis=1).astype(jnp.int32)
   first_logits = jnp.repeat(last_logits, copies, axis=0)
 
-  def step(cache, tok, t):
-    pos = (prompt_len + t)[:, None]
-    logits, cache = model.apply({"params": params}, tok[:, None], pos, kv_mask, cache, p + t)
-    return logits[:, 0], cache
+  if shared_prompt:
+    prompt = PromptCache.from_prefill(cache, mask)
+    cache = init_new_cache(model.config, b * copies, n_new, cache.k.dtype)
+
+    def step(new, tok, t):
+      return decode_step(model, params, prompt, new, tok, prompt_len + t, t)
+
+  else:
+    cache = _grow(cache, copies, n_new)
+    kv_mask = jnp.pad(rows_mask, ((0, 0), (0, n_new)), constant_values=True)
+
+    def step(cache, tok, t):
+      pos = (prompt_len + t)[:, None]
+      logits, cache = model.apply({"params": params}, tok[:, None], pos, kv_mask, cache, p + t)
+      return logits[:, 0], cache
 
   if beam:
-    def gather(cache, rows):
+    def gather(cache, rows):  # both cache layouts keep rows on axis 1
       return KVCache(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
     return beam_loop(step, gather, cache, first_logits, sampling)
   row_keys = None if sampling.greedy else sample_keys(keys, sampling.num_samples)

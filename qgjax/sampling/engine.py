@@ -1,0 +1,134 @@
+"""Batched sampling on a device mesh: padded batches in, numpy samples out, few compilations.
+
+  sampler = Sampler.for_decoder(model, params, sampling, batch_size=16, seed=0)
+  out = sampler.run(token_lists, ids, length=128)   # prompts of one length bucket
+  out.tokens[i, j], out.logprobs[i, j], out.lengths[i, j], out.scores[i, j]   # prompt i, sample j
+  sampler.num_compiles                               # programs traced so far
+
+The batch axis is split over the "data" axis of a mesh of this process's devices (parameters
+replicated): generation needs no communication, so each process of a multi-host run samples
+its own share of the documents independently. Keys come from (seed, id of the prompt), so the
+samples of a prompt do not depend on the batch it lands in or the number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from qgjax.errors import ConfigError
+from qgjax.sampling.batching import pad_prompts
+from qgjax.sampling.keys import id_hashes, prompt_keys
+from qgjax.sampling.logits import SamplingParams
+from qgjax.sampling.loop import Samples
+
+GenerateFn = Callable[[Any, jax.Array, jax.Array, jax.Array], Samples]
+
+
+def local_data_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D ("data",) mesh over this process's devices (the first `num_devices` if > 0)."""
+  from qgjax.parallel.mesh import make_mesh
+
+  devices = jax.local_devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ConfigError(f"num_devices={num_devices} but this process has {len(devices)} devices")
+    devices = devices[:num_devices]
+  return make_mesh([("data", -1)], devices)
+
+
+@dataclasses.dataclass
+class SampleBatch:
+  """Numpy results for n_prompts prompts x n samples: tokens int32[n_prompts, n, N],
+  logprobs f32[n_prompts, n, N], lengths int32[n_prompts, n], scores f32[n_prompts, n]."""
+  tokens: np.ndarray
+  logprobs: np.ndarray
+  lengths: np.ndarray
+  scores: np.ndarray
+
+  def sequence(self, i: int, j: int) -> tuple[list[int], list[float]]:
+    """Generated token ids and their log-probs of sample j of prompt i (up to its length)."""
+    n = int(self.lengths[i, j])
+    return self.tokens[i, j, :n].tolist(), self.logprobs[i, j, :n].tolist()
+
+
+class Sampler:
+  """Compiles `generate(params, tokens, mask, keys) -> Samples` once per prompt length."""
+
+  def __init__(self, generate: GenerateFn, params: Any, sampling: SamplingParams, *, batch_size: int,
+               pad_id: int, pad_side: str = "left", seed: int = 0, mesh: jax.sharding.Mesh | None = None):
+    self.sampling = sampling
+    self.batch_size = int(batch_size)
+    self.pad_id = int(pad_id)
+    self.pad_side = pad_side
+    self.seed = int(seed)
+    self.mesh = mesh if mesh is not None else local_data_mesh()
+    n_dev = self.mesh.shape["data"]
+    if self.batch_size % n_dev:
+      raise ConfigError(f"batch_size={self.batch_size} must be a multiple of the {n_dev} devices on the "
+                        f"'data' mesh axis")
+    self._rows = NamedSharding(self.mesh, P("data"))
+    replicated = NamedSharding(self.mesh, P())
+    self.params = jax.device_put(params, replicated)
+    self.num_compiles = 0
+    self._generate = generate
+
+    def run(params, tokens, mask, hashes, seed):
+      self.num_compiles += 1  # Python side effect: runs once per trace, i.e. per compiled program
+      return generate(params, tokens, mask, prompt_keys(seed, hashes))
+
+    self._jitted = jax.jit(run, in_shardings=(replicated, self._rows, self._rows, self._rows, replicated),
+                           out_shardings=self._rows)
+
+  @classmethod
+  def for_decoder(cls, model: Any, params: Any, sampling: SamplingParams, *, shared_prompt: bool = True,
+                  **kwargs) -> "Sampler":
+    """A sampler over a qgjax DecoderLM (left-padded prompts)."""
+    pad = kwargs.pop("pad_id", None)
+    pad = model.config.pad_token_id if pad is None else pad
+    fn = functools.partial(_decoder_generate, model, sampling, shared_prompt)
+    return cls(fn, params, sampling, pad_id=0 if pad is None else pad, pad_side="left", **kwargs)
+
+  @classmethod
+  def for_seq2seq(cls, model: Any, params: Any, sampling: SamplingParams, **kwargs) -> "Sampler":
+    """A sampler over a qgjax T5Model (right-padded encoder inputs)."""
+    pad = kwargs.pop("pad_id", None)
+    pad = model.config.pad_token_id if pad is None else pad
+    fn = functools.partial(_seq2seq_generate, model, sampling)
+    return cls(fn, params, sampling, pad_id=pad, pad_side="right", **kwargs)
+
+  def run(self, token_lists: Sequence[Sequence[int]], ids: Sequence[str], length: int,
+          seed: int | None = None) -> SampleBatch:
+    """Samples for up to batch_size prompts padded to `length` tokens (a bucket size).
+
+    ids name the prompts (document or query ids): with the seed (default: the sampler's) they
+    choose the random keys. Changing the seed does not recompile.
+    """
+    if len(token_lists) != len(ids):
+      raise ValueError(f"{len(token_lists)} prompts but {len(ids)} ids")
+    batch = pad_prompts(token_lists, length, self.batch_size, self.pad_id, self.pad_side)
+    hashes = np.zeros((self.batch_size,), np.uint32)
+    hashes[:len(ids)] = id_hashes(ids)
+    out = self._jitted(self.params, batch.tokens, batch.mask, hashes, np.uint32(self.seed if seed is None else seed))
+    out = jax.device_get(out)
+    k = len(ids)
+    per = out.tokens.shape[0] // self.batch_size
+    shape = lambda x: np.asarray(x).reshape((self.batch_size, per) + x.shape[1:])[:k]
+    return SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
+
+
+def _decoder_generate(model, sampling, shared_prompt, params, tokens, mask, keys):
+  from qgjax.sampling.decoder import generate_decoder
+
+  return generate_decoder(model, params, tokens, mask, keys, sampling, shared_prompt=shared_prompt)
+
+
+def _seq2seq_generate(model, sampling, params, tokens, mask, keys):
+  from qgjax.sampling.seq2seq import generate_seq2seq
+
+  return generate_seq2seq(model, params, tokens, mask, keys, sampling)

@@ -1,0 +1,141 @@
+"""Prompts as data: what the generator is asked, built from a config group, rendered to token ids.
+
+Modes (`config.prompt.mode`):
+  plain        an instruction + the document                         -> queries for the document
+  few_shot     the same, preceded by worked (document, query) examples from the config
+  contrastive  the document and a negative document (2505.19307 conditions on both): a query
+               the document answers and the negative does not
+  expansion    AQE: a given query -> an expansion (text that helps retrieve its answer)
+
+Templates are Python format strings with the fields {document}, {negative}, {query}. With a
+chat template in the tokenizer the instruction is the user turn (few-shot examples become
+earlier user/assistant turns) and the generation prompt opens the assistant turn; without one
+the text is used as is, few-shot examples inline.
+
+Documents are cut to `max_doc_tokens` tokens (the negative to `max_negative_tokens`) so every
+prompt fits the largest length bucket.
+
+  builder = PromptBuilder(config.prompt, tokenizer)
+  ids = builder.document_prompt(doc_text, negative_text=None)     -> list[int]
+  ids = builder.expansion_prompt(query_text)                       -> list[int]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ml_collections
+
+from qgjax.errors import ConfigError
+
+MODES = ("plain", "few_shot", "contrastive", "expansion")
+
+DEFAULT_TEMPLATES = {
+    "plain": ("Write one short search query that the following document answers. "
+              "Reply with the query only.\n\nDocument: {document}"),
+    "few_shot": ("Write one short search query that the following document answers. "
+                 "Reply with the query only.\n\nDocument: {document}"),
+    "contrastive": ("Here are two documents. Write one short search query that Document A answers "
+                    "but Document B does not. Reply with the query only.\n\n"
+                    "Document A: {document}\n\nDocument B: {negative}"),
+    "expansion": ("Expand the following search query so that a search engine finds the documents "
+                  "that answer it: write a short passage with the key terms, synonyms and the likely "
+                  "answer. Reply with the passage only.\n\nQuery: {query}"),
+}
+
+DEFAULT_EXAMPLES = (
+    {"document": ("The Great Barrier Reef, off the coast of Queensland, Australia, is the world's largest "
+                  "coral reef system, made of over 2,900 individual reefs. Rising sea temperatures cause "
+                  "coral bleaching, which has damaged large parts of the reef since 2016."),
+     "query": "what is causing damage to the great barrier reef"},
+    {"document": ("Vitamin D is produced in the skin when it is exposed to ultraviolet B light from the sun. "
+                  "It helps the body absorb calcium, and a deficiency can lead to weak bones, a condition "
+                  "called rickets in children."),
+     "query": "how does the body make vitamin d"},
+)
+
+
+def default_prompt_config(mode: str = "plain") -> ml_collections.ConfigDict:
+  """The `config.prompt` group with defaults for `mode`."""
+  if mode not in MODES:
+    raise ConfigError(f"unknown prompt mode {mode!r}; expected one of {', '.join(MODES)}")
+  c = ml_collections.ConfigDict()
+  c.mode = mode
+  c.template = DEFAULT_TEMPLATES[mode]
+  c.system = ""                      # system turn; "" keeps the chat template's default
+  c.examples = [dict(e) for e in DEFAULT_EXAMPLES] if mode == "few_shot" else []
+  c.use_chat_template = True         # when the tokenizer has one
+  c.max_doc_tokens = 192
+  c.max_negative_tokens = 96
+  c.negative = "random"              # contrastive: "random" other document, or a JSONL {doc_id, negative_id}
+  return c
+
+
+def _truncate(tokenizer: Any, text: str, max_tokens: int) -> str:
+  ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+  if len(ids) <= max_tokens:
+    return text
+  return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
+
+
+class PromptBuilder:
+  """Renders prompts for one config group (see `default_prompt_config`) and one tokenizer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
+    if config.mode not in MODES:
+      raise ConfigError(f"unknown prompt mode {config.mode!r}; expected one of {', '.join(MODES)}")
+    self.config = config
+    self.tokenizer = tokenizer
+    self.mode = config.mode
+    self.chat = bool(config.use_chat_template) and bool(getattr(tokenizer, "chat_template", None))
+    fields = {"plain": ["document"], "few_shot": ["document"], "contrastive": ["document", "negative"],
+              "expansion": ["query"]}[self.mode]
+    for f in fields:
+      if "{" + f + "}" not in config.template:
+        raise ConfigError(f"prompt template for mode {self.mode!r} must contain {{{f}}}")
+    if self.mode == "few_shot":
+      if not config.examples:
+        raise ConfigError("prompt mode 'few_shot' needs prompt.examples: [{document, query}, ...]")
+      for i, ex in enumerate(config.examples):
+        if "document" not in ex or "query" not in ex:
+          raise ConfigError(f"prompt.examples[{i}] needs 'document' and 'query'")
+
+  def _render(self, user_text: str, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
+    tok = self.tokenizer
+    if self.chat:
+      messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
+      for user, answer in shots:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+      messages.append({"role": "user", "content": user_text})
+      out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+      ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+      return [int(i) for i in ids]
+    text = "".join(f"{u}\nAnswer: {a}\n\n" for u, a in shots) + user_text + "\nAnswer:"
+    if self.config.system:
+      text = self.config.system + "\n\n" + text
+    return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
+
+  def _shots(self) -> list[tuple[str, str]]:
+    if self.mode != "few_shot":
+      return []
+    c = self.config
+    return [(c.template.format(document=_truncate(self.tokenizer, ex["document"], c.max_doc_tokens)),
+             ex["query"]) for ex in c.examples]
+
+  def document_prompt(self, document: str, negative: str | None = None) -> list[int]:
+    """Token ids of the prompt for one document (and its negative in contrastive mode)."""
+    c = self.config
+    if self.mode == "expansion":
+      raise ConfigError("prompt mode 'expansion' expands queries; use expansion_prompt")
+    fields = {"document": _truncate(self.tokenizer, document, c.max_doc_tokens)}
+    if self.mode == "contrastive":
+      if negative is None:
+        raise ValueError("contrastive prompts need a negative document")
+      fields["negative"] = _truncate(self.tokenizer, negative, c.max_negative_tokens)
+    return self._render(c.template.format(**fields), self._shots())
+
+  def expansion_prompt(self, query: str) -> list[int]:
+    """Token ids of the prompt that asks for an expansion of `query`."""
+    if self.mode != "expansion":
+      raise ConfigError(f"prompt mode {self.mode!r} is not 'expansion'")
+    return self._render(self.config.template.format(query=query))
