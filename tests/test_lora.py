@@ -160,3 +160,15 @@ def test_bf16_base_keeps_dtype_and_bad_targets_error():
   with pytest.raises(ConfigError, match="match no kernel"):
     lora_target_paths(params, "nope_proj")
   assert lora_target_paths(params, "mlp") == [f"layers/mlp/{n}_proj/kernel" for n in ("down", "gate", "up")]
+
+
+def test_remat_layers_give_the_same_gradients():
+  """DecoderConfig(remat=True) (used for memory-bound training) changes no number."""
+  model, params, inputs = _model(True)
+
+  def loss(p, cfg):
+    return _loss(DecoderLM(cfg).apply({"params": p}, *inputs)[0], inputs[0])
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g1, g2 = grad(params, model.config), grad(params, model.config.replace(remat=True))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
