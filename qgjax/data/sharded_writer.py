@@ -316,6 +316,10 @@ class ShardedJsonlWriter:
     self._next_index += 1
     self._tmp_records = 0
 
+  def commit(self) -> None:
+    """Commits the open shard now (even if not full), so readers of the output see every record."""
+    self._commit_shard()
+
   def finish(self, **summary: Any) -> dict:
     """Commits the open shard and marks the output complete; `summary` goes into the manifest."""
     self._commit_shard()

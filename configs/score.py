@@ -1,0 +1,53 @@
+"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine, cross-encoder, LM likelihood.
+
+  qgjax score --config configs/score.py:tiny
+  qgjax score --config configs/score.py --config.input=runs/nfcorpus/generate \
+      --config.data_dir=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/score \
+      --config.rewards=bm25_rank,dense_rank,dense_cosine --config.dense.cache_dir=runs/cache
+
+`input` is the generate stage's output (sharded directory) or a JSONL file of records
+{doc_id, sample_idx, query, ...} (AQE: {query_id, sample_idx, query, expansion, ...}, gold
+documents from qrels/<split>.tsv). Writes <workdir>/scored (sharded, resumable): each record
+plus `rewards` {name: value}, `ranks` {retriever: rank} and `reward` (= rewards[reward]).
+Rewards are higher-is-better; rank rewards are -rank (rank_reward=neg_rank) or 1/rank.
+Arguments: tiny (the demo's hand-written sample queries; BM25 + MiniLM dense rewards).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+from qgjax.retrieval.bm25 import default_bm25_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.input = ""
+  c.data_dir = ""  # BEIR directory of the corpus; "" = the shipped demo corpus
+  c.split = "test"  # AQE: qrels/<split>.tsv names the gold documents
+  c.workdir = "runs/score"
+  c.rewards = ("bm25_rank",)  # any of bm25_rank, dense_rank, dense_cosine, cross_encoder, lm_likelihood
+  c.reward = "bm25_rank"  # the primary reward, copied to record["reward"]
+  c.rank_reward = "neg_rank"  # or "reciprocal"
+  c.depth = 1000  # ranks deeper than this are depth + 1
+  c.batch_size = 64
+  c.shard_size = 10000
+  c.retention_ks = (1, 10, 100)
+  c.aqe = ml_collections.ConfigDict(dict(query_repeats=1))  # retrieval text: query x repeats + expansion
+  c.bm25 = default_bm25_config()
+  c.dense = ml_collections.ConfigDict(dict(
+      model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, chunk=4096,
+      cache_dir=""))  # corpus embeddings cached here when set
+  c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32))
+  if a.tiny:
+    from qgjax.data import demo_dir
+    c.input = str(demo_dir() / "sample_queries.jsonl")
+    c.workdir = "runs/tiny/score"
+    c.rewards = ("bm25_rank", "dense_rank", "dense_cosine")
+    c.depth = 100
+    c.batch_size = 16
+    c.shard_size = 16
+    c.dense.batch_size = 16
+  return c

@@ -1,0 +1,70 @@
+"""Reading the records a stage consumes: a sharded output directory or a plain JSONL file.
+
+  for path, line, record in iter_records("runs/generate/nfcorpus"): ...
+  fingerprint("runs/generate/nfcorpus")   # changes whenever the input's content changes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Iterator
+
+from qgjax.data.sharded_writer import read_manifest
+from qgjax.errors import InputError
+
+
+def iter_records(source: str | os.PathLike, *, require_complete: bool = True
+                 ) -> Iterator[tuple[str, int, dict]]:
+  """(file, 1-based line, record) for every record of `source`.
+
+  `source` is a directory written by `ShardedJsonlWriter` (its committed shards in order; an
+  unfinished output is refused unless `require_complete=False`) or a `.jsonl` file.
+  """
+  root = pathlib.Path(source)
+  if root.is_dir():
+    manifest = read_manifest(root)
+    if manifest is None:
+      raise InputError("directory has no manifest.json: not the output of a qgjax stage",
+                       path=str(root))
+    if require_complete and not manifest.get("complete"):
+      raise InputError("output is incomplete: run the stage that writes it again to finish it",
+                       path=str(root))
+    files = [root / entry["file"] for entry in manifest["shards"]]
+  elif root.is_file():
+    files = [root]
+  else:
+    raise InputError("input not found", path=str(root))
+  for path in files:
+    if not path.is_file():
+      raise InputError("shard listed in the manifest is missing", path=str(path))
+    with open(path, "rb") as f:
+      for line_no, raw in enumerate(f, start=1):
+        if not raw.strip():
+          continue
+        try:
+          obj = json.loads(raw)
+        except ValueError as e:
+          raise InputError(f"malformed JSON: {e}", path=str(path), line=line_no) from None
+        if not isinstance(obj, dict):
+          raise InputError("expected a JSON object", path=str(path), line=line_no)
+        yield str(path), line_no, obj
+
+
+def fingerprint(source: str | os.PathLike) -> str:
+  """A short hash of the input's content: shard checksums of a sharded output, else file bytes."""
+  root = pathlib.Path(source)
+  h = hashlib.sha256()
+  manifest = read_manifest(root) if root.is_dir() else None
+  if manifest is not None:
+    for entry in manifest["shards"]:
+      h.update(entry["sha256"].encode())
+  elif root.is_file():
+    with open(root, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+  else:
+    raise InputError("input not found", path=str(root))
+  return h.hexdigest()[:16]

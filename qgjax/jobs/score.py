@@ -1,0 +1,178 @@
+"""`qgjax score`: a reward for every generated query (or AQE expansion), resumable.
+
+  qgjax score --config configs/score.py:tiny
+  qgjax score --config configs/score.py --config.input=runs/nfcorpus/generate \
+      --config.data_dir=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/score
+
+Reads the generate stage's records, scores them in batches with the rewards in
+`config.rewards` (see qgjax.rewards) and writes <workdir>/scored as sharded JSONL: each input
+record plus `rewards`, `ranks` and `reward`. Killed and run again, it continues where it
+stopped. The summary gives each reward's mean and retention@k of each retriever.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Iterator
+
+import numpy as np
+
+from qgjax.config import require
+from qgjax.data import demo_dir
+from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
+from qgjax.data.progress import progress
+from qgjax.data.records import fingerprint, iter_records
+from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records, iter_sharded
+from qgjax.errors import ConfigError, InputError
+from qgjax.rewards import build_scorers
+from qgjax.rewards.base import RewardBatch, RewardContext, aqe_text
+from qgjax.rewards.retention import retention_at_k
+
+QG_KEY = ("doc_id", "sample_idx")
+AQE_KEY = ("query_id", "sample_idx")
+
+
+def detect_mode(record: dict) -> str:
+  """'aqe' for expansion records ({query_id, expansion, ...}), else 'qg' ({doc_id, query, ...})."""
+  return "aqe" if "expansion" in record and "query_id" in record else "qg"
+
+
+def _text(record: dict, field: str, path: str, line: int) -> str:
+  value = record.get(field)
+  if not isinstance(value, str) or not value.strip():
+    raise InputError("missing or empty" if value is None or isinstance(value, str) else
+                     f"must be a string, got {type(value).__name__}", path=path, line=line, field=field)
+  return value
+
+
+class Targets:
+  """Record -> (text to score, target doc ids), validating against the corpus / qrels."""
+
+  def __init__(self, mode: str, corpus: Corpus, config: Any, data_dir: pathlib.Path):
+    self.mode, self.corpus, self.config = mode, corpus, config
+    self.qrels = self.queries = None
+    if mode == "aqe":
+      qrels_file = data_dir / "qrels" / f"{config.split}.tsv"
+      self.qrels = load_qrels(qrels_file, doc_ids=corpus, min_grade=1)
+      self.qrels_file = qrels_file
+
+  def __call__(self, record: dict, path: str, line: int) -> tuple[str, list[str]]:
+    if "sample_idx" not in record:
+      raise InputError("missing", path=path, line=line, field="sample_idx")
+    if self.mode == "qg":
+      doc_id = str(record.get("doc_id", ""))
+      if not doc_id:
+        raise InputError("missing", path=path, line=line, field="doc_id")
+      if doc_id not in self.corpus:
+        raise InputError(f"document '{doc_id}' is not in {self.corpus.path} (wrong data_dir?)",
+                         path=path, line=line, field="doc_id")
+      return _text(record, "query", path, line), [doc_id]
+    qid = str(record["query_id"])
+    if "query" in record:
+      query = _text(record, "query", path, line)
+    else:
+      if self.queries is None:
+        self.queries = load_queries(queries_path(self.corpus.path.parent, self.config.split))
+      if qid not in self.queries:
+        raise InputError(f"query '{qid}' has no text in the record or the query file", path=path,
+                         line=line, field="query")
+      query = self.queries[qid]
+    gold = [d for d, g in self.qrels.get(qid, {}).items() if d in self.corpus]
+    if not gold:
+      raise InputError(f"query '{qid}' has no relevant document in {self.qrels_file}", path=path,
+                       line=line, field="query_id")
+    expansion = _text(record, "expansion", path, line)
+    return aqe_text(query, expansion, self.config.aqe.query_repeats), gold
+
+
+def _batches(records: Iterator, size: int) -> Iterator[list]:
+  batch = []
+  for item in records:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def score_batch(scorers, items: list[tuple[dict, str, list[str]]], names) -> list[dict]:
+  """Runs every scorer on one batch; returns the output records."""
+  batch = RewardBatch([t for _, t, _ in items], [g for _, _, g in items], [r for r, _, _ in items])
+  rewards: dict[str, np.ndarray] = {}
+  ranks: dict[str, np.ndarray] = {}
+  for scorer in scorers:
+    out = scorer(batch)
+    rewards.update(out.rewards)
+    ranks.update(out.ranks)
+  out_records = []
+  for i, (record, _, _) in enumerate(items):
+    rec = dict(record)
+    rec["rewards"] = {n: float(rewards[n][i]) for n in names}
+    rec["ranks"] = {r: int(v[i]) for r, v in ranks.items()}
+    out_records.append(rec)
+  return out_records
+
+
+def summarize(scored_dir: pathlib.Path, names, ks) -> dict:
+  values: dict[str, list[float]] = {n: [] for n in names}
+  ranks: dict[str, list[int]] = {}
+  for rec in iter_sharded(scored_dir):
+    for n in names:
+      values[n].append(rec["rewards"][n])
+    for r, v in rec.get("ranks", {}).items():
+      ranks.setdefault(r, []).append(v)
+  return {"records": len(next(iter(values.values()), [])),
+          "mean_reward": {n: float(np.mean(v)) if v else None for n, v in values.items()},
+          "retention": {r: retention_at_k(v, ks) for r, v in ranks.items()}}
+
+
+def run(config: Any) -> dict:
+  require(config, "input", "workdir", "rewards", "reward")
+  names = list(config.rewards)
+  if config.reward not in names:
+    raise ConfigError(f"config.reward '{config.reward}' must be one of config.rewards ({', '.join(names)})")
+  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  corpus = Corpus(data_dir / "corpus.jsonl")
+  first = next(iter_records(config.input), None)
+  if first is None:
+    raise InputError("no records to score", path=str(config.input))
+  mode = detect_mode(first[2])
+  targets = Targets(mode, corpus, config, data_dir)
+  ctx = RewardContext(config, corpus)
+  scorers = build_scorers(names, ctx)
+
+  settings = {"rewards": names, "reward": config.reward, "rank_reward": config.rank_reward,
+              "depth": config.depth, "bm25": config.bm25.to_dict(), "aqe": config.aqe.to_dict()}
+  if any(n.startswith("dense") for n in names):
+    settings["dense"] = {k: v for k, v in config.dense.to_dict().items()
+                         if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results
+  if "cross_encoder" in names:
+    settings["cross_encoder"] = {k: v for k, v in config.cross_encoder.to_dict().items() if k != "batch_size"}
+  settings["bm25"].pop("cache_dir", None)
+  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
+          "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
+  out_dir = pathlib.Path(config.workdir) / "scored"
+  key = AQE_KEY if mode == "aqe" else QG_KEY
+  total = count_records(config.input) if pathlib.Path(config.input).is_dir() else None
+  with ShardedJsonlWriter(out_dir, key=key, shard_size=int(config.shard_size), meta=meta) as writer:
+    def pending():
+      for path, line, record in iter_records(config.input):
+        if detect_mode(record) != mode:
+          raise InputError(f"record is a {detect_mode(record)} record in a {mode} input", path=path, line=line)
+        text, gold = targets(record, path, line)
+        if writer.key_of(record) in writer.done_keys:
+          continue
+        yield record, text, gold
+
+    bar = progress(total=total, desc="score", unit="query", initial=writer.num_records)
+    for items in _batches(pending(), int(config.batch_size)):
+      for rec in score_batch(scorers, items, names):
+        rec["reward"] = rec["rewards"][config.reward]
+        writer.write(rec)
+      bar.update(len(items))
+    bar.close()
+    writer.commit()
+    summary = summarize(out_dir, names, config.retention_ks)
+    done = writer.finish(**summary)
+  return {"scored": str(out_dir), "mode": mode, **done, **summary}

@@ -1,0 +1,56 @@
+"""Cross-encoder relevance R(q, d) of a generated query and its source document.
+
+reward `cross_encoder`: the logit of a one-label cross-encoder (sentence-transformers
+convention), or log P(last label) of a multi-label one; for several targets (AQE gold
+documents) the best. The model is any HF `*ForSequenceClassification` directory that
+`qgjax.models.bert.load_cross_encoder` loads (BERT, MiniLM, RoBERTa, XLM-R); scoring runs
+through the jitted, length-bucketed `score_pairs`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qgjax.errors import ConfigError
+from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, best_over_targets
+
+
+def relevance_from_logits(logits: np.ndarray) -> np.ndarray:
+  """f32[N, L] -> f64[N]: the logit when L == 1, else log-softmax of the last label."""
+  logits = np.asarray(logits, np.float64)
+  if logits.shape[1] == 1:
+    return logits[:, 0]
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  return shifted[:, -1] - np.log(np.exp(shifted).sum(axis=1))
+
+
+class CrossEncoderScorer:
+
+  def __init__(self, model, corpus, cfg):
+    self.module, self.params, self.tokenizer, self.info = model
+    self.corpus, self.cfg = corpus, cfg
+    self.max_len = min(int(cfg.max_len), int(self.info["max_seq_length"]))
+
+  def __call__(self, batch: RewardBatch) -> ScoreOutput:
+    from qgjax.models.bert import score_pairs
+    texts, docs, counts = [], [], []
+    wanted = sorted({d for t in batch.targets for d in t})
+    contents = dict(zip(wanted, (doc.contents for doc in self.corpus.get_many(wanted))))
+    for text, targets in zip(batch.texts, batch.targets):
+      texts += [text] * len(targets)
+      docs += [contents[d] for d in targets]
+      counts.append(len(targets))
+    logits = score_pairs(self.module, self.params, self.tokenizer, texts, docs,
+                         batch_size=int(self.cfg.batch_size), max_len=self.max_len)
+    return ScoreOutput({"cross_encoder": best_over_targets(relevance_from_logits(logits), counts)})
+
+
+def build(ctx: RewardContext) -> CrossEncoderScorer:
+  if "cross_encoder" not in ctx.cache:
+    cfg = ctx.config.cross_encoder
+    if not cfg.model:
+      raise ConfigError("the cross_encoder reward needs config.cross_encoder.model: a local HF "
+                        "*ForSequenceClassification directory (none ships with qgjax)")
+    from qgjax.models.bert import load_cross_encoder
+    ctx.cache["cross_encoder"] = CrossEncoderScorer(load_cross_encoder(cfg.model), ctx.corpus, cfg)
+  return ctx.cache["cross_encoder"]
