@@ -1,0 +1,164 @@
+"""Dense retrieval: a bi-encoder, corpus embeddings on disk, and the index policy (exact or ScaNN).
+
+  enc = DenseEncoder.load("all-minilm-l6-v2")                   # or a sentence-transformers dir
+  ids, emb = embed_corpus(corpus_path, store_dir, enc)           # resumable, sharded .npy store
+  index = build_index(emb, index_cfg, cache_dir=...)             # logs "exact" or "scann" and why
+  run = search_run(index, ids, enc.encode(queries, ...), k=100)  # [{doc_id: score}] per query
+
+Policy: `index.kind = "auto"` uses exact search below `index.scann_min_rows` corpus rows and
+ScaNN at or above it. The default threshold is where `tools/bench_mining.py` saw ScaNN stop
+paying for itself on this machine class (exact matmul + top_k against ScaNN at recall@100 >=
+0.95, build time included for one pass of queries); see tools/results/bench_mining.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from qgjax.data.beir import Corpus
+from qgjax.data.progress import progress
+from qgjax.errors import ConfigError
+from qgjax.retrieval.embeddings_store import EmbeddingStoreWriter, is_complete, load_embeddings, read_manifest
+from qgjax.retrieval.exact import ExactIndex
+from qgjax.retrieval.scann_index import ScannIndex, ScannParams
+
+log = logging.getLogger("qgjax.retrieval")
+
+# Corpus rows from which `kind="auto"` picks ScaNN (tools/bench_mining.py, "policy" in its JSON).
+SCANN_MIN_ROWS = 200_000
+
+
+@dataclasses.dataclass
+class DenseEncoder:
+  """A BiEncoder with its params and tokenizer; `encode(texts)` -> np.float32[N, D]."""
+  module: Any
+  params: Any
+  tokenizer: Any
+  info: dict
+
+  @classmethod
+  def load(cls, name_or_path: str, dtype: str = "float32") -> DenseEncoder:
+    from qgjax.models.bert import load_bi_encoder
+    module, params, tokenizer, info = load_bi_encoder(name_or_path, dtype=dtype)
+    return cls(module, params, tokenizer, info)
+
+  @property
+  def dim(self) -> int:
+    return int(self.info["config"].hidden_size)
+
+  @property
+  def name(self) -> str:
+    return str(self.info.get("path", "?"))
+
+  def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_len: int | None = None,
+             progress_bar: bool = False) -> np.ndarray:
+    from qgjax.models.bert import encode_texts
+    max_len = int(min(max_len or self.info["max_seq_length"], self.info["max_seq_length"]))
+    return encode_texts(self.module, self.params, self.tokenizer, list(texts), batch_size=batch_size,
+                        max_len=max_len, progress=progress_bar)
+
+
+def _corpus_fingerprint(path: str) -> dict:
+  st = os.stat(path)
+  return {"corpus": os.path.abspath(path), "bytes": st.st_size}
+
+
+def embed_corpus(corpus_path: str, store_dir: str, encoder: DenseEncoder, *, batch_size: int = 64,
+                 max_len: int = 256, shard_rows: int = 8192, extra_meta: Mapping | None = None,
+                 corpus: Corpus | None = None) -> tuple[list[str], np.ndarray]:
+  """Encodes every document (title + " " + text) into `store_dir`; resumes a killed run.
+
+  Returns (doc ids, np.float32[N, D]) in corpus order. A complete store is read, not redone.
+  """
+  meta = {"model": encoder.name, "max_len": int(max_len), **_corpus_fingerprint(corpus_path),
+          **dict(extra_meta or {})}
+  manifest = read_manifest(store_dir)
+  if manifest is not None and manifest.get("complete") and manifest.get("meta") == meta:
+    log.info("embeddings: %s is complete (%d rows); reusing it", store_dir, manifest["rows"])
+    return load_embeddings(store_dir)
+  corpus = corpus or Corpus(corpus_path)
+  n = len(corpus)
+  with EmbeddingStoreWriter(store_dir, dim=encoder.dim, meta=meta, shard_rows=shard_rows) as writer:
+    start = writer.num_rows
+    if start:
+      log.info("embeddings: resuming %s at row %d of %d", store_dir, start, n)
+    bar = progress(total=n, desc="embed corpus", unit="doc", initial=start)
+    ids, texts = [], []
+    t0 = time.perf_counter()
+    for row, doc in enumerate(corpus):
+      if row < start:
+        continue
+      ids.append(doc.doc_id)
+      texts.append(doc.contents)
+      if len(ids) == shard_rows or row == n - 1:
+        emb = encoder.encode(texts, batch_size=batch_size, max_len=max_len)
+        writer.write_shard(ids, emb)
+        bar.update(len(ids))
+        ids, texts = [], []
+    bar.close()
+    writer.finish(seconds=round(time.perf_counter() - t0, 2))
+  return load_embeddings(store_dir)
+
+
+def choose_index_kind(num_rows: int, kind: str = "auto", scann_min_rows: int = SCANN_MIN_ROWS) -> tuple[str, str]:
+  """-> ("exact" | "scann", reason)."""
+  if kind == "exact" or kind == "scann":
+    return kind, f"index.kind={kind}"
+  if kind != "auto":
+    raise ConfigError(f"index.kind must be auto, exact or scann; got {kind!r}")
+  if num_rows < scann_min_rows:
+    return "exact", f"{num_rows} rows < scann_min_rows={scann_min_rows}: exact search is as fast"
+  return "scann", f"{num_rows} rows >= scann_min_rows={scann_min_rows}"
+
+
+def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, cache_dir: str | None = None,
+                report: Callable[[str], None] | None = None):
+  """The dense index over emb f32[N, D] that `index_cfg` asks for; says which and why.
+
+  index_cfg: {"kind": auto|exact|scann, "scann_min_rows": int, "scann": {ScannParams fields},
+  "corpus_chunk": int, "query_block": int}. A ScaNN index is saved under `cache_dir` and loaded
+  from there next time (when its row count and settings match).
+  """
+  cfg = dict(index_cfg or {})
+  kind, reason = choose_index_kind(emb.shape[0], cfg.get("kind", "auto"),
+                                   int(cfg.get("scann_min_rows", SCANN_MIN_ROWS)))
+  say = report or (lambda msg: log.info(msg))
+  if kind == "exact":
+    say(f"index: exact search (jitted matmul + top_k) over {emb.shape[0]} x {emb.shape[1]}; {reason}")
+    return ExactIndex(emb, corpus_chunk=int(cfg.get("corpus_chunk", 16384)),
+                      query_block=int(cfg.get("query_block", 256)))
+  params = ScannParams.from_config(cfg.get("scann")).resolved(emb.shape[0])
+  if cache_dir and ScannIndex.is_saved(cache_dir):
+    index = ScannIndex.load(cache_dir)
+    if index.num_rows == emb.shape[0] and index.params == params:
+      say(f"index: ScaNN loaded from {cache_dir} ({reason})")
+      return index
+  t0 = time.perf_counter()
+  index = ScannIndex.build(emb, params)
+  say(f"index: ScaNN over {emb.shape[0]} x {emb.shape[1]} built in {time.perf_counter() - t0:.1f}s "
+      f"(leaves={params.num_leaves}, search={params.leaves_to_search}, reorder={params.reorder}); {reason}")
+  if cache_dir:
+    index.save(cache_dir)
+  return index
+
+
+def search_run(index, doc_ids: Sequence[str], query_emb: np.ndarray, k: int,
+               query_ids: Sequence[str] | None = None, batch: int = 4096) -> dict[str, dict[str, float]]:
+  """-> {query_id: {doc_id: score}} with the top k of each query (query_ids default "0", "1", ...)."""
+  query_ids = list(query_ids) if query_ids is not None else [str(i) for i in range(len(query_emb))]
+  run: dict[str, dict[str, float]] = {}
+  for start in range(0, len(query_emb), batch):
+    scores, rows = index.search(query_emb[start:start + batch], k)
+    for qid, s_row, r_row in zip(query_ids[start:start + batch], scores, rows):
+      run[qid] = {doc_ids[r]: float(s) for s, r in zip(s_row, r_row) if r >= 0}
+  return run
+
+
+__all__ = ["DenseEncoder", "embed_corpus", "build_index", "choose_index_kind", "search_run", "SCANN_MIN_ROWS",
+           "is_complete"]

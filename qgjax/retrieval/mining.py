@@ -1,0 +1,172 @@
+"""Hard-negative mining for generated queries (arXiv 2505.19307), with reranker relabelling.
+
+For a generated query q of source document d+ (its positive):
+
+1. retrieve the top `top_k` documents for q with the dense index;
+2. find the rank r of d+ in that list (0-based);
+3. candidates = the documents ranked below r (ranks r+1 .. top_k-1), visited in an order
+   drawn from a seed that depends only on (seed, query key), so a resumed or re-sharded run
+   draws the same negatives;
+4. optionally score with a reranker the positive, the top `relabel_depth` retrieved documents
+   and the first `num_negatives * relabel_oversample` candidates; a document that scores above
+   the positive (by more than `relabel_margin`) is a likely false negative:
+     relabel     -> the best-scoring such document becomes the positive (Gecko style); all of
+                    them leave the negative pool
+     drop        -> they leave the negative pool; the positive stays
+     drop_query  -> the example is dropped
+     none        -> no reranker
+5. negatives = the first `num_negatives` candidates left, reported in rank order.
+
+When d+ is not among the top_k, `missing_positive` decides: "skip" the query (default) or
+"sample_all" (every retrieved document is a candidate). Examples with fewer than
+`min_negatives` negatives are skipped. Every skip is counted by reason.
+
+  plan = plan_example(key, pos_id, retrieved_ids, cfg)                 # what to score
+  rec = finish_example(plan, scores_or_None, cfg)                      # -> record | SkipReason
+  records, stats = mine_batch(examples, retrieved, cfg, scorer, doc_text)   # both, batched
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import zlib
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from qgjax.errors import ConfigError
+
+RELABEL_MODES = ("none", "relabel", "drop", "drop_query")
+MISSING_MODES = ("skip", "sample_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+  top_k: int = 100                 # retrieval depth
+  num_negatives: int = 8           # negatives per example
+  min_negatives: int = 1           # fewer available -> skip the example
+  seed: int = 0
+  missing_positive: str = "skip"   # positive not in the top_k: "skip" | "sample_all"
+  relabel: str = "none"            # "none" | "relabel" | "drop" | "drop_query"
+  relabel_depth: int = 10          # top retrieved docs the reranker checks (besides sampled negatives)
+  relabel_margin: float = 0.0      # a doc is a false negative if score > score(positive) + margin
+  relabel_oversample: int = 2      # candidates scored per needed negative
+
+  def __post_init__(self):
+    if self.relabel not in RELABEL_MODES:
+      raise ConfigError(f"mining.relabel must be one of {RELABEL_MODES}, got {self.relabel!r}")
+    if self.missing_positive not in MISSING_MODES:
+      raise ConfigError(f"mining.missing_positive must be one of {MISSING_MODES}, got {self.missing_positive!r}")
+    if self.top_k < 2 or self.num_negatives < 1 or self.min_negatives < 0:
+      raise ConfigError("mining needs top_k >= 2, num_negatives >= 1, min_negatives >= 0")
+
+  @classmethod
+  def from_config(cls, cfg: Mapping | None) -> MiningConfig:
+    cfg = dict(cfg or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+      raise ConfigError(f"unknown mining setting(s) {unknown}; known: {sorted(names)}")
+    return cls(**cfg)
+
+
+def example_rng(seed: int, key: str) -> np.random.Generator:
+  """A generator that depends only on (seed, key): order- and sharding-independent."""
+  return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8"))])
+
+
+@dataclasses.dataclass
+class Plan:
+  key: str
+  pos_id: str
+  retrieved: list[str]              # top_k doc ids, best first
+  pos_rank: int | None              # rank of the positive, None when not retrieved
+  candidates: list[int]             # ranks of negative candidates in visiting order
+  to_score: list[str]               # doc ids the reranker must score (positive first); [] without one
+
+
+def plan_example(key: str, pos_id: str, retrieved: Sequence[str], cfg: MiningConfig) -> Plan:
+  """Step 1-3 (+ the set the reranker must score) for one query."""
+  retrieved = list(retrieved)
+  pos_rank = retrieved.index(pos_id) if pos_id in retrieved else None
+  if pos_rank is None and cfg.missing_positive == "skip":
+    return Plan(key, pos_id, retrieved, None, [], [])
+  first = 0 if pos_rank is None else pos_rank + 1
+  ranks = [r for r in range(first, len(retrieved)) if retrieved[r] != pos_id]
+  order = [ranks[i] for i in example_rng(cfg.seed, key).permutation(len(ranks))]
+  to_score: list[str] = []
+  if cfg.relabel != "none":
+    want = [pos_id] + retrieved[: cfg.relabel_depth] + \
+        [retrieved[r] for r in order[: cfg.num_negatives * cfg.relabel_oversample]]
+    seen = set()
+    to_score = [d for d in want if not (d in seen or seen.add(d))]
+  return Plan(key, pos_id, retrieved, pos_rank, order, to_score)
+
+
+def finish_example(plan: Plan, scores: Mapping[str, float] | None, cfg: MiningConfig) -> dict | str:
+  """Steps 4-5: -> a training record, or the reason (str) the example is skipped.
+
+  Record: {pos_id, orig_pos_id, pos_rank, relabelled, neg_ids, neg_ranks, false_negatives}.
+  `pos_rank` is the retrieval rank of the original positive (-1: not retrieved).
+  """
+  if plan.pos_rank is None and cfg.missing_positive == "skip":
+    return "positive_not_retrieved"
+  pos_id, relabelled, false_neg = plan.pos_id, False, []
+  candidates = plan.candidates
+  if cfg.relabel != "none":
+    if scores is None:
+      raise ValueError("relabelling needs reranker scores")
+    s_pos = scores[plan.pos_id]
+    false_neg = [d for d in plan.to_score[1:] if scores[d] > s_pos + cfg.relabel_margin]
+    if false_neg and cfg.relabel == "drop_query":
+      return "false_negative_above_positive"
+    if false_neg and cfg.relabel == "relabel":
+      pos_id = max(false_neg, key=lambda d: (scores[d], -plan.retrieved.index(d)))
+      relabelled = True
+    # Only the prefix of the visiting order that the reranker saw is safe to draw from.
+    excluded = set(false_neg)
+    candidates = [r for r in candidates[: cfg.num_negatives * cfg.relabel_oversample]
+                  if plan.retrieved[r] not in excluded]
+  chosen = sorted(candidates[: cfg.num_negatives])
+  if len(chosen) < max(cfg.min_negatives, 1):
+    return "too_few_negatives"
+  return {"pos_id": pos_id, "orig_pos_id": plan.pos_id,
+          "pos_rank": -1 if plan.pos_rank is None else plan.pos_rank, "relabelled": relabelled,
+          "neg_ids": [plan.retrieved[r] for r in chosen], "neg_ranks": chosen, "false_negatives": false_neg}
+
+
+Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]   # (query texts, doc texts) -> f32[N]
+
+
+def mine_batch(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], cfg: MiningConfig,
+               scorer: Scorer | None = None, doc_text: Callable[[str], str] | None = None
+               ) -> tuple[list[dict], collections.Counter]:
+  """Mines a batch. examples: [{"key", "query", "pos_id", ...extra fields kept}], retrieved: top_k ids each.
+
+  The reranker (if any) scores every (query, doc) pair the plans ask for in one call.
+  Returns (records, Counter of outcomes: "kept", "relabelled", and skip reasons).
+  """
+  plans = [plan_example(str(ex["key"]), str(ex["pos_id"]), ids, cfg) for ex, ids in zip(examples, retrieved)]
+  scores: list[dict | None] = [None] * len(plans)
+  if cfg.relabel != "none":
+    if scorer is None or doc_text is None:
+      raise ConfigError("mining.relabel needs a reranker (config.reranker)")
+    pairs = [(i, d) for i, p in enumerate(plans) for d in p.to_score]
+    if pairs:
+      values = np.asarray(scorer([examples[i]["query"] for i, _ in pairs], [doc_text(d) for _, d in pairs]),
+                          np.float32).reshape(-1)
+      for i in range(len(plans)):
+        scores[i] = {}
+      for (i, d), v in zip(pairs, values):
+        scores[i][d] = float(v)
+  records, stats = [], collections.Counter()
+  for ex, plan, sc in zip(examples, plans, scores):
+    out = finish_example(plan, sc, cfg)
+    if isinstance(out, str):
+      stats[out] += 1
+      continue
+    stats["kept"] += 1
+    stats["relabelled"] += int(out["relabelled"])
+    records.append({**{k: v for k, v in ex.items() if k != "pos_id"}, **out})
+  return records, stats

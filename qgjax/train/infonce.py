@@ -1,0 +1,316 @@
+"""Bi-encoder (retriever) training with InfoNCE: in-batch negatives over the global batch + mined hard negatives.
+
+Loss for a global batch of B queries, their positives and H mined negatives each:
+
+  candidates = [pos_0 .. pos_{B-1}, neg_{0,0} .. neg_{B-1,H-1}]     (B * (1 + H) documents)
+  logits[i, j] = <q_i, c_j> / temperature
+  loss = mean_i  -log softmax(logits[i])[i]
+
+Every query sees every candidate of the whole global batch, on all devices: the step is
+jitted over global arrays sharded on the batch axis (`NamedSharding`), so `q @ candidates.T`
+makes XLA all-gather the candidate embeddings across devices (no per-device-only negatives).
+A candidate that is the same document as query i's positive (another query of the same
+document, or a mined negative equal to it) is masked out of row i, so it never counts as a
+negative. Towers: `shared` (one encoder) or separate query / document encoders.
+
+  qgjax train --config configs/retriever.py:tiny
+  qgjax train --config configs/retriever.py --config.data.train=runs/nfcorpus/mine \
+      --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/retriever
+
+Data: the tuples of `qgjax mine` ({query, pos_id, neg_ids, ...}; a sharded output dir or a
+.jsonl file) and the BEIR corpus they point into. Export: a sentence-transformers directory
+(`SentenceTransformer(dir)` loads it); separate towers export `<dir>/query` and `<dir>/doc`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qgjax.errors import ConfigError, InputError
+from qgjax.train.data import Column, StepLoader
+
+MASKED = -1e9
+
+
+def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, temperature: float = 0.05,
+                 pos_key: jax.Array | None = None, neg_key: jax.Array | None = None,
+                 weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """InfoNCE over in-batch + hard negatives.
+
+  q f32[B, D], pos f32[B, D], neg f32[B, H, D] (or None); pos_key [B] / neg_key [B, H]: document
+  identities (any numeric dtype; equal key = same document) used to mask false in-batch
+  negatives; weight f32[B] (0 drops a row from the mean but keeps its documents as negatives).
+  Returns (loss scalar, metrics: accuracy, pos_score, hardest_neg_score).
+  """
+  b = q.shape[0]
+  cands = pos if neg is None else jnp.concatenate([pos, neg.reshape(-1, neg.shape[-1])], axis=0)
+  logits = jnp.einsum("bd,cd->bc", q, cands, preferred_element_type=jnp.float32)
+  labels = jnp.arange(b)
+  if pos_key is not None:
+    cand_key = pos_key if neg is None else jnp.concatenate([pos_key, neg_key.reshape(-1)], axis=0)
+    same_doc = pos_key[:, None] == cand_key[None, :]
+    not_label = jnp.arange(cands.shape[0])[None, :] != labels[:, None]
+    logits = jnp.where(same_doc & not_label, MASKED, logits)
+  scaled = logits / temperature
+  logz = jax.nn.logsumexp(scaled, axis=-1)
+  ce = logz - scaled[labels, labels]
+  w = jnp.ones((b,), jnp.float32) if weight is None else weight.astype(jnp.float32)
+  loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-9)
+  pos_score = logits[labels, labels]
+  neg_logits = jnp.where(jnp.arange(cands.shape[0])[None, :] == labels[:, None], MASKED, logits)
+  hardest = jnp.max(neg_logits, axis=-1)
+  wsum = jnp.maximum(jnp.sum(w), 1e-9)
+  metrics = {"accuracy": jnp.sum((pos_score > hardest) * w) / wsum,
+             "pos_score": jnp.sum(pos_score * w) / wsum, "hardest_neg_score": jnp.sum(hardest * w) / wsum}
+  return loss, metrics
+
+
+def infonce_numpy(q: np.ndarray, pos: np.ndarray, neg: np.ndarray | None, temperature: float,
+                  pos_key: np.ndarray | None = None, neg_key: np.ndarray | None = None) -> float:
+  """Reference implementation (float64, loops) used by the tests."""
+  q, pos = np.asarray(q, np.float64), np.asarray(pos, np.float64)
+  cands = [pos[j] for j in range(len(pos))]
+  keys = list(pos_key) if pos_key is not None else list(range(len(pos)))
+  if neg is not None:
+    for i in range(neg.shape[0]):
+      for h in range(neg.shape[1]):
+        cands.append(np.asarray(neg[i, h], np.float64))
+        keys.append(neg_key[i, h] if neg_key is not None else -1 - (i * neg.shape[1] + h))
+  total = 0.0
+  for i in range(len(q)):
+    row = []
+    for j, c in enumerate(cands):
+      if j != i and pos_key is not None and keys[j] == pos_key[i]:
+        continue
+      row.append(float(q[i] @ c) / temperature)
+    row = np.asarray(row)
+    target = float(q[i] @ pos[i]) / temperature
+    total += np.log(np.sum(np.exp(row - row.max()))) + row.max() - target
+  return total / len(q)
+
+
+# ------------------------------------------------------------------------------------------------
+# The task: towers, data, loss, export.
+
+
+class Towers:
+  """Query / document encoders over one BiEncoder module: params {"query": p} or {"query": p, "doc": p}."""
+
+  def __init__(self, module: Any, shared: bool, dropout: bool = False):
+    self.module, self.shared, self.dropout = module, shared, dropout
+
+  def encode(self, params: Any, tower: str, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+    p = params["query"] if self.shared or tower == "query" else params["doc"]
+    if self.dropout and rng is not None:
+      return self.module.apply({"params": p}, tokens, mask, deterministic=False, rngs={"dropout": rng})
+    return self.module.apply({"params": p}, tokens, mask)
+
+
+def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0):
+  """(params, frozen, batch) -> (loss, metrics) for `loop.fit`."""
+
+  def loss_fn(params, frozen, batch):
+    del frozen
+    rng = None
+    if towers.dropout:
+      rng = jax.random.fold_in(jax.random.key(seed), batch["step"][0].astype(jnp.int32))
+    keys = jax.random.split(rng, 3) if rng is not None else (None, None, None)
+    q = towers.encode(params, "query", batch["query"], batch["query_mask"], keys[0])
+    p = towers.encode(params, "doc", batch["pos"], batch["pos_mask"], keys[1])
+    neg = neg_key = None
+    if num_negatives:
+      toks = jnp.concatenate([batch[f"neg{h}"] for h in range(num_negatives)], axis=0)   # [H * B, L]
+      mask = jnp.concatenate([batch[f"neg{h}_mask"] for h in range(num_negatives)], axis=0)
+      n = towers.encode(params, "doc", toks, mask, keys[2])
+      b = q.shape[0]
+      neg = n.reshape(num_negatives, b, -1).swapaxes(0, 1)                                  # [B, H, D]
+      neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
+    return infonce_loss(q, p, neg, temperature=temperature, pos_key=batch["pos_key"], neg_key=neg_key,
+                        weight=batch["weight"])
+
+  return loss_fn
+
+
+class _StepColumn(StepLoader):
+  """A StepLoader whose batches also carry the global step (per row) for dropout keys."""
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    out = super().batch(step)
+    out["step"] = np.full(len(out["weight"]), step, np.float32)
+    return out
+
+
+def read_tuples(path: str) -> list[dict]:
+  """Training tuples of `qgjax mine`: a sharded output directory (complete) or a .jsonl file."""
+  if os.path.isdir(path):
+    from qgjax.data.sharded_writer import iter_sharded
+    return list(iter_sharded(path, require_complete=True))
+  if not os.path.isfile(path):
+    raise InputError("training tuples not found", path=path)
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg}", path=path, line=line_no) from None
+  return out
+
+
+def _doc_key(doc_row: Mapping[str, int], doc_id: str) -> float:
+  """Document identity as an f32-exact number (corpus row < 2^24) for the duplicate mask."""
+  return float(doc_row[doc_id] % (1 << 24))
+
+
+def build_columns(tuples: Sequence[Mapping], corpus, tokenizer, *, num_negatives: int, query_max_len: int,
+                  doc_max_len: int, source: str = "") -> dict[str, list]:
+  """Tuples -> token columns query / pos / neg{h} and scalar keys, for StepLoader.
+
+  An example with fewer than `num_negatives` negatives reuses its own (cyclically); one with none
+  is an error unless num_negatives == 0.
+  """
+  doc_ids = corpus.doc_ids if hasattr(corpus, "doc_ids") else list(corpus)
+  doc_row = {d: i for i, d in enumerate(doc_ids)}
+  needed: dict[str, None] = {}
+  for line, t in enumerate(tuples, start=1):
+    for field in ("query", "pos_id"):
+      if field not in t:
+        raise InputError("missing field", path=source, line=line, field=field)
+    ids = [t["pos_id"]] + list(t.get("neg_ids", []))[: max(num_negatives, 0) or 0]
+    if num_negatives and not t.get("neg_ids"):
+      raise InputError("example has no negatives (set num_negatives=0 for in-batch only)", path=source,
+                       line=line, field="neg_ids")
+    for d in ids:
+      if d not in doc_row:
+        raise InputError(f"document {d!r} is not in the corpus", path=source, line=line, field="pos_id/neg_ids")
+      needed[d] = None
+  docs = corpus.get_many(list(needed)) if hasattr(corpus, "get_many") else [corpus[d] for d in needed]
+  texts = [d.contents for d in docs]
+  enc = tokenizer(texts, truncation=True, max_length=doc_max_len, padding=False)["input_ids"]
+  doc_tokens = dict(zip(needed, enc))
+  q_tokens = tokenizer([str(t["query"]) for t in tuples], truncation=True, max_length=query_max_len,
+                       padding=False)["input_ids"]
+  cols: dict[str, list] = {"query": q_tokens, "pos": [doc_tokens[t["pos_id"]] for t in tuples],
+                           "pos_key": [_doc_key(doc_row, t["pos_id"]) for t in tuples]}
+  for h in range(num_negatives):
+    negs = [list(t["neg_ids"]) for t in tuples]
+    cols[f"neg{h}"] = [doc_tokens[n[h % len(n)]] for n in negs]
+    cols[f"neg{h}_key"] = [_doc_key(doc_row, n[h % len(n)]) for n in negs]
+  return cols
+
+
+def retriever_spec(num_negatives: int) -> dict[str, Column]:
+  spec = {"query": Column("query"), "pos": Column("doc")}
+  spec.update({f"neg{h}": Column("doc") for h in range(num_negatives)})
+  return spec
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  if fraction <= 0 or n < 4:
+    return np.arange(n), np.zeros((0,), np.int64)
+  rng = np.random.default_rng([seed, 7])
+  is_eval = rng.random(n) < fraction
+  return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
+
+
+def setup_retriever(config: Any):
+  """config -> loop.TaskSetup for the bi-encoder."""
+  import dataclasses
+
+  from qgjax.data.beir import Corpus
+  from qgjax.models.bert import BiEncoder, load_bi_encoder
+  from qgjax.parallel.backend import compute_dtype
+  from qgjax.train.loop import TaskSetup
+
+  d, m = config.data, config.model
+  if not d.get("train", ""):
+    raise ConfigError("config.data.train must name the mined tuples (qgjax mine's output)")
+  if not d.get("corpus", ""):
+    raise ConfigError("config.data.corpus must name the BEIR corpus the tuples point into")
+  module, params, tokenizer, info = load_bi_encoder(m.name, dtype="float32")
+  dtype = compute_dtype(None, m.get("dtype", "auto"))
+  cfg = info["config"]
+  overrides = {"dtype": str(dtype)}
+  if m.get("remat", False):
+    overrides["remat"] = True
+  module = BiEncoder(dataclasses.replace(cfg, **overrides), pooling=module.pooling, normalize=module.normalize)
+  towers = Towers(module, shared=config.towers == "shared", dropout=bool(m.get("dropout", False)))
+  if config.towers not in ("shared", "separate"):
+    raise ConfigError(f"config.towers must be 'shared' or 'separate', got {config.towers!r}")
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  trainable = {"query": params} if towers.shared else {"query": params, "doc": jax.tree.map(np.copy, params)}
+  abstract_one = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
+                                jnp.ones((1, 2), bool))["params"]
+  abstract = {"query": abstract_one} if towers.shared else {"query": abstract_one, "doc": abstract_one}
+
+  corpus_path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
+  corpus = Corpus(corpus_path)
+  tuples = read_tuples(d.train)
+  if not tuples:
+    raise InputError("no training tuples", path=d.train)
+  h = int(config.num_negatives)
+  max_q, max_d = int(d.query_max_len), int(min(d.doc_max_len, info["max_seq_length"]))
+  cols = build_columns(tuples, corpus, tokenizer, num_negatives=h, query_max_len=max_q, doc_max_len=max_d,
+                       source=d.train)
+  seed = int(config.get("seed", 0))
+  train_idx, eval_idx = _split(len(tuples), float(d.get("eval_fraction", 0.0)), seed)
+  take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
+  buckets = {"query": tuple(b for b in d.query_buckets if b <= max_q) or (max_q,),
+             "doc": tuple(b for b in d.doc_buckets if b <= max_d) or (max_d,)}
+  kw = dict(batch_size=int(config.batch_size), buckets=buckets, pad_id=int(tokenizer.pad_token_id or 0), seed=seed,
+            bucket_window=int(d.get("bucket_window", 8)), process_index=jax.process_index(),
+            process_count=jax.process_count())
+  train = _StepColumn(take(train_idx), retriever_spec(h), shuffle=True, **kw)
+  evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
+
+  def export(p, frozen, out_dir):
+    return export_towers(p, module, tokenizer, out_dir, max_seq_length=max_d, passthrough=info.get("passthrough"))
+
+  fp = {"task": config.task, "model": str(m.name), "towers": config.towers, "batch_size": int(config.batch_size),
+        "num_negatives": h, "temperature": float(config.temperature), "seed": seed,
+        "train": os.path.abspath(d.train)}
+  extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
+           "truncated": train.truncated, "towers": config.towers}
+  return TaskSetup(trainable, {}, abstract, {}, retriever_loss_fn(towers, h, float(config.temperature), seed),
+                   train, evals, export, fp, extra)
+
+
+def export_towers(params: Any, module: Any, tokenizer: Any, out_dir: str, *, max_seq_length: int,
+                  passthrough: Mapping | None = None) -> str | dict[str, str]:
+  """Writes sentence-transformers dir(s): shared -> out_dir; separate -> out_dir/query, out_dir/doc."""
+  from flax import linen as nn
+
+  from qgjax.models.bert import save_bi_encoder_st
+  from qgjax.parallel.distributed import is_main_process
+  from qgjax.train.generator import gather_to_host
+
+  host = gather_to_host(params)
+  import dataclasses
+  module = type(module)(dataclasses.replace(module.config, dtype="float32"), pooling=module.pooling,
+                        normalize=module.normalize)
+  if not is_main_process():
+    return out_dir
+  if set(host) == {"query"}:
+    save_bi_encoder_st(nn.unbox(host["query"]), module, tokenizer, out_dir, max_seq_length=max_seq_length,
+                       passthrough=passthrough)
+    return out_dir
+  out = {}
+  for tower in ("query", "doc"):
+    path = os.path.join(out_dir, tower)
+    save_bi_encoder_st(nn.unbox(host[tower]), module, tokenizer, path, max_seq_length=max_seq_length,
+                       passthrough=passthrough)
+    out[tower] = path
+  return out
+
+
+def run_retriever(config: Any) -> dict:
+  from qgjax.train.loop import fit
+  return fit(setup_retriever(config), config)

@@ -1,0 +1,85 @@
+"""Hard-negative mining: negatives come from below the positive's rank; reranker relabelling."""
+
+import numpy as np
+import pytest
+
+from qgjax.errors import ConfigError
+from qgjax.retrieval.mining import MiningConfig, finish_example, mine_batch, plan_example
+
+RETRIEVED = [f"d{i}" for i in range(10)]          # ranks 0..9
+
+
+def test_negatives_below_positive_rank_seeded():
+  cfg = MiningConfig(top_k=10, num_negatives=3, seed=0)
+  seen = set()
+  for key in (f"q{i}" for i in range(40)):
+    rec = finish_example(plan_example(key, "d4", RETRIEVED, cfg), None, cfg)
+    assert rec["pos_id"] == "d4" and rec["pos_rank"] == 4 and not rec["relabelled"]
+    assert len(rec["neg_ids"]) == 3 and all(r > 4 for r in rec["neg_ranks"])
+    assert rec["neg_ranks"] == sorted(rec["neg_ranks"])
+    assert rec["neg_ids"] == [RETRIEVED[r] for r in rec["neg_ranks"]]
+    seen.add(tuple(rec["neg_ids"]))
+    # same (seed, key) -> same draw, whatever else was mined before
+    again = finish_example(plan_example(key, "d4", RETRIEVED, cfg), None, cfg)
+    assert again == rec
+  assert len(seen) > 5                                   # the draw depends on the key
+  other = MiningConfig(top_k=10, num_negatives=3, seed=1)
+  draws = [finish_example(plan_example(f"q{i}", "d4", RETRIEVED, other), None, other)["neg_ids"] for i in range(40)]
+  assert draws != [finish_example(plan_example(f"q{i}", "d4", RETRIEVED, cfg), None, cfg)["neg_ids"]
+                   for i in range(40)]
+  # every doc below the positive gets drawn sometime, none above it ever
+  all_negs = {d for t in seen for d in t}
+  assert all_negs == {"d5", "d6", "d7", "d8", "d9"}
+
+
+def test_missing_positive_and_too_few():
+  cfg = MiningConfig(top_k=10, num_negatives=3)
+  assert finish_example(plan_example("q", "zz", RETRIEVED, cfg), None, cfg) == "positive_not_retrieved"
+  cfg_all = MiningConfig(top_k=10, num_negatives=3, missing_positive="sample_all")
+  rec = finish_example(plan_example("q", "zz", RETRIEVED, cfg_all), None, cfg_all)
+  assert rec["pos_rank"] == -1 and len(rec["neg_ids"]) == 3
+  assert finish_example(plan_example("q", "d9", RETRIEVED, cfg), None, cfg) == "too_few_negatives"
+  short = finish_example(plan_example("q", "d8", RETRIEVED, cfg), None, cfg)   # one doc below
+  assert short["neg_ids"] == ["d9"]
+  with pytest.raises(ConfigError):
+    MiningConfig(relabel="gecko")
+
+
+# Reranker scores: the positive d2 scores 0.5; d1 (above it) 0.9 and d7 (below it) 0.8 beat it.
+SCORES = {"d0": 0.1, "d1": 0.9, "d2": 0.5, "d3": 0.2, "d4": 0.3, "d5": 0.1, "d6": 0.0, "d7": 0.8, "d8": 0.2,
+          "d9": 0.4}
+
+
+def scorer(queries, docs):
+  assert all(q == "what is d2" for q in queries)
+  return np.asarray([SCORES[d.removeprefix("text of ")] for d in docs], np.float32)
+
+
+def _mine(mode, **kw):
+  cfg = MiningConfig(top_k=10, num_negatives=7, relabel=mode, relabel_depth=3, relabel_oversample=2, **kw)
+  ex = [{"key": "q1", "query": "what is d2", "pos_id": "d2", "doc_id": "d2"}]
+  return mine_batch(ex, [RETRIEVED], cfg, scorer, doc_text=lambda d: f"text of {d}")
+
+
+def test_relabel_gecko_style():
+  (rec,), stats = _mine("relabel")
+  assert rec["pos_id"] == "d1" and rec["orig_pos_id"] == "d2" and rec["relabelled"]
+  assert sorted(rec["false_negatives"]) == ["d1", "d7"]
+  assert "d7" not in rec["neg_ids"] and "d2" not in rec["neg_ids"] and "d1" not in rec["neg_ids"]
+  assert set(rec["neg_ids"]) == {"d3", "d4", "d5", "d6", "d8", "d9"}
+  assert rec["query"] == "what is d2" and rec["doc_id"] == "d2"     # the input fields travel along
+  assert stats["kept"] == 1 and stats["relabelled"] == 1
+
+
+def test_relabel_drop_and_drop_query_and_margin():
+  (rec,), _ = _mine("drop")
+  assert rec["pos_id"] == "d2" and not rec["relabelled"]
+  assert "d7" not in rec["neg_ids"] and set(rec["neg_ids"]) == {"d3", "d4", "d5", "d6", "d8", "d9"}
+  records, stats = _mine("drop_query")
+  assert records == [] and stats["false_negative_above_positive"] == 1
+  # with a margin of 0.35 only d1 (0.9 > 0.5 + 0.35) is a false negative; d7 stays a negative
+  (rec,), _ = _mine("relabel", relabel_margin=0.35)
+  assert rec["pos_id"] == "d1" and rec["false_negatives"] == ["d1"] and "d7" in rec["neg_ids"]
+  # no reranker, no relabelling: d7 is a negative
+  (rec,), _ = _mine("none")
+  assert "d7" in rec["neg_ids"] and rec["false_negatives"] == []
