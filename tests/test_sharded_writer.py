@@ -223,3 +223,34 @@ def test_sigkill_at_random_moments_then_resume_equals_clean_run(tmp_path):
   assert len(got) == n and got == want == _records(n)
   assert "done" in final.stdout and int(final.stdout.split()[-1]) < n  # it resumed, not restarted
   assert not list(out.glob("*.tmp"))
+
+
+def test_iter_records_over_process_parts_and_files(tmp_path):
+  from qgjax.data.records import fingerprint, iter_records
+  root = tmp_path / "gen"
+  for p, span in ((1, range(5, 8)), (0, range(0, 5))):
+    with ShardedJsonlWriter(root / f"process-{p}", key=("doc_id", "sample_idx"), shard_size=2) as w:
+      for i in span:
+        w.write(_record(i))
+      w.finish()
+  got = [(path.rsplit("/", 2)[-2], line, rec) for path, line, rec in iter_records(root)]
+  assert [r for _, _, r in got] == _records(8)  # process-0 first, then process-1
+  assert got[0][:2] == ("process-0", 1) and got[2][:2] == ("process-0", 1)  # second shard, line 1
+  fp = fingerprint(root)
+  with ShardedJsonlWriter(root / "process-1", key=("doc_id", "sample_idx"), shard_size=2) as w:
+    w.write(_record(99))  # reopened and extended: now incomplete, and different
+  with pytest.raises(InputError, match="process-1: output is incomplete"):
+    list(iter_records(root))
+  assert len(list(iter_records(root, require_complete=False))) == 8  # the new record is not committed
+  with ShardedJsonlWriter(root / "process-1", key=("doc_id", "sample_idx"), shard_size=2) as w:
+    w.finish()
+  assert fingerprint(root) != fp
+  plain = tmp_path / "plain.jsonl"
+  plain.write_text('{"a": 1}\n\n{"a": 2}\n')
+  assert [(line, r) for _, line, r in iter_records(plain)] == [(1, {"a": 1}), (3, {"a": 2})]
+  plain.write_text('{"a": 1}\n[2]\n')
+  with pytest.raises(InputError, match=r"plain.jsonl:2: expected a JSON object"):
+    list(iter_records(plain))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(InputError, match="no manifest.json"):
+    list(iter_records(tmp_path / "empty"))

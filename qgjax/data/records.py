@@ -21,18 +21,18 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
   """(file, 1-based line, record) for every record of `source`.
 
   `source` is a directory written by `ShardedJsonlWriter` (its committed shards in order; an
-  unfinished output is refused unless `require_complete=False`) or a `.jsonl` file.
+  unfinished output is refused unless `require_complete=False`), a directory of such outputs
+  named `process-<i>` (a multi-host job), or a `.jsonl` file.
   """
   root = pathlib.Path(source)
   if root.is_dir():
-    manifest = read_manifest(root)
-    if manifest is None:
-      raise InputError("directory has no manifest.json: not the output of a qgjax stage",
-                       path=str(root))
-    if require_complete and not manifest.get("complete"):
-      raise InputError("output is incomplete: run the stage that writes it again to finish it",
-                       path=str(root))
-    files = [root / entry["file"] for entry in manifest["shards"]]
+    files = []
+    for part in sharded_parts(root):
+      manifest = read_manifest(part)
+      if require_complete and not manifest.get("complete"):
+        raise InputError("output is incomplete: run the stage that writes it again to finish it",
+                         path=str(part))
+      files += [part / entry["file"] for entry in manifest["shards"]]
   elif root.is_file():
     files = [root]
   else:
@@ -53,14 +53,27 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
         yield str(path), line_no, obj
 
 
+def sharded_parts(root: pathlib.Path) -> list[pathlib.Path]:
+  """The sharded outputs in `root`: itself, or its `process-<i>` parts (one per process of a
+  multi-host job), in process order."""
+  if read_manifest(root) is not None:
+    return [root]
+  parts = sorted((p for p in root.glob("process-*") if p.is_dir() and p.name[8:].isdigit()),
+                 key=lambda p: int(p.name[8:]))
+  if not parts or any(read_manifest(p) is None for p in parts):
+    raise InputError("directory has no manifest.json (nor process-<i>/manifest.json): not the "
+                     "output of a qgjax stage", path=str(root))
+  return parts
+
+
 def fingerprint(source: str | os.PathLike) -> str:
   """A short hash of the input's content: shard checksums of a sharded output, else file bytes."""
   root = pathlib.Path(source)
   h = hashlib.sha256()
-  manifest = read_manifest(root) if root.is_dir() else None
-  if manifest is not None:
-    for entry in manifest["shards"]:
-      h.update(entry["sha256"].encode())
+  if root.is_dir():
+    for part in sharded_parts(root):
+      for entry in read_manifest(part)["shards"]:
+        h.update(entry["sha256"].encode())
   elif root.is_file():
     with open(root, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):

@@ -21,7 +21,7 @@ from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.data.progress import progress
-from qgjax.data.records import fingerprint, iter_records
+from qgjax.data.records import fingerprint, iter_records, sharded_parts
 from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records, iter_sharded
 from qgjax.errors import ConfigError, InputError
 from qgjax.rewards import build_scorers
@@ -154,7 +154,8 @@ def run(config: Any) -> dict:
           "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
   out_dir = pathlib.Path(config.workdir) / "scored"
   key = AQE_KEY if mode == "aqe" else QG_KEY
-  total = count_records(config.input) if pathlib.Path(config.input).is_dir() else None
+  total = (sum(count_records(p) for p in sharded_parts(pathlib.Path(config.input)))
+           if pathlib.Path(config.input).is_dir() else None)
   with ShardedJsonlWriter(out_dir, key=key, shard_size=int(config.shard_size), meta=meta) as writer:
     def pending():
       for path, line, record in iter_records(config.input):
