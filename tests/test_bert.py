@@ -102,7 +102,7 @@ def test_xlmr_positions_follow_non_pad_tokens():
   np.testing.assert_array_equal(bert.position_ids(cfg, tokens), want)
 
 
-@pytest.mark.parametrize("kind,num_labels", [("bert", 1), ("xlm-roberta", 3)])
+@pytest.mark.parametrize("kind,num_labels", [("bert", 1), ("bert", 2), ("xlm-roberta", 3)])
 def test_cross_encoder_logits_match_torch_and_save_roundtrip(tmp_path, kind, num_labels):
   cfg = _hf_config(kind, num_labels=num_labels)
   torch.manual_seed(1)

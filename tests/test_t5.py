@@ -156,6 +156,20 @@ def test_saved_checkpoint_loads_in_transformers(checkpoint, tmp_path):
   np.testing.assert_array_less(np.abs(np.asarray(got) - want).max(), TOL)
 
 
+def test_bf16_and_sharded_checkpoints(checkpoint, tmp_path):
+  _, path, model, params = checkpoint
+  out = t5.save_t5_hf(params, model.config, str(tmp_path / "sharded"), max_shard_bytes=20_000)
+  assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))
+  model16, params16, _ = t5.load_t5(out, dtype="bfloat16")
+  assert model16.config.dtype == "bfloat16" and params16["shared"]["embedding"].dtype == jnp.bfloat16
+  tokens, mask, dec, dec_mask = (jnp.asarray(x) for x in _inputs(seed=3))
+  want = model.apply({"params": params}, tokens, mask.astype(bool), dec, dec_mask.astype(bool))
+  got = model16.apply({"params": params16}, tokens, mask.astype(bool), dec, dec_mask.astype(bool))
+  assert got.dtype == jnp.float32
+  err = np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max()
+  assert err < 0.05, err
+
+
 def test_embeds_path_equals_token_path(checkpoint):
   _, _, model, params = checkpoint
   tokens, mask, _, _ = _inputs()
@@ -196,6 +210,7 @@ def test_mismatched_checkpoint_lists_every_tensor(tmp_path):
     t5.load_t5(path)
 
 
+@pytest.mark.slow  # compiling the remat + dropout gradient takes ~40 s on 2 busy cores
 def test_params_have_logical_axes_and_training_mode_runs():
   config = t5.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=2, num_heads=2,
                        relative_attention_num_buckets=8, relative_attention_max_distance=16,

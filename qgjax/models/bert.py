@@ -81,7 +81,8 @@ class EncoderConfig:
     if c.get("position_embedding_type", "absolute") != "absolute":
       raise ConfigError(f"unsupported position_embedding_type {c['position_embedding_type']!r} (only 'absolute')")
     activation(c.get("hidden_act", "gelu"))  # validates the name
-    num_labels = c.get("num_labels", len(c["id2label"]) if "id2label" in c else 1)
+    # transformers omits id2label from config.json when it has its default of 2 labels.
+    num_labels = c.get("num_labels", len(c["id2label"]) if "id2label" in c else 2)
     fields = dict(
         model_type=model_type, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
         num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],

@@ -473,9 +473,14 @@ def _load_tokenizer(path: str):
 
 
 def save_t5_hf(params: Mapping[str, Any], config: T5Config, out_dir: str, tokenizer=None, *,
-               dtype: str | None = None) -> str:
-  """Writes an HF T5 directory (`T5ForConditionalGeneration.from_pretrained` loads it)."""
-  write_safetensors_dir(params_to_hf(hf_table(config), params, dtype), out_dir, config.to_hf())
+               dtype: str | None = None, max_shard_bytes: int = 2 * 1024**3) -> str:
+  """Writes an HF T5 directory (`T5ForConditionalGeneration.from_pretrained` loads it).
+
+  `dtype` casts the stored tensors (default: as they are); above `max_shard_bytes` the
+  checkpoint is sharded with a `model.safetensors.index.json`.
+  """
+  write_safetensors_dir(params_to_hf(hf_table(config), params, dtype), out_dir, config.replace(
+      param_dtype=str(as_dtype(dtype or config.param_dtype))).to_hf(), max_shard_bytes=max_shard_bytes)
   if tokenizer is not None:
     tokenizer.save_pretrained(out_dir)
   return out_dir
