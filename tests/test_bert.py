@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qgjax.errors import CheckpointMismatchError
+from qgjax.errors import CheckpointMismatchError, ConfigError
 from qgjax.models import bert
 from qgjax.models.hf_checkpoint import read_safetensors_dir, write_safetensors_dir
 
@@ -91,6 +91,14 @@ def test_encoder_hidden_states_match_torch(tmp_path, kind, act):
   emb = np.asarray(module.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(mask, bool), jnp.asarray(types)))
   m = mask[..., None].astype(np.float32)
   np.testing.assert_allclose(emb, (want * m).sum(1) / m.sum(1), atol=TOL)
+
+
+def test_too_long_input_is_an_error_not_a_clamped_lookup():
+  cfg = bert.EncoderConfig(vocab_size=20, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8,
+                           max_position_embeddings=6, model_type="xlm-roberta", pad_token_id=1)
+  module = bert.BiEncoder(cfg)
+  with pytest.raises(ConfigError, match="exceeds the encoder's 4 positions"):
+    jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 5), bool)))
 
 
 def test_xlmr_positions_follow_non_pad_tokens():

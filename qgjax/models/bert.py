@@ -167,6 +167,9 @@ class BertEncoder(nn.Module):
     dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
     tokens = tokens.astype(jnp.int32)
     mask = mask.astype(bool)
+    limit = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.is_roberta else 0)
+    if tokens.shape[1] > limit:  # a position table lookup past its end would silently clamp
+      raise ConfigError(f"sequence length {tokens.shape[1]} exceeds the encoder's {limit} positions")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(tokens)
     x = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), dt, pdt, name="word_embeddings")(tokens)

@@ -368,7 +368,8 @@ class T5Model(nn.Module):
 
     Without a cache: a full causal pass over dec_tokens (dec_mask bool[B, T] masks padded keys).
     With one: the T tokens sit at slots cache_index + t (or `dec_positions` int[B, T]) and see
-    every written slot up to their own; cross k/v come from the cache (enc may be None).
+    every written slot up to their own; cross k/v come from the cache (enc may be None). Keep
+    cache_index + T <= cache.max_len: `dynamic_update_slice` clamps a write past the end.
     """
     b, t = dec_tokens.shape
     x = self.embed(dec_tokens)
