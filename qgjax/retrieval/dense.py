@@ -162,3 +162,64 @@ def search_run(index, doc_ids: Sequence[str], query_emb: np.ndarray, k: int,
 
 __all__ = ["DenseEncoder", "embed_corpus", "build_index", "choose_index_kind", "search_run", "SCANN_MIN_ROWS",
            "is_complete"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Pair scorers (rerankers): (query texts, doc texts) -> f32[N], higher = more relevant.
+
+
+class CrossEncoderPairScorer:
+  """A one-label cross-encoder's logit (multi-label: log P(last label)), jitted and length-bucketed."""
+
+  def __init__(self, path: str, *, max_len: int = 512, batch_size: int = 32):
+    from qgjax.models.bert import load_cross_encoder
+    self.module, self.params, self.tokenizer, self.info = load_cross_encoder(path)
+    self.max_len = int(min(max_len, self.info["max_seq_length"]))
+    self.batch_size = int(batch_size)
+
+  def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    from qgjax.models.bert import score_pairs
+    from qgjax.rewards.cross_encoder import relevance_from_logits
+    logits = score_pairs(self.module, self.params, self.tokenizer, list(queries), list(docs),
+                         batch_size=self.batch_size, max_len=self.max_len)
+    return relevance_from_logits(logits).astype(np.float32)
+
+
+class BiEncoderPairScorer:
+  """Cosine similarity of the two texts' bi-encoder embeddings."""
+
+  def __init__(self, encoder: DenseEncoder, *, query_max_len: int = 64, doc_max_len: int = 256,
+               batch_size: int = 64):
+    self.encoder, self.query_max_len, self.doc_max_len = encoder, query_max_len, doc_max_len
+    self.batch_size = batch_size
+
+  def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    q = self.encoder.encode(queries, batch_size=self.batch_size, max_len=self.query_max_len).astype(np.float64)
+    d = self.encoder.encode(docs, batch_size=self.batch_size, max_len=self.doc_max_len).astype(np.float64)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return np.sum(q * d, axis=1).astype(np.float32)
+
+
+def load_pair_scorer(cfg: Mapping[str, Any], encoder: DenseEncoder | None = None):
+  """cfg {"kind": none|cross_encoder|bi_encoder, "model", "max_len", "batch_size"} -> scorer or None.
+
+  bi_encoder with an empty model reuses `encoder`.
+  """
+  kind = cfg.get("kind", "none")
+  if kind in ("none", "", None):
+    return None
+  if kind == "cross_encoder":
+    if not cfg.get("model"):
+      raise ConfigError("reranker.kind=cross_encoder needs reranker.model: a local HF "
+                        "*ForSequenceClassification directory (e.g. one `qgjax train --config "
+                        "configs/cross_encoder.py` exported)")
+    return CrossEncoderPairScorer(cfg["model"], max_len=int(cfg.get("max_len", 512)),
+                                  batch_size=int(cfg.get("batch_size", 32)))
+  if kind == "bi_encoder":
+    enc = DenseEncoder.load(cfg["model"]) if cfg.get("model") else encoder
+    if enc is None:
+      raise ConfigError("reranker.kind=bi_encoder needs reranker.model")
+    return BiEncoderPairScorer(enc, doc_max_len=int(cfg.get("max_len", 256)),
+                               batch_size=int(cfg.get("batch_size", 64)))
+  raise ConfigError(f"reranker.kind must be none, cross_encoder or bi_encoder; got {kind!r}")

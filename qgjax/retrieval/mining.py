@@ -23,7 +23,7 @@ When d+ is not among the top_k, `missing_positive` decides: "skip" the query (de
 
   plan = plan_example(key, pos_id, retrieved_ids, cfg)                 # what to score
   rec = finish_example(plan, scores_or_None, cfg)                      # -> record | SkipReason
-  records, stats = mine_batch(examples, retrieved, cfg, scorer, doc_text)   # both, batched
+  outcomes = mine_outcomes(examples, retrieved, cfg, scorer, doc_text)  # both, batched
 """
 
 from __future__ import annotations
@@ -139,13 +139,13 @@ def finish_example(plan: Plan, scores: Mapping[str, float] | None, cfg: MiningCo
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]   # (query texts, doc texts) -> f32[N]
 
 
-def mine_batch(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], cfg: MiningConfig,
-               scorer: Scorer | None = None, doc_text: Callable[[str], str] | None = None
-               ) -> tuple[list[dict], collections.Counter]:
+def mine_outcomes(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], cfg: MiningConfig,
+                  scorer: Scorer | None = None, doc_text: Callable[[str], str] | None = None) -> list[dict | str]:
   """Mines a batch. examples: [{"key", "query", "pos_id", ...extra fields kept}], retrieved: top_k ids each.
 
   The reranker (if any) scores every (query, doc) pair the plans ask for in one call.
-  Returns (records, Counter of outcomes: "kept", "relabelled", and skip reasons).
+  Returns, aligned with `examples`, a record (the example's fields + the mining fields) or the
+  reason (str) it was skipped.
   """
   plans = [plan_example(str(ex["key"]), str(ex["pos_id"]), ids, cfg) for ex, ids in zip(examples, retrieved)]
   scores: list[dict | None] = [None] * len(plans)
@@ -153,20 +153,29 @@ def mine_batch(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], 
     if scorer is None or doc_text is None:
       raise ConfigError("mining.relabel needs a reranker (config.reranker)")
     pairs = [(i, d) for i, p in enumerate(plans) for d in p.to_score]
+    scores = [{} for _ in plans]
     if pairs:
       values = np.asarray(scorer([examples[i]["query"] for i, _ in pairs], [doc_text(d) for _, d in pairs]),
                           np.float32).reshape(-1)
-      for i in range(len(plans)):
-        scores[i] = {}
       for (i, d), v in zip(pairs, values):
         scores[i][d] = float(v)
-  records, stats = [], collections.Counter()
+  out: list[dict | str] = []
   for ex, plan, sc in zip(examples, plans, scores):
-    out = finish_example(plan, sc, cfg)
-    if isinstance(out, str):
-      stats[out] += 1
+    res = finish_example(plan, sc, cfg)
+    out.append(res if isinstance(res, str) else {**{k: v for k, v in ex.items() if k != "pos_id"}, **res})
+  return out
+
+
+def mine_batch(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], cfg: MiningConfig,
+               scorer: Scorer | None = None, doc_text: Callable[[str], str] | None = None
+               ) -> tuple[list[dict], collections.Counter]:
+  """`mine_outcomes` -> (kept records, Counter of outcomes: "kept", "relabelled", skip reasons)."""
+  records, stats = [], collections.Counter()
+  for res in mine_outcomes(examples, retrieved, cfg, scorer, doc_text):
+    if isinstance(res, str):
+      stats[res] += 1
       continue
     stats["kept"] += 1
-    stats["relabelled"] += int(out["relabelled"])
-    records.append({**{k: v for k, v in ex.items() if k != "pos_id"}, **out})
+    stats["relabelled"] += int(res["relabelled"])
+    records.append(res)
   return records, stats

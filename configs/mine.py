@@ -1,0 +1,56 @@
+"""Hard-negative mining for generated queries: corpus embeddings, dense index, tuples.
+
+  qgjax mine --config configs/mine.py:tiny
+  qgjax mine --config configs/mine.py --config.input=runs/nfcorpus/generate_aligned \
+      --config.data_dir=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/mine
+
+`input`: the generate stage's output (sharded dir) or a JSONL of {doc_id, sample_idx, query}.
+`index.kind`: auto (exact below `index.scann_min_rows` corpus rows, ScaNN from there; the
+threshold comes from tools/bench_mining.py), exact or scann. `reranker.kind`: none,
+cross_encoder (a local HF *ForSequenceClassification dir, e.g. `configs/cross_encoder.py`'s
+export) or bi_encoder (cosine; empty model = the mining encoder) for false-negative relabelling
+(`mining.relabel`: none | relabel | drop | drop_query).
+Arguments: tiny (the demo corpus and its hand-written queries, top 20, 3 negatives).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  from qgjax.retrieval.dense import SCANN_MIN_ROWS
+
+  a = parse_arg(arg, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.input = ""
+  c.data_dir = ""                 # BEIR directory; "" = the shipped demo corpus
+  c.workdir = "runs/mine"
+  c.query_field = "query"
+  c.batch_size = 1024             # queries searched and mined per batch
+  c.shard_size = 10000
+  c.encoder = ml_collections.ConfigDict(dict(
+      model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, shard_rows=8192))
+  c.index = ml_collections.ConfigDict(dict(
+      kind="auto", scann_min_rows=SCANN_MIN_ROWS, corpus_chunk=16384, query_block=256,
+      scann=ml_collections.ConfigDict(dict(
+          num_leaves=0, leaves_to_search=0, reorder=0, training_sample_size=250_000, dims_per_block=2,
+          anisotropic_threshold=0.2, hash_type="lut16", spherical=True, k_build=100, threads=0))))
+  c.mining = ml_collections.ConfigDict(dict(
+      top_k=100, num_negatives=8, min_negatives=1, seed=0, missing_positive="skip", relabel="none",
+      relabel_depth=10, relabel_margin=0.0, relabel_oversample=2))
+  c.reranker = ml_collections.ConfigDict(dict(kind="none", model="", max_len=512, batch_size=32))
+  if a.tiny:
+    from qgjax.data import demo_dir
+    c.input = str(demo_dir() / "sample_queries.jsonl")
+    c.workdir = "runs/tiny/mine"
+    c.batch_size = 16
+    c.shard_size = 16
+    c.encoder.batch_size = 16
+    c.encoder.max_len = 128
+    c.mining.top_k = 20
+    c.mining.num_negatives = 3
+    c.mining.missing_positive = "sample_all"
+  return c

@@ -1,0 +1,138 @@
+"""`qgjax mine`: dense index of the corpus + hard negatives for every generated query, resumable.
+
+  qgjax mine --config configs/mine.py:tiny
+  qgjax mine --config configs/mine.py --config.input=runs/nfcorpus/generate_aligned \
+      --config.data_dir=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/mine
+
+Steps, each resumable:
+  1. embed the corpus with `encoder.model` into <workdir>/embeddings (sharded .npy + manifest);
+  2. index it: exact search (jitted matmul + top_k) below `index.scann_min_rows` rows, ScaNN
+     (tree + AH + reorder, `index.scann`) from there; the choice and its reason are printed and
+     returned; a ScaNN index is saved in <workdir>/index and reused;
+  3. for each generated query {doc_id, sample_idx, query}: retrieve `mining.top_k`, sample
+     negatives below the source document's rank, relabel false negatives with `reranker`
+     (see qgjax.retrieval.mining), and write <workdir>/tuples (sharded JSONL, key
+     doc_id + sample_idx): {doc_id, sample_idx, query, pos_id, orig_pos_id, pos_rank,
+     relabelled, neg_ids, neg_ranks, false_negatives}; a dropped query is written with
+     `skip: <reason>` instead (the retriever's reader ignores it).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pathlib
+import sys
+from typing import Any, Iterator
+
+from qgjax.config import require
+from qgjax.data import demo_dir
+from qgjax.data.beir import Corpus
+from qgjax.data.progress import progress
+from qgjax.data.records import fingerprint, iter_records, sharded_parts
+from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records
+from qgjax.errors import InputError
+from qgjax.retrieval.dense import DenseEncoder, build_index, embed_corpus, load_pair_scorer
+from qgjax.retrieval.mining import MiningConfig, mine_outcomes
+
+KEY = ("doc_id", "sample_idx")
+
+
+def _say(msg: str) -> None:
+  print(f"qgjax mine: {msg}", file=sys.stderr, flush=True)
+
+
+def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[dict]:
+  for path, line, rec in iter_records(source):
+    for field in ("doc_id", "sample_idx", query_field):
+      if field not in rec:
+        raise InputError("missing", path=path, line=line, field=field)
+    text = rec[query_field]
+    if not isinstance(text, str) or not text.strip():
+      raise InputError("missing or empty query text", path=path, line=line, field=query_field)
+    doc_id = str(rec["doc_id"])
+    if doc_id not in corpus:
+      raise InputError(f"document '{doc_id}' is not in {corpus.path} (wrong data_dir?)", path=path, line=line,
+                       field="doc_id")
+    if (doc_id, rec["sample_idx"]) in done:
+      continue
+    yield {"doc_id": doc_id, "sample_idx": rec["sample_idx"], "query": text}
+
+
+def _batches(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def run(config: Any) -> dict:
+  require(config, "input", "workdir")
+  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  corpus_path = str(data_dir / "corpus.jsonl")
+  corpus = Corpus(corpus_path)
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mcfg = MiningConfig.from_config(config.mining.to_dict())
+  e = config.encoder
+
+  encoder = DenseEncoder.load(e.model)
+  doc_ids, emb = embed_corpus(corpus_path, str(workdir / "embeddings"), encoder, batch_size=int(e.batch_size),
+                              max_len=int(e.max_len), shard_rows=int(e.shard_rows), corpus=corpus)
+  said: list[str] = []
+  index = build_index(emb, config.index.to_dict(), cache_dir=str(workdir / "index"),
+                      report=lambda m: (said.append(m), _say(m)))
+  scorer = load_pair_scorer(config.reranker.to_dict(), encoder)
+  doc_text = lambda d: corpus[d].contents
+
+  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
+          "corpus": os.path.abspath(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
+          "mining": config.mining.to_dict(),
+          "reranker": {k: v for k, v in config.reranker.to_dict().items() if k != "batch_size"}}
+  out_dir = workdir / "tuples"
+  src = pathlib.Path(config.input)
+  total = sum(count_records(p) for p in sharded_parts(src)) if src.is_dir() else None
+  stats: collections.Counter = collections.Counter()
+  top_k = int(min(mcfg.top_k, len(doc_ids)))
+  with ShardedJsonlWriter(out_dir, key=KEY, shard_size=int(config.shard_size), meta=meta) as writer:
+    bar = progress(total=total, desc="mine", unit="query", initial=writer.num_records)
+    for batch in _batches(_pending(config.input, corpus, writer.done_keys, config.query_field),
+                          int(config.batch_size)):
+      q = encoder.encode([b["query"] for b in batch], batch_size=int(e.batch_size), max_len=int(e.query_max_len))
+      _, rows = index.search(q, top_k)
+      retrieved = [[doc_ids[r] for r in row if r >= 0] for row in rows]
+      examples = [{"key": f"{b['doc_id']}\t{b['sample_idx']}", "pos_id": b["doc_id"], **b} for b in batch]
+      for b, res in zip(batch, mine_outcomes(examples, retrieved, mcfg, scorer, doc_text)):
+        if isinstance(res, str):
+          stats[res] += 1
+          rec = {**b, "skip": res}
+        else:
+          stats["kept"] += 1
+          rec = {k: v for k, v in res.items() if k != "key"}
+        writer.write(rec)
+      bar.update(len(batch))
+    bar.close()
+    writer.commit()
+    summary = _summarize(out_dir)
+    summary["index"] = said[-1] if said else ""
+    done = writer.finish(**summary)
+  return {"tuples": str(out_dir), **done, **summary, "this_run": dict(stats)}
+
+
+def _summarize(out_dir: pathlib.Path) -> dict:
+  from qgjax.data.sharded_writer import iter_sharded
+  counts: collections.Counter = collections.Counter()
+  ranks = []
+  for rec in iter_sharded(out_dir):
+    if "skip" in rec:
+      counts["skipped:" + rec["skip"]] += 1
+      continue
+    counts["tuples"] += 1
+    counts["relabelled"] += int(rec.get("relabelled", False))
+    ranks.append(rec["pos_rank"])
+  found = [r for r in ranks if r >= 0]
+  return {"counts": dict(counts), "mean_pos_rank": (sum(found) / len(found)) if found else None}
