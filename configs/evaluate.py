@@ -1,4 +1,4 @@
-"""Retrieval evaluation on a BEIR directory: BM25 now; dense and re-ranked systems plug in.
+r"""Retrieval evaluation on a BEIR directory: BM25 now; dense and re-ranked systems plug in.
 
   qgjax evaluate --config configs/evaluate.py
   qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus

@@ -1,4 +1,4 @@
-"""Preference pairs (DPO) and best-of-n sets (RSFT) from scored queries.
+r"""Preference pairs (DPO) and best-of-n sets (RSFT) from scored queries.
 
   qgjax score --config configs/score.py:tiny && qgjax pairs --config configs/pairs.py:tiny
   qgjax pairs --config configs/pairs.py --config.input=runs/nfcorpus/score/scored \

@@ -1,4 +1,4 @@
-"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine, cross-encoder, LM likelihood.
+r"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine, cross-encoder, LM likelihood.
 
   qgjax score --config configs/score.py:tiny
   qgjax score --config configs/score.py --config.input=runs/nfcorpus/generate \

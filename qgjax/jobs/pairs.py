@@ -1,4 +1,4 @@
-"""`qgjax pairs`: preference pairs and best-of-n sets from the score stage's output.
+r"""`qgjax pairs`: preference pairs and best-of-n sets from the score stage's output.
 
   qgjax pairs --config configs/pairs.py:tiny
   qgjax pairs --config configs/pairs.py --config.input=runs/nfcorpus/score/scored \

@@ -1,4 +1,4 @@
-"""`qgjax score`: a reward for every generated query (or AQE expansion), resumable.
+r"""`qgjax score`: a reward for every generated query (or AQE expansion), resumable.
 
   qgjax score --config configs/score.py:tiny
   qgjax score --config configs/score.py --config.input=runs/nfcorpus/generate \
