@@ -8,7 +8,8 @@ Pairs come from `qgjax pairs` (records: doc_id, chosen, rejected, rewards); docu
 up in `data.corpus` and formatted with the same prompt as `qgjax generate`. The reference
 log-probs are precomputed once into <workdir>/pairs_with_ref.jsonl (dpo.reference=precomputed)
 or taken from the base model with adapters off (dpo.reference=adapters_off).
-Arguments: tiny (demo pairs, 8 steps, CPU-sized), loss=sigmoid|ipo, lora=true|false.
+Arguments: tiny (demo pairs, 8 steps, CPU-sized), loss=sigmoid|ipo, lora=true|false,
+prompt=plain|few_shot|contrastive|expansion (must match the generate config; expansion = AQE).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from qgjax.config import parse_arg
 
 def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fields shared by the decoder-only alignment configs (sft, rsft, dpo, rsft_dpo)."""
+  from qgjax.sampling.prompts import default_prompt_config
   from qgjax.train.demo import DEMO_BEIR
 
   c = ml_collections.ConfigDict()
@@ -32,8 +34,11 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train_mode = "lora" if arg.lora else "full"
   c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj"))
   c.data = ml_collections.ConfigDict(dict(
-      train="", corpus="", chat=True, prompt_template="", max_doc_tokens=256,
-      prompt_buckets=(128, 256, 384), completion_buckets=(32, 64), bucket_window=8, eval_fraction=0.05))
+      train="", corpus="", prompt_buckets=(128, 256, 384), completion_buckets=(32, 64), bucket_window=8,
+      eval_fraction=0.05))
+  # The generation prompt: keep it equal to the `qgjax generate` config that sampled the queries.
+  c.prompt = default_prompt_config(arg.get("prompt", "plain"))
+  c.prompt.max_doc_tokens = 256
   c.batch_size = 16
   c.accum_steps = 1
   c.num_steps = 0
@@ -50,7 +55,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict(dict(enabled=True, dir=""))
   if arg.tiny:
     c.data.corpus = DEMO_BEIR
-    c.data.max_doc_tokens = 64
+    c.prompt.max_doc_tokens = 64
     c.data.prompt_buckets = (128,)
     c.data.completion_buckets = (24,)
     c.data.eval_fraction = 0.2
@@ -67,7 +72,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   from qgjax.train.demo import demo_path
 
-  a = parse_arg(arg, tiny=False, loss="sigmoid", lora=True)
+  a = parse_arg(arg, tiny=False, loss="sigmoid", lora=True, prompt="plain")
   c = base_config(a)
   c.task = "dpo"
   c.workdir = "runs/dpo" if not a.tiny else "runs/tiny/dpo"

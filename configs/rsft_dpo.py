@@ -5,7 +5,7 @@
       --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/rsft_dpo
 
 Same data and options as configs/dpo.py; dpo.sft_weight weighs the RSFT term on the chosen
-query. Arguments: tiny, sft_weight=<float>, lora=true|false.
+query. Arguments: tiny, sft_weight=<float>, lora=true|false, prompt=plain|...|expansion.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location("qgjax_configs_dpo", os.path.join(os.path.dirname(__file__), "dpo.py"))
   dpo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(dpo)
-  a = parse_arg(arg, tiny=False, sft_weight=1.0, lora=True)
-  c = dpo.get_config(f"tiny={a.tiny},lora={a.lora}")
+  a = parse_arg(arg, tiny=False, sft_weight=1.0, lora=True, prompt="plain")
+  c = dpo.get_config(f"tiny={a.tiny},lora={a.lora},prompt={a.prompt}")
   c.task = "rsft_dpo"
   c.workdir = "runs/rsft_dpo" if not a.tiny else "runs/tiny/rsft_dpo"
   c.dpo.sft_weight = a.sft_weight

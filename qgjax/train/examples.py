@@ -1,14 +1,14 @@
-"""Training records (JSONL) -> prompt / completion texts -> token columns for `StepLoader`.
+"""Training records (JSONL, as `qgjax pairs` writes them) -> prompt token ids + completion texts.
 
 Record shapes accepted (extra fields are ignored):
-  SFT / RSFT   {"doc_id" | "document" | "prompt", "query" | "completion"}        (best-of-n rows too)
-  DPO pairs    {"doc_id" | "document" | "prompt", "chosen", "rejected",
-                "reward_chosen"?, "reward_rejected"?, "ref_chosen"?, "ref_rejected"?}
-A "prompt" is the finished model input text; otherwise the document (inline, or looked up by
-`doc_id` in `data.corpus`) is cut to `data.max_doc_tokens` tokens and put into
-`data.prompt_template` ("{document}" marks the spot), wrapped in the tokenizer's chat template
-when `data.chat` is true (instruct models) -- the same format the `generate` stage uses.
-Completions end with the tokenizer's EOS token.
+  SFT / RSFT   {<prompt source>, "query" | "completion"}        (the pairs stage's rsft.jsonl)
+  DPO pairs    {<prompt source>, "chosen", "rejected", "reward_chosen"?, "reward_rejected"?,
+                "ref_chosen"?, "ref_rejected"?}                  (its pairs.jsonl)
+Prompt sources, first found wins: "prompt" (a finished prompt text), "source_query" (AQE: the
+query to expand), "document" / "doc_text" (inline), "doc_id" (looked up in `data.corpus`;
+contrastive prompts also read "negative_id"). Documents become prompts through the run's
+`config.prompt` group with the same `PromptBuilder` as `qgjax generate`. Completions end
+with the tokenizer's EOS token.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import os
 from typing import Any, Iterator, Sequence
 
 from qgjax.errors import InputError
-
-DEFAULT_TEMPLATE = ("Write one short search query that this document answers. "
-                    "Reply with the query only.\n\nDocument: {document}")
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -50,49 +47,46 @@ def _text_field(obj: dict, names: Sequence[str], path: str, line: int) -> str:
   raise InputError(f"missing; expected one of {', '.join(names)}", path=path, line=line, field=names[0])
 
 
-class PromptBuilder:
-  """Document text -> model input text (truncated document, template, chat wrapper)."""
+class RecordPrompts:
+  """A record -> the prompt's token ids, rendered exactly as `qgjax generate` renders them.
 
-  def __init__(self, tokenizer: Any, *, template: str = DEFAULT_TEMPLATE, chat: bool = True,
-               max_doc_tokens: int = 256, corpus: Any = None):
-    if "{document}" not in template:
-      raise InputError("data.prompt_template must contain '{document}'")
-    self.tokenizer, self.template, self.max_doc_tokens, self.corpus = tokenizer, template, max_doc_tokens, corpus
-    self.chat = bool(chat and getattr(tokenizer, "chat_template", None))
+  Uses `qgjax.sampling.prompts.PromptBuilder` with the run's `config.prompt` group, so an
+  aligned generator is trained on the prompts it will be sampled with.
+  """
 
-  def truncate(self, text: str) -> str:
-    ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= self.max_doc_tokens:
-      return text
-    return self.tokenizer.decode(ids[: self.max_doc_tokens])
+  def __init__(self, prompt_config: Any, tokenizer: Any, corpus: Any = None):
+    from qgjax.sampling.prompts import PromptBuilder
 
-  def from_document(self, document: str) -> str:
-    user = self.template.format(document=self.truncate(document))
-    if not self.chat:
-      return user
-    return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                              add_generation_prompt=True)
+    self.builder = PromptBuilder(prompt_config, tokenizer)
+    self.tokenizer, self.corpus = tokenizer, corpus
 
-  def for_record(self, obj: dict, path: str, line: int) -> str:
-    if "prompt" in obj:
-      return _text_field(obj, ("prompt",), path, line)
+  def _doc(self, doc_id: str, path: str, line: int, field: str) -> str:
+    if self.corpus is None:
+      raise InputError(f"records name a {field} but config data.corpus is not set", path=path, line=line, field=field)
+    if doc_id not in self.corpus:
+      raise InputError(f"{doc_id!r} is not in the corpus {self.corpus.path}", path=path, line=line, field=field)
+    return self.corpus[doc_id].contents
+
+  def ids(self, obj: dict, path: str, line: int) -> list[int]:
+    if "prompt" in obj:   # a finished prompt text
+      text = _text_field(obj, ("prompt",), path, line)
+      return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    if "source_query" in obj:   # AQE: expand this query
+      return self.builder.expansion_prompt(_text_field(obj, ("source_query",), path, line))
     if "document" in obj or "doc_text" in obj:
-      return self.from_document(_text_field(obj, ("document", "doc_text"), path, line))
-    if "doc_id" in obj:
-      if self.corpus is None:
-        raise InputError("records name a doc_id but config data.corpus is not set", path=path, line=line,
-                         field="doc_id")
-      doc_id = str(obj["doc_id"])
-      if doc_id not in self.corpus:
-        raise InputError(f"doc_id {doc_id!r} is not in the corpus {self.corpus.path}", path=path, line=line,
-                         field="doc_id")
-      return self.from_document(self.corpus[doc_id].contents)
-    raise InputError("missing; expected one of prompt, document, doc_id", path=path, line=line, field="doc_id")
-
-
-def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-  """Prompt texts (already templated) -> token ids (no extra BOS: chat templates carry their own)."""
-  return [list(x) for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+      document = _text_field(obj, ("document", "doc_text"), path, line)
+    elif "doc_id" in obj:
+      document = self._doc(str(obj["doc_id"]), path, line, "doc_id")
+    else:
+      raise InputError("missing; expected one of prompt, source_query, document, doc_id", path=path, line=line,
+                       field="doc_id")
+    negative = None
+    if self.builder.mode == "contrastive":
+      if "negative_id" not in obj:
+        raise InputError("contrastive prompts need the record's negative_id", path=path, line=line,
+                         field="negative_id")
+      negative = self._doc(str(obj["negative_id"]), path, line, "negative_id")
+    return self.builder.document_prompt(document, negative)
 
 
 def tokenize_completions(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -103,28 +97,37 @@ def tokenize_completions(tokenizer: Any, texts: Sequence[str]) -> list[list[int]
   return [list(x) + [int(eos)] for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def load_sft(path: str, builder: PromptBuilder) -> dict[str, list]:
-  """SFT / RSFT records -> {"prompt": [...], "completion": [...], "doc_id": [...]} (texts)."""
-  prompts, completions, doc_ids = [], [], []
+def _group(obj: dict, line: int) -> str:
+  for key in ("doc_id", "query_id"):
+    if key in obj:
+      return str(obj[key])
+  return str(line)
+
+
+def load_sft(path: str, prompts: RecordPrompts) -> dict[str, list]:
+  """SFT / RSFT records -> {"prompt": ids, "completion": text, "group": doc/query id}."""
+  out: dict[str, list] = {"prompt": [], "completion": [], "group": []}
   for line, obj in read_jsonl(path):
-    prompts.append(builder.for_record(obj, path, line))
-    completions.append(_text_field(obj, ("query", "completion", "chosen"), path, line))
-    doc_ids.append(str(obj.get("doc_id", line)))
-  if not prompts:
+    out["prompt"].append(prompts.ids(obj, path, line))
+    out["completion"].append(_text_field(obj, ("query", "completion", "chosen"), path, line))
+    out["group"].append(_group(obj, line))
+  if not out["prompt"]:
     raise InputError("no records", path=path)
-  return {"prompt": prompts, "completion": completions, "doc_id": doc_ids}
+  return out
 
 
-def load_pairs(path: str, builder: PromptBuilder) -> dict[str, list]:
-  """Preference pairs -> {"prompt", "chosen", "rejected", "doc_id"} texts + any stored reference log-probs."""
-  out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "doc_id": [], "ref_chosen": [],
+def load_pairs(path: str, prompts: RecordPrompts | None) -> dict[str, list]:
+  """Preference pairs -> {"prompt": ids, "chosen", "rejected": texts, "group"} + stored reference
+  log-probs (ref_chosen / ref_rejected) when every record has them. prompts=None skips prompts."""
+  out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": [], "ref_chosen": [],
                           "ref_rejected": []}
   have_ref = None
   for line, obj in read_jsonl(path):
-    out["prompt"].append(builder.for_record(obj, path, line))
+    if prompts is not None:
+      out["prompt"].append(prompts.ids(obj, path, line))
     out["chosen"].append(_text_field(obj, ("chosen",), path, line))
     out["rejected"].append(_text_field(obj, ("rejected",), path, line))
-    out["doc_id"].append(str(obj.get("doc_id", line)))
+    out["group"].append(_group(obj, line))
     has = "ref_chosen" in obj and "ref_rejected" in obj
     if have_ref is None:
       have_ref = has
@@ -137,7 +140,7 @@ def load_pairs(path: str, builder: PromptBuilder) -> dict[str, list]:
           out[k].append(float(obj[k]))
         except (TypeError, ValueError):
           raise InputError("must be a number", path=path, line=line, field=k) from None
-  if not out["prompt"]:
+  if not out["chosen"]:
     raise InputError("no records", path=path)
   if not have_ref:
     del out["ref_chosen"], out["ref_rejected"]

@@ -53,16 +53,17 @@ def _loader(columns: dict, spec: dict, config: Any, *, shuffle: bool, batch_size
                     shuffle=shuffle, process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def _builder(gen: Generator, config: Any) -> ex.PromptBuilder:
+def _prompts(gen: Generator, config: Any) -> ex.RecordPrompts:
+  """Prompts as `qgjax generate` renders them (config.prompt; defaults: plain mode)."""
+  from qgjax.sampling.prompts import default_prompt_config
+
   d = config.data
   corpus = None
   if d.get("corpus", ""):
     from qgjax.data.beir import Corpus
     path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
     corpus = Corpus(path)
-  return ex.PromptBuilder(gen.tokenizer, template=d.get("prompt_template", "") or ex.DEFAULT_TEMPLATE,
-                          chat=bool(d.get("chat", True)), max_doc_tokens=int(d.get("max_doc_tokens", 256)),
-                          corpus=corpus)
+  return ex.RecordPrompts(config.get("prompt", None) or default_prompt_config("plain"), gen.tokenizer, corpus)
 
 
 def _take(columns: dict, idx: np.ndarray) -> dict:
@@ -94,11 +95,10 @@ def sft_loss_fn(gen: Generator):
 
 def setup_sft(config: Any) -> TaskSetup:
   gen = load_generator(config)
-  texts = ex.load_sft(config.data.train, _builder(gen, config))
-  train_idx, eval_idx = _split_eval(texts["doc_id"], float(config.data.get("eval_fraction", 0.0)),
+  texts = ex.load_sft(config.data.train, _prompts(gen, config))
+  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.get("eval_fraction", 0.0)),
                                     int(config.get("seed", 0)))
-  cols = {"prompt": ex.tokenize_prompts(gen.tokenizer, texts["prompt"]),
-          "completion": ex.tokenize_completions(gen.tokenizer, texts["completion"])}
+  cols = {"prompt": texts["prompt"], "completion": ex.tokenize_completions(gen.tokenizer, texts["completion"])}
   train = _loader(_take(cols, train_idx), SFT_SPEC, config, shuffle=True)
   evals = _loader(_take(cols, eval_idx), SFT_SPEC, config, shuffle=False) if len(eval_idx) else None
   return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen, sft_loss_fn(gen),
@@ -198,9 +198,8 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     raise ConfigError("dpo.reference='adapters_off' needs train_mode='lora' (the base model is the reference)")
   src = config.data.train
   stored = os.path.join(os.path.abspath(config.workdir), "pairs_with_ref.jsonl")
-  builder = _builder(gen, config)
-  texts = ex.load_pairs(src, builder)
-  cols = {"prompt": ex.tokenize_prompts(gen.tokenizer, texts["prompt"]),
+  texts = ex.load_pairs(src, _prompts(gen, config))
+  cols = {"prompt": texts["prompt"],
           "chosen": ex.tokenize_completions(gen.tokenizer, texts["chosen"]),
           "rejected": ex.tokenize_completions(gen.tokenizer, texts["rejected"])}
   info: dict = {}
@@ -209,7 +208,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       info["reference"] = f"stored in {src}"
       cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
     elif os.path.isfile(stored):
-      done = ex.load_pairs(stored, builder)
+      done = ex.load_pairs(stored, None)
       if len(done["prompt"]) != len(texts["prompt"]) or done["chosen"] != texts["chosen"]:
         raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
       info["reference"] = f"stored in {stored}"
@@ -223,7 +222,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
   else:
     info["reference"] = "base model with adapters off"
-  train_idx, eval_idx = _split_eval(texts["doc_id"], float(config.data.get("eval_fraction", 0.0)),
+  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.get("eval_fraction", 0.0)),
                                     int(config.get("seed", 0)))
   train = _loader(_take(cols, train_idx), PAIR_SPEC, config, shuffle=True)
   evals = _loader(_take(cols, eval_idx), PAIR_SPEC, config, shuffle=False) if len(eval_idx) else None
