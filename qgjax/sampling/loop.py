@@ -32,10 +32,14 @@ class Samples(NamedTuple):
 
 def is_eos(tokens: jax.Array, eos_token_ids: tuple[int, ...]) -> jax.Array:
   """bool mask of tokens that are any of eos_token_ids (all False when there are none)."""
-  hit = jnp.zeros(tokens.shape, bool)
-  for e in eos_token_ids:
-    hit = hit | (tokens == e)
-  return hit
+  if not eos_token_ids:
+    return jnp.zeros(tokens.shape, bool)
+  if len(eos_token_ids) <= 4:
+    hit = tokens == eos_token_ids[0]
+    for e in eos_token_ids[1:]:
+      hit = hit | (tokens == e)
+    return hit
+  return jnp.isin(tokens, jnp.asarray(eos_token_ids, tokens.dtype))
 
 
 def sample_loop(step_fn: StepFn, state: Any, first_logits: jax.Array, row_keys: jax.Array,

@@ -18,6 +18,7 @@ prompt fits the largest length bucket.
   builder = PromptBuilder(config.prompt, tokenizer)
   ids = builder.document_prompt(doc_text, negative_text=None)     -> list[int]
   ids = builder.expansion_prompt(query_text)                       -> list[int]
+  newline_token_ids(tokenizer)                                     -> ids whose text holds a newline
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from qgjax.errors import ConfigError
 MODES = ("plain", "few_shot", "contrastive", "expansion")
 
 DEFAULT_TEMPLATES = {
-    "plain": ("Write one short search query that the following document answers. "
+    # the same words as qgjax.train.examples.DEFAULT_TEMPLATE: aligned models see what they learnt
+    "plain": ("Write one short search query that this document answers. "
               "Reply with the query only.\n\nDocument: {document}"),
-    "few_shot": ("Write one short search query that the following document answers. "
+    "few_shot": ("Write one short search query that this document answers. "
                  "Reply with the query only.\n\nDocument: {document}"),
     "contrastive": ("Here are two documents. Write one short search query that Document A answers "
                     "but Document B does not. Reply with the query only.\n\n"
@@ -47,12 +49,18 @@ DEFAULT_EXAMPLES = (
     {"document": ("The Great Barrier Reef, off the coast of Queensland, Australia, is the world's largest "
                   "coral reef system, made of over 2,900 individual reefs. Rising sea temperatures cause "
                   "coral bleaching, which has damaged large parts of the reef since 2016."),
-     "query": "what is causing damage to the great barrier reef"},
+     "query": "what is damaging the great barrier reef"},
     {"document": ("Vitamin D is produced in the skin when it is exposed to ultraviolet B light from the sun. "
                   "It helps the body absorb calcium, and a deficiency can lead to weak bones, a condition "
                   "called rickets in children."),
-     "query": "how does the body make vitamin d"},
+     "query": "vitamin d deficiency bones"},
+    {"document": ("The Peace of Westphalia, two treaties signed in 1648 in Osnabrueck and Muenster, ended the "
+                  "Thirty Years' War and established the principle that each state governs its own territory."),
+     "query": "which treaty ended the thirty years war"},
 )
+
+DEFAULT_SYSTEM = ("You write search queries. Given a document, you reply with one short search query "
+                  "that the document answers, and nothing else.")
 
 
 def default_prompt_config(mode: str = "plain") -> ml_collections.ConfigDict:
@@ -62,9 +70,10 @@ def default_prompt_config(mode: str = "plain") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = mode
   c.template = DEFAULT_TEMPLATES[mode]
-  c.system = ""                      # system turn; "" keeps the chat template's default
+  c.system = DEFAULT_SYSTEM if mode == "few_shot" else ""  # system turn; "" = the template's default
   c.examples = [dict(e) for e in DEFAULT_EXAMPLES] if mode == "few_shot" else []
   c.use_chat_template = True         # when the tokenizer has one
+  c.answer_prefix = "Answer:"        # without a chat template: what follows the instruction
   c.max_doc_tokens = 192
   c.max_negative_tokens = 96
   c.negative = "random"              # contrastive: "random" other document, or a JSONL {doc_id, negative_id}
@@ -110,7 +119,8 @@ class PromptBuilder:
       out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
       ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
       return [int(i) for i in ids]
-    text = "".join(f"{u}\nAnswer: {a}\n\n" for u, a in shots) + user_text + "\nAnswer:"
+    prefix = self.config.answer_prefix
+    text = "".join(f"{u}\n{prefix} {a}\n\n" for u, a in shots) + f"{user_text}\n{prefix}"
     if self.config.system:
       text = self.config.system + "\n\n" + text
     return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
@@ -139,3 +149,8 @@ class PromptBuilder:
     if self.mode != "expansion":
       raise ConfigError(f"prompt mode {self.mode!r} is not 'expansion'")
     return self._render(self.config.template.format(query=query))
+
+
+def newline_token_ids(tokenizer: Any) -> tuple[int, ...]:
+  """Every token id whose decoded text contains a newline (stop tokens for one-line outputs)."""
+  return tuple(i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i]))
