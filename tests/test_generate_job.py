@@ -1,0 +1,166 @@
+"""`qgjax generate` end to end on a tiny Llama with a real tokenizer: records, prompt modes,
+process slicing, and a SIGKILL in the middle of a run followed by a resume that loses and
+duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from qgjax.config import build_config
+from qgjax.data.sharded_writer import iter_sharded, read_manifest
+from qgjax.jobs import generate
+from qgjax.sampling.postprocess import clean_text, default_postprocess_config, is_copied, select
+from qgjax.sampling.prompts import PromptBuilder, default_prompt_config
+from tiny_lm import make_tiny_lm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "generate.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  return make_tiny_lm(str(tmp_path_factory.mktemp("tiny_lm")))
+
+
+def _overrides(tiny_dir, out_dir, **extra):
+  base = {"model.name": tiny_dir, "output_dir": str(out_dir), "data.limit": "10", "batch_size": "2",
+          "buckets": "[64,128,160]", "sampling.num_samples": "3", "sampling.max_new_tokens": "5",
+          "sampling.stop_at_newline": "false", "postprocess.drop_copied": "false", "log_every_s": "0",
+          "print_examples": "0", "num_devices": "1"}
+  base.update({k: str(v) for k, v in extra.items()})
+  return base
+
+
+def _config(tiny_dir, out_dir, arg="mode=plain", **extra):
+  return build_config(f"{CONFIG}:{arg}", list(_overrides(tiny_dir, out_dir, **extra).items()))
+
+
+def _records(out_dir):
+  return list(iter_sharded(out_dir))
+
+
+def test_generate_writes_records_for_every_document(tiny_dir, tmp_path):
+  result = generate.run(_config(tiny_dir, tmp_path / "out"))
+  recs = _records(tmp_path / "out")
+  assert result["inputs"] == 10 and result["records"] == len(recs) > 0
+  assert result["compiled_programs"] <= 3
+  assert set(recs[0]) == {"doc_id", "query", "logprob", "num_tokens", "sample_idx", "prompt_mode", "model"}
+  assert {r["prompt_mode"] for r in recs} == {"plain"} and {r["model"] for r in recs} == {tiny_dir}
+  assert all(r["logprob"] < 0 and 1 <= r["num_tokens"] <= 5 and 0 <= r["sample_idx"] < 3 for r in recs)
+  keys = [(r["doc_id"], r["sample_idx"]) for r in recs]
+  assert len(keys) == len(set(keys))
+  assert len({r["doc_id"] for r in recs}) >= 8  # (some samples may be dropped as empty/duplicates)
+  assert read_manifest(tmp_path / "out")["complete"]
+  # a finished job run again generates nothing
+  again = generate.run(_config(tiny_dir, tmp_path / "out"))
+  assert again["inputs_this_run"] == 0 and _records(tmp_path / "out") == recs
+
+
+def test_contrastive_and_expansion_modes(tiny_dir, tmp_path):
+  generate.run(_config(tiny_dir, tmp_path / "c", arg="mode=contrastive", **{"data.limit": "4", "buckets": "[256]"}))
+  recs = _records(tmp_path / "c")
+  assert recs and all(r["negative_id"] != r["doc_id"] and r["prompt_mode"] == "contrastive" for r in recs)
+  generate.run(_config(tiny_dir, tmp_path / "e", arg="mode=expansion", **{"data.limit": "4"}))
+  recs = _records(tmp_path / "e")
+  assert recs and set(recs[0]) == {"query_id", "query", "expansion", "logprob", "num_tokens", "sample_idx",
+                                   "prompt_mode", "model"}
+  assert len({r["query_id"] for r in recs}) >= 3
+
+
+def test_processes_take_interleaved_slices(tiny_dir, tmp_path):
+  from qgjax.models.registry import load_tokenizer
+
+  config = _config(tiny_dir, tmp_path)
+  tok = load_tokenizer(tiny_dir)
+  slices = [[it.item_id for it in generate.iter_items(config, tok, set(), i, 3)[1]] for i in range(3)]
+  everyone = [it.item_id for it in generate.iter_items(config, tok, set(), 0, 1)[1]]
+  assert sorted(sum(slices, [])) == sorted(everyone) and len(everyone) == 10
+  assert slices[1] == everyone[1::3]
+  skipped = [it.item_id for it in generate.iter_items(config, tok, set(everyone[:4]), 0, 1)[1]]
+  assert skipped == everyone[4:]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tiny_dir, tmp_path):
+  env = dict(os.environ, QGJAX_PROGRESS="0", PYTHONUNBUFFERED="1")
+  out = tmp_path / "killed"
+  args = [sys.executable, "-m", "qgjax.cli", "generate", "--config", f"{CONFIG}:mode=plain"]
+  args += [f"--config.{k}={v}" for k, v in _overrides(tiny_dir, out, **{"data.limit": "16"}).items()]
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+  done_file = out / generate.DONE_FILE
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if done_file.is_file() and len(done_file.read_text().splitlines()) >= 4:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  partial = _records(out) if (out / "manifest.json").is_file() else []
+  done_before = len(generate.read_done(out))
+  assert 4 <= done_before < 16
+  resumed = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+  assert summary["inputs_this_run"] == 16 - done_before
+  # Reference: the same job, uninterrupted, in-process.
+  generate.run(_config(tiny_dir, tmp_path / "whole", **{"data.limit": "16"}))
+  key = lambda r: (r["doc_id"], r["sample_idx"])
+  got, want = _records(out), _records(tmp_path / "whole")
+  assert len(got) == len({key(r) for r in got})  # no duplicates
+  assert sorted(got, key=key) == sorted(want, key=key)  # nothing lost, same queries
+  assert all(r in got for r in partial)  # what was written before the kill is kept
+  assert read_manifest(out)["complete"]
+
+
+def test_clean_text_copy_filter_and_dedup():
+  pc = default_postprocess_config()
+  assert clean_text('  Query: "statins and breast cancer"\nmore text', pc) == "statins and breast cancer"
+  assert clean_text("\n\nSearch query: what is a black hole", pc) == "what is a black hole"
+  doc = "A black hole forms when so much mass is packed into a small region of space."
+  assert is_copied("a black hole forms when so much mass is packed", doc, 6)
+  assert not is_copied("black hole forms", doc, 6)  # short spans are legitimate queries
+  assert not is_copied("how does a black hole form when mass is packed", doc, 6)
+  cands = [{"query": "how do black holes form", "logprob": -5.0, "sample_idx": 0},
+           {"query": "", "logprob": -1.0, "sample_idx": 1},
+           {"query": "How do black holes form?", "logprob": -3.0, "sample_idx": 2},
+           {"query": "A black hole forms when so much mass is packed", "logprob": -2.0, "sample_idx": 3},
+           {"query": "event horizon", "logprob": -4.0, "sample_idx": 4}]
+  kept = select(cands, doc, pc)
+  assert [c["sample_idx"] for c in kept] == [2, 4]  # dedup keeps the likelier copy; empty and copied dropped
+  pc.drop_copied, pc.dedup = False, False
+  assert [c["sample_idx"] for c in select(cands, doc, pc)] == [0, 2, 3, 4]
+
+
+def test_prompt_builder_modes_use_the_chat_template(tiny_dir):
+  from qgjax.models.registry import load_tokenizer
+
+  tok = load_tokenizer(tiny_dir)
+  few = PromptBuilder(default_prompt_config("few_shot"), tok)
+  ids = few.document_prompt("black holes and light")
+  text = tok.decode(ids)
+  assert text.count("<|im_start|>") == 2 * 3 + 2 + 1  # system, 3 example turns x 2, user, assistant
+  msg = [{"role": "user", "content": "x"}]
+  with_opening = tok.apply_chat_template(msg, tokenize=True, add_generation_prompt=True)["input_ids"]
+  without = tok.apply_chat_template(msg, tokenize=True, add_generation_prompt=False)["input_ids"]
+  opening = list(with_opening[len(without):])
+  assert opening and ids[-len(opening):] == opening  # ends by opening the assistant turn
+  con = PromptBuilder(default_prompt_config("contrastive"), tok)
+  text = tok.decode(con.document_prompt("black holes", negative="coffee espresso"))
+  assert "black holes" in text and "espresso" in text
+  pc = default_prompt_config("plain")
+  pc.max_doc_tokens = 3
+  text = tok.decode(PromptBuilder(pc, tok).document_prompt("one two three four five six"))
+  assert "three" in text and "four" not in text
+  exp = PromptBuilder(default_prompt_config("expansion"), tok)
+  assert "black" in tok.decode(exp.expansion_prompt("black holes"))
+  with pytest.raises(Exception, match="document"):
+    pc.template = "no placeholder"
+    PromptBuilder(pc, tok)
