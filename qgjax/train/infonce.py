@@ -18,7 +18,7 @@ negative. Towers: `shared` (one encoder) or separate query / document encoders.
       --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/retriever
 
 Data: the tuples of `qgjax mine` ({query, pos_id, neg_ids, ...}; a sharded output dir or a
-.jsonl file) and the BEIR corpus they point into. Export: a sentence-transformers directory
+.jsonl file; records with a `skip` field are ignored) and the BEIR corpus they point into. Export: a sentence-transformers directory
 (`SentenceTransformer(dir)` loads it); separate towers export `<dir>/query` and `<dir>/doc`.
 """
 
@@ -150,18 +150,20 @@ def read_tuples(path: str) -> list[dict]:
   """Training tuples of `qgjax mine`: a sharded output directory (complete) or a .jsonl file."""
   if os.path.isdir(path):
     from qgjax.data.sharded_writer import iter_sharded
-    return list(iter_sharded(path, require_complete=True))
+    return [r for r in iter_sharded(path, require_complete=True) if "skip" not in r]
   if not os.path.isfile(path):
-    raise InputError("training tuples not found", path=path)
+    raise InputError("training tuples not found (run `qgjax mine` first?)", path=path)
   out = []
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
-        out.append(json.loads(line))
+        rec = json.loads(line)
       except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg}", path=path, line=line_no) from None
+      if "skip" not in rec:
+        out.append(rec)
   return out
 
 
@@ -231,6 +233,9 @@ def setup_retriever(config: Any):
   from qgjax.train.loop import TaskSetup
 
   d, m = config.data, config.model
+  if int(config.get("accum_steps", 1) or 1) != 1:
+    raise ConfigError("retriever training needs accum_steps=1: accumulation would shrink the in-batch "
+                      "negatives to one microbatch; use more devices or a smaller batch_size instead")
   if not d.get("train", ""):
     raise ConfigError("config.data.train must name the mined tuples (qgjax mine's output)")
   if not d.get("corpus", ""):

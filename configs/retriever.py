@@ -1,0 +1,62 @@
+"""Bi-encoder (retriever) training with InfoNCE on mined tuples, from all-MiniLM-L6-v2 (offline).
+
+  qgjax mine --config configs/mine.py:tiny && qgjax train --config configs/retriever.py:tiny
+  qgjax train --config configs/retriever.py --config.data.train=runs/nfcorpus/mine/tuples \
+      --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/retriever
+
+Loss: InfoNCE with `temperature`; negatives are every other document of the GLOBAL batch (all
+devices) plus `num_negatives` mined negatives per query (0 = in-batch only). `towers`: shared
+or separate (query and document encoders initialised from the same checkpoint). Gradient
+accumulation is refused: it would shrink the in-batch negative pool to one microbatch.
+Export: <workdir>/export, a sentence-transformers directory (separate: export/query, export/doc).
+Arguments: tiny (the tuples of `qgjax mine --config configs/mine.py:tiny`, batch 8, 4 steps).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, tiny=False, towers="shared")
+  c = ml_collections.ConfigDict()
+  c.task = "retriever"
+  c.workdir = "runs/retriever"
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(name="all-minilm-l6-v2", dtype="auto", dropout=False, remat=False))
+  c.towers = a.towers
+  c.temperature = 0.05            # sentence-transformers' MultipleNegativesRankingLoss scale 20
+  c.num_negatives = 1
+  c.data = ml_collections.ConfigDict(dict(
+      train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
+      doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0))
+  c.batch_size = 64
+  c.accum_steps = 1
+  c.num_steps = 0
+  c.num_epochs = 1.0
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=2e-5, schedule="linear", warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.01,
+      b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0, freeze=[]))
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.num_devices = 0
+  c.log_every = 10
+  c.eval_every = 0
+  c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2, best_metric="eval/loss", best_mode="min",
+                                                async_save=True))
+  c.export = ml_collections.ConfigDict(dict(enabled=True, dir=""))
+  if a.tiny:
+    from qgjax.data import demo_dir
+    c.workdir = "runs/tiny/retriever"
+    c.data.train = "runs/tiny/mine/tuples"
+    c.data.corpus = str(demo_dir())
+    c.data.doc_max_len = 128
+    c.data.query_buckets = (16, 32)
+    c.data.doc_buckets = (64, 128)
+    c.batch_size = 8
+    c.num_steps = 4
+    c.log_every = 1
+    c.checkpoint.every = 2
+    c.optim.warmup_steps = 1
+  return c
