@@ -28,6 +28,8 @@ TASKS: dict[str, str] = {
     "dpo": "qgjax.train.lm_tasks:run_dpo",
     "rsft_dpo": "qgjax.train.lm_tasks:run_rsft_dpo",
     "readqg": "qgjax.train.readqg:run_readqg",
+    "retriever": "qgjax.train.infonce:run_retriever",
+    "cross_encoder": "qgjax.train.cross_encoder:run_cross_encoder",
 }
 
 
