@@ -1,0 +1,66 @@
+"""ReadQG: soft instruction + relevance prompts on a frozen T5, MLE + self-contrastive + calibration.
+
+  qgjax train --config configs/readqg.py:tiny
+  qgjax train --config configs/readqg.py --config.model.name=/models/flan-t5-base \
+      --config.data.train=runs/cranfield/readqg/pairs.jsonl --config.workdir=runs/cranfield/readqg
+
+No T5 weights exist offline on these machines: the tiny variant trains the prompts of a small
+RANDOMLY initialised T5 (SmolLM2's tokenizer) to exercise the whole path; a real run needs a
+local HF T5 / Flan-T5 directory in model.name. Records: see qgjax/train/readqg.py.
+Arguments: tiny.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  from qgjax.train.demo import demo_path
+
+  a = parse_arg(arg, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.task = "readqg"
+  c.workdir = "runs/readqg"
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(name="", init="pretrained", dtype="auto", tokenizer="", t5={}))
+  c.readqg = ml_collections.ConfigDict(dict(
+      instruction="Generate a question for the passage with relevance label:", inst_len=20, rel_len=5,
+      tau=0.25, calibration_margin=1.0, contrastive_weight=1.0, calibration_weight=1.0))
+  c.data = ml_collections.ConfigDict(dict(train="", corpus="", max_doc_tokens=256, source_buckets=(128, 256),
+                                          query_buckets=(16, 32), bucket_window=8, eval_fraction=0.05))
+  c.batch_size = 8
+  c.accum_steps = 1
+  c.num_steps = 0
+  c.num_epochs = 1.0
+  # soft prompts take large learning rates (the ReadQG recipe uses 1e-2, constant)
+  c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, schedule="constant", warmup_steps=0,
+                                           end_lr_ratio=1.0, weight_decay=0.0, grad_clip=1.0, freeze=[]))
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.num_devices = 0
+  c.log_every = 10
+  c.eval_every = 100
+  c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, best_metric="eval/loss", best_mode="min",
+                                                async_save=True))
+  c.export = ml_collections.ConfigDict(dict(enabled=True, dir=""))
+  if a.tiny:
+    c.workdir = "runs/tiny/readqg"
+    c.model.init = "random"
+    c.model.tokenizer = "smollm2-135m-instruct"
+    c.model.t5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      relative_attention_num_buckets=16, relative_attention_max_distance=64,
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, scale_decoder_outputs=False)
+    c.readqg.inst_len, c.readqg.rel_len = 8, 3
+    c.data.train = demo_path("readqg")
+    c.data.max_doc_tokens = 96
+    c.data.source_buckets = (96,)
+    c.data.query_buckets = (24,)
+    c.data.eval_fraction = 0.2
+    c.batch_size = 4
+    c.num_steps = 10
+    c.log_every = 1
+    c.eval_every = 5
+    c.checkpoint.every = 5
+  return c
