@@ -209,7 +209,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
     elif os.path.isfile(stored):
       done = ex.load_pairs(stored, None)
-      if len(done["prompt"]) != len(texts["prompt"]) or done["chosen"] != texts["chosen"]:
+      if done["chosen"] != texts["chosen"] or done["rejected"] != texts["rejected"] or "ref_chosen" not in done:
         raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
       info["reference"] = f"stored in {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = done["ref_chosen"], done["ref_rejected"]
