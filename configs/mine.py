@@ -21,7 +21,7 @@ from qgjax.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  from qgjax.retrieval.dense import SCANN_MIN_ROWS
+  from qgjax.retrieval.dense import default_index_config
 
   a = parse_arg(arg, tiny=False)
   c = ml_collections.ConfigDict()
@@ -33,11 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.shard_size = 10000
   c.encoder = ml_collections.ConfigDict(dict(
       model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, shard_rows=8192))
-  c.index = ml_collections.ConfigDict(dict(
-      kind="auto", scann_min_rows=SCANN_MIN_ROWS, corpus_chunk=16384, query_block=256,
-      scann=ml_collections.ConfigDict(dict(
-          num_leaves=0, leaves_to_search=0, reorder=0, training_sample_size=250_000, dims_per_block=2,
-          anisotropic_threshold=0.2, hash_type="lut16", spherical=True, k_build=100, threads=0))))
+  c.index = default_index_config()
   c.mining = ml_collections.ConfigDict(dict(
       top_k=100, num_negatives=8, min_negatives=1, seed=0, missing_positive="skip", relabel="none",
       relabel_depth=10, relabel_margin=0.0, relabel_oversample=2))

@@ -223,3 +223,95 @@ def load_pair_scorer(cfg: Mapping[str, Any], encoder: DenseEncoder | None = None
     return BiEncoderPairScorer(enc, doc_max_len=int(cfg.get("max_len", 256)),
                                batch_size=int(cfg.get("batch_size", 64)))
   raise ConfigError(f"reranker.kind must be none, cross_encoder or bi_encoder; got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# `qgjax evaluate` stages: dense (first stage or re-scoring) and rerank (cross-encoder).
+
+
+def tower_dirs(model: str) -> tuple[str, str]:
+  """(query model, doc model): a retriever export with separate towers has query/ and doc/ subdirs."""
+  if os.path.isdir(os.path.join(model, "query")) and os.path.isdir(os.path.join(model, "doc")):
+    return os.path.join(model, "query"), os.path.join(model, "doc")
+  return model, model
+
+
+def _store_dir(cfg, workdir: str, corpus_path: str, model: str, max_len: int) -> str:
+  import hashlib
+  import json
+  base = cfg.get("cache_dir", "") or os.path.join(workdir, "dense_cache")
+  key = json.dumps([os.path.abspath(corpus_path), os.path.abspath(model) if os.path.isdir(model) else model,
+                    int(max_len)])
+  return os.path.join(base, "emb-" + hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def evaluation_run(config, data, queries: Mapping[str, str], previous=None) -> dict[str, dict[str, float]]:
+  """Dense retrieval of `queries` over `data.corpus` with `config.dense` (top `config.depth`).
+
+  As a later stage (`bm25+dense`) it re-scores the previous stage's candidates instead.
+  config.dense: model (sentence-transformers dir / name; a separate-towers export works),
+  max_len, query_max_len, batch_size, cache_dir, index {kind, scann_min_rows, scann}.
+  """
+  cfg = config.dense
+  q_model, d_model = tower_dirs(cfg.model)
+  q_enc = DenseEncoder.load(q_model)
+  d_enc = q_enc if d_model == q_model else DenseEncoder.load(d_model)
+  corpus_path = str(data.corpus.path)
+  max_len = int(cfg.max_len)
+  ids, emb = embed_corpus(corpus_path, _store_dir(cfg, config.workdir, corpus_path, d_model, max_len), d_enc,
+                          batch_size=int(cfg.batch_size), max_len=max_len, corpus=data.corpus)
+  qids = list(queries)
+  q_emb = q_enc.encode([queries[q] for q in qids], batch_size=int(cfg.batch_size), max_len=int(cfg.query_max_len))
+  if previous is None:
+    index_cfg = cfg.index.to_dict() if hasattr(cfg.index, "to_dict") else dict(cfg.index)
+    index = build_index(emb, index_cfg, report=lambda m: log.info(m))
+    return search_run(index, ids, q_emb, int(config.depth), qids)
+  row = {d: i for i, d in enumerate(ids)}
+  run = {}
+  for qi, qid in enumerate(qids):
+    cands = [d for d in previous.get(qid, {}) if d in row]
+    scores = emb[[row[d] for d in cands]] @ q_emb[qi] if cands else np.zeros(0)
+    run[qid] = {d: float(s) for d, s in zip(cands, scores)}
+  return run
+
+
+def rerank_run(config, data, queries: Mapping[str, str], previous=None) -> dict[str, dict[str, float]]:
+  """Re-scores the top `config.rerank.depth` of the previous stage with the cross-encoder `config.rerank.model`."""
+  if previous is None:
+    raise ConfigError("rerank needs a first stage, e.g. --config.retriever=bm25+rerank")
+  cfg = config.rerank
+  scorer = load_pair_scorer({"kind": "cross_encoder", "model": cfg.model, "max_len": cfg.max_len,
+                             "batch_size": cfg.batch_size})
+  depth = int(cfg.depth)
+  pairs = []
+  for qid in queries:
+    top = sorted(previous.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
+    pairs += [(qid, d) for d, _ in top]
+  docs = {d: doc.contents for d, doc in zip(*_unique_docs(data.corpus, [d for _, d in pairs]))}
+  bar = progress(total=len(pairs), desc="rerank", unit="pair")
+  scores = []
+  step = 4096
+  for s in range(0, len(pairs), step):
+    chunk = pairs[s:s + step]
+    scores.extend(scorer([queries[q] for q, _ in chunk], [docs[d] for _, d in chunk]).tolist())
+    bar.update(len(chunk))
+  bar.close()
+  run: dict[str, dict[str, float]] = {q: {} for q in queries}
+  for (qid, d), s in zip(pairs, scores):
+    run[qid][d] = float(s)
+  return run
+
+
+def _unique_docs(corpus, doc_ids: Sequence[str]):
+  ids = sorted(set(doc_ids))
+  return ids, corpus.get_many(ids)
+
+
+def default_index_config():
+  """The `index` config group shared by configs/mine.py and configs/evaluate.py (dense)."""
+  import ml_collections
+  return ml_collections.ConfigDict(dict(
+      kind="auto", scann_min_rows=SCANN_MIN_ROWS, corpus_chunk=16384, query_block=256,
+      scann=ml_collections.ConfigDict(dict(
+          num_leaves=0, leaves_to_search=0, reorder=0, training_sample_size=250_000, dims_per_block=2,
+          anisotropic_threshold=0.2, hash_type="lut16", spherical=True, k_build=100, threads=0))))

@@ -268,8 +268,8 @@ def setup_retriever(config: Any):
   seed = int(config.get("seed", 0))
   train_idx, eval_idx = _split(len(tuples), float(d.get("eval_fraction", 0.0)), seed)
   take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
-  buckets = {"query": tuple(b for b in d.query_buckets if b <= max_q) or (max_q,),
-             "doc": tuple(b for b in d.doc_buckets if b <= max_d) or (max_d,)}
+  buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
+             "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   kw = dict(batch_size=int(config.batch_size), buckets=buckets, pad_id=int(tokenizer.pad_token_id or 0), seed=seed,
             bucket_window=int(d.get("bucket_window", 8)), process_index=jax.process_index(),
             process_count=jax.process_count())

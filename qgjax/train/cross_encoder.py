@@ -1,0 +1,235 @@
+"""Cross-encoder (reranker) training, ReadQG style: BCE with the in-batch hardest negative document
+plus a query-query margin loss over generated positive / negative queries.
+
+For a batch of B examples (q+_i, q-_i, d_i) (a document, a generated query relevant to it and
+one that is not; e.g. ReadQG's r=1 / r=0 queries or `qgjax pairs`' chosen / rejected):
+
+  s+_i   = F(q+_i, d_i)
+  j*_i   = argmax_{j in pool(i)} F(q+_i, d_j)     pool(i): the next `hard_negative_pool` documents of
+                                                 the global batch (other documents only), scored
+                                                 without gradient
+  s-_i   = F(q+_i, d_{j*_i})                      the in-batch hardest negative document
+  sq-_i  = F(q-_i, d_i)
+  loss   = BCE(s+, 1) + BCE(s-, 0) + margin_weight * max(0, margin + sq- - s+)
+
+F is the one-label logit of a `CrossEncoder` on `[CLS] q [SEP] d [SEP]`. Pairs are assembled
+inside the jitted step from separately tokenised queries (`[CLS] q [SEP]`) and documents
+(`[CLS] d [SEP]`, CLS dropped when joined; RoBERTa joins with `</s></s>`), so any (query, doc)
+combination of the batch costs no host work.
+
+  qgjax train --config configs/cross_encoder.py:tiny
+  qgjax train --config configs/cross_encoder.py --config.data.train=runs/nfcorpus/pairs/pairs.jsonl \
+      --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/cross_encoder
+
+Export: an HF `*ForSequenceClassification` directory (transformers, sentence-transformers'
+CrossEncoder and `qgjax.models.bert.load_cross_encoder` read it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qgjax.errors import ConfigError, InputError
+from qgjax.train.data import Column, StepLoader
+
+
+def join_pairs(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array, *, pad_id: int,
+               joiner: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """[CLS] q [SEP] + [CLS] d [SEP] -> [CLS] q [SEP] d [SEP] per row (right-padded inputs).
+
+  q int32[N, Lq], d int32[N, Ld] with boolean masks. joiner None drops d's first token (BERT);
+  an id replaces it (RoBERTa: `</s>`, giving `<s> q </s></s> d </s>`). Returns tokens, mask and
+  token_type_ids int32[N, Lq + Ld] (type 1 on the document part when joiner is None).
+  """
+  n, lq = q.shape
+  ld = d.shape[1]
+  length = lq + ld
+  q_len = jnp.sum(q_mask, axis=1).astype(jnp.int32)
+  d_len = jnp.sum(d_mask, axis=1).astype(jnp.int32)
+  skip = 1 if joiner is None else 0
+  if joiner is not None:
+    d = d.at[:, 0].set(joiner)
+  t = jnp.arange(length)[None, :]
+  in_q = t < q_len[:, None]
+  d_pos = t - q_len[:, None] + skip
+  in_d = (~in_q) & (d_pos < d_len[:, None])
+  q_tok = jnp.take_along_axis(q, jnp.clip(t, 0, lq - 1).repeat(n, 0), axis=1)
+  d_tok = jnp.take_along_axis(d, jnp.clip(d_pos, 0, ld - 1), axis=1)
+  tokens = jnp.where(in_q, q_tok, jnp.where(in_d, d_tok, pad_id)).astype(jnp.int32)
+  mask = in_q | in_d
+  types = (in_d & (joiner is None)).astype(jnp.int32)
+  return tokens, mask, types
+
+
+def _bce(logits: jax.Array, label: float) -> jax.Array:
+  """Binary cross-entropy with logits, per element."""
+  return jnp.logaddexp(0.0, logits) - label * logits
+
+
+def readqg_ce_loss(s_pos: jax.Array, s_hard: jax.Array, s_qneg: jax.Array, *, margin: float = 0.0,
+                   margin_weight: float = 1.0, has_qneg: jax.Array | None = None,
+                   weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """The loss above from the three score vectors f32[B] (has_qneg: 0 where an example has no q-)."""
+  w = jnp.ones_like(s_pos) if weight is None else weight
+  hq = jnp.ones_like(s_pos) if has_qneg is None else has_qneg
+  wsum = jnp.maximum(jnp.sum(w), 1e-9)
+  bce = (_bce(s_pos, 1.0) + _bce(s_hard, 0.0))
+  hinge = jnp.maximum(0.0, margin + s_qneg - s_pos) * hq
+  loss = jnp.sum(w * (bce + margin_weight * hinge)) / wsum
+  metrics = {"bce": jnp.sum(w * bce) / wsum, "margin_loss": jnp.sum(w * hinge) / jnp.maximum(jnp.sum(w * hq), 1e-9),
+             "doc_accuracy": jnp.sum(w * (s_pos > s_hard)) / wsum,
+             "query_accuracy": jnp.sum(w * hq * (s_pos > s_qneg)) / jnp.maximum(jnp.sum(w * hq), 1e-9)}
+  return loss, metrics
+
+
+def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, pad_id: int, joiner: int | None):
+  """(params, frozen, batch) -> (loss, metrics) for `loop.fit`.
+
+  batch: qpos / qneg [B, Lq], doc [B, Ld] (+ masks), doc_key f32[B], has_qneg f32[B], weight f32[B].
+  """
+
+  def score(params, q, qm, d, dm):
+    tokens, mask, types = join_pairs(q, qm, d, dm, pad_id=pad_id, joiner=joiner)
+    return module.apply({"params": params}, tokens, mask, types)[:, 0]
+
+  def loss_fn(params, frozen, batch):
+    del frozen
+    q, qm, d, dm = batch["qpos"], batch["qpos_mask"], batch["doc"], batch["doc_mask"]
+    b = q.shape[0]
+    p = min(pool, b - 1)
+    s_pos = score(params, q, qm, d, dm)
+    # hardest in-batch negative document among the next p documents (no gradient through the choice)
+    shifts = jnp.arange(1, p + 1)
+    cand = (jnp.arange(b)[:, None] + shifts[None, :]) % b                         # [B, p]
+    flat_q = jnp.repeat(q, p, axis=0)
+    flat_qm = jnp.repeat(qm, p, axis=0)
+    pool_scores = jax.lax.stop_gradient(
+        score(params, flat_q, flat_qm, d[cand.reshape(-1)], dm[cand.reshape(-1)]).reshape(b, p))
+    same = batch["doc_key"][cand] == batch["doc_key"][:, None]
+    pool_scores = jnp.where(same, -jnp.inf, pool_scores)
+    hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
+    s_hard = score(params, q, qm, d[hard], dm[hard])
+    valid_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # a batch of one document has no negative
+    s_qneg = score(params, batch["qneg"], batch["qneg_mask"], d, dm)
+    loss, metrics = readqg_ce_loss(s_pos, s_hard, s_qneg, margin=margin, margin_weight=margin_weight,
+                                   has_qneg=batch["has_qneg"], weight=batch["weight"] * valid_hard)
+    return loss, dict(metrics, pos_score=jnp.mean(s_pos), hard_neg_score=jnp.mean(s_hard))
+
+  return loss_fn
+
+
+def readqg_ce_numpy(scores: np.ndarray, doc_key: np.ndarray, s_qneg: np.ndarray, pool: int, margin: float,
+                    margin_weight: float, has_qneg: np.ndarray) -> float:
+  """Reference: scores f64[B, B] = F(q+_i, d_j) for every pair; the loss by explicit loops."""
+  b = len(scores)
+  total = 0.0
+  for i in range(b):
+    cands = [(i + s) % b for s in range(1, min(pool, b - 1) + 1)]
+    cands = [j for j in cands if doc_key[j] != doc_key[i]]
+    j = max(cands, key=lambda c: scores[i, c])
+    bce = np.logaddexp(0, scores[i, i]) - scores[i, i] + np.logaddexp(0, scores[i, j])
+    hinge = max(0.0, margin + s_qneg[i] - scores[i, i]) * has_qneg[i]
+    total += bce + margin_weight * hinge
+  return total / b
+
+
+# ------------------------------------------------------------------------------------------------
+# The task.
+
+
+def read_query_pairs(path: str, pos_field: str, neg_field: str) -> list[dict]:
+  """{doc_id, <pos_field>, <neg_field>?} records (a .jsonl file or a sharded output dir)."""
+  from qgjax.data.records import iter_records
+  out = []
+  for src, line, rec in iter_records(path):
+    for field in ("doc_id", pos_field):
+      if not isinstance(rec.get(field), (str, int)) or not str(rec.get(field)).strip():
+        raise InputError("missing or empty", path=src, line=line, field=field)
+    neg = rec.get(neg_field)
+    if neg is not None and not isinstance(neg, str):
+      raise InputError("must be a string", path=src, line=line, field=neg_field)
+    out.append({"doc_id": str(rec["doc_id"]), "qpos": str(rec[pos_field]), "qneg": neg or ""})
+  if not out:
+    raise InputError("no training records", path=path)
+  return out
+
+
+def build_columns(records: Sequence[Mapping], corpus, tokenizer, *, query_max_len: int, doc_max_len: int,
+                  source: str = "") -> dict[str, list]:
+  ids = sorted({r["doc_id"] for r in records})
+  missing = [d for d in ids if d not in corpus]
+  if missing:
+    raise InputError(f"document {missing[0]!r} is not in the corpus ({len(missing)} missing)", path=source,
+                     field="doc_id")
+  docs = dict(zip(ids, (doc.contents for doc in corpus.get_many(ids))))
+  doc_tok = dict(zip(ids, tokenizer([docs[d] for d in ids], truncation=True, max_length=doc_max_len)["input_ids"]))
+  tok = lambda texts: tokenizer(list(texts), truncation=True, max_length=query_max_len)["input_ids"]
+  row = {d: i for i, d in enumerate(corpus.doc_ids)}
+  qneg = [r["qneg"] or r["qpos"] for r in records]   # placeholder where absent; has_qneg = 0 masks it
+  return {"qpos": tok(r["qpos"] for r in records), "qneg": tok(qneg), "doc": [doc_tok[r["doc_id"]] for r in records],
+          "doc_key": [float(row[r["doc_id"]] % (1 << 24)) for r in records],
+          "has_qneg": [1.0 if r["qneg"] else 0.0 for r in records]}
+
+
+SPEC = {"qpos": Column("query"), "qneg": Column("query"), "doc": Column("doc")}
+
+
+def setup_cross_encoder(config: Any):
+  import dataclasses
+
+  from qgjax.data.beir import Corpus
+  from qgjax.models.bert import CrossEncoder, load_cross_encoder, save_cross_encoder_hf
+  from qgjax.parallel.backend import compute_dtype
+  from qgjax.train.generator import gather_to_host
+  from qgjax.train.loop import TaskSetup
+
+  d, m = config.data, config.model
+  if not d.get("train", "") or not d.get("corpus", ""):
+    raise ConfigError("config.data.train (query pairs) and config.data.corpus (BEIR dir) must be set")
+  if int(config.get("accum_steps", 1) or 1) != 1:
+    raise ConfigError("cross-encoder training needs accum_steps=1 (the hardest negative is mined in the batch)")
+  module, params, tokenizer, info = load_cross_encoder(m.name, num_labels=1, new_head=bool(m.get("new_head", True)),
+                                                       seed=int(config.get("seed", 0)))
+  dtype = compute_dtype(None, m.get("dtype", "auto"))
+  module = CrossEncoder(dataclasses.replace(module.config, dtype=str(dtype)))
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
+  corpus = Corpus(d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl"))
+  records = read_query_pairs(d.train, d.pos_field, d.neg_field)
+  max_q = int(d.query_max_len)
+  max_d = int(min(d.doc_max_len, info["max_seq_length"] - max_q + 1))
+  cols = build_columns(records, corpus, tokenizer, query_max_len=max_q, doc_max_len=max_d, source=d.train)
+  buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
+             "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
+  pad_id = int(tokenizer.pad_token_id or 0)
+  train = StepLoader(cols, SPEC, batch_size=int(config.batch_size), buckets=buckets, pad_id=pad_id,
+                     seed=int(config.get("seed", 0)), bucket_window=int(d.get("bucket_window", 8)), shuffle=True,
+                     process_index=jax.process_index(), process_count=jax.process_count())
+  joiner = int(tokenizer.sep_token_id) if module.config.is_roberta else None
+  c = config.loss
+  loss_fn = ce_loss_fn(module, pool=int(c.hard_negative_pool), margin=float(c.margin),
+                       margin_weight=float(c.margin_weight), pad_id=pad_id, joiner=joiner)
+
+  def export(p, frozen, out_dir):
+    from qgjax.parallel.distributed import is_main_process
+    host = gather_to_host(p)
+    if is_main_process():
+      save_cross_encoder_hf(host, CrossEncoder(dataclasses.replace(module.config, dtype="float32")), tokenizer,
+                            out_dir)
+    return out_dir
+
+  fp = {"task": config.task, "model": str(m.name), "batch_size": int(config.batch_size),
+        "seed": int(config.get("seed", 0)), "train": os.path.abspath(d.train), "loss": c.to_dict()}
+  extra = {"train_examples": len(records), "with_negative_query": int(sum(cols["has_qneg"])),
+           "initialised": info.get("initialised", []), "truncated": train.truncated}
+  return TaskSetup(params, {}, abstract, {}, loss_fn, train, None, export, fp, extra)
+
+
+def run_cross_encoder(config: Any) -> dict:
+  from qgjax.train.loop import fit
+  return fit(setup_cross_encoder(config), config)
