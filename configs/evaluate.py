@@ -23,6 +23,7 @@ import ml_collections
 
 from qgjax.config import parse_arg
 from qgjax.retrieval.bm25 import default_bm25_config
+from qgjax.retrieval.dense import default_index_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,6 +38,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.measures = ("nDCG@10", "RR@10", "R@100", "R@1000", "Success@1", "Success@10")
   c.reports = ()
   c.bm25 = default_bm25_config()  # backend (bm25s | pyserini), k1, b, stemmer, stopwords, cache_dir
+  # dense: a bi-encoder dir/name (a retriever export with query/ + doc/ works); index as in configs/mine.py
+  c.dense = ml_collections.ConfigDict(dict(
+      model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, cache_dir="",
+      index=default_index_config()))
+  # rerank: a cross-encoder dir (e.g. configs/cross_encoder.py's export) re-scoring the top `depth`
+  c.rerank = ml_collections.ConfigDict(dict(model="", depth=100, max_len=512, batch_size=32))
+  # reports=("query_quality",): diversity and rel+/rel-/Δrel of a generation output
+  c.query_quality = ml_collections.ConfigDict(dict(
+      input="", encoder="all-minilm-l6-v2", scorer=ml_collections.ConfigDict(dict(
+          kind="bi_encoder", model="", max_len=256, batch_size=64)),
+      label_field="", positive_threshold=0.5, max_records=0, seed=0))
   if a.tiny:
     c.max_queries = 8
     c.depth = 100

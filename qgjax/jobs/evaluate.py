@@ -30,6 +30,7 @@ Run = dict[str, dict[str, float]]
 # stage -> "module:function"; a stage not listed resolves to qgjax.retrieval.<stage>:evaluation_run.
 STAGES: dict[str, str] = {
     "bm25": "qgjax.jobs.evaluate:bm25_run",
+    "rerank": "qgjax.retrieval.dense:rerank_run",
 }
 
 
