@@ -1,14 +1,15 @@
 """ScaNN against the fastest exact search (faiss IndexFlatIP, jitted matmul + top_k): recall@100 vs QPS.
 
-  python tools/bench_mining.py                                  # 10k, 30k, 100k, 1M clustered + nfcorpus
-  python tools/bench_mining.py --sizes 100000 --queries 500 --nfcorpus ""   # quicker
+  python tools/bench_mining.py          # nfcorpus; clustered 10k-1M; MiniLM-like Gaussian 30k-1M
+  python tools/bench_mining.py --sizes 100000 --gauss-sizes "" --queries 500 --nfcorpus ""   # quicker
 
-Data: unit vectors in D=384 around N/100 random unit centres (clusters of ~100 points, the
-depth of the top-100; noise norm = `--spread` x centre norm), queries drawn from the same
-mixture; and real all-MiniLM-L6-v2 embeddings of a BEIR corpus (docs: title + text; queries:
-queries.jsonl), encoded with qgjax's jitted encoder and cached under --cache. The score
-statistics (mean top-1 / top-100 inner product) of each set are recorded beside the timings,
-so the clustered sets can be compared with real embeddings.
+Data: (1) real all-MiniLM-L6-v2 embeddings of a BEIR corpus (docs: title + text; queries:
+queries.jsonl), encoded with qgjax's jitted encoder and cached under --cache; (2) "clustered":
+unit vectors in D=384 around N/100 random unit centres (clusters of ~100 points, the depth of
+the top-100; noise norm = `--spread` x centre norm), queries from the same mixture; (3)
+"minilm-gauss": unit vectors from a Gaussian fitted to the real document embeddings (MiniLM's
+anisotropy, no clusters; much harder for the tree than (2)). The score statistics (mean top-1
+/ top-100 inner product) of each set are recorded beside the timings.
 
 For each size: exact QPS (best of --repeats passes) for faiss and for `ExactIndex`, the exact
 top-100 as ground truth, ScaNN build time, and for a grid of (leaves_to_search, reorder) the
@@ -132,10 +133,25 @@ def bench_set(name: str, corpus: np.ndarray, queries: np.ndarray, grid: list[tup
 
 
 def grid_for(n: int) -> tuple[int, list[tuple[int, int]]]:
+  """num_leaves = 2 sqrt(N); leaves_to_search from 1% to 40% of them; reorder 250 / 500 / 1000."""
   leaves = max(10, int(round(2 * math.sqrt(n))))
-  fractions = (0.01, 0.02, 0.04, 0.08, 0.16)
+  fractions = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
   searches = sorted({max(1, int(round(f * leaves))) for f in fractions})
-  return leaves, [(s, r) for s in searches for r in (200, 500)]
+  return leaves, [(s, r) for s in searches for r in (250, 500, 1000)]
+
+
+def gaussian_like(real: np.ndarray, n: int, seed: int, block: int = 100_000) -> np.ndarray:
+  """f32[n, D] unit vectors from N(mean, cov) fitted to `real` embeddings (no cluster structure,
+  MiniLM's anisotropy): harder for partitioning than the clustered sets."""
+  mu = real.mean(0, dtype=np.float64)
+  chol = np.linalg.cholesky(np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1])).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  out = np.empty((n, real.shape[1]), np.float32)
+  for s in range(0, n, block):
+    m = min(block, n - s)
+    x = mu.astype(np.float32) + rng.standard_normal((m, real.shape[1]), dtype=np.float32) @ chol.T
+    out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+  return out
 
 
 def real_embeddings(beir_dir: str, cache: str, log) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +199,7 @@ def versions() -> dict:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--sizes", default="10000,30000,100000,1000000")
+  ap.add_argument("--gauss-sizes", default="30000,100000,1000000")
   ap.add_argument("--queries", type=int, default=1000)
   ap.add_argument("--dim", type=int, default=384)
   ap.add_argument("--spread", type=float, default=1.0)
@@ -200,16 +217,28 @@ def main(argv=None) -> int:
              "data": {"clustered": f"unit vectors, D={args.dim}, N/100 centres, spread={args.spread}, "
                                    f"queries from the same mixture, seed={args.seed}"},
              "sets": []}
+  real = None
+  if args.nfcorpus and os.path.isdir(args.nfcorpus):
+    docs, queries = real_embeddings(args.nfcorpus, os.path.join(args.cache, "nfcorpus"), log)
+    leaves, grid = grid_for(docs.shape[0])
+    results["sets"].append(bench_set("nfcorpus-minilm", docs, queries, grid, leaves, args.k, args.repeats, log))
+    _write(args.out, results)
+    real = docs
   for n in [int(s) for s in args.sizes.split(",") if s]:
     x = clustered(n + args.queries, args.dim, max(1, n // 100), args.spread, args.seed)
     leaves, grid = grid_for(n)
     results["sets"].append(bench_set(f"clustered-{n}", x[:n], x[n:], grid, leaves, args.k, args.repeats, log))
     del x
     _write(args.out, results)
-  if args.nfcorpus and os.path.isdir(args.nfcorpus):
-    docs, queries = real_embeddings(args.nfcorpus, os.path.join(args.cache, "nfcorpus"), log)
-    leaves, grid = grid_for(docs.shape[0])
-    results["sets"].append(bench_set("nfcorpus-minilm", docs, queries, grid, leaves, args.k, args.repeats, log))
+  if real is not None:
+    results["data"]["minilm-gauss"] = ("unit vectors from a Gaussian (mean, full covariance) fitted to the "
+                                       "nfcorpus MiniLM document embeddings; queries from the same Gaussian")
+    for n in [int(s) for s in args.gauss_sizes.split(",") if s]:
+      x = gaussian_like(real, n + args.queries, args.seed + 1)
+      leaves, grid = grid_for(n)
+      results["sets"].append(bench_set(f"minilm-gauss-{n}", x[:n], x[n:], grid, leaves, args.k, args.repeats, log))
+      del x
+      _write(args.out, results)
   results["policy"] = policy(results["sets"])
   _write(args.out, results)
   log(json.dumps({s["name"]: {"ratio": s["ratio"], "best_exact_qps": s["best_exact_qps"],
@@ -218,12 +247,18 @@ def main(argv=None) -> int:
 
 
 def policy(sets: list[dict]) -> dict:
-  """The smallest clustered size from which ScaNN (build included) beats exact for N queries."""
-  pays = sorted(s["rows"] for s in sets if s["name"].startswith("clustered") and s.get("mine_n_queries_s")
-                and s["mine_n_queries_s"]["scann_incl_build"] < s["mine_n_queries_s"]["exact"])
-  loses = sorted(s["rows"] for s in sets if s["name"].startswith("clustered") and s["rows"] not in pays)
-  return {"scann_pays_from_rows": pays[0] if pays else None, "sizes_where_exact_wins": loses,
-          "rule": "build + N/QPS_scann(recall>=0.95) < N/QPS_best_exact, one query per document"}
+  """Per synthetic family, the smallest size from which ScaNN (build included) beats exact search
+  for N queries; the policy threshold is the largest of them (the harder family decides)."""
+  out = {"rule": "build + N/QPS_scann(recall>=0.95) < N/QPS_best_exact, one query per document", "families": {}}
+  for family in ("clustered", "minilm-gauss"):
+    members = sorted((s for s in sets if s["name"].rsplit("-", 1)[0] == family), key=lambda s: s["rows"])
+    pays = [s["rows"] for s in members if s.get("mine_n_queries_s")
+            and s["mine_n_queries_s"]["scann_incl_build"] < s["mine_n_queries_s"]["exact"]]
+    out["families"][family] = {"scann_pays_from_rows": pays[0] if pays else None,
+                               "exact_wins_at": [s["rows"] for s in members if s["rows"] not in pays]}
+  firsts = [f["scann_pays_from_rows"] for f in out["families"].values() if f["scann_pays_from_rows"]]
+  out["scann_min_rows"] = max(firsts) if firsts else None
+  return out
 
 
 def _write(path: str, obj: dict) -> None:
