@@ -1,0 +1,74 @@
+r"""The whole DPO-aligned query-generation recipe, end to end, each stage cached and resumable.
+
+  qgjax pipeline --config configs/pipeline.py                                   # NFCorpus, SmolLM2, MiniLM
+  qgjax pipeline --config configs/pipeline.py --config.workdir=runs/pipeline/nfc \
+      --config.generate.set.data.limit=500 --config.align.set.num_epochs=2
+  qgjax pipeline --config configs/pipeline.py:tiny                              # demo corpus, CPU-sized
+  qgjax pipeline --config configs/pipeline.py:tiny --config.generator=<tiny HF decoder dir>
+
+Stages (outputs in <workdir>/<stage>/, see qgjax.jobs.pipeline): generate (n queries/doc with
+`generator`) -> score -> pairs -> align (DPO) -> generate_unaligned / generate_aligned (1 query/doc,
+base and aligned generator, same sampling) -> score_* -> mine_* -> retriever_* (MiniLM InfoNCE) ->
+evaluate_bm25 / _base / _unaligned / _aligned on the collection's `split` queries + qrels ->
+<workdir>/report (report.md, report.json, report.png). Training sees the corpus only.
+
+Each stage group X below has `config` (a file in configs/ with its `:arg`) and `set` (values put
+into that file's ConfigDict, e.g. --config.score.set.rewards=bm25_rank,dense_rank); paths, models
+and inputs between stages are wired by the pipeline. `generate_final.set` is applied on top of the
+generate group for the 1-query/doc stages.
+Arguments: tiny (the demo corpus, 4 samples/doc, 4 DPO and 4 retriever steps; a random tiny
+decoder given as `generator` keeps it under a minute, e.g. the one tests/tiny_lm.py writes),
+generator=<name or path>.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def _group(spec: str, **values) -> ConfigDict:
+  return ConfigDict({"config": spec, "set": ConfigDict(values)})
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  a = parse_arg(arg, tiny=False, generator="")
+  c = ConfigDict()
+  c.configs_dir = os.path.dirname(os.path.abspath(__file__))  # where the stage config files live
+  c.workdir = "runs/pipeline/tiny" if a.tiny else "runs/pipeline/nfcorpus"
+  c.data_dir = "" if a.tiny else "../shared/data/nfcorpus"   # BEIR dir; "" = the shipped demo corpus
+  c.split = "test"                      # evaluation queries + qrels/<split>.tsv (never used in training)
+  c.generator = a.generator or "smollm2-135m-instruct"
+  c.encoder = "all-minilm-l6-v2"
+  c.report = ConfigDict(dict(bins=30))
+  if not a.tiny:
+    c.generate = _group("generate.py:mode=few_shot,n=5", batch_size=16, data=dict(limit=0),
+                        sampling=dict(num_samples=5, seed=0))
+    c.generate_final = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=1)))})
+    c.score = _group("score.py", rewards=("bm25_rank", "dense_rank"), reward="bm25_rank")
+    c.pairs = _group("pairs.py", margin=0.0, max_pairs_per_doc=4)
+    c.align = _group("dpo.py:prompt=few_shot", num_epochs=1.0, batch_size=16)
+    c.mine = _group("mine.py")
+    c.retriever = _group("retriever.py", num_epochs=1.0, batch_size=64)
+    c.evaluate = _group("evaluate.py", measures=("nDCG@10", "RR@100", "R@100", "R@1000"))
+    return c
+
+  # tiny: every stage on the 52-document demo corpus, CPU-sized.
+  c.generate = _group("generate.py:mode=plain,tiny", batch_size=8, buckets=(192,), log_every_s=0.0,
+                      print_examples=0, data=dict(limit=0), prompt=dict(max_doc_tokens=64),
+                      postprocess=dict(drop_copied=False),
+                      sampling=dict(num_samples=4, max_new_tokens=8, seed=0, stop_at_newline=False))
+  c.generate_final = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=1)))})
+  c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
+  c.pairs = _group("pairs.py", margin=0.0, max_pairs_per_doc=2)
+  c.align = _group("dpo.py:tiny,prompt=plain", batch_size=8, num_steps=4, eval_every=4, log_every=1,
+                   checkpoint=dict(every=4), data=dict(prompt_buckets=(192,), completion_buckets=(16,)))
+  c.mine = _group("mine.py:tiny")
+  c.retriever = _group("retriever.py:tiny", batch_size=8, num_steps=4, checkpoint=dict(every=4))
+  c.evaluate = _group("evaluate.py:tiny", max_queries=0, depth=100, measures=("nDCG@10", "RR@100", "R@100"))
+  return c

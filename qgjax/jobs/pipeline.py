@@ -1,0 +1,132 @@
+r"""`qgjax pipeline`: the whole recipe, each stage cached on disk and resumable.
+
+  qgjax pipeline --config configs/pipeline.py:tiny
+  qgjax pipeline --config configs/pipeline.py --config.workdir=runs/pipeline/nfcorpus
+
+corpus -> generate (n/doc) -> score -> pairs -> align (DPO, `qgjax train`) -> generate 1 query/doc
+with the base and with the aligned generator -> score both -> mine both -> train a MiniLM
+retriever on each -> evaluate BM25, base MiniLM and both trained retrievers on the `split`
+queries + qrels (training uses the corpus only) -> <workdir>/report/report.{md,json,png}.
+
+Stage X runs `qgjax.jobs.<job>.run` with its own config (see qgjax.jobs.pipeline_stages) in
+<workdir>/X/ and then writes <workdir>/X/STAGE_DONE.json. A stage with that marker and a whole
+output is skipped; a marker made with other settings is an error naming the stage. A pipeline
+killed at any moment and started again with the same command re-enters the unfinished stage,
+which resumes on its own (sharded outputs, orbax checkpoints).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+import time
+
+from qgjax.config import require
+from qgjax.data.sharded_writer import iter_sharded
+from qgjax.errors import QgjaxError
+from qgjax.jobs import pipeline_cache as cache
+from qgjax.jobs.pipeline_stages import STAGES, Stage, stage_config
+
+# (report row key, label, evaluate stage, system name in its metrics.json)
+SYSTEMS = (("bm25", "BM25", "evaluate_bm25", "bm25"),
+           ("base", "MiniLM (base)", "evaluate_base", "dense"),
+           ("unaligned", "MiniLM + unaligned queries", "evaluate_unaligned", "dense"),
+           ("aligned", "MiniLM + aligned queries", "evaluate_aligned", "dense"))
+
+
+def _say(msg: str) -> None:
+  print(f"qgjax pipeline: {msg}", file=sys.stderr, flush=True)
+
+
+def _is_main() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
+              position: str) -> tuple[str, dict, str]:
+  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint)."""
+  as_dict = cache.config_dict(config)
+  fp = cache.fingerprint(as_dict, needs)
+  marker = cache.read_marker(stage_dir)
+  if marker is not None:
+    cache.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
+    if stage.complete(stage_dir):
+      _say(f"{position} {stage.name}: done, skipped ({stage_dir / cache.MARKER})")
+      return "skipped", marker.get("result", {}), fp
+    _say(f"{position} {stage.name}: marked done but its output in {stage_dir} is not whole; running it again")
+  _say(f"{position} {stage.name}: running qgjax {stage.job} in {stage_dir}")
+  start = time.perf_counter()
+  result = importlib.import_module(f"qgjax.jobs.{stage.job}").run(config) or {}
+  if not stage.complete(stage_dir):
+    raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
+  seconds = time.perf_counter() - start
+  if _is_main():
+    cache.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, seconds)
+  _say(f"{position} {stage.name}: finished in {seconds:.1f} s")
+  return "ran", result, fp
+
+
+def _rewards(scored_dir: pathlib.Path) -> list[float]:
+  return [float(r["reward"]) for r in iter_sharded(scored_dir, require_complete=True)]
+
+
+def _report(config, workdir: pathlib.Path, results: dict[str, dict]) -> dict:
+  import json
+
+  from qgjax.evaluation.report import build_report, write_report
+
+  rows, measures = [], None
+  for key, label, stage, system in SYSTEMS:
+    metrics = json.loads((workdir / stage / "metrics.json").read_text())
+    measures = measures or metrics["measures"]
+    rows.append({"key": key, "label": label, "metrics": metrics["systems"][system]})
+  rewards = {"unaligned": _rewards(workdir / "score_unaligned" / "scored"),
+             "aligned": _rewards(workdir / "score_aligned" / "scored")}
+  final = results.get("align", {}).get("final", {})
+  info = {"data_dir": config.data_dir or "the demo corpus (qgjax/data/demo)",
+          "split (evaluation)": config.split, "generator": config.generator, "encoder": config.encoder,
+          "queries generated (n/doc)": results.get("generate", {}).get("records"),
+          "preference pairs": results.get("pairs", {}).get("pairs"),
+          "DPO final loss": final.get("loss"), "DPO eval reward accuracy": final.get("eval/rewards/accuracy")}
+  report = build_report(rows, measures, rewards, reward_name=_reward_name(results), info=info)
+  return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}
+
+
+def _reward_name(results: dict[str, dict]) -> str:
+  stats = results.get("score_aligned", {}).get("mean_reward", {})
+  return next(iter(stats), "reward") if len(stats) == 1 else "reward"
+
+
+def run(config) -> dict:
+  require(config, "workdir", "generator", "encoder", "split", "configs_dir")
+  workdir = pathlib.Path(config.workdir).resolve()
+  stage_dir = lambda name: str(workdir / name)
+  configs = [(stage, stage_config(config, stage, stage_dir)) for stage in STAGES]  # config errors first
+  status, results, fps = {}, {}, {}
+  for i, (stage, stage_cfg) in enumerate(configs):
+    needs = {n: fps[n] for n in stage.needs}
+    later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
+    status[stage.name], results[stage.name], fps[stage.name] = run_stage(
+        stage, stage_cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]")
+  report = _report(config, workdir, results) if _is_main() else {"paths": {}, "report": {}}
+  _say(f"report: {report['paths'].get('markdown', '')}")
+  return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
+          "skipped": [s for s, v in status.items() if v == "skipped"], "report": report["paths"],
+          "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])},
+          "reward": report["report"].get("reward", {}).get("stats", {})}
+
+
+def _depends_on(stage: Stage, name: str, configs) -> bool:
+  """Whether `stage` reads, directly or through other stages, what stage `name` wrote."""
+  by_name = {s.name: s for s, _ in configs}
+  todo, seen = list(stage.needs), set()
+  while todo:
+    n = todo.pop()
+    if n == name:
+      return True
+    if n not in seen:
+      seen.add(n)
+      todo += list(by_name[n].needs)
+  return False

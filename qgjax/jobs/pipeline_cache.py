@@ -1,0 +1,74 @@
+"""A finished pipeline stage: `<stage dir>/STAGE_DONE.json` with its result and config fingerprint.
+
+The fingerprint hashes the stage's full ConfigDict and the fingerprints of the stages it reads,
+so a finished stage is reused only for the very settings and inputs that made it. Different
+settings for a finished stage are a QgjaxError naming the stage and the changed keys: nothing
+already computed is silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+from qgjax.errors import QgjaxError
+
+MARKER = "STAGE_DONE.json"
+
+
+def config_dict(config) -> dict:
+  """A ConfigDict as plain JSON data (tuples as lists), the form that is hashed and stored."""
+  return json.loads(config.to_json(sort_keys=True))
+
+
+def fingerprint(config: dict, needs: dict[str, str]) -> str:
+  blob = json.dumps({"config": config, "needs": needs}, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_marker(stage_dir: pathlib.Path) -> dict | None:
+  path = stage_dir / MARKER
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise QgjaxError(f"{path}: unreadable stage marker ({e}); delete it to run the stage again") from None
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+    return out
+  return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: dict, config: dict,
+                 needs: dict[str, str], fp: str) -> None:
+  """Raises QgjaxError when the finished stage in `stage_dir` was made with other settings."""
+  if marker.get("fingerprint") == fp:
+    return
+  changed = _changed_keys(marker.get("config", {}), config)
+  changed += [f"input from stage '{n}'" for n in needs if marker.get("needs", {}).get(n) != needs[n]]
+  shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+  raise QgjaxError(
+      f"pipeline stage '{stage}' already finished in {stage_dir} with other settings "
+      f"({shown or 'config'} changed); restore them, use another --config.workdir, or delete {stage_dir}"
+      + (f" and the stages after it ({', '.join(later)})" if later else "") + " to run it again")
+
+
+def write_marker(stage: str, stage_dir: pathlib.Path, job: str, config: dict, needs: dict[str, str], fp: str,
+                 result: dict | None, seconds: float) -> None:
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  marker = {"stage": stage, "job": job, "fingerprint": fp, "needs": needs, "seconds": round(seconds, 2),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result or {}, "config": config}
+  path = stage_dir / MARKER
+  tmp = path.with_name(MARKER + ".tmp")
+  tmp.write_text(json.dumps(marker, indent=1, default=str) + "\n")
+  os.replace(tmp, path)

@@ -1,0 +1,104 @@
+"""`qgjax pipeline --config configs/pipeline.py:tiny` end to end on tiny random models (CLI, one CPU device):
+every stage runs once, the report has its rows and columns, a second run skips every stage, and
+new settings for a finished stage are refused with an error naming it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qgjax.config import build_config
+from qgjax.errors import ConfigError, QgjaxError
+from qgjax.jobs import pipeline
+from qgjax.jobs.pipeline_stages import STAGES
+from tiny_lm import make_tiny_lm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
+ROWS = ["BM25", "MiniLM (base)", "MiniLM + unaligned queries", "MiniLM + aligned queries"]
+COLUMNS = ["nDCG@10", "MRR@100", "Recall@100"]
+
+
+def _tiny_bert(out: str) -> str:
+  """A random 2-layer, 32-wide BERT bi-encoder with MiniLM's tokenizer (sentence-transformers layout)."""
+  from transformers import AutoTokenizer
+
+  from qgjax.models import bert
+
+  tokenizer = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
+  cfg = bert.EncoderConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
+                           intermediate_size=64, max_position_embeddings=160)
+  module = bert.BiEncoder(cfg, pooling="mean", normalize=True)
+  bert.save_bi_encoder_st(bert.init_params(module, seed=0), module, tokenizer, out, max_seq_length=128)
+  return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("pipeline_models")
+  return make_tiny_lm(str(root / "tiny_lm")), _tiny_bert(str(root / "tiny_bert"))
+
+
+def _overrides(workdir, models):
+  return [("workdir", str(workdir)), ("generator", models[0]), ("encoder", models[1])]
+
+
+def _cli(workdir, models):
+  """Runs the pipeline command in a fresh process with one CPU device -> its result dict."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+             QGJAX_PROGRESS="0")
+  cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC] + \
+      [f"--config.{k}={v}" for k, v in _overrides(workdir, models)]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = proc.stdout.splitlines()
+  start = max(i for i, line in enumerate(lines) if line == "{")  # the CLI prints the result last
+  return json.loads("\n".join(lines[start:]))
+
+
+def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path):
+  work = tmp_path / "pipeline"
+  names = [s.name for s in STAGES]
+  first = _cli(work, models)
+  assert first["ran"] == names and first["skipped"] == []
+  for name in names:
+    marker = json.loads((work / name / "STAGE_DONE.json").read_text())
+    assert marker["stage"] == name and len(marker["fingerprint"]) == 16 and marker["config"]
+
+  # the report: four systems x three metrics, in markdown, JSON and a PNG
+  paths = first["report"]
+  report = json.loads(open(paths["json"]).read())
+  assert [s["label"] for s in report["systems"]] == ROWS
+  assert [s["key"] for s in report["systems"]] == ["bm25", "base", "unaligned", "aligned"]
+  assert [m["label"] for m in report["measures"]] == COLUMNS
+  for s in report["systems"]:
+    assert all(0.0 <= v <= 1.0 for v in s["metrics"].values()) and len(s["metrics"]) == 3
+  md = open(paths["markdown"]).read()
+  assert "| system | nDCG@10 | MRR@100 | Recall@100 |" in md
+  assert all(f"| {row} | " in md for row in ROWS)
+  with open(paths["png"], "rb") as f:
+    png = f.read()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+  # rewards: one scored query per document at most, for both generators; bm25_rank rewards are -rank
+  stats = report["reward"]["stats"]
+  assert set(stats) == {"unaligned", "aligned"} and report["reward"]["name"] == "bm25_rank"
+  assert all(0 < st["count"] <= 52 and st["max"] <= -1 for st in stats.values())
+  # training saw the corpus only; evaluation the demo's judged test queries
+  assert first["stages"] == {n: "ran" for n in names}
+
+  # the same command again: every stage is skipped, the report is rewritten
+  again = _cli(work, models)
+  assert again["ran"] == [] and again["skipped"] == names
+  assert again["systems"] == first["systems"]
+
+  # other settings for a finished stage: a clear error naming the stage and the key, nothing re-run
+  changed = build_config(SPEC, _overrides(work, models) + [("pairs.set.max_pairs_per_doc", "3")])
+  with pytest.raises(QgjaxError, match=r"pipeline stage 'pairs' already finished .*max_pairs_per_doc.*align"):
+    pipeline.run(changed)
+  # a key the pipeline wires itself is refused before anything runs
+  wired = build_config(SPEC, _overrides(work, models))
+  wired.score.set.workdir = "elsewhere"
+  with pytest.raises(ConfigError, match=r"score.set.workdir.*wired by the pipeline"):
+    pipeline.run(wired)
