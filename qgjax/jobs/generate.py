@@ -116,6 +116,9 @@ def sampling_params(config, kind: str, model: Any, tokenizer: Any):
 def _corpus(path: str):
   from qgjax.data.beir import Corpus
 
+  if str(path).startswith("tfds:"):  # tfds:<builder_dir>[:split]: a prepared TFDS dataset
+    from qgjax.data.tfds_source import TfdsCorpus
+    return TfdsCorpus.from_spec(str(path))
   p = pathlib.Path(path)
   if p.is_dir():
     p = p / "corpus.jsonl"
