@@ -9,7 +9,8 @@ up in `data.corpus` and formatted with the same prompt as `qgjax generate`. The 
 log-probs are precomputed once into <workdir>/pairs_with_ref.jsonl (dpo.reference=precomputed)
 or taken from the base model with adapters off (dpo.reference=adapters_off).
 Arguments: tiny (demo pairs, 8 steps, CPU-sized), loss=sigmoid|ipo, lora=true|false,
-prompt=plain|few_shot|contrastive|expansion (must match the generate config; expansion = AQE).
+prompt=few_shot|plain|contrastive|expansion (must match the generate config, whose default is
+few_shot; expansion = AQE).
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train_mode = "lora" if arg.lora else "full"
   c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj"))
   c.data = ml_collections.ConfigDict(dict(
-      train="", corpus="", prompt_buckets=(128, 256, 384), completion_buckets=(32, 64), bucket_window=8,
+      train="", corpus="", prompt_buckets=(256, 384, 448, 512), completion_buckets=(32, 64), bucket_window=8,
       eval_fraction=0.05))
-  # The generation prompt: keep it equal to the `qgjax generate` config that sampled the queries.
-  c.prompt = default_prompt_config(arg.get("prompt", "plain"))
-  c.prompt.max_doc_tokens = 256
+  # The generation prompt: keep it equal to the `qgjax generate` config that sampled the queries
+  # (its default is few_shot; the tiny variant uses the shorter plain prompt).
+  c.prompt = default_prompt_config(arg.get("prompt", "") or ("plain" if arg.tiny else "few_shot"))
   c.batch_size = 16
   c.accum_steps = 1
   c.num_steps = 0
@@ -72,7 +73,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   from qgjax.train.demo import demo_path
 
-  a = parse_arg(arg, tiny=False, loss="sigmoid", lora=True, prompt="plain")
+  a = parse_arg(arg, tiny=False, loss="sigmoid", lora=True, prompt="")
   c = base_config(a)
   c.task = "dpo"
   c.workdir = "runs/dpo" if not a.tiny else "runs/tiny/dpo"

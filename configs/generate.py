@@ -21,7 +21,7 @@ from qgjax.config import parse_arg
 def get_config(arg=None):
   from qgjax.sampling.postprocess import default_postprocess_config
   from qgjax.sampling.prompts import default_prompt_config
-  from qgjax.train.demo import DEMO_BEIR
+  from qgjax.data import demo_dir
 
   a = parse_arg(arg, mode="few_shot", n=5, tiny=False)
   c = ml_collections.ConfigDict()
@@ -31,7 +31,7 @@ def get_config(arg=None):
       dtype="float32",
       scan_layers=True))
   c.data = ml_collections.ConfigDict(dict(
-      corpus=DEMO_BEIR,               # a BEIR directory or a corpus.jsonl
+      corpus=str(demo_dir()),         # a BEIR directory or a corpus.jsonl
       queries="",                     # expansion mode: a queries.jsonl (default: the corpus dir's)
       split="test",
       limit=0))                       # first N inputs only (0 = all)

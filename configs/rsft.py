@@ -7,7 +7,7 @@
 Records: {"doc_id", "query"} (the `pairs` stage's best-of-n output) or {"prompt", "completion"};
 the loss is the masked token NLL of the query given the generation prompt. task=sft trains the
 same objective on any (document, query) records. Arguments: tiny, lora=true|false,
-prompt=plain|few_shot|contrastive|expansion (as in the generate config).
+prompt=few_shot|plain|contrastive|expansion (as in the generate config).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _dpo_base():
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   from qgjax.train.demo import demo_path
 
-  a = parse_arg(arg, tiny=False, lora=True, prompt="plain")
+  a = parse_arg(arg, tiny=False, lora=True, prompt="")
   c = _dpo_base()(a)
   c.task = "rsft"
   c.workdir = "runs/rsft" if not a.tiny else "runs/tiny/rsft"

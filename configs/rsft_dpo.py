@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location("qgjax_configs_dpo", os.path.join(os.path.dirname(__file__), "dpo.py"))
   dpo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(dpo)
-  a = parse_arg(arg, tiny=False, sft_weight=1.0, lora=True, prompt="plain")
+  a = parse_arg(arg, tiny=False, sft_weight=1.0, lora=True, prompt="")
   c = dpo.get_config(f"tiny={a.tiny},lora={a.lora},prompt={a.prompt}")
   c.task = "rsft_dpo"
   c.workdir = "runs/rsft_dpo" if not a.tiny else "runs/tiny/rsft_dpo"

@@ -87,19 +87,37 @@ def test_processes_take_interleaved_slices(tiny_dir, tmp_path):
   assert skipped == everyone[4:]
 
 
+# The real CLI with each record write slowed by 50 ms, so that a tiny model's run lasts long
+# enough to be killed in the middle of a batch (records written, the batch not yet marked done).
+SLOW_WRITES_CLI = """
+import sys, time
+from qgjax.data.sharded_writer import ShardedJsonlWriter
+_write = ShardedJsonlWriter.write
+def slow_write(self, record):
+  time.sleep(0.05)
+  return _write(self, record)
+ShardedJsonlWriter.write = slow_write
+from qgjax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tiny_dir, tmp_path):
   env = dict(os.environ, QGJAX_PROGRESS="0", PYTHONUNBUFFERED="1")
   out = tmp_path / "killed"
-  args = [sys.executable, "-m", "qgjax.cli", "generate", "--config", f"{CONFIG}:mode=plain"]
-  args += [f"--config.{k}={v}" for k, v in _overrides(tiny_dir, out, **{"data.limit": "16"}).items()]
-  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+  stage = ["generate", "--config", f"{CONFIG}:mode=plain"]
+  stage += [f"--config.{k}={v}" for k, v in _overrides(tiny_dir, out, **{"data.limit": "16"}).items()]
+  args = [sys.executable, "-m", "qgjax.cli"] + stage
+  proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITES_CLI] + stage, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=REPO)
   done_file = out / generate.DONE_FILE
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     if done_file.is_file() and len(done_file.read_text().splitlines()) >= 4:
+      time.sleep(0.12)  # into the next batch's record writes
       break
-    time.sleep(0.05)
+    time.sleep(0.02)
   assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()

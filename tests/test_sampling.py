@@ -122,7 +122,7 @@ def test_same_seed_same_samples_at_any_batch_size_and_device_count(tiny):
   for batch_size, devices in [(16, 1), (16, 8)]:
     t, lp, _, sampler = _sample_all(model, params, sp, prompts, batch_size=batch_size, seed=7, devices=devices)
     np.testing.assert_array_equal(t, ref_t, err_msg=f"batch {batch_size}, {devices} devices")
-    np.testing.assert_allclose(lp, ref_lp, atol=1e-5)
+    np.testing.assert_allclose(lp, ref_lp, rtol=2e-5, atol=1e-5)  # f32 sums blocked differently per shape
   assert sampler.params["lm_head"]["kernel"].sharding.mesh.devices.size == 8
   other = sampler.run(prompts, [f"doc-{i}" for i in range(16)], 16, seed=8).tokens
   assert (other != ref_t).mean() > 0.5 and sampler.num_compiles == 1

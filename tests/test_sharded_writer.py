@@ -181,6 +181,7 @@ PRODUCER = textwrap.dedent("""
       return {{"doc_id": f"d{{i // 3}}", "sample_idx": i % 3, "query": "q" * rng.randint(1, 3000),
               "logprob": -rng.random()}}
     with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=37, meta={{"n": n}}) as w:
+      print("ready", flush=True)  # the test kills only after this: import time is not write time
       for i in range(n):
         if (f"d{{i // 3}}", i % 3) in w.done_keys:
           continue
@@ -202,8 +203,9 @@ def test_sigkill_at_random_moments_then_resume_equals_clean_run(tmp_path):
   kills = 0
   for _ in range(8):
     proc = subprocess.Popen([sys.executable, str(script), str(out), str(n), "0.002"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(rng.uniform(0.2, 0.7))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "ready" (or "" if it ended): the writer is open and writing now
+    time.sleep(rng.uniform(0.05, 0.4))
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       kills += 1

@@ -24,7 +24,7 @@ from qgjax.sampling.beam import beam_loop
 from qgjax.sampling.keys import sample_keys
 from qgjax.sampling.logits import SamplingParams
 from qgjax.sampling.loop import Samples, sample_loop
-from qgjax.sampling.shared_prefix import PromptCache, decode_step, init_new_cache
+from qgjax.sampling.shared_prefix import PromptCache, decode_step, gather_rows, init_new_cache, unrolled
 
 
 def _only_last_position(next_fun, args, kwargs, context):
@@ -66,6 +66,8 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
   shared_prompt: decode against one copy of each prompt's cache (shared_prefix.py); False
   broadcasts the cache to every sample and uses the model's own attention (the reference path).
   """
+  if shared_prompt:
+    model, params = unrolled(model, params)  # no-op for an unrolled model (Sampler converts once)
   b, p = tokens.shape
   beam = sampling.num_beams > 1
   copies = sampling.num_beams if beam else sampling.num_samples
@@ -82,6 +84,7 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
     def step(new, tok, t):
       return decode_step(model, params, prompt, new, tok, prompt_len + t, t)
 
+    gather = gather_rows
   else:
     cache = _grow(cache, copies, n_new)
     kv_mask = jnp.pad(rows_mask, ((0, 0), (0, n_new)), constant_values=True)
@@ -91,9 +94,10 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
       logits, cache = model.apply({"params": params}, tok[:, None], pos, kv_mask, cache, p + t)
       return logits[:, 0], cache
 
-  if beam:
-    def gather(cache, rows):  # both cache layouts keep rows on axis 1
+    def gather(cache, rows):
       return KVCache(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1))
+
+  if beam:
     return beam_loop(step, gather, cache, first_logits, sampling)
   row_keys = None if sampling.greedy else sample_keys(keys, sampling.num_samples)
   return sample_loop(step, cache, first_logits, row_keys, sampling)

@@ -88,7 +88,12 @@ class Sampler:
   @classmethod
   def for_decoder(cls, model: Any, params: Any, sampling: SamplingParams, *, shared_prompt: bool = True,
                   **kwargs) -> "Sampler":
-    """A sampler over a qgjax DecoderLM (left-padded prompts)."""
+    """A sampler over a qgjax DecoderLM (left-padded prompts). With shared_prompt (the fast
+    path) a scanned model is converted to unrolled layers once, here."""
+    if shared_prompt:
+      from qgjax.sampling.shared_prefix import unrolled
+
+      model, params = unrolled(model, params)
     pad = kwargs.pop("pad_id", None)
     pad = model.config.pad_token_id if pad is None else pad
     fn = functools.partial(_decoder_generate, model, sampling, shared_prompt)
@@ -114,7 +119,10 @@ class Sampler:
     batch = pad_prompts(token_lists, length, self.batch_size, self.pad_id, self.pad_side)
     hashes = np.zeros((self.batch_size,), np.uint32)
     hashes[:len(ids)] = id_hashes(ids)
-    out = self._jitted(self.params, batch.tokens, batch.mask, hashes, np.uint32(self.seed if seed is None else seed))
+    # Explicit placement on this process's mesh: jit refuses sharded numpy inputs when process_count > 1.
+    rows = lambda x: jax.device_put(x, self._rows)
+    out = self._jitted(self.params, rows(batch.tokens), rows(batch.mask), rows(hashes),
+                       np.uint32(self.seed if seed is None else seed))
     out = jax.device_get(out)
     k = len(ids)
     per = out.tokens.shape[0] // self.batch_size
