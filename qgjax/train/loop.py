@@ -58,14 +58,17 @@ def _host(metrics: dict) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+_total = jax.jit(lambda x: x.sum())
+
+
 def evaluate(eval_step, state, loader: StepLoader, mesh, rules) -> dict:
   """Weighted mean of the eval metrics over one file-order pass of `loader`."""
   sums: dict[str, float] = {}
   total = 0.0
   for s in range(loader.steps_per_epoch):
-    batch = loader.batch(s)
-    w = float(np.sum(batch["weight"]))
-    m = _host(eval_step(state, put_batch(batch, mesh, rules)))
+    batch = put_batch(loader.batch(s), mesh, rules)
+    w = float(_total(batch["weight"]))  # the global batch's weight: a host holds only its own rows
+    m = _host(eval_step(state, batch))
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + v * w
     total += w
