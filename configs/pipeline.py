@@ -16,9 +16,9 @@ Each stage group X below has `config` (a file in configs/ with its `:arg`) and `
 into that file's ConfigDict, e.g. --config.score.set.rewards=bm25_rank,dense_rank); paths, models
 and inputs between stages are wired by the pipeline. `generate_final.set` is applied on top of the
 generate group for the 1-query/doc stages.
-Arguments: tiny (the demo corpus, 4 samples/doc, 4 DPO and 4 retriever steps; a random tiny
-decoder given as `generator` keeps it under a minute, e.g. the one tests/tiny_lm.py writes),
-generator=<name or path>.
+Arguments: tiny (the demo corpus, 4 samples/doc, 4 DPO and 4 retriever steps: ~10 min on 2 CPU
+cores with SmolLM2 and MiniLM, ~1.5 min with tiny random models as `generator` and `encoder`,
+as tests/test_pipeline.py runs it), generator=<name or path>.
 """
 
 from __future__ import annotations

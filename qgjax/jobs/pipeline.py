@@ -72,7 +72,8 @@ def _rewards(scored_dir: pathlib.Path) -> list[float]:
   return [float(r["reward"]) for r in iter_sharded(scored_dir, require_complete=True)]
 
 
-def _report(config, workdir: pathlib.Path, results: dict[str, dict]) -> dict:
+def _report(config, workdir: pathlib.Path, results: dict[str, dict], reward_name: str) -> dict:
+  """Collects the evaluate stages' metrics and both generators' rewards into <workdir>/report."""
   import json
 
   from qgjax.evaluation.report import build_report, write_report
@@ -90,16 +91,14 @@ def _report(config, workdir: pathlib.Path, results: dict[str, dict]) -> dict:
           "queries generated (n/doc)": results.get("generate", {}).get("records"),
           "preference pairs": results.get("pairs", {}).get("pairs"),
           "DPO final loss": final.get("loss"), "DPO eval reward accuracy": final.get("eval/rewards/accuracy")}
-  report = build_report(rows, measures, rewards, reward_name=_reward_name(results), info=info)
+  report = build_report(rows, measures, rewards, reward_name=reward_name, info=info)
   return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}
 
 
-def _reward_name(results: dict[str, dict]) -> str:
-  stats = results.get("score_aligned", {}).get("mean_reward", {})
-  return next(iter(stats), "reward") if len(stats) == 1 else "reward"
-
-
 def run(config) -> dict:
+  if config.get("recipe", "dpo_qg") != "dpo_qg":  # AQE, ReadQG: qgjax.jobs.recipe_runner.RECIPES
+    from qgjax.jobs.recipe_runner import run_recipe
+    return run_recipe(config)
   require(config, "workdir", "generator", "encoder", "split", "configs_dir")
   workdir = pathlib.Path(config.workdir).resolve()
   stage_dir = lambda name: str(workdir / name)
@@ -110,12 +109,17 @@ def run(config) -> dict:
     later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
     status[stage.name], results[stage.name], fps[stage.name] = run_stage(
         stage, stage_cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]")
-  report = _report(config, workdir, results) if _is_main() else {"paths": {}, "report": {}}
+  report = (_report(config, workdir, results, _stage(configs, "score_aligned").reward) if _is_main()
+            else {"paths": {}, "report": {}})
   _say(f"report: {report['paths'].get('markdown', '')}")
   return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
           "skipped": [s for s, v in status.items() if v == "skipped"], "report": report["paths"],
           "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])},
           "reward": report["report"].get("reward", {}).get("stats", {})}
+
+
+def _stage(configs, name: str):
+  return next(cfg for stage, cfg in configs if stage.name == name)
 
 
 def _depends_on(stage: Stage, name: str, configs) -> bool:
