@@ -34,7 +34,8 @@ def get_config(arg=None):
       corpus=str(demo_dir()),         # a BEIR directory or a corpus.jsonl
       queries="",                     # expansion mode: a queries.jsonl (default: the corpus dir's)
       split="test",
-      limit=0))                       # first N inputs only (0 = all)
+      offset=0,                       # skip the first N inputs (e.g. documents kept out of training)
+      limit=0))                       # then N inputs only (0 = all)
   c.prompt = default_prompt_config(a.mode)
   c.postprocess = default_postprocess_config()
   c.sampling = ml_collections.ConfigDict(dict(

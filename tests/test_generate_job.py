@@ -85,6 +85,11 @@ def test_processes_take_interleaved_slices(tiny_dir, tmp_path):
   assert slices[1] == everyone[1::3]
   skipped = [it.item_id for it in generate.iter_items(config, tok, set(everyone[:4]), 0, 1)[1]]
   assert skipped == everyone[4:]
+  held_out = _config(tiny_dir, tmp_path, **{"data.offset": "3", "data.limit": "4"})
+  n, items = generate.iter_items(held_out, tok, set(), 1, 2)
+  assert n == 2 and [it.item_id for it in items] == everyone[3:7][1::2]
+  past_end = _config(tiny_dir, tmp_path, **{"data.offset": "60", "data.limit": "4"})
+  assert generate.iter_items(past_end, tok, set(), 0, 1)[0] == 0
 
 
 # The real CLI with each record write slowed by 50 ms, so that a tiny model's run lasts long

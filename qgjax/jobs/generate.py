@@ -177,6 +177,9 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
 
   builder = PromptBuilder(config.prompt, tokenizer)
   limit = int(config.data.get("limit", 0) or 0)
+  offset = int(config.data.get("offset", 0) or 0)
+  if offset < 0 or limit < 0:
+    raise ConfigError(f"data.offset and data.limit must be >= 0; got {offset} and {limit}")
   max_len = max(config.buckets)
   mode = config.prompt.mode
 
@@ -188,7 +191,7 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
 
   if mode == "expansion":
     queries = _queries(config)
-    ids = list(queries)[:limit] if limit else list(queries)
+    ids = list(queries)[offset:offset + limit] if limit else list(queries)[offset:]
     mine = ids[process_index::process_count]
 
     def gen_queries():
@@ -200,7 +203,8 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
 
   require(config, "data.corpus")
   corpus = _corpus(config.data.corpus)
-  total = min(len(corpus), limit) if limit else len(corpus)
+  available = max(len(corpus) - offset, 0)
+  total = min(available, limit) if limit else available
   mine_count = len(range(process_index, total, process_count))
   negative_of = None
   if mode == "contrastive":
@@ -213,6 +217,9 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
 
   def gen_docs():
     for i, doc in enumerate(corpus):
+      i -= offset  # position among the selected documents
+      if i < 0:
+        continue
       if i >= total:
         break
       if i % process_count != process_index or doc.doc_id in done:
@@ -331,7 +338,8 @@ def _meta(config, model_name: str, sampling, process_index: int, process_count: 
           "postprocess": config.postprocess.to_dict(), "sampling": dataclasses.asdict(sampling),
           "seed": int(config.sampling.seed), "buckets": list(config.buckets),
           "data": {"corpus": str(config.data.get("corpus", "")), "queries": str(config.data.get("queries", "")),
-                   "limit": int(config.data.get("limit", 0) or 0)},
+                   "limit": int(config.data.get("limit", 0) or 0),
+                   "offset": int(config.data.get("offset", 0) or 0)},
           "process": [process_index, process_count]}
 
 
