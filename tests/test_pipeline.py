@@ -93,6 +93,13 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   assert again["ran"] == [] and again["skipped"] == names
   assert again["systems"] == first["systems"]
 
+  # killed after a stage's work but before its marker, or its output lost: only that stage runs again
+  (work / "evaluate_bm25" / "STAGE_DONE.json").unlink()
+  assert pipeline.run(build_config(SPEC, _overrides(work, models)))["ran"] == ["evaluate_bm25"]
+  (work / "evaluate_bm25" / "metrics.json").unlink()
+  out = pipeline.run(build_config(SPEC, _overrides(work, models)))
+  assert out["ran"] == ["evaluate_bm25"] and out["systems"] == first["systems"]
+
   # other settings for a finished stage: a clear error naming the stage and the key, nothing re-run
   changed = build_config(SPEC, _overrides(work, models) + [("pairs.set.max_pairs_per_doc", "3")])
   with pytest.raises(QgjaxError, match=r"pipeline stage 'pairs' already finished .*max_pairs_per_doc.*align"):

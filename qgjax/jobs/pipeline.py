@@ -44,6 +44,13 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
+def _barrier(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
               position: str) -> tuple[str, dict, str]:
   """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint)."""
@@ -59,6 +66,7 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
   _say(f"{position} {stage.name}: running qgjax {stage.job} in {stage_dir}")
   start = time.perf_counter()
   result = importlib.import_module(f"qgjax.jobs.{stage.job}").run(config) or {}
+  _barrier(f"qgjax pipeline: {stage.name}")  # every host's part is written before the check
   if not stage.complete(stage_dir):
     raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
   seconds = time.perf_counter() - start

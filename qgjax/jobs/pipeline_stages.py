@@ -43,7 +43,14 @@ def _file(rel: str) -> Callable[[pathlib.Path], bool]:
 
 
 def _sharded(rel: str = "") -> Callable[[pathlib.Path], bool]:
-  return lambda d: is_complete(d / rel if rel else d)
+  """A finished sharded output: the directory itself, or all its process-<i> parts (multi-host)."""
+  def complete(d: pathlib.Path) -> bool:
+    root = d / rel if rel else d
+    if is_complete(root):
+      return True
+    parts = list(root.glob("process-*")) if root.is_dir() else []
+    return bool(parts) and all(is_complete(p) for p in parts)
+  return complete
 
 
 def _export(d: pathlib.Path) -> bool:
