@@ -109,3 +109,20 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   wired.score.set.workdir = "elsewhere"
   with pytest.raises(ConfigError, match=r"score.set.workdir.*wired by the pipeline"):
     pipeline.run(wired)
+
+
+def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
+  from qgjax.jobs import pipeline_cache as cache
+
+  old = {"a": 1, "g": {"x": "q"}}
+  cache.write_marker("score", tmp_path, "score", old, {"generate": "f0"}, "fp-old", {"records": 3}, 1.0)
+  marker = cache.read_marker(tmp_path)
+  assert marker["result"] == {"records": 3} and marker["needs"] == {"generate": "f0"}
+  new_key = {"a": 1, "g": {"x": "q", "y": None}}   # a newer config file added g.y
+  fp = cache.fingerprint(new_key, {"generate": "f0"})
+  assert cache.check_marker("score", tmp_path, [], marker, new_key, {"generate": "f0"}, fp) == "fp-old"
+  with pytest.raises(QgjaxError, match=r"stage 'score'.*\(g\.x changed\).*stages after it \(pairs\)"):
+    changed = {"a": 1, "g": {"x": "other"}}
+    cache.check_marker("score", tmp_path, ["pairs"], marker, changed, {"generate": "f0"}, "fp-new")
+  with pytest.raises(QgjaxError, match=r"input from stage 'generate' changed"):
+    cache.check_marker("score", tmp_path, [], marker, old, {"generate": "f1"}, "fp-new")

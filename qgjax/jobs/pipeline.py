@@ -58,10 +58,10 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
   fp = cache.fingerprint(as_dict, needs)
   marker = cache.read_marker(stage_dir)
   if marker is not None:
-    cache.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
+    made_with = cache.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
     if stage.complete(stage_dir):
       _say(f"{position} {stage.name}: done, skipped ({stage_dir / cache.MARKER})")
-      return "skipped", marker.get("result", {}), fp
+      return "skipped", marker.get("result", {}), made_with
     _say(f"{position} {stage.name}: marked done but its output in {stage_dir} is not whole; running it again")
   _say(f"{position} {stage.name}: running qgjax {stage.job} in {stage_dir}")
   start = time.perf_counter()

@@ -3,7 +3,8 @@
 The fingerprint hashes the stage's full ConfigDict and the fingerprints of the stages it reads,
 so a finished stage is reused only for the very settings and inputs that made it. Different
 settings for a finished stage are a QgjaxError naming the stage and the changed keys: nothing
-already computed is silently reused or overwritten.
+already computed is silently reused or overwritten. Keys that a newer config file adds (absent
+from the marker) do not count as a change.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -40,26 +42,43 @@ def read_marker(stage_dir: pathlib.Path) -> dict | None:
     raise QgjaxError(f"{path}: unreadable stage marker ({e}); delete it to run the stage again") from None
 
 
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+_ABSENT = object()
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> tuple[list[str], list[str]]:
+  """(keys whose values differ or that were removed, keys that are new in `new`)."""
   if isinstance(old, dict) and isinstance(new, dict):
-    out = []
+    changed, added = [], []
     for key in sorted(set(old) | set(new)):
-      out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-    return out
-  return [] if old == new else [prefix.rstrip(".")]
+      c, a = _changed_keys(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
+      changed += c
+      added += a
+    return changed, added
+  name = prefix.rstrip(".")
+  if old is _ABSENT:
+    return [], [name]
+  return ([] if old == new else [name]), []
 
 
 def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: dict, config: dict,
-                 needs: dict[str, str], fp: str) -> None:
-  """Raises QgjaxError when the finished stage in `stage_dir` was made with other settings."""
+                 needs: dict[str, str], fp: str) -> str:
+  """The fingerprint the finished stage in `stage_dir` stands for; QgjaxError if it was made with other settings.
+
+  Keys that only exist in the current config (a newer config file added them) are taken as
+  compatible, with a note: the stage keeps the fingerprint it was made with.
+  """
   if marker.get("fingerprint") == fp:
-    return
-  changed = _changed_keys(marker.get("config", {}), config)
+    return fp
+  changed, added = _changed_keys(marker.get("config", {}), config)
   changed += [f"input from stage '{n}'" for n in needs if marker.get("needs", {}).get(n) != needs[n]]
+  if not changed:
+    print(f"qgjax pipeline: note: stage '{stage}' was made before these config keys existed, taken as "
+          f"compatible: {', '.join(added)}", file=sys.stderr, flush=True)
+    return marker["fingerprint"]
   shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
   raise QgjaxError(
       f"pipeline stage '{stage}' already finished in {stage_dir} with other settings "
-      f"({shown or 'config'} changed); restore them, use another --config.workdir, or delete {stage_dir}"
+      f"({shown} changed); restore them, use another --config.workdir, or delete {stage_dir}"
       + (f" and the stages after it ({', '.join(later)})" if later else "") + " to run it again")
 
 
