@@ -37,9 +37,15 @@ def reward_stats(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def build_report(rows: Sequence[Mapping[str, Any]], measures: Sequence[str], rewards: Mapping[str, Sequence[float]],
-                 reward_name: str, info: Mapping[str, Any] | None = None) -> dict:
-  """The report as JSON data: systems with their metrics, reward statistics and raw rewards."""
+                 reward_name: str, info: Mapping[str, Any] | None = None,
+                 tables: Sequence[Mapping[str, Any]] = (), title: str = "qgjax pipeline report") -> dict:
+  """The report as JSON data: systems with their metrics, reward statistics and raw rewards.
+
+  tables: extra markdown tables [{"title", "columns": [...], "rows": [[...], ...], "note"?}] (recipes'
+  costs, query quality), rendered after the retrieval table.
+  """
   return {
+      "title": title, "tables": [dict(t) for t in tables],
       "measures": [{"name": m, "label": measure_label(m)} for m in measures],
       "systems": [{"key": r["key"], "label": r["label"],
                    "metrics": {m: r["metrics"].get(m) for m in measures}} for r in rows],
@@ -53,9 +59,13 @@ def _cell(value) -> str:
   return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _any_cell(value) -> str:
+  return _cell(value) if isinstance(value, float) or value is None else str(value)
+
+
 def markdown(report: Mapping[str, Any]) -> str:
   measures = report["measures"]
-  lines = ["# qgjax pipeline report", ""]
+  lines = [f"# {report.get('title', 'qgjax pipeline report')}", ""]
   info = report.get("info", {})
   if info:
     lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
@@ -63,6 +73,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             "|---|" + "---:|" * len(measures)]
   for s in report["systems"]:
     lines.append(f"| {s['label']} | " + " | ".join(_cell(s["metrics"][m["name"]]) for m in measures) + " |")
+  for t in report.get("tables", []):
+    lines += ["", f"## {t['title']}", "", "| " + " | ".join(t["columns"]) + " |",
+              "|---|" + "---:|" * (len(t["columns"]) - 1)]
+    lines += ["| " + " | ".join(_any_cell(v) for v in row) + " |" for row in t["rows"]]
+    if t.get("note"):
+      lines += ["", t["note"]]
   r = report["reward"]
   lines += ["", f"## Generator reward `{r['name']}` (higher is better), one query per document", "",
             "| generator | queries | mean | median | std | min | max |", "|---|---:|---:|---:|---:|---:|---:|"]

@@ -1,0 +1,78 @@
+r"""Aligned Query Expansion (arXiv 2507.11042) end to end: `qgjax pipeline` with recipe = "aqe".
+
+  qgjax pipeline --config configs/aqe.py                                  # NFCorpus, SmolLM2, DPO
+  qgjax pipeline --config configs/aqe.py:method=rsft_dpo,n=50 --config.workdir=runs/aqe/nfc-rsft-dpo
+  qgjax pipeline --config configs/aqe.py:tiny --config.generator=<tiny HF decoder dir>   # demo, CPU
+
+Stages (qgjax.jobs.recipe_aqe): split -> generate_train (n expansions per training query) ->
+score_train (-BM25 rank of the gold document for query + expansion) -> pairs (best vs worst,
+best-of-n) -> align (`method`: rsft | dpo | rsft_dpo) -> generate_base / generate_aligned (one
+greedy expansion per test query) and generate_sampled + select (best of n_test by a qrels-free
+filter) -> evaluate_* (BM25 over query + expansion: nDCG@10, Recall@100, top-1/5/20 accuracy) ->
+score_base / score_aligned -> <workdir>/report. Test-time stages run in their own process and
+report wall time and peak RSS.
+
+Training queries: the collection's `train` split (NFCorpus: queries_train.jsonl + qrels/train.tsv);
+a collection without one (the demo, Cranfield) is split by a seeded hash of the query id into
+disjoint train / test halves (split.set.how=hash, test_fraction). split.set.max_train / max_test
+cap the query counts. Arguments: tiny, method=rsft|dpo|rsft_dpo, n=<expansions per training
+query> (the paper: 50), n_test=<samples per test query for best of N> (default n), generator=.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+ConfigDict = ml_collections.ConfigDict
+ALIGN = {"rsft": "rsft.py", "dpo": "dpo.py", "rsft_dpo": "rsft_dpo.py"}
+
+
+def _group(spec: str, **values) -> ConfigDict:
+  return ConfigDict({"config": spec, "set": ConfigDict(values)})
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  a = parse_arg(arg, tiny=False, method="dpo", n=0, n_test=0, generator="")
+  if a.method not in ALIGN:
+    raise ValueError(f"method must be one of {', '.join(ALIGN)}; got {a.method!r}")
+  n = a.n or (4 if a.tiny else 50)
+  n_test = a.n_test or n
+  c = ConfigDict()
+  c.recipe = "aqe"
+  c.configs_dir = os.path.dirname(os.path.abspath(__file__))
+  c.workdir = f"runs/aqe/tiny-{a.method}" if a.tiny else f"runs/aqe/nfcorpus-{a.method}"
+  c.data_dir = "" if a.tiny else "../shared/data/nfcorpus"  # "" = the shipped demo corpus
+  c.generator = a.generator or "smollm2-135m-instruct"
+  c.method = a.method
+  c.report = ConfigDict(dict(bins=30))
+  greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))
+  c.generate_greedy = ConfigDict({"set": ConfigDict(greedy)})
+  c.generate_sampled = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=n_test)))})
+  c.select = _group("select.py", criterion="consensus")
+  measures = ("nDCG@10", "R@100", "Success@1", "Success@5", "Success@20")
+  if not a.tiny:
+    c.split = _group("recipe_split.py", how="auto", max_train=0, max_test=0)
+    c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(128, 192, 256),
+                        sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
+    c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
+    c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1)
+    c.align = _group(f"{ALIGN[a.method]}:prompt=expansion", num_epochs=1.0, batch_size=8,
+                     data=dict(prompt_buckets=(128, 192, 256), completion_buckets=(64, 80)))
+    c.evaluate = _group("evaluate.py", depth=1000, measures=measures)
+    return c
+
+  # tiny: the 28-query demo collection cut in two by a seeded hash, tiny models, a few steps.
+  c.split = _group("recipe_split.py", how="hash", test_fraction=0.5)
+  c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(64,), log_every_s=0.0,
+                      print_examples=0, postprocess=dict(drop_copied=False),
+                      sampling=dict(num_samples=n, max_new_tokens=24, seed=0))
+  c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
+  c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1)
+  c.align = _group(f"{ALIGN[a.method]}:tiny,prompt=expansion", batch_size=4, num_steps=4, eval_every=4,
+                   log_every=1, checkpoint=dict(every=4), data=dict(prompt_buckets=(64,), completion_buckets=(16,)))
+  c.evaluate = _group("evaluate.py:tiny", max_queries=0, depth=100, measures=measures)
+  return c

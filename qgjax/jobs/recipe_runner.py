@@ -1,0 +1,109 @@
+r"""Running a recipe's stage list with the pipeline's caching, some stages in their own process.
+
+  configs, status, results, fps = run_stages(config, stages, isolated={"generate_test"})
+
+Each stage is cached exactly as in `qgjax pipeline` (qgjax.jobs.pipeline.run_stage: STAGE_DONE.json
++ config fingerprint). A stage named in `isolated` runs `qgjax.jobs.<job>.run` in a fresh Python
+process (qgjax.jobs.stage_process) so that its wall time and peak resident memory are its own:
+the marker's result then carries `cost` = {"seconds": wall s, "peak_rss_mb": MiB (the child's own
+VmHWM, qgjax.jobs.stage_process.peak_rss_mb)}. Recipes: `config.recipe` names one of RECIPES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from qgjax.errors import ConfigError, QgjaxError
+from qgjax.jobs import pipeline_cache as cache
+from qgjax.jobs.pipeline_stages import Stage, stage_config
+
+RECIPES = {"aqe": "qgjax.jobs.recipe_aqe", "readqg": "qgjax.jobs.recipe_readqg"}
+
+
+def run_recipe(config) -> dict:
+  """`qgjax pipeline` with config.recipe != "dpo_qg": the named recipe module's run(config)."""
+  name = config.get("recipe", "dpo_qg")
+  if name not in RECIPES:
+    raise ConfigError(f"unknown config.recipe {name!r}; recipes: dpo_qg, {', '.join(sorted(RECIPES))}")
+  return importlib.import_module(RECIPES[name]).run(config)
+
+
+def _say(msg: str) -> None:
+  print(f"qgjax pipeline: {msg}", file=sys.stderr, flush=True)
+
+
+def run_in_process(job: str, config) -> dict:
+  """qgjax.jobs.<job>.run(config) in a child Python -> its result + cost {seconds, peak_rss_mb}."""
+  with tempfile.TemporaryDirectory(prefix="qgjax-stage-") as tmp:
+    cfg_path, out_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
+    with open(cfg_path, "w") as f:
+      f.write(config.to_json())
+    start = time.perf_counter()
+    # the child's stdout goes to our stderr: our stdout is the CLI's result
+    proc = subprocess.run([sys.executable, "-m", "qgjax.jobs.stage_process", job, cfg_path, out_path],
+                          stdout=sys.stderr.fileno())
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+      raise QgjaxError(f"qgjax {job} (in its own process) failed with exit code {proc.returncode}; "
+                       "its error is printed above")
+    with open(out_path) as f:
+      result = json.load(f)
+  result["cost"] = {"seconds": round(seconds, 2), "peak_rss_mb": result.pop("peak_rss_mb")}
+  return result
+
+
+def _run_isolated(stage: Stage, config, stage_dir: pathlib.Path, needs: dict, later: list, position: str):
+  """pipeline.run_stage with the job in a child process (single-process runs only)."""
+  from qgjax.jobs.pipeline import _is_main
+
+  as_dict = cache.config_dict(config)
+  fp = cache.fingerprint(as_dict, needs)
+  marker = cache.read_marker(stage_dir)
+  if marker is not None:
+    made_with = cache.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
+    if stage.complete(stage_dir):
+      _say(f"{position} {stage.name}: done, skipped ({stage_dir / cache.MARKER})")
+      return "skipped", marker.get("result", {}), made_with
+  _say(f"{position} {stage.name}: running qgjax {stage.job} in its own process in {stage_dir}")
+  result = run_in_process(stage.job, config)
+  if not stage.complete(stage_dir):
+    raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
+  if _is_main():
+    cache.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, result["cost"]["seconds"])
+  _say(f"{position} {stage.name}: finished in {result['cost']['seconds']:.1f} s, "
+       f"peak RSS {result['cost']['peak_rss_mb']:.0f} MiB")
+  return "ran", result, fp
+
+
+def run_stages(config, stages: tuple[Stage, ...], isolated: frozenset[str] | set[str] = frozenset()):
+  """Runs (or skips) every stage in order -> (configs [(stage, cfg)], status, results, fingerprints)."""
+  import jax
+
+  from qgjax.jobs.pipeline import _depends_on, run_stage
+
+  workdir = pathlib.Path(config.workdir).resolve()
+  stage_dir = lambda name: str(workdir / name)
+  configs = [(stage, stage_config(config, stage, stage_dir)) for stage in stages]  # config errors first
+  status, results, fps = {}, {}, {}
+  for i, (stage, cfg) in enumerate(configs):
+    needs = {n: fps[n] for n in stage.needs}
+    later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
+    # several processes (multi-host): every stage in-process, as the pipeline runs them; no cost figures
+    runner = _run_isolated if stage.name in isolated and jax.process_count() == 1 else run_stage
+    status[stage.name], results[stage.name], fps[stage.name] = runner(
+        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]")
+  return configs, status, results, fps
+
+
+def summary(workdir, status: dict, report: dict) -> dict:
+  """The CLI result of a recipe run."""
+  return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
+          "skipped": [s for s, v in status.items() if v == "skipped"], "report": report["paths"],
+          "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])}}

@@ -1,0 +1,111 @@
+r"""Training / test queries of a collection as a derived BEIR directory (what a recipe learns from).
+
+  qgjax pipeline --config configs/aqe.py:tiny      # runs this as its `split` stage
+
+Writes <workdir>/data: corpus.jsonl (a symlink to the collection's), queries_train.jsonl,
+queries_test.jsonl, qrels/train.tsv, qrels/test.tsv (every grade of the chosen queries kept), and
+<workdir>/split.json. `how`:
+  auto      the collection's own `train_split` queries (qrels/<train_split>.tsv) when it has them,
+            else `hash`
+  splits    must have them (an error otherwise)
+  hash      the judged `test_split` queries cut in two disjoint parts by a seeded hash of the
+            query id: hash(seed, id) < test_fraction -> test, else train
+Then at most `max_train` / `max_test` queries of each side are kept (0 = all), the ones with the
+smallest seeded hashes, so a smaller run is a subset of a larger one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from qgjax.config import require
+from qgjax.data.beir import load_qrels, load_queries, queries_path
+from qgjax.errors import ConfigError, InputError
+from qgjax.sampling.keys import id_hash
+
+
+def _unit(seed: int, qid: str) -> float:
+  return id_hash(f"{seed}:{qid}") / 2**32
+
+
+def _judged(root: pathlib.Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+  qrels_file = root / "qrels" / f"{split}.tsv"
+  if not qrels_file.is_file():
+    raise InputError(f"no qrels for split '{split}'", path=str(qrels_file))
+  queries = load_queries(queries_path(root, split))
+  qrels = load_qrels(qrels_file)
+  return {q: t for q, t in queries.items() if q in qrels}, qrels
+
+
+def _keep(qids: list[str], seed: int, limit: int) -> list[str]:
+  qids = sorted(qids, key=lambda q: (_unit(seed + 1, q), q))
+  return qids[:limit] if limit else qids
+
+
+def _write(out: pathlib.Path, name: str, qids: list[str], queries: dict[str, str],
+           qrels: dict[str, dict[str, int]]) -> int:
+  with open(out / f"queries_{name}.jsonl", "w", encoding="utf-8") as f:
+    for q in qids:
+      f.write(json.dumps({"_id": q, "text": queries[q]}, ensure_ascii=False) + "\n")
+  rows = 0
+  with open(out / "qrels" / f"{name}.tsv", "w", encoding="utf-8") as f:
+    f.write("query-id\tcorpus-id\tscore\n")
+    for q in qids:
+      for d, g in qrels[q].items():
+        f.write(f"{q}\t{d}\t{g}\n")
+        rows += 1
+  return rows
+
+
+def run(config) -> dict:
+  from qgjax.data import demo_dir
+
+  require(config, "workdir", "how", "train_split", "test_split")
+  root = pathlib.Path(config.data_dir or demo_dir()).resolve()
+  if not (root / "corpus.jsonl").is_file():
+    raise InputError("corpus.jsonl not found (a BEIR directory)", path=str(root))
+  seed, how = int(config.seed), config.how
+  if how not in ("auto", "splits", "hash"):
+    raise ConfigError(f"split.how must be auto, splits or hash; got {how!r}")
+  has_train = (root / "qrels" / f"{config.train_split}.tsv").is_file()
+  if how == "splits" and not has_train:
+    raise InputError(f"split.how=splits but the collection has no '{config.train_split}' qrels",
+                     path=str(root / "qrels"))
+  test_q, test_rels = _judged(root, config.test_split)
+  if how == "hash" or (how == "auto" and not has_train):
+    frac = float(config.test_fraction)
+    if not 0.0 < frac < 1.0:
+      raise ConfigError(f"split.test_fraction must be in (0, 1); got {frac}")
+    used = "hash"
+    test_ids = [q for q in test_q if _unit(seed, q) < frac]
+    train_ids = [q for q in test_q if _unit(seed, q) >= frac]
+    train_q, train_rels = test_q, test_rels
+  else:
+    used = "splits"
+    train_q, train_rels = _judged(root, config.train_split)
+    train_ids, test_ids = list(train_q), list(test_q)
+    clash = set(train_ids) & set(test_ids)
+    if clash:
+      raise InputError(f"{len(clash)} query ids are in both the '{config.train_split}' and "
+                       f"'{config.test_split}' qrels (e.g. {sorted(clash)[:3]})", path=str(root / "qrels"))
+  train_ids = _keep(train_ids, seed, int(config.max_train))
+  test_ids = _keep(test_ids, seed, int(config.max_test))
+  if not train_ids or not test_ids:
+    raise InputError(f"the split leaves {len(train_ids)} training and {len(test_ids)} test queries; "
+                     "both need at least one", path=str(root))
+  out = pathlib.Path(config.workdir) / "data"
+  (out / "qrels").mkdir(parents=True, exist_ok=True)
+  link = out / "corpus.jsonl"
+  if link.is_symlink() or link.exists():
+    link.unlink()
+  os.symlink(root / "corpus.jsonl", link)
+  summary = {"data_dir": str(out), "source": str(root), "how": used, "seed": seed,
+             "train_queries": len(train_ids), "test_queries": len(test_ids),
+             "train_qrels": _write(out, "train", train_ids, train_q, train_rels),
+             "test_qrels": _write(out, "test", test_ids, test_q, test_rels)}
+  tmp = pathlib.Path(config.workdir) / "split.json.tmp"
+  tmp.write_text(json.dumps(summary, indent=1) + "\n")
+  os.replace(tmp, pathlib.Path(config.workdir) / "split.json")
+  return summary

@@ -1,0 +1,83 @@
+r"""`select`: best of N expansions per query by a test-time criterion that never sees qrels.
+
+  qgjax pipeline --config configs/aqe.py:tiny      # runs this as the `select` stage
+
+This is the costly "generate-then-filter" baseline AQE removes: sample N expansions per test
+query, keep one. (AQE's paper compares with EAR, whose filter is a trained query re-ranker; that
+needs training data of its own, so here the filter is one of two unsupervised criteria:)
+  consensus    the expansion whose terms agree most with the other N-1: mean Jaccard overlap of
+               its lower-cased word set with each other expansion's (self-consistency)
+  likelihood   the highest mean token log-prob under the generator (logprob / num_tokens)
+Ties go to the lowest sample_idx. Input: the generate stage's expansion records; output:
+<workdir>/selected.jsonl, one {query_id, query, expansion, sample_idx, criterion, score,
+candidates} per query, and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+
+from qgjax.config import require
+from qgjax.data.records import iter_records
+from qgjax.errors import ConfigError, InputError
+
+CRITERIA = ("consensus", "likelihood")
+
+
+def _words(text: str) -> frozenset[str]:
+  return frozenset(re.findall(r"\w+", text.lower()))
+
+
+def consensus_scores(texts: list[str]) -> list[float]:
+  """Mean Jaccard overlap of each text's word set with every other text's ([0, 1]; 0 for N=1)."""
+  sets = [_words(t) for t in texts]
+  out = []
+  for i, a in enumerate(sets):
+    sims = [len(a & b) / len(a | b) if a | b else 0.0 for j, b in enumerate(sets) if j != i]
+    out.append(sum(sims) / len(sims) if sims else 0.0)
+  return out
+
+
+def likelihood_scores(records: list[dict]) -> list[float]:
+  return [float(r["logprob"]) / max(int(r["num_tokens"]), 1) for r in records]
+
+
+def run(config) -> dict:
+  require(config, "input", "workdir", "criterion")
+  if config.criterion not in CRITERIA:
+    raise ConfigError(f"select.criterion must be one of {', '.join(CRITERIA)}; got {config.criterion!r}")
+  groups: dict[str, list[dict]] = {}
+  for path, line, rec in iter_records(config.input):
+    for field in ("query_id", "expansion", "sample_idx") + (("logprob", "num_tokens")
+                                                           if config.criterion == "likelihood" else ()):
+      if field not in rec:
+        raise InputError("missing (expected the generate stage's expansion records)", path=path, line=line,
+                         field=field)
+    groups.setdefault(str(rec["query_id"]), []).append(rec)
+  if not groups:
+    raise InputError("no expansion records", path=str(config.input))
+  out, sizes = [], []
+  for qid, recs in groups.items():
+    recs.sort(key=lambda r: int(r["sample_idx"]))
+    scores = (consensus_scores([r["expansion"] for r in recs]) if config.criterion == "consensus"
+              else likelihood_scores(recs))
+    best = max(range(len(recs)), key=lambda i: (scores[i], -i))
+    r = recs[best]
+    out.append({"query_id": qid, "query": r.get("query", ""), "expansion": r["expansion"],
+                "sample_idx": int(r["sample_idx"]), "criterion": config.criterion,
+                "score": round(scores[best], 6), "candidates": len(recs)})
+    sizes.append(len(recs))
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / "selected.jsonl.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in out:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(tmp, workdir / "selected.jsonl")
+  summary = {"queries": len(out), "criterion": config.criterion, "mean_candidates": sum(sizes) / len(sizes),
+             "selected": str(workdir / "selected.jsonl")}
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  return summary

@@ -1,0 +1,48 @@
+"""`qgjax evaluate` stage `aqe`: BM25 over query + expansion (Aligned Query Expansion at test time).
+
+  qgjax evaluate --config configs/evaluate.py --config.retriever=aqe --config.aqe.input=runs/x/generate
+
+`config.aqe.input` holds expansion records {query_id, expansion, ...} (a generate output with
+one sample per query, or the select stage's selected.jsonl); each judged query is searched with
+`qgjax.rewards.base.aqe_text(query, expansion, aqe.query_repeats)`, the text the AQE reward
+scored. A query without a record is searched with its own text (counted on stderr); two records
+for one query are an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from qgjax.data.records import iter_records
+from qgjax.errors import ConfigError, InputError
+from qgjax.rewards.base import aqe_text
+
+
+def load_expansions(source: str) -> dict[str, str]:
+  out: dict[str, str] = {}
+  for path, line, rec in iter_records(source):
+    qid, text = rec.get("query_id"), rec.get("expansion")
+    if qid is None or not isinstance(text, str):
+      raise InputError("expected {query_id, expansion}", path=path, line=line, field="expansion")
+    if str(qid) in out:
+      raise InputError(f"a second expansion for query '{qid}' (keep one per query: greedy decoding or "
+                       "the select stage)", path=path, line=line, field="query_id")
+    out[str(qid)] = text
+  return out
+
+
+def evaluation_run(config: Any, data, queries: dict[str, str], previous):
+  from qgjax.jobs.evaluate import bm25_run
+
+  cfg = config.aqe
+  if not cfg.input:
+    raise ConfigError("the aqe stage needs config.aqe.input (expansion records)")
+  expansions = load_expansions(cfg.input)
+  missing = [q for q in queries if q not in expansions]
+  if missing:
+    print(f"qgjax evaluate: aqe: {len(missing)} of {len(queries)} queries have no expansion in {cfg.input} "
+          f"(e.g. {missing[:3]}); searched with the query alone", file=sys.stderr)
+  texts = {q: aqe_text(t, expansions[q], int(cfg.query_repeats)) if q in expansions else t
+           for q, t in queries.items()}
+  return bm25_run(config, data, texts, previous)

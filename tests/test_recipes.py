@@ -1,0 +1,116 @@
+"""`qgjax pipeline` recipes on tiny random models (CLI, one CPU device): AQE (configs/aqe.py:tiny) and
+ReadQG (configs/readqg_recipe.py:tiny). Structure and invariants only, never quality."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qgjax.config import build_config
+from qgjax.errors import QgjaxError
+from qgjax.jobs import pipeline
+from tiny_lm import make_tiny_lm
+from test_pipeline import _tiny_bert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("recipe_models")
+  return make_tiny_lm(str(root / "tiny_lm")), _tiny_bert(str(root / "tiny_bert"))
+
+
+def _cli(spec: str, overrides: list[tuple[str, str]]) -> dict:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+             QGJAX_PROGRESS="0")
+  cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", spec] + [f"--config.{k}={v}" for k, v in overrides]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = proc.stdout.splitlines()
+  start = max(i for i, line in enumerate(lines) if line == "{")
+  return json.loads("\n".join(lines[start:]))
+
+
+def _jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _records(out_dir):
+  from qgjax.data.sharded_writer import iter_sharded
+  return list(iter_sharded(out_dir, require_complete=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# AQE
+
+def test_select_criteria():
+  from qgjax.jobs.select import consensus_scores, likelihood_scores
+
+  s = consensus_scores(["heart disease diet", "diet for heart disease", "football scores"])
+  assert s[0] == s[1] > s[2] == pytest.approx(0.0)
+  assert consensus_scores(["alone"]) == [0.0]
+  assert likelihood_scores([{"logprob": -4.0, "num_tokens": 2}, {"logprob": -3.0, "num_tokens": 1}]) == [-2.0, -3.0]
+
+
+def test_tiny_aqe_recipe(models, tmp_path):
+  from qgjax.jobs.recipe_aqe import STAGES
+
+  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny"
+  work = tmp_path / "aqe"
+  over = [("workdir", str(work)), ("generator", models[0])]
+  names = [s.name for s in STAGES]
+  first = _cli(spec, over)
+  assert first["ran"] == names and first["skipped"] == []
+
+  # split: disjoint training / test halves of the demo's judged queries, each with its qrels
+  data = work / "split" / "data"
+  train = {q["_id"] for q in _jsonl(data / "queries_train.jsonl")}
+  test = {q["_id"] for q in _jsonl(data / "queries_test.jsonl")}
+  assert train and test and not train & test
+  with open(data / "qrels" / "test.tsv") as f:
+    assert {line.split("\t")[0] for line in list(f)[1:]} == test
+  # N sampled expansions per training query, each scored by the gold document's BM25 rank
+  scored = _records(work / "score_train" / "scored")
+  assert {r["query_id"] for r in scored} <= train and all(r["sample_idx"] < 4 for r in scored)
+  assert all(r["reward"] <= -1 and r["query"] and "expansion" in r for r in scored)
+  # best vs worst: one pair per query at most, chosen strictly better
+  pairs = _jsonl(work / "pairs" / "pairs.jsonl")
+  assert pairs and len({p["query_id"] for p in pairs}) == len(pairs)
+  assert all(p["reward_chosen"] > p["reward_rejected"] and p["source_query"] for p in pairs)
+  # test time: one greedy expansion per test query; best of N keeps one of the sampled ones
+  for stage in ("generate_base", "generate_aligned"):
+    recs = _records(work / stage)
+    assert {r["query_id"] for r in recs} <= test and all(r["sample_idx"] == 0 for r in recs)
+  sampled = {(r["query_id"], r["expansion"]) for r in _records(work / "generate_sampled")}
+  selected = _jsonl(work / "select" / "selected.jsonl")
+  assert selected and all((r["query_id"], r["expansion"]) in sampled and r["criterion"] == "consensus"
+                          for r in selected)
+
+  report = json.loads(open(first["report"]["json"]).read())
+  assert [s["key"] for s in report["systems"]] == ["bm25", "base", "best_of_n", "aligned"]
+  assert [m["label"] for m in report["measures"]] == ["nDCG@10", "Recall@100", "Top-1 acc", "Top-5 acc",
+                                                      "Top-20 acc"]
+  for s in report["systems"]:
+    assert all(0.0 <= v <= 1.0 for v in s["metrics"].values())
+    top = [s["metrics"][f"Success@{k}"] for k in (1, 5, 20)]
+    assert top == sorted(top)  # top-k accuracy cannot fall as k grows
+  cost = report["tables"][0]
+  assert cost["columns"] == ["system", "expansion s", "sampling s", "retrieval s", "peak RSS MiB"]
+  assert [row[0] for row in cost["rows"]] == [s["label"] for s in report["systems"]]
+  assert float(cost["rows"][0][1]) == 0.0 and all(float(row[1]) > 0 for row in cost["rows"][1:])
+  assert all(50.0 < float(row[4]) < 8000.0 for row in cost["rows"])
+  assert set(report["reward"]["stats"]) == {"unaligned", "aligned"}
+  assert all(st["max"] <= -1 and 0 < st["count"] <= len(test) for st in report["reward"]["stats"].values())
+  md = open(first["report"]["markdown"]).read()
+  assert "## Test-time cost" in md and "| BM25 (query only) |" in md
+
+  again = _cli(spec, over)
+  assert again["ran"] == [] and again["skipped"] == names and again["systems"] == first["systems"]
+  changed = build_config(spec, over + [("select.set.criterion", "likelihood")])
+  with pytest.raises(QgjaxError, match=r"pipeline stage 'select' already finished .*criterion.*evaluate_best_of_n"):
+    pipeline.run(changed)
+
