@@ -155,7 +155,11 @@ def put_batch(local_batch: Any, mesh: Mesh, rules: Sequence) -> Any:
   """This process's rows of every array ([local_batch, ...]) -> global arrays sharded on "batch".
 
   With one process the local batch is the global batch; with N processes each passes its own
-  1/N of the rows (`jax.make_array_from_process_local_data`).
+  1/N of the rows (`jax.make_array_from_process_local_data`). They land on the global rows this
+  process's devices hold, in order: rows p*B/N .. (p+1)*B/N (what `StepLoader` hands out) when the
+  mesh axis that spans the processes comes first ("data" in the default mesh). A mesh whose
+  first batch axis stays inside a process (e.g. [("fsdp", 2), ("data", 2)] over 2 hosts)
+  interleaves the hosts' rows: same loss (a mean over rows), but not the same row order.
   """
   def put(x):
     x = np.asarray(x)
