@@ -114,3 +114,59 @@ def test_tiny_aqe_recipe(models, tmp_path):
   with pytest.raises(QgjaxError, match=r"pipeline stage 'select' already finished .*criterion.*evaluate_best_of_n"):
     pipeline.run(changed)
 
+
+# ---------------------------------------------------------------------------------------------
+# ReadQG
+
+def test_readqg_document_pairs():
+  from qgjax.jobs.readqg_pairs import document_pairs, rescale
+
+  assert rescale([4, 2, 3]) == [1.0, 0.0, 0.5] and rescale([2, 2]) == [1.0, 1.0]
+  pos, neg = document_pairs({"a": 4, "b": 1, "c": 3, "d": 2}, m=2, seed=0)
+  assert [q for q, _ in pos] == ["a", "c"] and [q for q, _ in neg] == ["b", "d"]
+  assert [s for _, s in pos] == [1.0, pytest.approx(2 / 3)] and [s for _, s in neg] == [0.0, pytest.approx(1 / 3)]
+
+
+def test_tiny_readqg_recipe(models, tmp_path):
+  from qgjax.jobs.recipe_readqg import STAGES
+
+  spec = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny"
+  work = tmp_path / "readqg"
+  over = [("workdir", str(work)), ("encoder", models[1])]
+  names = [s.name for s in STAGES]
+  first = _cli(spec, over)
+  assert first["ran"] == names
+
+  # document-centric pairs: training-side queries only, every document with >= 2m of them
+  train = {q["_id"]: q["text"] for q in _jsonl(work / "split" / "data" / "queries_train.jsonl")}
+  pairs = _jsonl(work / "pairs" / "pairs.jsonl")
+  assert pairs
+  for p in pairs:
+    assert len(p["positive"]) == len(p["negative"]) == 1
+    assert set(p["positive"] + p["negative"]) <= set(train.values())
+    assert all(0.0 <= s <= 1.0 for s in p["positive_score"] + p["negative_score"])
+    assert min(p["positive_score"]) > max(p["negative_score"])
+  # the soft prompts were exported with the T5; r=1 and r=0 queries for the first 24 documents
+  assert (work / "align" / "export" / "soft_prompt.safetensors").is_file()
+  gen = _records(work / "generate")
+  assert {r["r"] for r in gen} == {0.0, 1.0} and len({r["doc_id"] for r in gen}) <= 24
+  assert all(r["sample_idx"] < 2 if r["r"] == 1.0 else 2 <= r["sample_idx"] < 4 for r in gen)
+  ce = _jsonl(work / "generate" / "ce_pairs.jsonl")
+  assert ce and all(c["chosen"] and c["rejected"] for c in ce)
+  for stage in ("ce_readqg", "ce_supervised"):
+    assert (work / stage / "export" / "config.json").is_file()
+
+  report = json.loads(open(first["report"]["json"]).read())
+  assert [s["key"] for s in report["systems"]] == ["bm25", "supervised", "readqg"]
+  assert [m["label"] for m in report["measures"]] == ["nDCG@10", "Recall@100", "MRR@10"]
+  recall = {s["key"]: s["metrics"]["R@100"] for s in report["systems"]}
+  assert recall["readqg"] == recall["supervised"] == recall["bm25"]  # re-ranking the top 100 keeps them
+  quality = report["tables"][0]
+  assert quality["columns"] == ["generator", "queries", "documents", "diversity", "rel+", "rel-", "Δrel"]
+  row = quality["rows"][0]
+  assert int(row[1]) == len(gen) and 0.0 <= float(row[3]) <= 1.0
+  assert float(row[6]) == pytest.approx(float(row[4]) - float(row[5]), abs=2e-4)
+  assert set(report["reward"]["stats"]) == {"r=1", "r=0"}
+
+  again = _cli(spec, over)
+  assert again["ran"] == [] and again["skipped"] == names

@@ -23,12 +23,22 @@ from qgjax.sampling.loop import Samples, sample_loop
 
 
 def generate_seq2seq(model: T5Model, params: Any, tokens: jax.Array, mask: jax.Array, keys: jax.Array | None,
-                     sampling: SamplingParams) -> Samples:
-  """Samples (or beam-searches) decoder outputs for B right-padded encoder inputs."""
+                     sampling: SamplingParams, prefix: jax.Array | None = None) -> Samples:
+  """Samples (or beam-searches) decoder outputs for B right-padded encoder inputs.
+
+  prefix: optional soft-prompt embeddings [B, P, D] put before the input embeddings (ReadQG;
+  qgjax.models.soft_prompt.build_prefix), always attended.
+  """
   variables = {"params": params}
   beam = sampling.num_beams > 1
   copies = sampling.num_beams if beam else sampling.num_samples
-  enc = model.apply(variables, tokens, mask, method=T5Model.encode)
+  if prefix is None:
+    enc = model.apply(variables, tokens, mask, method=T5Model.encode)
+  else:
+    from qgjax.models.soft_prompt import prepend
+
+    embeds, mask = prepend(prefix, model.apply(variables, tokens, method=T5Model.embed), mask)
+    enc = model.apply(variables, None, mask, embeds=embeds, method=T5Model.encode)
   cache = model.apply(variables, enc, mask, sampling.max_new_tokens, method=T5Model.init_cache)
   cache = jax.tree.map(lambda x: jnp.repeat(x, copies, axis=1), cache)
   enc_mask = jnp.repeat(mask, copies, axis=0)

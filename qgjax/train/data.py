@@ -93,7 +93,7 @@ class StepLoader:
       return self._epoch_cache[1]
     rng = np.random.default_rng([self.seed, epoch])
     order = rng.permutation(self.num_examples)
-    order = np.concatenate([order, order[: need - len(order)]]) if need > len(order) else order
+    order = np.resize(order, need)  # wraps around as often as needed (fewer examples than one batch)
     window = self.bucket_window * self.batch_size
     chunks = []
     for start in range(0, need, window):

@@ -1,0 +1,37 @@
+r"""ReadQG generation: r=1 and r=0 queries per document from a ReadQG export (qgjax.jobs.readqg_generate).
+
+  qgjax pipeline --config configs/readqg_recipe.py:tiny        # the recipe's generate stage
+  --config.generate.set.sampling.num_beams=3                   # beam search, as the ReadQG paper
+
+Arguments: tiny (short outputs, small buckets).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from qgjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  from qgjax.sampling.postprocess import default_postprocess_config
+
+  a = parse_arg(arg, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(name="", dtype="float32"))  # a ReadQG export directory
+  c.data = ml_collections.ConfigDict(dict(corpus="", limit=0))
+  c.relevances = (1.0, 0.0)      # the positive relevance first; ce_pairs joins them
+  c.postprocess = default_postprocess_config()
+  c.sampling = ml_collections.ConfigDict(dict(
+      num_samples=1, max_new_tokens=32, temperature=1.0, top_k=50, top_p=0.95, num_beams=1,
+      length_penalty=1.0, early_stopping=False, stop_at_eos=True, stop_at_newline=False, seed=0))
+  c.buckets = (128, 256, 320)    # encoder input lengths (document tokens + EOS; the soft prompt is added)
+  c.batch_size = 16
+  c.num_devices = 0
+  c.shard_size = 10_000
+  c.output_dir = "runs/readqg_generate"
+  if a.tiny:
+    c.sampling.max_new_tokens = 8
+    c.buckets = (96,)
+    c.batch_size = 8
+  return c

@@ -1,0 +1,136 @@
+r"""ReadQG generation: queries of relevance r (1 = relevant, 0 = not) for each document, from soft prompts.
+
+  qgjax pipeline --config configs/readqg_recipe.py:tiny      # runs this as its `generate` stage
+
+`model.name` is a ReadQG export (qgjax.train.readqg: an HF T5 directory + soft_prompt.safetensors
++ readqg.json). For each document of `data.corpus` (the first data.limit; 0 = all) and each r in
+`relevances`, the encoder input is [P_inst ; r P_true + (1 - r) P_false ; document tokens + EOS]
+(the document cut to the export's max_doc_tokens, as in training) and `sampling` decodes
+num_samples queries (num_beams > 1: beam search). Output in `output_dir` (sharded JSONL,
+resumable like `qgjax generate`): {doc_id, query, r, sample_idx, logprob, num_tokens, model}, and
+`ce_pairs.jsonl`: {doc_id, chosen, rejected} joining the i-th query of the first relevance (r=1)
+with the i-th of the second (r=0), what configs/cross_encoder.py trains on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from qgjax.config import require
+from qgjax.errors import ConfigError, InputError
+
+
+def _soft_generate(model, sampling, r: float, params, tokens, mask, keys):
+  import jax.numpy as jnp
+
+  from qgjax.models.soft_prompt import build_prefix
+  from qgjax.sampling.seq2seq import generate_seq2seq
+
+  prefix = build_prefix(params["soft"], jnp.full((tokens.shape[0],), r, jnp.float32))
+  return generate_seq2seq(model, params["t5"], tokens, mask, keys, sampling, prefix=prefix.astype(jnp.float32))
+
+
+def load_readqg_export(path: str):
+  """-> (T5Model, t5 params, tokenizer, soft prompt arrays, readqg.json meta)."""
+  from qgjax.models.t5 import load_t5
+  from qgjax.train.readqg import load_soft_prompt
+
+  if not os.path.isfile(os.path.join(path, "soft_prompt.safetensors")):
+    raise InputError("not a ReadQG export (no soft_prompt.safetensors; train configs/readqg.py first)", path=path)
+  model, params, tokenizer = load_t5(path)
+  if tokenizer is None:
+    raise InputError("the ReadQG export has no tokenizer files", path=path)
+  soft, meta = load_soft_prompt(path)
+  return model, params, tokenizer, soft, meta
+
+
+def _pairs(out_dir: pathlib.Path, relevances: list[float]) -> int:
+  from qgjax.data.sharded_writer import iter_sharded
+
+  by: dict[str, dict[float, list[tuple[int, str]]]] = {}
+  for rec in iter_sharded(out_dir, require_complete=True):
+    by.setdefault(rec["doc_id"], {}).setdefault(float(rec["r"]), []).append((int(rec["sample_idx"]), rec["query"]))
+  rows = []
+  for doc_id in sorted(by):
+    pos = [q for _, q in sorted(by[doc_id].get(relevances[0], []))]
+    neg = [q for _, q in sorted(by[doc_id].get(relevances[1], []))]
+    rows += [{"doc_id": doc_id, "chosen": p, "rejected": n} for p, n in zip(pos, neg)]
+  tmp = out_dir / "ce_pairs.jsonl.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  os.replace(tmp, out_dir / "ce_pairs.jsonl")
+  return len(rows)
+
+
+def run(config) -> dict:
+  from qgjax.data.sharded_writer import ShardedJsonlWriter
+  from qgjax.jobs.generate import _DoneLog, _corpus, read_done, sampling_params
+  from qgjax.sampling.batching import bucketed
+  from qgjax.sampling.engine import Sampler, local_data_mesh
+  from qgjax.sampling.postprocess import clean_text, select
+
+  require(config, "model.name", "data.corpus", "output_dir", "batch_size", "buckets", "relevances")
+  relevances = [float(r) for r in config.relevances]
+  if len(relevances) != 2 or not all(0.0 <= r <= 1.0 for r in relevances):
+    raise ConfigError(f"relevances must be two values in [0, 1] (positive first, e.g. (1.0, 0.0)); got {relevances}")
+  t0 = time.perf_counter()
+  model, t5, tokenizer, soft, meta = load_readqg_export(config.model.name)
+  sampling = sampling_params(config, "t5", model, tokenizer)
+  max_doc = int(meta.get("max_doc_tokens", 256))
+  if max(config.buckets) < max_doc:
+    raise ConfigError(f"the largest bucket ({max(config.buckets)}) is below the export's max_doc_tokens "
+                      f"({max_doc}); add a bucket of at least {max_doc}")
+  out_dir = pathlib.Path(config.output_dir)
+  writer = ShardedJsonlWriter(out_dir, key=("doc_id", "sample_idx"), shard_size=int(config.get("shard_size", 10_000)),
+                              meta={"stage": "readqg_generate", "model": config.model.name, "relevances": relevances,
+                                    "sampling": config.sampling.to_dict(), "limit": int(config.data.limit)})
+  corpus = _corpus(config.data.corpus)
+  limit = int(config.data.limit or 0)
+  total = min(len(corpus), limit) if limit else len(corpus)
+  mesh = local_data_mesh(int(config.get("num_devices", 0) or 0))
+  params = {"t5": t5, "soft": {k: np.asarray(v, np.float32) for k, v in soft.items()}}
+  samplers = [Sampler(functools.partial(_soft_generate, model, sampling, r), params, sampling,
+                      batch_size=int(config.batch_size), pad_id=model.config.pad_token_id, pad_side="right",
+                      seed=int(config.sampling.seed), mesh=mesh) for r in relevances]
+  eos = int(tokenizer.eos_token_id)
+  n = int(sampling.num_samples)  # sample_idx = relevance index * n + j
+  tokens_out = 0
+  try:
+    done = read_done(out_dir)
+    docs = [d for i, d in enumerate(corpus) if i < total and d.doc_id not in done]
+    items = [(d, list(tokenizer(d.contents, add_special_tokens=False)["input_ids"])[:max_doc - 1] + [eos]) for d in docs]
+    log = _DoneLog(out_dir)
+    t_gen = time.perf_counter()
+    try:
+      for bucket, group in bucketed(items, lambda it: len(it[1]), config.buckets, int(config.batch_size)):
+        for ri, (r, sampler) in enumerate(zip(relevances, samplers)):
+          batch = sampler.run([ids for _, ids in group], [f"{d.doc_id}|r={r}" for d, _ in group], bucket)
+          for i, (doc, _) in enumerate(group):
+            cands = []
+            for j in range(batch.lengths.shape[1]):
+              ids, lps = batch.sequence(i, j)
+              tokens_out += len(ids)
+              cands.append({"query": clean_text(tokenizer.decode(ids, skip_special_tokens=True), config.postprocess),
+                            "logprob": float(np.sum(lps)), "num_tokens": len(ids), "sample_idx": ri * n + j})
+            for c in select(cands, doc.contents, config.postprocess):
+              writer.write({"doc_id": doc.doc_id, "query": c["query"], "r": r, "sample_idx": c["sample_idx"],
+                            "logprob": round(c["logprob"], 6), "num_tokens": c["num_tokens"],
+                            "model": config.model.name})
+        writer.flush()
+        log.add([d.doc_id for d, _ in group])
+        print(f"readqg generate: {len(read_done(out_dir))}/{total} documents", flush=True)
+    finally:
+      log.close()
+    summary = writer.finish(items=total, generated_tokens=tokens_out)
+  finally:
+    writer.close()
+  pairs = _pairs(out_dir, relevances)
+  return {**summary, "documents": total, "ce_pairs": pairs, "generated_tokens": tokens_out,
+          "generation_s": round(time.perf_counter() - t_gen, 1), "total_s": round(time.perf_counter() - t0, 1),
+          "compiled_programs": sum(s.num_compiles for s in samplers)}

@@ -1,0 +1,86 @@
+r"""ReadQG's document-centric training pairs from a collection with graded judgements.
+
+  qgjax pipeline --config configs/readqg_recipe.py:tiny      # runs this as its `pairs` stage
+
+For every document judged by at least `min_queries` (default 2m) queries of `split`: the grades
+are min-max rescaled per document to [0, 1]; the m highest become positives, the m lowest
+negatives (ties by a seeded hash of the query id). Documents whose judged queries all share one
+grade (nothing to contrast) are dropped unless keep_flat. Outputs in `workdir`:
+  pairs.jsonl     {doc_id, positive: [m queries], negative: [m], positive_score, negative_score}
+                  (what `qgjax train --config configs/readqg.py` reads; scores already in [0, 1])
+  ce_pairs.jsonl  {doc_id, chosen, rejected}: the i-th positive with the i-th negative (a
+                  cross-encoder trained on the collection's own queries, the supervised reference)
+  summary.json    counts of documents kept and dropped
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from qgjax.config import require
+from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
+from qgjax.errors import ConfigError, InputError
+from qgjax.sampling.keys import id_hash
+
+
+def rescale(grades: list[float]) -> list[float]:
+  """Min-max to [0, 1] (all equal -> all 1.0, as qgjax.train.readqg does)."""
+  lo, hi = min(grades), max(grades)
+  return [1.0 if hi == lo else (g - lo) / (hi - lo) for g in grades]
+
+
+def document_pairs(judged: dict[str, int], m: int, seed: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+  """{query_id: grade} of one document -> (top-m positives, bottom-m negatives) as (qid, rescaled)."""
+  qids = sorted(judged, key=lambda q: (-judged[q], id_hash(f"{seed}:{q}"), q))
+  scores = dict(zip(qids, rescale([float(judged[q]) for q in qids])))
+  return [(q, scores[q]) for q in qids[:m]], [(q, scores[q]) for q in reversed(qids[-m:])]
+
+
+def run(config) -> dict:
+  require(config, "data_dir", "workdir", "split", "m")
+  m = int(config.m)
+  need = int(config.min_queries) or 2 * m
+  if m < 1 or need < 2 * m:
+    raise ConfigError(f"readqg pairs: need m >= 1 and min_queries >= 2m; got m={m}, min_queries={need}")
+  root = pathlib.Path(config.data_dir)
+  corpus = Corpus(root / "corpus.jsonl")
+  queries = load_queries(queries_path(root, config.split))
+  qrels = load_qrels(root / "qrels" / f"{config.split}.tsv", doc_ids=corpus, query_ids=queries)
+  by_doc: dict[str, dict[str, int]] = {}
+  for qid, docs in qrels.items():
+    if qid not in queries:
+      continue
+    for doc_id, grade in docs.items():
+      if doc_id in corpus:
+        by_doc.setdefault(doc_id, {})[qid] = int(grade)
+  pairs, ce, few, flat = [], [], 0, 0
+  for doc_id in sorted(by_doc):
+    judged = by_doc[doc_id]
+    if len(judged) < need:
+      few += 1
+      continue
+    if len(set(judged.values())) == 1 and not config.keep_flat:
+      flat += 1
+      continue
+    pos, neg = document_pairs(judged, m, int(config.seed))
+    pairs.append({"doc_id": doc_id, "positive": [queries[q] for q, _ in pos],
+                  "negative": [queries[q] for q, _ in neg], "positive_score": [s for _, s in pos],
+                  "negative_score": [s for _, s in neg]})
+    ce += [{"doc_id": doc_id, "chosen": queries[p], "rejected": queries[n]} for (p, _), (n, _) in zip(pos, neg)]
+  if not pairs:
+    raise InputError(f"no document has {need} or more judged queries with different grades in "
+                     f"qrels/{config.split}.tsv ({few} too few, {flat} all one grade); lower m or use a "
+                     "collection with more judgements per document", path=str(root))
+  out = pathlib.Path(config.workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  for name, records in (("ce_pairs.jsonl", ce), ("pairs.jsonl", pairs)):  # pairs.jsonl last: the marker
+    tmp = out / (name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    os.replace(tmp, out / name)
+  summary = {"documents": len(pairs), "rows": len(ce), "dropped_few_queries": few, "dropped_one_grade": flat,
+             "judged_documents": len(by_doc), "m": m, "min_queries": need}
+  (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  return summary
