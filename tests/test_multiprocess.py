@@ -3,6 +3,10 @@
 losses, eval metrics, exports and generated records equal one process with 4 devices.
 
 Cross-process collectives on CPU use gloo (jax 0.10's default `jax_cpu_collectives_implementation`).
+The mesh keeps "data" across the processes and "fsdp" inside each: with an fsdp axis spanning both
+processes AND 2 devices per process ([("fsdp", 4)]) the first DPO train step deadlocks in XLA:CPU
+(both processes wait on its result); with 1 device per process ([("fsdp", 2)]) it runs and gives
+the same numbers. A toy FSDP gradient step with the 4-device mesh runs, so the cause is narrower.
 Each worker records every batch it hands to `put_batch`: each host passes only its half of the
 rows, the global batch (`jax.make_array_from_process_local_data`) holds them on its own devices,
 and the two halves together are the single process's batch.
