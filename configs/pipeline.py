@@ -15,7 +15,8 @@ evaluate_bm25 / _base / _unaligned / _aligned on the collection's `split` querie
 Each stage group X below has `config` (a file in configs/ with its `:arg`) and `set` (values put
 into that file's ConfigDict, e.g. --config.score.set.rewards=bm25_rank,dense_rank); paths, models
 and inputs between stages are wired by the pipeline. `generate_final.set` is applied on top of the
-generate group for the 1-query/doc stages.
+generate group for the 1-query/doc stages (real variant: `generate_final.set.data.offset/limit` pick
+their documents, e.g. held out from alignment).
 Arguments: tiny (the demo corpus, 4 samples/doc, 4 DPO and 4 retriever steps: ~10 min on 2 CPU
 cores with SmolLM2 and MiniLM, ~1.5 min with tiny random models as `generator` and `encoder`,
 as tests/test_pipeline.py runs it), generator=<name or path>.
@@ -49,7 +50,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if not a.tiny:
     c.generate = _group("generate.py:mode=few_shot,n=5", batch_size=16, data=dict(limit=0),
                         sampling=dict(num_samples=5, seed=0))
-    c.generate_final = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=1)))})
+    # Which documents get the final 1 query/doc (retriever training, aligned-vs-unaligned rewards):
+    # all by default; data.offset = the alignment's data.limit keeps the alignment documents out.
+    c.generate_final = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=1),
+                                                          data=dict(offset=0, limit=0)))})
     c.score = _group("score.py", rewards=("bm25_rank", "dense_rank"), reward="bm25_rank")
     c.pairs = _group("pairs.py", margin=0.0, max_pairs_per_doc=4)
     c.align = _group("dpo.py:prompt=few_shot", num_epochs=1.0, batch_size=16)
