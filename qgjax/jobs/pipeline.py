@@ -21,6 +21,7 @@ import importlib
 import pathlib
 import sys
 import time
+from typing import Any, Callable
 
 from qgjax.config import require
 from qgjax.data.sharded_writer import iter_sharded
@@ -51,9 +52,21 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _run_here(stage: Stage, config) -> tuple[dict, float, str]:
+  """The stage's job in this process -> (result, seconds, note for the log)."""
+  start = time.perf_counter()
+  result = importlib.import_module(f"qgjax.jobs.{stage.job}").run(config) or {}
+  _barrier(f"qgjax pipeline: {stage.name}")  # every host's part is written before the check
+  return result, time.perf_counter() - start, ""
+
+
 def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
-              position: str) -> tuple[str, dict, str]:
-  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint)."""
+              position: str, execute: Callable[[Stage, Any], tuple[dict, float, str]] = _run_here,
+              ) -> tuple[str, dict, str]:
+  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint).
+
+  `execute(stage, config) -> (result, seconds, log note)` runs the job (default: in this process).
+  """
   as_dict = cache.config_dict(config)
   fp = cache.fingerprint(as_dict, needs)
   marker = cache.read_marker(stage_dir)
@@ -64,15 +77,12 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
       return "skipped", marker.get("result", {}), made_with
     _say(f"{position} {stage.name}: marked done but its output in {stage_dir} is not whole; running it again")
   _say(f"{position} {stage.name}: running qgjax {stage.job} in {stage_dir}")
-  start = time.perf_counter()
-  result = importlib.import_module(f"qgjax.jobs.{stage.job}").run(config) or {}
-  _barrier(f"qgjax pipeline: {stage.name}")  # every host's part is written before the check
+  result, seconds, note = execute(stage, config)
   if not stage.complete(stage_dir):
     raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
-  seconds = time.perf_counter() - start
   if _is_main():
     cache.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, seconds)
-  _say(f"{position} {stage.name}: finished in {seconds:.1f} s")
+  _say(f"{position} {stage.name}: finished in {seconds:.1f} s{note}")
   return "ran", result, fp
 
 

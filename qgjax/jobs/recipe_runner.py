@@ -21,7 +21,6 @@ import tempfile
 import time
 
 from qgjax.errors import ConfigError, QgjaxError
-from qgjax.jobs import pipeline_cache as cache
 from qgjax.jobs.pipeline_stages import Stage, stage_config
 
 RECIPES = {"aqe": "qgjax.jobs.recipe_aqe", "readqg": "qgjax.jobs.recipe_readqg"}
@@ -59,27 +58,10 @@ def run_in_process(job: str, config) -> dict:
   return result
 
 
-def _run_isolated(stage: Stage, config, stage_dir: pathlib.Path, needs: dict, later: list, position: str):
-  """pipeline.run_stage with the job in a child process (single-process runs only)."""
-  from qgjax.jobs.pipeline import _is_main
-
-  as_dict = cache.config_dict(config)
-  fp = cache.fingerprint(as_dict, needs)
-  marker = cache.read_marker(stage_dir)
-  if marker is not None:
-    made_with = cache.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
-    if stage.complete(stage_dir):
-      _say(f"{position} {stage.name}: done, skipped ({stage_dir / cache.MARKER})")
-      return "skipped", marker.get("result", {}), made_with
-  _say(f"{position} {stage.name}: running qgjax {stage.job} in its own process in {stage_dir}")
+def _in_own_process(stage: Stage, config) -> tuple[dict, float, str]:
+  """pipeline.run_stage's `execute` for a stage in a child process (single-process runs only)."""
   result = run_in_process(stage.job, config)
-  if not stage.complete(stage_dir):
-    raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
-  if _is_main():
-    cache.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, result["cost"]["seconds"])
-  _say(f"{position} {stage.name}: finished in {result['cost']['seconds']:.1f} s, "
-       f"peak RSS {result['cost']['peak_rss_mb']:.0f} MiB")
-  return "ran", result, fp
+  return result, result["cost"]["seconds"], f", peak RSS {result['cost']['peak_rss_mb']:.0f} MiB (own process)"
 
 
 def run_stages(config, stages: tuple[Stage, ...], isolated: frozenset[str] | set[str] = frozenset()):
@@ -96,9 +78,10 @@ def run_stages(config, stages: tuple[Stage, ...], isolated: frozenset[str] | set
     needs = {n: fps[n] for n in stage.needs}
     later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
     # several processes (multi-host): every stage in-process, as the pipeline runs them; no cost figures
-    runner = _run_isolated if stage.name in isolated and jax.process_count() == 1 else run_stage
-    status[stage.name], results[stage.name], fps[stage.name] = runner(
-        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]")
+    own_process = stage.name in isolated and jax.process_count() == 1
+    execute = {"execute": _in_own_process} if own_process else {}
+    status[stage.name], results[stage.name], fps[stage.name] = run_stage(
+        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", **execute)
   return configs, status, results, fps
 
 
