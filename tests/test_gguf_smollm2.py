@@ -104,3 +104,43 @@ def test_smollm2_gguf_greedy_matches_transformers(tmp_path, monkeypatch):
   model2, params2, _ = registry.load_decoder(out, tokenizer=False)
   assert model2.config == c
   jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+TOKENIZER_TEXTS = ["Hello world!", "  leading spaces and\nnewlines\t tabs", "<|im_start|>user\nhi<|im_end|>",
+                   "naïve café 日本語 🙂", "statins and breast-cancer risk: 12.5% (n=300)", ""]
+
+# Builds the GGUF tokenizer with torch made unimportable, as on a machine without the test extra.
+NO_TORCH_TOKENIZER = """
+import json, sys
+sys.modules["torch"] = None
+from qgjax.models.registry import load_tokenizer, resolve
+tok = load_tokenizer(resolve("smollm2-135m-instruct"), use_cache=False)
+texts = json.loads(sys.argv[1])
+print(json.dumps({"ids": [tok(t)["input_ids"] for t in texts], "eos": tok.eos_token,
+                  "chat": tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                                  tokenize=True)["input_ids"]}))
+"""
+
+
+@pytest.mark.real_weights
+@pytest.mark.torch_ref
+@needs_smollm2
+def test_gguf_tokenizer_needs_no_torch_and_equals_transformers():
+  import json
+  import subprocess
+  import sys
+
+  pytest.importorskip("torch")
+  from transformers import AutoTokenizer
+
+  from qgjax.models import registry
+  path = registry.resolve("smollm2-135m-instruct")
+  out = subprocess.run([sys.executable, "-c", NO_TORCH_TOKENIZER, json.dumps(TOKENIZER_TEXTS)], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  ours = json.loads(out.stdout.strip().splitlines()[-1])
+  ref = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  assert ours["ids"] == [ref(t)["input_ids"] for t in TOKENIZER_TEXTS]
+  assert ours["eos"] == ref.eos_token == "<|im_end|>"
+  assert ours["chat"] == ref.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                                 tokenize=True)["input_ids"]

@@ -63,7 +63,8 @@ def _cache_dir() -> str:
 def load_tokenizer(path: str, *, use_cache: bool = True) -> Any:
   """transformers fast tokenizer for an HF dir or a GGUF file (chat template kept).
 
-  Building a tokenizer from GGUF metadata takes ~10 s; the result is saved once under
+  Building a tokenizer from GGUF metadata (qgjax.models.gguf_tokenizer, no torch) takes a few s;
+  the result is saved once under
   $QGJAX_CACHE_DIR (default ~/.cache/qgjax)/tokenizers/, keyed by the file's path, size and
   mtime, and later loads read it from there (~0.3 s).
   """
@@ -82,7 +83,9 @@ def load_tokenizer(path: str, *, use_cache: bool = True) -> Any:
     cached = os.path.join(_cache_dir(), "tokenizers", f"{os.path.basename(path)}-{key}")
     if os.path.isfile(os.path.join(cached, "tokenizer_config.json")):
       return AutoTokenizer.from_pretrained(cached)
-  tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  from qgjax.models.gguf_tokenizer import tokenizer_from_gguf
+
+  tok = tokenizer_from_gguf(path)  # transformers' own GGUF reader needs torch
   if cached is not None:
     tmp = None
     try:
