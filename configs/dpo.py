@@ -41,7 +41,9 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # (its default is few_shot; the tiny variant uses the shorter plain prompt).
   c.prompt = default_prompt_config(arg.get("prompt", "") or ("plain" if arg.tiny else "few_shot"))
   c.batch_size = 16
-  c.accum_steps = 1
+  # 4 microbatches of 4 pairs: 16 few-shot pairs (~512 + 64 tokens, chosen + rejected) in one pass
+  # need ~32 GB on SmolLM2; on an accelerator with room to spare, --config.accum_steps=1.
+  c.accum_steps = 4
   c.num_steps = 0
   c.num_epochs = 1.0
   c.optim = ml_collections.ConfigDict(dict(
@@ -61,6 +63,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.completion_buckets = (24,)
     c.data.eval_fraction = 0.2
     c.batch_size = 4
+    c.accum_steps = 1
     c.num_steps = 8
     c.log_every = 1
     c.eval_every = 4
