@@ -113,20 +113,29 @@ def _report(config, workdir: pathlib.Path, results: dict[str, dict], reward_name
   return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}
 
 
-def run(config) -> dict:
-  if config.get("recipe", "dpo_qg") != "dpo_qg":  # AQE, ReadQG: qgjax.jobs.recipe_runner.RECIPES
-    from qgjax.jobs.recipe_runner import run_recipe
-    return run_recipe(config)
-  require(config, "workdir", "generator", "encoder", "split", "configs_dir")
+def run_stages(config, stages: tuple[Stage, ...],
+               execute_for: Callable[[Stage], Callable] = lambda stage: _run_here):
+  """Runs (or skips) `stages` in order under config.workdir, stage X in <workdir>/X, each with
+  `execute_for(stage)` -> (workdir, [(stage, cfg)], status, results, fingerprints)."""
   workdir = pathlib.Path(config.workdir).resolve()
   stage_dir = lambda name: str(workdir / name)
-  configs = [(stage, stage_config(config, stage, stage_dir)) for stage in STAGES]  # config errors first
+  configs = [(stage, stage_config(config, stage, stage_dir)) for stage in stages]  # config errors first
   status, results, fps = {}, {}, {}
   for i, (stage, stage_cfg) in enumerate(configs):
     needs = {n: fps[n] for n in stage.needs}
     later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
     status[stage.name], results[stage.name], fps[stage.name] = run_stage(
-        stage, stage_cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]")
+        stage, stage_cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]",
+        execute=execute_for(stage))
+  return workdir, configs, status, results, fps
+
+
+def run(config) -> dict:
+  if config.get("recipe", "dpo_qg") != "dpo_qg":  # AQE, ReadQG: qgjax.jobs.recipe_runner.RECIPES
+    from qgjax.jobs.recipe_runner import run_recipe
+    return run_recipe(config)
+  require(config, "workdir", "generator", "encoder", "split", "configs_dir")
+  workdir, configs, status, results, _ = run_stages(config, STAGES)
   report = (_report(config, workdir, results, _stage(configs, "score_aligned").reward) if _is_main()
             else {"paths": {}, "report": {}})
   _say(f"report: {report['paths'].get('markdown', '')}")

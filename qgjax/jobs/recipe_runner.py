@@ -14,14 +14,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import tempfile
 import time
 
 from qgjax.errors import ConfigError, QgjaxError
-from qgjax.jobs.pipeline_stages import Stage, stage_config
+from qgjax.jobs.pipeline_stages import Stage
 
 RECIPES = {"aqe": "qgjax.jobs.recipe_aqe", "readqg": "qgjax.jobs.recipe_readqg"}
 
@@ -65,23 +64,17 @@ def _in_own_process(stage: Stage, config) -> tuple[dict, float, str]:
 
 
 def run_stages(config, stages: tuple[Stage, ...], isolated: frozenset[str] | set[str] = frozenset()):
-  """Runs (or skips) every stage in order -> (configs [(stage, cfg)], status, results, fingerprints)."""
+  """pipeline.run_stages with the stages named in `isolated` in their own process (single-process
+  runs; with several processes every stage runs in-process, without cost figures)
+  -> (configs [(stage, cfg)], status, results, fingerprints)."""
   import jax
 
-  from qgjax.jobs.pipeline import _depends_on, run_stage
+  from qgjax.jobs.pipeline import _run_here
+  from qgjax.jobs.pipeline import run_stages as run_cached
 
-  workdir = pathlib.Path(config.workdir).resolve()
-  stage_dir = lambda name: str(workdir / name)
-  configs = [(stage, stage_config(config, stage, stage_dir)) for stage in stages]  # config errors first
-  status, results, fps = {}, {}, {}
-  for i, (stage, cfg) in enumerate(configs):
-    needs = {n: fps[n] for n in stage.needs}
-    later = [s.name for s, _ in configs[i + 1:] if _depends_on(s, stage.name, configs)]
-    # several processes (multi-host): every stage in-process, as the pipeline runs them; no cost figures
-    own_process = stage.name in isolated and jax.process_count() == 1
-    execute = {"execute": _in_own_process} if own_process else {}
-    status[stage.name], results[stage.name], fps[stage.name] = run_stage(
-        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", **execute)
+  own = jax.process_count() == 1
+  pick = lambda stage: _in_own_process if own and stage.name in isolated else _run_here
+  _, configs, status, results, fps = run_cached(config, stages, pick)
   return configs, status, results, fps
 
 
