@@ -166,19 +166,6 @@ def _tuples(path: str) -> None:
                           "pos_id": r["doc_id"], "neg_ids": negs}) + "\n")
 
 
-def _tiny_bert(out: str) -> None:
-  """A random 2-layer, 32-wide BERT bi-encoder with MiniLM's tokenizer (sentence-transformers layout)."""
-  from transformers import AutoTokenizer
-
-  from qgjax.models import bert
-
-  tokenizer = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
-  cfg = bert.EncoderConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
-                           intermediate_size=64, max_position_embeddings=160)
-  module = bert.BiEncoder(cfg, pooling="mean", normalize=True)
-  bert.save_bi_encoder_st(bert.init_params(module, seed=0), module, tokenizer, out, max_seq_length=128)
-
-
 def _metrics(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f]
@@ -224,12 +211,12 @@ def test_two_processes_equal_one(tmp_path):
   import numpy as np
   from safetensors.numpy import load_file
 
-  from tiny_lm import make_tiny_lm
+  from tiny_lm import make_tiny_bert, make_tiny_lm
 
   t0 = time.perf_counter()
   work = str(tmp_path)
   make_tiny_lm(os.path.join(work, "tiny_lm"))
-  _tiny_bert(os.path.join(work, "tiny_bert"))
+  make_tiny_bert(os.path.join(work, "tiny_bert"))
   _tuples(os.path.join(work, "tuples.jsonl"))
   procs = []
   try:  # both runs at once: the 2-process run waits in collectives, the reference fills the cores

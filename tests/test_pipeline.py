@@ -13,7 +13,7 @@ from qgjax.config import build_config
 from qgjax.errors import ConfigError, QgjaxError
 from qgjax.jobs import pipeline
 from qgjax.jobs.pipeline_stages import STAGES
-from tiny_lm import make_tiny_lm
+from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
@@ -21,24 +21,10 @@ ROWS = ["BM25", "MiniLM (base)", "MiniLM + unaligned queries", "MiniLM + aligned
 COLUMNS = ["nDCG@10", "MRR@100", "Recall@100"]
 
 
-def _tiny_bert(out: str) -> str:
-  """A random 2-layer, 32-wide BERT bi-encoder with MiniLM's tokenizer (sentence-transformers layout)."""
-  from transformers import AutoTokenizer
-
-  from qgjax.models import bert
-
-  tokenizer = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
-  cfg = bert.EncoderConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
-                           intermediate_size=64, max_position_embeddings=160)
-  module = bert.BiEncoder(cfg, pooling="mean", normalize=True)
-  bert.save_bi_encoder_st(bert.init_params(module, seed=0), module, tokenizer, out, max_seq_length=128)
-  return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline_models")
-  return make_tiny_lm(str(root / "tiny_lm")), _tiny_bert(str(root / "tiny_bert"))
+  return make_tiny_lm(str(root / "tiny_lm")), make_tiny_bert(str(root / "tiny_bert"))
 
 
 def _overrides(workdir, models):

@@ -11,8 +11,7 @@ import pytest
 from qgjax.config import build_config
 from qgjax.errors import QgjaxError
 from qgjax.jobs import pipeline
-from tiny_lm import make_tiny_lm
-from test_pipeline import _tiny_bert
+from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("recipe_models")
-  return make_tiny_lm(str(root / "tiny_lm")), _tiny_bert(str(root / "tiny_bert"))
+  return make_tiny_lm(str(root / "tiny_lm")), make_tiny_bert(str(root / "tiny_bert"))
 
 
 def _cli(spec: str, overrides: list[tuple[str, str]]) -> dict:

@@ -1,4 +1,5 @@
-"""A tiny random Llama in HF layout (config.json + safetensors + a real word-level tokenizer) for train tests.
+"""Tiny random models for tests: a Llama in HF layout (config.json + safetensors + a real word-level
+tokenizer) and a BERT bi-encoder in sentence-transformers layout (make_tiny_bert).
 
 The tokenizer is a `tokenizers` WordLevel model over the words of the demo collection plus
 ChatML special tokens and a chat template, so the whole text pipeline (templating, truncation,
@@ -69,3 +70,17 @@ def make_tiny_lm(out_dir: str, *, hidden: int = 32, layers: int = 2, heads: int 
   with open(os.path.join(out_dir, "generation_config.json"), "w") as fh:
     json.dump({"eos_token_id": cfg["eos_token_id"]}, fh)
   return out_dir
+
+
+def make_tiny_bert(out: str) -> str:
+  """A random 2-layer, 32-wide BERT bi-encoder with MiniLM's tokenizer (sentence-transformers layout)."""
+  from transformers import AutoTokenizer
+
+  from qgjax.models import bert
+
+  tokenizer = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
+  cfg = bert.EncoderConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4,
+                           intermediate_size=64, max_position_embeddings=160)
+  module = bert.BiEncoder(cfg, pooling="mean", normalize=True)
+  bert.save_bi_encoder_st(bert.init_params(module, seed=0), module, tokenizer, out, max_seq_length=128)
+  return out
