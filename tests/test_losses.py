@@ -251,6 +251,20 @@ def test_schedule_warmup_cosine():
   np.testing.assert_allclose(make_schedule(optim, 110)(60), 1e-3 + (1e-4 - 1e-3) * 0.5, rtol=1e-5)
 
 
+def test_schedule_warmup_longer_than_run_is_cut(capsys):
+  import ml_collections
+
+  from qgjax.train.optim import make_schedule
+
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, schedule="constant"))
+  np.testing.assert_allclose(make_schedule(optim, 1)(0), 1e-3)     # was 0: one step at lr 0
+  assert "warmup_steps=10 >= the run's 1 steps" in capsys.readouterr().err
+  np.testing.assert_allclose(make_schedule(optim, 20)(5), 5e-4)     # warmup 10 < 20 steps: kept
+  np.testing.assert_allclose(make_schedule(optim, 10)(0), 0.0)      # cut to 1 warmup step
+  np.testing.assert_allclose(make_schedule(optim, 10)(1), 1e-3)
+  np.testing.assert_allclose(make_schedule(optim, 11)(10), 1e-3)    # warmup 10 < 11 steps: kept
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _t5_row(model, params, soft, src, r, dec_in):
   """One unpadded row through T5Model.__call__ with prefix embeddings (the reference path)."""
@@ -266,7 +280,6 @@ def _t5_row(model, params, soft, src, r, dec_in):
 def test_readqg_loss_matches_per_row_numpy_reference():
   import ml_collections
 
-  from qgjax.models.soft_prompt import build_prefix, prepend
   from qgjax.models.t5 import T5Config, T5Model, init_params
   from qgjax.train.readqg import readqg_loss_fn
 

@@ -109,6 +109,12 @@ def _report(config, workdir: pathlib.Path, results: dict[str, dict], reward_name
           "queries generated (n/doc)": results.get("generate", {}).get("records"),
           "preference pairs": results.get("pairs", {}).get("pairs"),
           "DPO final loss": final.get("loss"), "DPO eval reward accuracy": final.get("eval/rewards/accuracy")}
+  for which in ("unaligned", "aligned"):  # how much each trained MiniLM saw (a 1-step run barely moves)
+    summary = workdir / f"retriever_{which}" / "summary.json"
+    if summary.is_file():
+      s = json.loads(summary.read_text())
+      info[f"retriever ({which})"] = (f"{s.get('train_examples')} training tuples, {s.get('steps')} steps, "
+                                      f"final loss {s.get('final', {}).get('loss', float('nan')):.4f}")
   report = build_report(rows, measures, rewards, reward_name=reward_name, info=info)
   return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}
 

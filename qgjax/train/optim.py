@@ -4,6 +4,10 @@
                       weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, freeze=[])
 
   make_schedule(optim, total_steps) -> optax.Schedule (linear warmup, then cosine/linear/constant)
+
+A warmup as long as the run or longer (a short run with a config's default warmup) would
+never reach `lr` (one step at warmup_steps=10 trains at lr 0): it is cut to total_steps // 10,
+with a warning.
   make_optimizer(optim, total_steps) -> (optax.GradientTransformation, schedule)
 
 Weight decay applies to matrices only (ndim >= 2), not to norms' scales and biases. `freeze`
@@ -13,6 +17,7 @@ lists regexes of parameter paths ("a/b/kernel") that get no update and no optimi
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import jax
@@ -24,6 +29,10 @@ from qgjax.errors import ConfigError
 def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
   lr = float(optim.get("lr", 1e-4))
   warmup = int(optim.get("warmup_steps", 0))
+  if total_steps > 0 and warmup >= total_steps:
+    print(f"qgjax: warning: optim.warmup_steps={warmup} >= the run's {total_steps} steps; using "
+          f"{total_steps // 10} warmup steps so the learning rate reaches optim.lr={lr}", file=sys.stderr, flush=True)
+    warmup = total_steps // 10
   kind = optim.get("schedule", "cosine")
   end = lr * float(optim.get("end_lr_ratio", 0.0))
   decay_steps = max(int(total_steps) - warmup, 1)
