@@ -1,13 +1,17 @@
-"""ReadQG: soft instruction + relevance prompts on a frozen T5, MLE + self-contrastive + calibration.
+"""ReadQG: soft instruction + relevance prompts on a frozen generator, MLE + self-contrastive + calibration.
 
   qgjax train --config configs/readqg.py:tiny
   qgjax train --config configs/readqg.py --config.model.name=/models/flan-t5-base \
       --config.data.train=runs/cranfield/readqg/pairs.jsonl --config.workdir=runs/cranfield/readqg
+  qgjax train --config configs/readqg.py:decoder --config.data.train=<pairs.jsonl> --config.data.corpus=<BEIR dir>
 
 No T5 weights exist offline on these machines: the tiny variant trains the prompts of a small
-RANDOMLY initialised T5 (SmolLM2's tokenizer) to exercise the whole path; a real run needs a
-local HF T5 / Flan-T5 directory in model.name. Records: see qgjax/train/readqg.py.
-Arguments: tiny.
+RANDOMLY initialised T5 (SmolLM2's tokenizer) to exercise the whole path; a real T5 run needs a
+local HF T5 / Flan-T5 directory in model.name. `decoder` trains the same soft prompts on the
+frozen decoder-only SmolLM2-135M-Instruct (qgjax.train.readqg_decoder: [P_inst ; rel prompt ;
+document ; readqg.separator] -> " query"); model.kind (auto | t5 | decoder) picks the variant,
+auto from model.name. Records: see qgjax/train/readqg.py. Arguments: tiny, decoder (combinable:
+tiny,decoder = the tiny sizes on the decoder path; set model.name to a small decoder dir).
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ from qgjax.config import parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   from qgjax.train.demo import demo_path
 
-  a = parse_arg(arg, tiny=False)
+  a = parse_arg(arg, tiny=False, decoder=False)
   c = ml_collections.ConfigDict()
   c.task = "readqg"
   c.workdir = "runs/readqg"
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(name="", init="pretrained", dtype="auto", tokenizer="", t5={}))
+  c.model = ml_collections.ConfigDict(dict(name="", kind="auto", init="pretrained", dtype="auto", tokenizer="", t5={}))
+  # separator: decoder-only variant only, the text between the document and the query
   c.readqg = ml_collections.ConfigDict(dict(
       instruction="Generate a question for the passage with relevance label:", inst_len=20, rel_len=5,
-      tau=0.25, calibration_margin=1.0, contrastive_weight=1.0, calibration_weight=1.0))
+      tau=0.25, calibration_margin=1.0, contrastive_weight=1.0, calibration_weight=1.0, separator="\nQuery:"))
   c.data = ml_collections.ConfigDict(dict(train="", corpus="", max_doc_tokens=256, source_buckets=(128, 256),
                                           query_buckets=(16, 32), bucket_window=8, eval_fraction=0.05))
   c.batch_size = 8
@@ -63,4 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.eval_every = 5
     c.checkpoint.every = 5
+  if a.decoder:
+    # source buckets hold document + separator tokens (the soft prefix comes on top)
+    c.model.update(name="smollm2-135m-instruct", kind="decoder", init="pretrained", t5={})
+    c.workdir = "runs/tiny/readqg_decoder" if a.tiny else "runs/readqg_decoder"
+    if not a.tiny:
+      c.data.update(max_doc_tokens=192, source_buckets=(128, 200), query_buckets=(32, 64))
+    else:
+      c.data.update(max_doc_tokens=92, source_buckets=(96,))
   return c

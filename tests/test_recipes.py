@@ -126,6 +126,19 @@ def test_readqg_document_pairs():
   assert [s for _, s in pos] == [1.0, pytest.approx(2 / 3)] and [s for _, s in neg] == [0.0, pytest.approx(1 / 3)]
 
 
+def test_split_corpus_leaves_out_empty_documents(tmp_path):
+  from qgjax.data.beir import Corpus
+  from qgjax.jobs.recipe_split import _link_corpus
+
+  src = tmp_path / "corpus.jsonl"
+  src.write_text('{"_id": "a", "text": "wind tunnel"}\n{"_id": "b", "title": " ", "text": ""}\n'
+                 '{"_id": "c", "title": "flutter", "text": ""}\n')
+  assert _link_corpus(src, tmp_path / "copy.jsonl") == ["b"]   # the reader refuses "b"
+  assert Corpus(tmp_path / "copy.jsonl").doc_ids == ["a", "c"] and not (tmp_path / "copy.jsonl").is_symlink()
+  src.write_text('{"_id": "a", "text": "wind tunnel"}\n')
+  assert _link_corpus(src, tmp_path / "copy.jsonl") == [] and (tmp_path / "copy.jsonl").is_symlink()
+
+
 def test_tiny_readqg_recipe(models, tmp_path):
   from qgjax.jobs.recipe_readqg import STAGES
 
@@ -169,3 +182,24 @@ def test_tiny_readqg_recipe(models, tmp_path):
 
   again = _cli(spec, over)
   assert again["ran"] == [] and again["skipped"] == names
+
+
+def test_tiny_readqg_decoder_recipe(models, tmp_path):
+  """configs/readqg_recipe.py:tiny,decoder: the same stages with the soft prompts on a frozen decoder-only LM."""
+  from qgjax.jobs.recipe_readqg import STAGES
+
+  spec = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny,decoder"
+  work = tmp_path / "readqg_decoder"
+  first = _cli(spec, [("workdir", str(work)), ("generator", models[0]), ("encoder", models[1])])
+  assert first["ran"] == [s.name for s in STAGES]
+  export = work / "align" / "export"
+  meta = json.loads((export / "readqg.json").read_text())
+  assert meta["kind"] == "decoder" and meta["generator"] == os.path.abspath(models[0])
+  assert sorted(os.listdir(export)) == ["readqg.json", "soft_prompt.safetensors"]   # the base LM is not copied
+  gen = _records(work / "generate")
+  assert gen and {r["r"] for r in gen} <= {0.0, 1.0} and len({r["doc_id"] for r in gen}) <= 24
+  assert all(r["query"] and "\n" not in r["query"] and r["num_tokens"] >= 1 for r in gen)
+  assert all(r["sample_idx"] < 2 if r["r"] == 1.0 else 2 <= r["sample_idx"] < 4 for r in gen)
+  report = json.loads(open(first["report"]["json"]).read())
+  assert [s["key"] for s in report["systems"]] == ["bm25", "supervised", "readqg"]
+  assert "decoder-only" in report["tables"][0]["rows"][0][0]

@@ -2,11 +2,14 @@ r"""ReadQG generation: queries of relevance r (1 = relevant, 0 = not) for each d
 
   qgjax pipeline --config configs/readqg_recipe.py:tiny      # runs this as its `generate` stage
 
-`model.name` is a ReadQG export (qgjax.train.readqg: an HF T5 directory + soft_prompt.safetensors
-+ readqg.json). For each document of `data.corpus` (the first data.limit; 0 = all) and each r in
-`relevances`, the encoder input is [P_inst ; r P_true + (1 - r) P_false ; document tokens + EOS]
-(the document cut to the export's max_doc_tokens, as in training) and `sampling` decodes
-num_samples queries (num_beams > 1: beam search). Output in `output_dir` (sharded JSONL,
+`model.name` is a ReadQG export (qgjax.train.readqg: soft_prompt.safetensors + readqg.json, with
+an HF T5 directory; or, kind "decoder", naming its frozen decoder-only base LM). For each document
+of `data.corpus` (the first data.limit; 0 = all) and each r in `relevances`, the T5 encoder input
+is [P_inst ; r P_true + (1 - r) P_false ; document tokens + EOS]; the decoder-only prompt is
+[P_inst ; r P_true + (1 - r) P_false ; document tokens ; separator] (qgjax.train.readqg_decoder,
+sampled with the shared-prompt KV cache of qgjax.sampling.decoder). Documents are cut to the
+export's max_doc_tokens, as in training, and `sampling` decodes num_samples queries (num_beams >
+1: beam search); outputs are cleaned as `qgjax generate` cleans them (strip, first line). Output in `output_dir` (sharded JSONL,
 resumable like `qgjax generate`): {doc_id, query, r, sample_idx, logprob, num_tokens, model}, and
 `ce_pairs.jsonl`: {doc_id, chosen, rejected} joining the i-th query of the first relevance (r=1)
 with the i-th of the second (r=0), what configs/cross_encoder.py trains on.
@@ -26,28 +29,72 @@ from qgjax.config import require
 from qgjax.errors import ConfigError, InputError
 
 
-def _soft_generate(model, sampling, r: float, params, tokens, mask, keys):
+def _soft_generate(kind: str, model, sampling, r: float, params, tokens, mask, keys):
   import jax.numpy as jnp
 
   from qgjax.models.soft_prompt import build_prefix
-  from qgjax.sampling.seq2seq import generate_seq2seq
 
   prefix = build_prefix(params["soft"], jnp.full((tokens.shape[0],), r, jnp.float32))
-  return generate_seq2seq(model, params["t5"], tokens, mask, keys, sampling, prefix=prefix.astype(jnp.float32))
+  if kind == "decoder":
+    from qgjax.sampling.decoder import generate_decoder
+    return generate_decoder(model, params["model"], tokens, mask, keys, sampling, prefix=prefix)
+  from qgjax.sampling.seq2seq import generate_seq2seq
+  return generate_seq2seq(model, params["model"], tokens, mask, keys, sampling, prefix=prefix.astype(jnp.float32))
 
 
-def load_readqg_export(path: str):
-  """-> (T5Model, t5 params, tokenizer, soft prompt arrays, readqg.json meta)."""
-  from qgjax.models.t5 import load_t5
+def load_readqg_export(path: str, dtype: str = "float32"):
+  """-> (kind "t5" | "decoder", model, params, tokenizer, soft prompt arrays, readqg.json meta).
+
+  kind t5: the export holds the T5; kind decoder: readqg.json names the frozen base LM, loaded
+  with unrolled layers (the sampler's shared-prompt decode wants them).
+  """
   from qgjax.train.readqg import load_soft_prompt
 
   if not os.path.isfile(os.path.join(path, "soft_prompt.safetensors")):
     raise InputError("not a ReadQG export (no soft_prompt.safetensors; train configs/readqg.py first)", path=path)
-  model, params, tokenizer = load_t5(path)
-  if tokenizer is None:
-    raise InputError("the ReadQG export has no tokenizer files", path=path)
   soft, meta = load_soft_prompt(path)
-  return model, params, tokenizer, soft, meta
+  kind = meta.get("kind", "t5")
+  if kind == "decoder":
+    from qgjax.models.registry import load_decoder
+
+    if not meta.get("generator"):
+      raise InputError("readqg.json has kind 'decoder' but no 'generator'", path=path)
+    model, params, tokenizer = load_decoder(meta["generator"], dtype=dtype, scan_layers=False)
+    width = model.config.hidden_size
+  elif kind == "t5":
+    from qgjax.models.t5 import load_t5
+
+    model, params, tokenizer = load_t5(path)
+    width = model.config.d_model
+  else:
+    raise InputError(f"readqg.json kind {kind!r}; expected 't5' or 'decoder'", path=path)
+  if tokenizer is None:
+    raise InputError("the ReadQG generator has no tokenizer files", path=path)
+  if soft["instruction"].shape[-1] != width:
+    raise InputError(f"soft prompt width {soft['instruction'].shape[-1]} != the generator's {width} "
+                     f"({meta.get('generator', path)})", path=path)
+  return kind, model, params, tokenizer, soft, meta
+
+
+def _prompts(kind: str, tokenizer, meta: dict, texts: list[str]) -> list[list[int]]:
+  """Document texts -> the sampler's token ids, cut as in training (the soft prefix is added inside)."""
+  max_doc = int(meta.get("max_doc_tokens", 256))
+  if kind == "decoder":
+    from qgjax.train.readqg_decoder import DEFAULT_SEPARATOR, prompt_ids, separator_ids
+
+    return prompt_ids(tokenizer, texts, max_doc, separator_ids(tokenizer, meta.get("separator", DEFAULT_SEPARATOR)))
+  eos = int(tokenizer.eos_token_id)
+  return [list(x)[:max_doc - 1] + [eos] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _longest_input(kind: str, tokenizer, meta: dict) -> int:
+  """Tokens of the longest sampler input: max_doc_tokens (+ the separator for a decoder)."""
+  max_doc = int(meta.get("max_doc_tokens", 256))
+  if kind != "decoder":
+    return max_doc
+  from qgjax.train.readqg_decoder import DEFAULT_SEPARATOR, separator_ids
+
+  return max_doc + len(separator_ids(tokenizer, meta.get("separator", DEFAULT_SEPARATOR)))
 
 
 def _pairs(out_dir: pathlib.Path, relevances: list[float]) -> int:
@@ -80,12 +127,13 @@ def run(config) -> dict:
   if len(relevances) != 2 or not all(0.0 <= r <= 1.0 for r in relevances):
     raise ConfigError(f"relevances must be two values in [0, 1] (positive first, e.g. (1.0, 0.0)); got {relevances}")
   t0 = time.perf_counter()
-  model, t5, tokenizer, soft, meta = load_readqg_export(config.model.name)
-  sampling = sampling_params(config, "t5", model, tokenizer)
-  max_doc = int(meta.get("max_doc_tokens", 256))
-  if max(config.buckets) < max_doc:
-    raise ConfigError(f"the largest bucket ({max(config.buckets)}) is below the export's max_doc_tokens "
-                      f"({max_doc}); add a bucket of at least {max_doc}")
+  kind, model, lm, tokenizer, soft, meta = load_readqg_export(config.model.name, config.model.get("dtype", "float32"))
+  sampling = sampling_params(config, kind, model, tokenizer)
+  longest = _longest_input(kind, tokenizer, meta)
+  if max(config.buckets) < longest:
+    raise ConfigError(f"the largest bucket ({max(config.buckets)}) is below the longest input of the export "
+                      f"({longest} tokens: max_doc_tokens{' + separator' if kind == 'decoder' else ''}); "
+                      f"add a bucket of at least {longest}")
   out_dir = pathlib.Path(config.output_dir)
   writer = ShardedJsonlWriter(out_dir, key=("doc_id", "sample_idx"), shard_size=int(config.get("shard_size", 10_000)),
                               meta={"stage": "readqg_generate", "model": config.model.name, "relevances": relevances,
@@ -94,17 +142,18 @@ def run(config) -> dict:
   limit = int(config.data.limit or 0)
   total = min(len(corpus), limit) if limit else len(corpus)
   mesh = local_data_mesh(int(config.get("num_devices", 0) or 0))
-  params = {"t5": t5, "soft": {k: np.asarray(v, np.float32) for k, v in soft.items()}}
-  samplers = [Sampler(functools.partial(_soft_generate, model, sampling, r), params, sampling,
-                      batch_size=int(config.batch_size), pad_id=model.config.pad_token_id, pad_side="right",
-                      seed=int(config.sampling.seed), mesh=mesh) for r in relevances]
-  eos = int(tokenizer.eos_token_id)
+  params = {"model": lm, "soft": {k: np.asarray(v, np.float32) for k, v in soft.items()}}
+  pad = model.config.pad_token_id
+  samplers = [Sampler(functools.partial(_soft_generate, kind, model, sampling, r), params, sampling,
+                      batch_size=int(config.batch_size), pad_id=0 if pad is None else pad,
+                      pad_side="left" if kind == "decoder" else "right", seed=int(config.sampling.seed), mesh=mesh)
+              for r in relevances]
   n = int(sampling.num_samples)  # sample_idx = relevance index * n + j
   tokens_out = 0
   try:
     done = read_done(out_dir)
     docs = [d for i, d in enumerate(corpus) if i < total and d.doc_id not in done]
-    items = [(d, list(tokenizer(d.contents, add_special_tokens=False)["input_ids"])[:max_doc - 1] + [eos]) for d in docs]
+    items = list(zip(docs, _prompts(kind, tokenizer, meta, [d.contents for d in docs]))) if docs else []
     log = _DoneLog(out_dir)
     t_gen = time.perf_counter()
     try:

@@ -2,11 +2,12 @@ r"""The ReadQG recipe as pipeline stages: `recipe = "readqg"`.
 
   qgjax pipeline --config configs/readqg_recipe.py:tiny
   qgjax pipeline --config configs/readqg_recipe.py --config.generator=/models/flan-t5-base
+  qgjax pipeline --config configs/readqg_recipe.py:decoder        # SmolLM2 as the frozen generator
 
 split (qgjax.jobs.recipe_split) -> pairs (document-centric top-m / bottom-m judged queries per
 document, grades min-max rescaled: qgjax.jobs.readqg_pairs) -> align (soft instruction +
-relevance prompts on a frozen T5: configs/readqg.py) -> generate (r=1 and r=0 queries per
-document: qgjax.jobs.readqg_generate) -> ce_readqg (cross-encoder, BCE + query margin loss, on
+relevance prompts on a frozen T5 or decoder-only LM: configs/readqg.py) -> generate (r=1 and
+r=0 queries per document: qgjax.jobs.readqg_generate) -> ce_readqg (cross-encoder, BCE + query margin loss, on
 the generated r=1 / r=0 queries) and ce_supervised (the same on the collection's own training
 queries, a reference) -> evaluate_bm25 / evaluate_readqg (BM25 top-100 re-ranked, plus the
 generated queries' diversity and rel+ / rel- / Δrel) / evaluate_supervised -> <workdir>/report.
@@ -101,16 +102,20 @@ def _report(config, workdir: pathlib.Path, results: dict) -> dict:
     if stage == "evaluate_readqg":
       quality = metrics["reports"]["query_quality"]
   fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+  meta = json.loads((workdir / "align" / "export" / "readqg.json").read_text())
+  decoder = meta.get("kind") == "decoder"
+  generator = (f"{config.generator} (decoder-only, soft prefix)" if decoder
+               else config.generator or "a random tiny T5 (no T5 weights offline)")
   tables = [{"title": "Generated queries (ReadQG Table 1 style)",
              "columns": ["generator", "queries", "documents", "diversity", "rel+", "rel-", "Δrel"],
-             "rows": [["ReadQG " + ("(random tiny T5)" if not config.generator else config.generator)]
+             "rows": [["ReadQG " + (generator if decoder else config.generator or "(random tiny T5)")]
                       + [fmt(quality.get(k)) for k in ("queries", "docs", "diversity", "rel+", "rel-", "delta_rel")]],
              "note": f"rel± scorer: {quality.get('scorer')}; rel- from {quality.get('rel-_from')}; diversity: mean "
                      "pairwise angular distance of a document's generated queries (both relevances)"}]
   split, pairs, gen = results["split"], results["pairs"], results["generate"]
   info = {"recipe": "readqg", "data_dir": split.get("source"), "split": split.get("how"),
           "training queries": split.get("train_queries"), "test queries": split.get("test_queries"),
-          "generator": config.generator or "a random tiny T5 (no T5 weights offline)", "encoder": config.encoder,
+          "generator": generator, "encoder": config.encoder,
           "training documents (>= 2m judged queries)": pairs.get("documents"), "m": pairs.get("m"),
           "documents dropped (too few queries / one grade)": [pairs.get("dropped_few_queries"),
                                                               pairs.get("dropped_one_grade")],

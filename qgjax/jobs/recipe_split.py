@@ -2,7 +2,9 @@ r"""Training / test queries of a collection as a derived BEIR directory (what a 
 
   qgjax pipeline --config configs/aqe.py:tiny      # runs this as its `split` stage
 
-Writes <workdir>/data: corpus.jsonl (a symlink to the collection's), queries_train.jsonl,
+Writes <workdir>/data: corpus.jsonl (a symlink to the collection's; a copy without them when some
+documents have neither title nor text, which the corpus reader refuses: Cranfield has two;
+their ids go to split.json `dropped_empty_documents`, their qrels stay), queries_train.jsonl,
 queries_test.jsonl, qrels/train.tsv, qrels/test.tsv (every grade of the chosen queries kept), and
 <workdir>/split.json. `how`:
   auto      the collection's own `train_split` queries (qrels/<train_split>.tsv) when it has them,
@@ -59,6 +61,30 @@ def _write(out: pathlib.Path, name: str, qids: list[str], queries: dict[str, str
   return rows
 
 
+def _link_corpus(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
+  """dst -> src as a symlink, or a copy of src without its empty documents -> their ids."""
+  empty = []
+  with open(src, encoding="utf-8") as f:
+    for line in f:
+      try:
+        obj = json.loads(line) if line.strip() else {}
+      except json.JSONDecodeError:
+        continue   # the corpus reader names the bad line when a stage reads it
+      if isinstance(obj, dict) and obj and not str(obj.get("text", "")).strip() and not str(obj.get("title", "")).strip():
+        empty.append(str(obj.get("_id", "")))
+  if dst.is_symlink() or dst.exists():
+    dst.unlink()
+  if not empty:
+    os.symlink(src, dst)
+    return []
+  drop = set(empty)
+  tmp = dst.with_suffix(".jsonl.tmp")
+  with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
+    out.writelines(line for line in f if not line.strip() or str(json.loads(line).get("_id", "")) not in drop)
+  os.replace(tmp, dst)
+  return empty
+
+
 def run(config) -> dict:
   from qgjax.data import demo_dir
 
@@ -97,11 +123,8 @@ def run(config) -> dict:
                      "both need at least one", path=str(root))
   out = pathlib.Path(config.workdir) / "data"
   (out / "qrels").mkdir(parents=True, exist_ok=True)
-  link = out / "corpus.jsonl"
-  if link.is_symlink() or link.exists():
-    link.unlink()
-  os.symlink(root / "corpus.jsonl", link)
-  summary = {"data_dir": str(out), "source": str(root), "how": used, "seed": seed,
+  empty = _link_corpus(root / "corpus.jsonl", out / "corpus.jsonl")
+  summary = {"data_dir": str(out), "source": str(root), "how": used, "seed": seed, "dropped_empty_documents": empty,
              "train_queries": len(train_ids), "test_queries": len(test_ids),
              "train_qrels": _write(out, "train", train_ids, train_q, train_rels),
              "test_qrels": _write(out, "test", test_ids, test_q, test_rels)}

@@ -9,8 +9,8 @@ command again resumes from the latest checkpoint with identical batches.
   qgjax train --config configs/rsft.py --config.data.train=runs/pairs/rsft.jsonl
   qgjax train --config configs/readqg.py:tiny --config.num_steps=20
 
-Tasks: sft, rsft, dpo, rsft_dpo (decoder-only generator, full or LoRA), readqg (T5 with soft
-prompts only trainable), and whatever other modules register below.
+Tasks: sft, rsft, dpo, rsft_dpo (decoder-only generator, full or LoRA), readqg (a frozen T5 or
+decoder-only LM with soft prompts only trainable), and whatever other modules register below.
 """
 
 from __future__ import annotations

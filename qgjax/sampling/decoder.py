@@ -9,6 +9,10 @@ every copy). Only the last prompt position goes through the LM head during the p
 
 Prompts are left-padded (mask False on the left); positions are cumsum(mask) - 1. The cache
 holds P + max_new_tokens slots: the prompt at [0, P), new token t at P + t.
+
+Soft prompts (ReadQG): `prefix` f32[B, K, D] goes before each prompt's embeddings
+([prefix ; pad ; prompt], qgjax.models.soft_prompt.prepend), always attended; the prefill then
+runs on embeddings and the decode is unchanged (the prompt is K + P slots).
 """
 
 from __future__ import annotations
@@ -35,18 +39,20 @@ def _only_last_position(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
-def prefill(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax.Array,
-            cache_len: int | None = None) -> tuple[jax.Array, KVCache]:
-  """Runs the prompt through the model. tokens int32[B, P] left-padded, mask bool[B, P].
+def prefill(model: DecoderLM, params: Any, tokens: jax.Array | None, mask: jax.Array,
+            cache_len: int | None = None, embeds: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+  """Runs the prompt through the model. tokens int32[B, P] left-padded, mask bool[B, P];
+  embeds [B, P, D] (then tokens may be None) replaces the token embeddings.
 
   Returns (logits f32[B, V] for the next token, cache with `cache_len` (default P) slots, the
   prompt in [0, P)). The LM head runs on the last position only.
   """
-  b, p = tokens.shape
+  b, p = mask.shape
   cache = init_cache(model.config, b, cache_len or p)
   kv_mask = mask if cache_len is None else jnp.pad(mask, ((0, 0), (0, cache_len - p)))
   with nn.intercept_methods(_only_last_position):
-    logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0)
+    logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0,
+                                embeds=embeds)
   return logits[:, -1], cache
 
 
@@ -59,20 +65,28 @@ def _grow(cache: KVCache, copies: int, extra: int) -> KVCache:
 
 
 def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax.Array, keys: jax.Array | None,
-                     sampling: SamplingParams, *, shared_prompt: bool = True) -> Samples:
+                     sampling: SamplingParams, *, shared_prompt: bool = True,
+                     prefix: jax.Array | None = None) -> Samples:
   """Samples (or beam-searches) continuations of B left-padded prompts; see the module docstring.
 
   keys: typed keys [B], one per prompt (from keys.prompt_keys); unused for greedy and beam search.
   shared_prompt: decode against one copy of each prompt's cache (shared_prefix.py); False
   broadcasts the cache to every sample and uses the model's own attention (the reference path).
+  prefix: soft-prompt embeddings [B, K, D] put before the prompts (ReadQG), always attended.
   """
   if shared_prompt:
     model, params = unrolled(model, params)  # no-op for an unrolled model (Sampler converts once)
-  b, p = tokens.shape
+  embeds = None
+  if prefix is not None:
+    from qgjax.models.soft_prompt import prepend
+
+    embeds, mask = prepend(prefix, model.apply({"params": params}, tokens, method=DecoderLM.embed), mask)
+    tokens = None
+  b, p = mask.shape
   beam = sampling.num_beams > 1
   copies = sampling.num_beams if beam else sampling.num_samples
   n_new = sampling.max_new_tokens
-  last_logits, cache = prefill(model, params, tokens, mask)
+  last_logits, cache = prefill(model, params, tokens, mask, embeds=embeds)
   rows_mask = jnp.repeat(mask, copies, axis=0)
   prompt_len = rows_mask.sum(axis=1).astype(jnp.int32)
   first_logits = jnp.repeat(last_logits, copies, axis=0)

@@ -7,11 +7,15 @@ slice and only Tc (not Tp + Tc) rows of the vocabulary projection are computed.
 
 Decoder-only:
   completion_logprobs(fns, prompt, pmask, completion, cmask)   one packed pass [prompt; completion]
+  shared_prompt_logprobs(fns, prompt, pmask, completions, cmask, prompt_embeds=None)
+      k completions per prompt (rows [kB, Tc], row j continues prompt j % B): the prompt runs
+      ONCE, filling a KV cache (gradients flow through it); the kB completions then run as one
+      batch that attends to the cached prompt. The first completion token is scored from the
+      prompt pass's last position. Cost: B*Tp + kB*Tc token-passes instead of kB*(Tp + Tc).
+      prompt_embeds [B, Tp, D] replaces the prompt's token embeddings (soft prompts, ReadQG);
+      also returns the prompt's final-norm hidden states [B, Tp, D].
   pair_logprobs(fns, prompt, pmask, chosen, cmask_c, rejected, cmask_r, share_prompt=True)
-      DPO's chosen and rejected share the prompt: the prompt runs ONCE per pair, filling a KV
-      cache (gradients flow through it); both completions then run as one [2B, Tc] batch that
-      attends to the cached prompt. The first completion token is scored from the prompt
-      pass's last position. Cost: B*Tp + 2B*Tc token-passes instead of 2B*(Tp + Tc).
+      DPO's chosen and rejected share the prompt (shared_prompt_logprobs with k = 2);
       share_prompt=False packs [prompt; completion] for both (the reference for the test).
 Encoder-decoder:
   encdec_completion_logprobs(fns, src, smask, completion, cmask)  encode, teacher-force
@@ -67,16 +71,19 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
 class DecoderFns:
   """A decoder LM bound to its parameters.
 
-  forward(tokens, positions, kv_mask, cache=None, cache_index=0) -> (hidden [B, T, D], cache)
-      final-norm hidden states (logits are not needed here; XLA drops the unused ones)
+  forward(tokens, positions, kv_mask, cache=None, cache_index=0, embeds=None) -> (hidden [B, T, D], cache)
+      final-norm hidden states (logits are not needed here; XLA drops the unused ones);
+      embeds [B, T, D] replaces the token embeddings (tokens may then be None)
   logits(hidden [B, T, D]) -> f32[B, T, V]
   init_cache(batch, max_len) -> an empty KV cache
   repeat_cache(cache, n) -> the cache with every row repeated n times ([b0..bB, b0..bB, ...])
+  embed(tokens int[B, T]) -> token embeddings [B, T, D] (compute dtype)
   """
   forward: Callable[..., tuple[jax.Array, Any]]
   logits: Callable[[jax.Array], jax.Array]
   init_cache: Callable[[int, int], Any]
   repeat_cache: Callable[[Any, int], Any]
+  embed: Callable[[jax.Array], jax.Array] | None = None
 
 
 def decoder_fns(module: Any, variables: Any, apply: Callable | None = None) -> DecoderFns:
@@ -89,9 +96,12 @@ def decoder_fns(module: Any, variables: Any, apply: Callable | None = None) -> D
 
   apply = apply or (lambda *a, **k: module.apply(variables, *a, **k))
 
-  def forward(tokens, positions, kv_mask, cache=None, cache_index=0):
-    _, new_cache, hidden = apply(tokens, positions, kv_mask, cache, cache_index, return_hidden=True)
+  def forward(tokens, positions, kv_mask, cache=None, cache_index=0, embeds=None):
+    _, new_cache, hidden = apply(tokens, positions, kv_mask, cache, cache_index, embeds=embeds, return_hidden=True)
     return hidden, new_cache
+
+  def embed(tokens):
+    return apply(tokens, method=dec.DecoderLM.embed)
 
   def logits(hidden):
     return apply(hidden, method=dec.DecoderLM.logits)
@@ -103,7 +113,7 @@ def decoder_fns(module: Any, variables: Any, apply: Callable | None = None) -> D
     # KVCache.k / .v are [layers, batch, slots, kv_heads, head_dim].
     return jax.tree.map(lambda x: jnp.concatenate([x] * n, axis=1), cache)
 
-  return DecoderFns(forward, logits, init_cache, repeat_cache)
+  return DecoderFns(forward, logits, init_cache, repeat_cache, embed)
 
 
 def completion_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, completion: jax.Array,
@@ -118,12 +128,41 @@ def completion_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Arr
   return _seq(token_logprobs(logits, completion), completion_mask)
 
 
+def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mask: jax.Array, completions: jax.Array,
+                           completion_mask: jax.Array, *,
+                           prompt_embeds: jax.Array | None = None) -> tuple[SeqLogprobs, jax.Array]:
+  """log p(completion_j | prompt_{j mod B}) for k*B completions of B prompts, the prompt run once.
+
+  prompt int32[B, Tp] left-padded (None when prompt_embeds [B, Tp, D] is given), prompt_mask
+  bool[B, Tp], completions int32[kB, Tc] right-padded -> (SeqLogprobs [kB], the prompt's
+  final-norm hidden states [B, Tp, D]).
+  """
+  b, tp = prompt_mask.shape
+  rows, tc = completions.shape
+  if rows % b:
+    raise ValueError(f"{rows} completions do not split over {b} prompts")
+  k = rows // b
+  pmask = prompt_mask.astype(bool)
+  cmask = completion_mask.astype(bool)
+  cache = fns.init_cache(b, tp + tc)
+  kv_prompt = jnp.concatenate([pmask, jnp.zeros((b, tc), bool)], axis=1)
+  hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask), kv_prompt, cache, 0, embeds=prompt_embeds)
+  first_logits = fns.logits(hidden_p[:, -1:])                             # predicts completion[:, 0]
+  cache = fns.repeat_cache(cache, k)
+  n_prompt = jnp.sum(pmask, axis=1, dtype=jnp.int32)
+  positions = jnp.concatenate([n_prompt] * k)[:, None] + jnp.arange(tc, dtype=jnp.int32)[None, :]
+  kv = jnp.concatenate([jnp.concatenate([pmask] * k), cmask], axis=1)
+  hidden_c, _ = fns.forward(completions, positions, kv, cache, tp)
+  first = token_logprobs(jnp.concatenate([first_logits] * k), completions[:, :1])
+  rest = token_logprobs(fns.logits(hidden_c[:, :-1]), completions[:, 1:])
+  return _seq(jnp.concatenate([first, rest], axis=1), cmask), hidden_p
+
+
 def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, chosen: jax.Array,
                   chosen_mask: jax.Array, rejected: jax.Array, rejected_mask: jax.Array,
                   share_prompt: bool = True) -> tuple[SeqLogprobs, SeqLogprobs]:
   """(log p(chosen | prompt), log p(rejected | prompt)); the prompt runs once when share_prompt."""
-  b, tp = prompt.shape
-  tc = chosen.shape[1]
+  b = prompt.shape[0]
   if chosen.shape != rejected.shape:
     raise ValueError(f"chosen {chosen.shape} and rejected {rejected.shape} must be padded alike")
   completions = jnp.concatenate([chosen, rejected], axis=0)
@@ -132,19 +171,7 @@ def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, ch
     both = completion_logprobs(fns, jnp.concatenate([prompt] * 2), jnp.concatenate([prompt_mask] * 2),
                                completions, cmask)
   else:
-    pmask = prompt_mask.astype(bool)
-    cache = fns.init_cache(b, tp + tc)
-    kv_prompt = jnp.concatenate([pmask, jnp.zeros((b, tc), bool)], axis=1)
-    hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask), kv_prompt, cache, 0)
-    first_logits = fns.logits(hidden_p[:, -1:])                             # predicts completion[:, 0]
-    cache = fns.repeat_cache(cache, 2)
-    n_prompt = jnp.sum(pmask, axis=1, dtype=jnp.int32)
-    positions = jnp.concatenate([n_prompt] * 2)[:, None] + jnp.arange(tc, dtype=jnp.int32)[None, :]
-    kv = jnp.concatenate([jnp.concatenate([pmask] * 2), cmask], axis=1)
-    hidden_c, _ = fns.forward(completions, positions, kv, cache, tp)
-    first = token_logprobs(jnp.concatenate([first_logits] * 2), completions[:, :1])
-    rest = token_logprobs(fns.logits(hidden_c[:, :-1]), completions[:, 1:])
-    both = _seq(jnp.concatenate([first, rest], axis=1), cmask)
+    both, _ = shared_prompt_logprobs(fns, prompt, prompt_mask, completions, cmask)
   split = lambda x: (x[:b], x[b:])
   c, r = zip(*(split(x) for x in both))
   return SeqLogprobs(*c), SeqLogprobs(*r)

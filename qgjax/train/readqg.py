@@ -1,4 +1,7 @@
-"""ReadQG (relevance-aware diverse query generation): T5 with only soft prompts trainable.
+"""ReadQG (relevance-aware diverse query generation): a frozen generator with only soft prompts trainable.
+
+Generator (`model.kind`: auto | t5 | decoder): a T5 (this module), or a decoder-only LM with the
+same soft-prompt mechanism (qgjax.train.readqg_decoder); both share `readqg_objective`.
 
 The encoder input is [P_inst ; r * P_true + (1 - r) * P_false ; document] (qgjax.models.soft_prompt);
 only P_inst, P_true, P_false train, the T5 stays frozen. Each training row is a document with a
@@ -22,7 +25,7 @@ or the document-centric form {"passage" | "document" | "doc_id", "positive": [..
 i-th negative; scores, min-max rescaled per document, become r).
 
 Export: the T5 (unchanged, HF layout) + `soft_prompt.safetensors` (instruction, true, false)
-+ `readqg.json`; `load_soft_prompt(dir)` reads the prompt back.
++ `readqg.json` (kind "t5"); `load_soft_prompt(dir)` reads the prompt back.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from qgjax.errors import ConfigError, InputError
 from qgjax.train import examples as ex
 from qgjax.train.data import Column, StepLoader
-from qgjax.train.logprobs import encdec_decode_logprobs, t5_fns
+from qgjax.train.logprobs import SeqLogprobs, encdec_decode_logprobs, t5_fns
 from qgjax.train.loop import TaskSetup, fit
 from qgjax.train.losses import calibration_hinge, masked_nll, mean_pool, self_contrastive_loss
 
@@ -98,14 +101,38 @@ def load_readqg(path: str, corpus: Any = None) -> dict[str, list]:
   return out
 
 
-def readqg_loss_fn(module: Any, rq: Any):
-  """(soft_params, t5_params, batch) -> (loss, metrics); see the module docstring."""
-  from qgjax.models.soft_prompt import build_prefix, prepend
+def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weight: jax.Array, rq: Any):
+  """The ReadQG loss from per-row log-probs; shared by the T5 and the decoder-only variant.
 
+  fw: the 2B forward rows [q+ | r+ ; q- | r-]; rev: the 2B swapped rows [q- | r+ ; q+ | r-];
+  pooled f32[2B, D]: mean-pooled states of the 2B (prefix + document) inputs; weight f32[B]
+  (0 on the rows that only fill an eval batch) weights the MLE tokens. -> (loss, metrics)
+  """
   tau = float(rq.get("tau", 0.25))
   eps = float(rq.get("calibration_margin", 1.0))
   w_con = float(rq.get("contrastive_weight", 1.0))
   w_cal = float(rq.get("calibration_weight", 1.0))
+  b = weight.shape[0]
+  con = self_contrastive_loss(pooled, tau)
+  mle = masked_nll(fw.token, fw.mask * jnp.concatenate([weight] * 2)[:, None])
+  fw_mean, rev_mean = fw.mean, rev.mean
+  cal = calibration_hinge(fw_mean, rev_mean, eps)
+  loss = mle + w_con * con + w_cal * cal
+  metrics = {"mle": mle, "contrastive": con, "calibration": cal,
+             "logp/pos_given_pos": jnp.mean(fw_mean[:b]), "logp/neg_given_neg": jnp.mean(fw_mean[b:]),
+             "logp/neg_given_pos": jnp.mean(rev_mean[:b]), "logp/pos_given_neg": jnp.mean(rev_mean[b:]),
+             "calibration/accuracy": jnp.mean((fw_mean > rev_mean).astype(jnp.float32))}
+  return loss, metrics
+
+
+def split_rows(lp: SeqLogprobs, n: int) -> tuple[SeqLogprobs, SeqLogprobs]:
+  """SeqLogprobs of 2n rows -> (the first n rows, the last n)."""
+  return SeqLogprobs(*(x[:n] for x in lp)), SeqLogprobs(*(x[n:] for x in lp))
+
+
+def readqg_loss_fn(module: Any, rq: Any):
+  """(soft_params, t5_params, batch) -> (loss, metrics); see the module docstring."""
+  from qgjax.models.soft_prompt import build_prefix, prepend
 
   def loss_fn(soft, t5, batch):
     b = batch["source"].shape[0]
@@ -116,26 +143,14 @@ def readqg_loss_fn(module: Any, rq: Any):
     fns = t5_fns(module, {"params": t5}, prefix=lambda emb, m: prepend(prefix, emb, m))
     enc = fns.encode(src, smask)                                        # [2B, P+S, D]
     enc_mask = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), smask], axis=1)
-    con = self_contrastive_loss(mean_pool(enc, enc_mask), tau)
     q_fw = jnp.concatenate([batch["positive"], batch["negative"]])
     m_fw = jnp.concatenate([batch["positive_mask"], batch["negative_mask"]])
     q_rev = jnp.concatenate([batch["negative"], batch["positive"]])
     m_rev = jnp.concatenate([batch["negative_mask"], batch["positive_mask"]])
     lp = encdec_decode_logprobs(fns, jnp.concatenate([enc, enc]), jnp.concatenate([enc_mask, enc_mask]),
                                 jnp.concatenate([q_fw, q_rev]), jnp.concatenate([m_fw, m_rev]))
-    w = jnp.concatenate([batch["weight"]] * 2)
-    fw_token, fw_mask = lp.token[: 2 * b], lp.mask[: 2 * b] * w[:, None]
-    mle = masked_nll(fw_token, fw_mask)
-    mean_lp = lp.mean
-    cal = calibration_hinge(mean_lp[: 2 * b], mean_lp[2 * b:], eps)
-    loss = mle + w_con * con + w_cal * cal
-    fw_pos, fw_neg = mean_lp[:b], mean_lp[b: 2 * b]
-    metrics = {"mle": mle, "contrastive": con, "calibration": cal,
-               "logp/pos_given_pos": jnp.mean(fw_pos), "logp/neg_given_neg": jnp.mean(fw_neg),
-               "logp/neg_given_pos": jnp.mean(mean_lp[2 * b: 3 * b]),
-               "logp/pos_given_neg": jnp.mean(mean_lp[3 * b:]),
-               "calibration/accuracy": jnp.mean((mean_lp[: 2 * b] > mean_lp[2 * b:]).astype(jnp.float32))}
-    return loss, metrics
+    fw, rev = split_rows(lp, 2 * b)
+    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq)
   return loss_fn
 
 
@@ -185,18 +200,72 @@ def load_soft_prompt(out_dir: str) -> tuple[dict, dict]:
   return dict(load_file(os.path.join(out_dir, "soft_prompt.safetensors"))), meta
 
 
-def setup_readqg(config: Any) -> TaskSetup:
-  from qgjax.models.soft_prompt import SoftPrompt, init_soft_prompt
-  from qgjax.models.t5 import save_t5_hf
+def generator_kind(m: Any) -> str:
+  """config.model -> "t5" | "decoder": model.kind, or with kind="auto" what model.name holds
+  (init="random" builds a tiny T5)."""
+  kind = m.get("kind", "auto")
+  if kind in ("t5", "decoder"):
+    return kind
+  if kind != "auto":
+    raise ConfigError(f"model.kind={kind!r}; expected 'auto', 't5' or 'decoder'")
+  if m.get("init", "pretrained") == "random":
+    return "t5"
+  if not m.get("name", ""):
+    raise ConfigError("model.name is empty: a local HF T5 dir, or a decoder-only LM (e.g. smollm2-135m-instruct)")
+  from qgjax.jobs.generate import _model_kind
+  return _model_kind(m.name, "auto")
 
-  module, t5_params, tokenizer = _load_t5(config)
-  rq = config.readqg
+
+def train_texts(config: Any) -> dict[str, list]:
+  """config.data.train (+ data.corpus for doc_id records) -> load_readqg's columns."""
   corpus = None
   if config.data.get("corpus", ""):
     from qgjax.data.beir import Corpus
     c = config.data.corpus
     corpus = Corpus(c if c.endswith(".jsonl") else os.path.join(c, "corpus.jsonl"))
-  texts = load_readqg(config.data.train, corpus)
+  return load_readqg(config.data.train, corpus)
+
+
+def loaders(cols: dict, spec: dict, groups: list[str], config: Any, pad_id: int) -> tuple[StepLoader, Any]:
+  """(train loader, eval loader | None): documents hashed into the eval split by data.eval_fraction."""
+  frac = float(config.data.get("eval_fraction", 0.0))
+  h = np.asarray([zlib.crc32(f"{config.get('seed', 0)}:{g}".encode()) / 2**32 for g in groups])
+  train_idx, eval_idx = np.nonzero(h >= frac)[0], np.nonzero(h < frac)[0]
+  if not len(train_idx):
+    raise ConfigError(f"data.eval_fraction={frac} leaves no training documents in {config.data.train}")
+  groups_of = {name: col.group for name, col in spec.items()}
+  buckets = {g: tuple(config.data[f"{g}_buckets"]) for g in set(groups_of.values())}
+
+  def loader(idx, shuffle):
+    return StepLoader({k: [v[i] for i in idx] for k, v in cols.items()}, spec, batch_size=int(config.batch_size),
+                      buckets=buckets, pad_id=pad_id, seed=int(config.get("seed", 0)),
+                      bucket_window=int(config.data.get("bucket_window", 8)), shuffle=shuffle,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+  return loader(train_idx, True), (loader(eval_idx, False) if len(eval_idx) else None)
+
+
+def fingerprint(config: Any, kind: str) -> dict:
+  rq = config.readqg
+  fp = {"task": "readqg", "model": str(config.model.name or config.model.get("tokenizer", "")),
+        "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
+        "train_file": os.path.abspath(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
+  return fp if kind == "t5" else dict(fp, kind=kind)   # T5 runs keep their earlier fingerprint
+
+
+def setup_readqg(config: Any) -> TaskSetup:
+  if generator_kind(config.model) == "decoder":
+    from qgjax.train.readqg_decoder import setup_readqg_decoder
+    return setup_readqg_decoder(config)
+  return setup_readqg_t5(config)
+
+
+def setup_readqg_t5(config: Any) -> TaskSetup:
+  from qgjax.models.soft_prompt import SoftPrompt, init_soft_prompt
+  from qgjax.models.t5 import _sample_inputs, save_t5_hf
+
+  module, t5_params, tokenizer = _load_t5(config)
+  rq = config.readqg
+  texts = train_texts(config)
   max_doc = int(config.data.get("max_doc_tokens", 256))
   eos = int(tokenizer.eos_token_id)
   docs = [list(x[:max_doc - 1]) + [eos] for x in tokenizer(texts["document"], add_special_tokens=False)["input_ids"]]
@@ -208,18 +277,8 @@ def setup_readqg(config: Any) -> TaskSetup:
   soft = jax.tree.map(np.asarray, soft)
   abstract_soft = jax.eval_shape(SoftPrompt(int(rq.inst_len), int(rq.rel_len), module.config.d_model).init,
                                  jax.random.key(0), jnp.zeros((1,)))["params"]
-  from qgjax.models.t5 import _sample_inputs
   abstract_t5 = jax.eval_shape(module.init, jax.random.key(0), *_sample_inputs())["params"]
-  frac = float(config.data.get("eval_fraction", 0.0))
-  h = np.asarray([zlib.crc32(f"{config.get('seed', 0)}:{g}".encode()) / 2**32 for g in texts["group"]])
-  train_idx, eval_idx = np.nonzero(h >= frac)[0], np.nonzero(h < frac)[0]
-  buckets = {"source": tuple(config.data.source_buckets), "query": tuple(config.data.query_buckets)}
-
-  def loader(idx, shuffle):
-    return StepLoader({k: [v[i] for i in idx] for k, v in cols.items()}, SPEC, batch_size=int(config.batch_size),
-                      buckets=buckets, pad_id=module.config.pad_token_id, seed=int(config.get("seed", 0)),
-                      bucket_window=int(config.data.get("bucket_window", 8)), shuffle=shuffle,
-                      process_index=jax.process_index(), process_count=jax.process_count())
+  train, evals = loaders(cols, SPEC, texts["group"], config, module.config.pad_token_id)
 
   def export(params, frozen, out_dir):
     from qgjax.parallel.distributed import is_main_process
@@ -228,17 +287,14 @@ def setup_readqg(config: Any) -> TaskSetup:
     soft_host = gather_to_host(params)
     if is_main_process():
       save_t5_hf(jax.device_get(frozen), module.config.replace(dtype="float32"), out_dir, tokenizer)
-      save_soft_prompt(soft_host, out_dir, {"inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len),
+      save_soft_prompt(soft_host, out_dir, {"kind": "t5", "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len),
                                             "instruction": rq.instruction, "max_doc_tokens": max_doc})
     return out_dir
 
-  fp = {"task": "readqg", "model": str(config.model.name or config.model.get("tokenizer", "")),
-        "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
-        "train_file": os.path.abspath(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
-  train = loader(train_idx, True)
-  evals = loader(eval_idx, False) if len(eval_idx) else None
-  return TaskSetup(soft, t5_params, abstract_soft, abstract_t5, readqg_loss_fn(module, rq), train, evals, export, fp,
-                   {"train_rows": int(len(train_idx)), "eval_rows": int(len(eval_idx)), "truncated": train.truncated})
+  return TaskSetup(soft, t5_params, abstract_soft, abstract_t5, readqg_loss_fn(module, rq), train, evals, export,
+                   fingerprint(config, "t5"), {"train_rows": train.num_examples,
+                                               "eval_rows": evals.num_examples if evals else 0,
+                                               "truncated": train.truncated})
 
 
 def run_readqg(config: Any) -> dict:
