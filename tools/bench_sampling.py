@@ -56,8 +56,8 @@ def parse_args():
   p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                                 "shared", "data", "nfcorpus"))
   p.add_argument("--scan-layers", type=int, default=1, help="qgjax DecoderLM scan over layers (1) or unrolled (0)")
-  p.add_argument("--devices", type=int, default=0, help="qgjax data-parallel devices (0 = all; on CPU set "
-                 "XLA_FLAGS=--xla_force_host_platform_device_count=<cores>, which this tool does by default)")
+  p.add_argument("--devices", type=int, default=0, help="qgjax data-parallel devices (0 = all local devices; on "
+                 "CPU that is one unless XLA_FLAGS=--xla_force_host_platform_device_count=N is set)")
   p.add_argument("--skip-hf", action="store_true")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_sampling.json"))
