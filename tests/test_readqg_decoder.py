@@ -14,6 +14,7 @@ import pytest
 
 from qgjax.models.decoder import DecoderConfig, DecoderLM
 from qgjax.models.soft_prompt import build_prefix
+from readqg_reference import check_readqg_metrics, log_softmax as _log_softmax
 
 V, D = 40, 16
 
@@ -43,9 +44,6 @@ def _embed(params, ids):
   return np.asarray(params["embed_tokens"]["embedding"])[np.asarray(ids, np.int64)]
 
 
-def _log_softmax(x):
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _left(rows, width):
@@ -107,14 +105,7 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
       fw_mean.append(tok.mean())
       rev_mean.append(row(i, r, q_rev)[0].mean())
       pooled.append(pool)
-  mle = -np.concatenate(mle_tok).mean()
-  cal = np.mean(np.maximum(0, 0.7 - np.array(fw_mean) + np.array(rev_mean)))
-  z = np.array(pooled) / np.linalg.norm(pooled, axis=1, keepdims=True)
-  con = -np.mean(np.diag(_log_softmax(z @ z.T / 0.5)))
-  np.testing.assert_allclose(m["mle"], mle, rtol=1e-4)
-  np.testing.assert_allclose(m["calibration"], cal, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(m["contrastive"], con, rtol=1e-4)
-  np.testing.assert_allclose(loss, mle + 0.3 * con + 2.0 * cal, rtol=1e-4)
+  check_readqg_metrics(m, loss, mle_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0)
   np.testing.assert_allclose(m["logp/neg_given_pos"], np.mean(rev_mean[:2]), rtol=1e-4)
 
   # every soft prompt part gets a gradient; one optimizer step moves them and nothing else
