@@ -135,6 +135,10 @@ def test_split_corpus_leaves_out_empty_documents(tmp_path):
                  '{"_id": "c", "title": "flutter", "text": ""}\n')
   assert _link_corpus(src, tmp_path / "copy.jsonl") == ["b"]   # the reader refuses "b"
   assert Corpus(tmp_path / "copy.jsonl").doc_ids == ["a", "c"] and not (tmp_path / "copy.jsonl").is_symlink()
+  # a malformed line stays as it is, for the corpus reader to name (it used to crash the copy)
+  src.write_text('{"_id": "a", "text": ""}\n{"_id": "b", "text": \n')
+  assert _link_corpus(src, tmp_path / "copy.jsonl") == ["a"]
+  assert (tmp_path / "copy.jsonl").read_text() == '{"_id": "b", "text": \n'
   src.write_text('{"_id": "a", "text": "wind tunnel"}\n')
   assert _link_corpus(src, tmp_path / "copy.jsonl") == [] and (tmp_path / "copy.jsonl").is_symlink()
 

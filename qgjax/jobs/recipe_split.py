@@ -63,24 +63,24 @@ def _write(out: pathlib.Path, name: str, qids: list[str], queries: dict[str, str
 
 def _link_corpus(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
   """dst -> src as a symlink, or a copy of src without its empty documents -> their ids."""
-  empty = []
+  empty, empty_lines = [], set()
   with open(src, encoding="utf-8") as f:
-    for line in f:
+    for i, line in enumerate(f):
       try:
         obj = json.loads(line) if line.strip() else {}
       except json.JSONDecodeError:
         continue   # the corpus reader names the bad line when a stage reads it
       if isinstance(obj, dict) and obj and not str(obj.get("text", "")).strip() and not str(obj.get("title", "")).strip():
         empty.append(str(obj.get("_id", "")))
+        empty_lines.add(i)
   if dst.is_symlink() or dst.exists():
     dst.unlink()
   if not empty:
     os.symlink(src, dst)
     return []
-  drop = set(empty)
   tmp = dst.with_suffix(".jsonl.tmp")
   with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
-    out.writelines(line for line in f if not line.strip() or str(json.loads(line).get("_id", "")) not in drop)
+    out.writelines(line for i, line in enumerate(f) if i not in empty_lines)   # other lines as they are
   os.replace(tmp, dst)
   return empty
 
