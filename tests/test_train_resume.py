@@ -13,7 +13,7 @@ import pytest
 from tiny_lm import make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 200
+STEPS = 100
 
 
 def _cmd(model_dir, workdir):
