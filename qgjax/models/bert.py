@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import CheckpointMismatchError, ConfigError, InputError
+from qgjax.models.dropout import Dropout
 from qgjax.models.encoder_layers import (Dense, Embed, HFTensor, LayerNorm, abstract_param_shapes, activation,
                                          as_dtype, attention, merge_heads, params_from_hf, params_to_hf, split_heads,
                                          unfreeze)
@@ -146,11 +147,11 @@ class BertLayer(nn.Module):
     ctx = attention(q, k, v, mask[:, None, None, :], dropout_rate=cfg.attention_dropout if training else 0.0,
                     dropout_rng=self.make_rng("dropout") if training else None)
     h = dense(cfg.hidden_size, ("heads", "embed"), "attn_out")(merge_heads(ctx))
-    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
+    h = Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
     x = LayerNorm(cfg.layer_norm_eps, dt, pdt, name="attn_norm")(x + h)
     h = activation(cfg.hidden_act)(dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_in")(x))
     h = dense(cfg.hidden_size, ("mlp", "embed"), "mlp_out")(h)
-    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
+    h = Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
     x = LayerNorm(cfg.layer_norm_eps, dt, pdt, name="mlp_norm")(x + h)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return x, None
@@ -178,7 +179,7 @@ class BertEncoder(nn.Module):
     x = x + Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"), dt, pdt,
                   name="token_type_embeddings")(token_type_ids.astype(jnp.int32))
     x = LayerNorm(cfg.layer_norm_eps, dt, pdt, name="embeddings_norm")(x)
-    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     layer_cls = nn.remat(BertLayer) if cfg.remat else BertLayer
     if cfg.scan_layers:
       scanned = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
@@ -243,9 +244,9 @@ class CrossEncoder(nn.Module):
     rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
     x = hidden[:, 0]
     if cfg.is_roberta:
-      x = nn.Dropout(rate)(x, deterministic=deterministic)
+      x = Dropout(rate)(x, deterministic=deterministic)
     x = jnp.tanh(Dense(cfg.hidden_size, ("embed", None), dtype=dt, param_dtype=pdt, name="pooler")(x))
-    x = nn.Dropout(rate)(x, deterministic=deterministic)
+    x = Dropout(rate)(x, deterministic=deterministic)
     logits = Dense(cfg.num_labels, ("embed", "classes"), dtype=dt, param_dtype=pdt, name="classifier")(x)
     return logits.astype(jnp.float32)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import ConfigError
+from qgjax.models.dropout import dropout
 from qgjax.models.hf_checkpoint import check_fit, flatten_tree, unflatten_tree
 
 Dtype = Any
@@ -147,27 +148,45 @@ def merge_heads(x: jax.Array) -> jax.Array:
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
               bias: jax.Array | None = None, scale: float | None = None, *,
               dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
-  """Softmax attention via `jax.nn.dot_product_attention` (a fused kernel where the backend has one).
+  """Softmax attention. q [B, T, N, H], k/v [B, S, N, H] -> [B, T, N, H].
 
-  q [B, T, N, H], k/v [B, S, N, H]; mask bool broadcastable to [B, N, T, S] (True = attend);
-  bias f32 broadcastable to [B, N, T, S]; scale defaults to 1/sqrt(H). Returns [B, T, N, H].
-  Logits and softmax run in f32; a fully masked row yields the mean of v. With `dropout_rate`
-  > 0 and a `dropout_rng` (training) the probabilities are dropped out, on an unfused path.
+  mask bool broadcastable to [B, N, T, S] (True = attend); bias f32 broadcastable to
+  [B, N, T, S]; scale defaults to 1/sqrt(H). Logits and softmax run in f32; a fully masked row
+  yields the mean of v. With `dropout_rate` > 0 and a `dropout_rng` (training) the
+  probabilities are dropped out (hashed mask, `qgjax.models.dropout`).
+
+  Off CPU without dropout: `jax.nn.dot_product_attention` (a fused kernel where the backend
+  has one). On CPU, and whenever there is dropout: `head_major_attention`, which on XLA:CPU
+  runs the MiniLM training step about 10% faster than `jax.nn.dot_product_attention`.
   """
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
+  training = dropout_rate > 0.0 and dropout_rng is not None
+  if training or jax.default_backend() == "cpu":
+    return head_major_attention(q, k, v, mask, bias, scale, dropout_rate=dropout_rate if training else 0.0,
+                                dropout_rng=dropout_rng)
   if bias is not None:
     bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+
+
+def head_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                         bias: jax.Array | None = None, scale: float | None = None, *,
+                         dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
+  """`attention` written out on the head-major layout [B, N, T|S, H] (same arguments and result).
+
+  XLA:CPU's batched dots run about twice as fast on [B, N, T, H] as on the [B, T, N, H] that
+  an einsum over the projections' layout gives, and the mask, softmax and dropout fuse.
+  """
+  scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))   # [B, N, T|S, H]
+  logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    probs = dropout(probs, dropout_rate, dropout_rng)
+  return jnp.swapaxes(jnp.matmul(probs.astype(v.dtype), v), 1, 2)
 
 
 # ----------------------------------------------------------------------------------------------

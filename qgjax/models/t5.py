@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import ConfigError, InputError
+from qgjax.models.dropout import Dropout
 from qgjax.models.encoder_layers import (Dense, Embed, HFTensor, RMSNorm, abstract_param_shapes, activation, as_dtype,
                                          attention, merge_heads, params_from_hf, params_to_hf, split_heads, unfreeze)
 from qgjax.models.hf_checkpoint import read_safetensors_dir, write_safetensors_dir
@@ -216,7 +217,7 @@ class T5MLP(nn.Module):
       h = h * Dense(c.d_ff, ("embed", "mlp"), False, dt, pdt, name="wi_1")(x)
     else:
       h = act(Dense(c.d_ff, ("embed", "mlp"), False, dt, pdt, name="wi")(x))
-    h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(c.dropout_rate)(h, deterministic=deterministic)
     return Dense(c.d_model, ("mlp", "embed"), False, dt, pdt, name="wo")(h)
 
 
@@ -235,7 +236,7 @@ class T5Layer(nn.Module):
       self.cross_attn = T5Attention(c)
     self.mlp_norm = RMSNorm(c.layer_norm_epsilon, dt, pdt)
     self.mlp = T5MLP(c)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = Dropout(c.dropout_rate)
 
   def cross_kv(self, enc: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.cross_attn.kv(enc)
@@ -275,7 +276,7 @@ class T5Stack(nn.Module):
     layer_cls = nn.remat(T5Layer, static_argnums=(6,)) if c.remat else T5Layer
     self.layers = [layer_cls(c, self.is_decoder, name=f"layers_{i}") for i in range(n)]
     self.final_norm = RMSNorm(c.layer_norm_epsilon, dt, pdt)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = Dropout(c.dropout_rate)
 
   def position_bias(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
     """q_pos int[B|1, T], k_pos int[S] -> f32[B|1, N, T, S]."""
