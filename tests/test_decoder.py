@@ -254,3 +254,32 @@ def test_registry_errors(tmp_path):
     registry.load_decoder(str(tmp_path), tokenizer=False)
   with pytest.raises(ConfigError, match="model_type"):
     DecoderConfig.from_hf({**BASE, "model_type": "gpt2"})
+
+
+def test_grouped_attention_equals_numpy_and_jax_dot_product_attention():
+  """The CPU attention path (kv-head-major GQA) against a per-head numpy loop and jax.nn's."""
+  from qgjax.models.decoder import attention_mask, grouped_attention
+
+  b, t, n, kvh, h = 2, 6, 6, 2, 4
+  r = np.random.default_rng(0)
+  q = r.normal(size=(b, t, n, h)).astype(np.float32)
+  k, v = (r.normal(size=(b, t, kvh, h)).astype(np.float32) for _ in range(2))
+  kv_mask = np.ones((b, t), bool)
+  kv_mask[1, :2] = False                                    # left padding on the second row
+  mask = attention_mask(jnp.asarray(kv_mask), t, None)      # causal & padding [B, 1, T, T]
+  ours = np.asarray(grouped_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, h ** -0.5))
+  ref = np.zeros_like(ours)
+  for bi in range(b):
+    for head in range(n):
+      kv = head // (n // kvh)                               # query head -> its kv head
+      for ti in range(t):
+        keys = [s for s in range(t) if kv_mask[bi, s] and s <= ti]
+        if not keys:                                        # fully masked (a pad query): mean of v
+          ref[bi, ti, head] = v[bi, :, kv].mean(0)
+          continue
+        logits = np.array([q[bi, ti, head] @ k[bi, s, kv] for s in keys]) * h ** -0.5
+        p = np.exp(logits - logits.max())
+        ref[bi, ti, head] = (p / p.sum()) @ v[bi, keys, kv]
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+  jax_ref = jax.nn.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=mask, scale=h ** -0.5)
+  np.testing.assert_allclose(ours, np.asarray(jax_ref), atol=1e-5)
