@@ -71,6 +71,10 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   stats = report["reward"]["stats"]
   assert set(stats) == {"unaligned", "aligned"} and report["reward"]["name"] == "bm25_rank"
   assert all(0 < st["count"] <= 52 and st["max"] <= -1 for st in stats.values())
+  # the three score stages share one corpus-embedding cache (a dense reward encodes the corpus once)
+  for name in ("score", "score_unaligned", "score_aligned"):
+    marker = json.loads((work / name / "STAGE_DONE.json").read_text())
+    assert marker["config"]["dense"]["cache_dir"] == str(work.resolve() / "cache" / "dense")
   # training saw the corpus only; evaluation the demo's judged test queries
   assert first["stages"] == {n: "ran" for n in names}
 
@@ -112,3 +116,10 @@ def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
     cache.check_marker("score", tmp_path, ["pairs"], marker, changed, {"generate": "f0"}, "fp-new")
   with pytest.raises(QgjaxError, match=r"input from stage 'generate' changed"):
     cache.check_marker("score", tmp_path, [], marker, old, {"generate": "f1"}, "fp-new")
+  # where a cache lives changes no result: a moved cache_dir is compatible, other changes beside it are not
+  cache.write_marker("score", tmp_path, "score", {"a": 1, "dense": {"cache_dir": ""}}, {}, "fp-c", {}, 1.0)
+  marker = cache.read_marker(tmp_path)
+  moved = {"a": 1, "dense": {"cache_dir": "runs/cache"}}
+  assert cache.check_marker("score", tmp_path, [], marker, moved, {}, "fp-moved") == "fp-c"
+  with pytest.raises(QgjaxError, match=r"\(a changed\)"):
+    cache.check_marker("score", tmp_path, [], marker, {"a": 2, "dense": {"cache_dir": "x"}}, {}, "fp-x")

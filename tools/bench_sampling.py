@@ -49,7 +49,7 @@ def parse_args():
   p.add_argument("--samples", type=int, default=5)
   p.add_argument("--new-tokens", type=int, default=32)
   p.add_argument("--top-k", type=int, default=10)
-  p.add_argument("--batch-docs", type=int, default=16)
+  p.add_argument("--batch-docs", type=int, default=64)
   p.add_argument("--max-doc-tokens", type=int, default=192)
   p.add_argument("--buckets", default="128,160,192,224,256,288")
   p.add_argument("--threads", type=int, default=os.cpu_count())

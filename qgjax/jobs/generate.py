@@ -52,7 +52,8 @@ class Item:
 # ----------------------------------------------------------------------------------------------
 # Model and sampling settings.
 
-def _model_kind(name: str, kind: str) -> str:
+def model_kind(name: str, kind: str) -> str:
+  """"decoder" | "t5" for model `name`: `kind` itself, or with "auto" what its config.json declares."""
   if kind in ("decoder", "t5"):
     return kind
   if kind != "auto":
@@ -71,7 +72,7 @@ def _model_kind(name: str, kind: str) -> str:
 def load_generator(config) -> tuple[str, Any, Any, Any]:
   """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype)."""
   m = config.model
-  kind = _model_kind(m.name, m.get("kind", "auto"))
+  kind = model_kind(m.name, m.get("kind", "auto"))
   if kind == "t5":
     from qgjax.models.registry import resolve
     from qgjax.models.t5 import load_t5

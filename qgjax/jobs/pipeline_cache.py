@@ -4,7 +4,8 @@ The fingerprint hashes the stage's full ConfigDict and the fingerprints of the s
 so a finished stage is reused only for the very settings and inputs that made it. Different
 settings for a finished stage are a QgjaxError naming the stage and the changed keys: nothing
 already computed is silently reused or overwritten. Keys that a newer config file adds (absent
-from the marker) do not count as a change.
+from the marker) do not count as a change, nor do cache locations (`*.cache_dir`: where an
+index or embeddings are kept changes no result).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def read_marker(stage_dir: pathlib.Path) -> dict | None:
 
 
 _ABSENT = object()
+_RESULT_NEUTRAL = ("cache_dir",)   # leaf key names whose value never changes a stage's output
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> tuple[list[str], list[str]]:
@@ -70,10 +72,14 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
   if marker.get("fingerprint") == fp:
     return fp
   changed, added = _changed_keys(marker.get("config", {}), config)
+  neutral = [k for k in changed if k.rsplit(".", 1)[-1] in _RESULT_NEUTRAL]
+  changed = [k for k in changed if k not in neutral]
   changed += [f"input from stage '{n}'" for n in needs if marker.get("needs", {}).get(n) != needs[n]]
   if not changed:
-    print(f"qgjax pipeline: note: stage '{stage}' was made before these config keys existed, taken as "
-          f"compatible: {', '.join(added)}", file=sys.stderr, flush=True)
+    why = ([f"made before these config keys existed: {', '.join(added)}"] if added else []) + \
+          ([f"only cache locations differ: {', '.join(neutral)}"] if neutral else [])
+    print(f"qgjax pipeline: note: stage '{stage}' taken as compatible ({'; '.join(why)})",
+          file=sys.stderr, flush=True)
     return marker["fingerprint"]
   shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
   raise QgjaxError(

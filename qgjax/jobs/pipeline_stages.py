@@ -65,8 +65,9 @@ def _generate(model: Callable[[Any, Callable], str]):
 
 def _score(source: str):
   def wire(p, at):
+    # one corpus-embedding cache for every score stage (same corpus, same encoder: encoded once)
     return {"input": at(source), "data_dir": _data(p), "workdir": at("self"), "split": p.split,
-            "dense.model": p.encoder}
+            "dense.model": p.encoder, "dense.cache_dir": os.path.join(os.path.dirname(at("self")), "cache", "dense")}
   return wire
 
 

@@ -212,8 +212,8 @@ def generator_kind(m: Any) -> str:
     return "t5"
   if not m.get("name", ""):
     raise ConfigError("model.name is empty: a local HF T5 dir, or a decoder-only LM (e.g. smollm2-135m-instruct)")
-  from qgjax.jobs.generate import _model_kind
-  return _model_kind(m.name, "auto")
+  from qgjax.jobs.generate import model_kind
+  return model_kind(m.name, "auto")
 
 
 def train_texts(config: Any) -> dict[str, list]:
