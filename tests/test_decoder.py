@@ -283,3 +283,20 @@ def test_grouped_attention_equals_numpy_and_jax_dot_product_attention():
   np.testing.assert_allclose(ours, ref, atol=1e-5)
   jax_ref = jax.nn.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=mask, scale=h ** -0.5)
   np.testing.assert_allclose(ours, np.asarray(jax_ref), atol=1e-5)
+
+
+def test_causal_blocked_attention_equals_full_on_real_rows():
+  """Query blocks that skip the keys after their block: the same rows as the full causal attention."""
+  from qgjax.models.decoder import attention_mask, causal_grouped_attention, grouped_attention
+
+  b, t, n, kvh, h = 2, 10, 4, 2, 8
+  r = np.random.default_rng(1)
+  q = jnp.asarray(r.normal(size=(b, t, n, h)).astype(np.float32))
+  k, v = (jnp.asarray(r.normal(size=(b, t, kvh, h)).astype(np.float32)) for _ in range(2))
+  kv_mask = np.ones((b, t), bool)
+  kv_mask[0, :3] = False
+  mask = attention_mask(jnp.asarray(kv_mask), t, None)
+  full = np.asarray(grouped_attention(q, k, v, mask, h ** -0.5))
+  for block in (3, 4, 10, 16):   # uneven last block, one block, T <= block
+    blocked = np.asarray(causal_grouped_attention(q, k, v, mask, h ** -0.5, block=block))
+    np.testing.assert_allclose(blocked[kv_mask], full[kv_mask], atol=1e-6)

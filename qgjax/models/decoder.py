@@ -41,6 +41,7 @@ from qgjax.models.layers import (Linear, RMSNorm, apply_rope, as_dtype, logical_
                                  rope_inv_freq)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+CAUSAL_BLOCK = 64   # query block of the CPU causal attention (causal_grouped_attention)
 # Logical axis names of KVCache.k / .v, for sharding rules.
 KV_CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
@@ -219,6 +220,25 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   return jnp.transpose(out.reshape(b, kvh, g, t, h), (0, 3, 1, 2, 4)).reshape(b, t, n, h)
 
 
+def causal_grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                             block: int = CAUSAL_BLOCK) -> jax.Array:
+  """`grouped_attention` for causal self-attention (S == T, mask [B, 1, T, T] already causal):
+  query block [i, i + block) attends only to keys [0, i + block), so the scores above the
+  diagonal are mostly never computed (4 blocks of 64 at T = 256: 62.5% of them).
+
+  Rows of real tokens are exactly `grouped_attention`'s; a fully masked row (a left-pad
+  position, which no real token reads) gets the mean of v over its block's keys instead.
+  """
+  t = q.shape[1]
+  if t <= block:
+    return grouped_attention(q, k, v, mask, scale)
+  outs = []
+  for start in range(0, t, block):
+    end = min(start + block, t)
+    outs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end], mask[..., start:end, :end], scale))
+  return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE and an optional in-place KV cache (one layer)."""
   config: DecoderConfig
@@ -244,7 +264,10 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_index_in_dim(cache_k, idx[0], 0, keepdims=False).astype(dt)
       v = jax.lax.dynamic_index_in_dim(cache_v, idx[0], 0, keepdims=False).astype(dt)
     if c.attention_impl in (None, "xla") and jax.default_backend() == "cpu":
-      out = grouped_attention(q, k, v, mask, c.head_dim ** -0.5)
+      if k.shape[1] == t:   # self-attention over the T positions themselves (no earlier cache): causal
+        out = causal_grouped_attention(q, k, v, mask, c.head_dim ** -0.5)
+      else:
+        out = grouped_attention(q, k, v, mask, c.head_dim ** -0.5)
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim ** -0.5,
                                          implementation=c.attention_impl)
