@@ -156,8 +156,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
   probabilities are dropped out (hashed mask, `qgjax.models.dropout`).
 
   Off CPU without dropout: `jax.nn.dot_product_attention` (a fused kernel where the backend
-  has one). On CPU, and whenever there is dropout: `head_major_attention`, which on XLA:CPU
-  runs the MiniLM training step about 10% faster than `jax.nn.dot_product_attention`.
+  has one). On CPU, and whenever there is dropout: `head_major_attention` (on XLA:CPU, MiniLM's
+  [64, 128, 12, 32] attention forward + backward: 202 ms against 239 ms for
+  `jax.nn.dot_product_attention`).
   """
   training = dropout_rate > 0.0 and dropout_rng is not None
   if training or jax.default_backend() == "cpu":
