@@ -1,4 +1,4 @@
-"""The hashed dropout mask (qgjax.models.dropout) and the head-major attention path that uses it."""
+"""The hashed dropout mask (qgjax.models.dropout)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from qgjax.models.dropout import Dropout, dropout, keep_mask
-from qgjax.models.encoder_layers import head_major_attention
 
 SHAPE = (16, 4, 128, 128)   # 1,048,576 elements, an attention-probability shape
 N = int(np.prod(SHAPE))
@@ -66,35 +65,3 @@ def test_flax_module_is_identity_when_deterministic_and_keyed_otherwise():
   y2 = mod.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
   np.testing.assert_allclose(np.unique(np.asarray(y1)), [0.0, 1 / 0.75], rtol=1e-6)
   assert (y1 != y2).any()
-
-
-def _inputs(seed=0, b=3, t=5, s=7, n=2, h=8):
-  r = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(r.normal(size=shape).astype(np.float32)) for shape in
-             ((b, t, n, h), (b, s, n, h), (b, s, n, h)))
-  mask = jnp.asarray(r.random((b, 1, t, s)) > 0.3).at[0, 0, 1].set(False)   # one fully masked row
-  bias = jnp.asarray(r.normal(size=(1, n, t, s)).astype(np.float32))
-  return q, k, v, mask, bias
-
-
-def test_head_major_attention_equals_jax_dot_product_attention():
-  q, k, v, mask, bias = _inputs()
-  ours = head_major_attention(q, k, v, mask, bias)
-  ref = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
-  np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=2e-6)
-  # the fully masked row attends uniformly: the mean of v
-  np.testing.assert_allclose(np.asarray(ours[0, 1]), np.asarray(v[0].mean(axis=0)), atol=2e-6)
-
-
-def test_attention_dropout_drops_probabilities_against_a_numpy_reference():
-  q, k, v, mask, _ = _inputs(1)
-  rng = jax.random.key(7)
-  ours = np.asarray(head_major_attention(q, k, v, mask, dropout_rate=0.2, dropout_rng=rng))
-  qn, kn, vn = (np.asarray(x, np.float64).transpose(0, 2, 1, 3) for x in (q, k, v))
-  logits = np.where(np.asarray(mask), qn @ kn.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]), -np.inf)
-  logits = np.where(np.isneginf(logits).all(-1, keepdims=True), 0.0, logits)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  keep = np.asarray(keep_mask(rng, 0.8, p.shape))
-  ref = (np.where(keep, p / 0.8, 0.0) @ vn).transpose(0, 2, 1, 3)
-  np.testing.assert_allclose(ours, ref, atol=1e-5)

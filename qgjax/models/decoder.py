@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 
 from qgjax.errors import ConfigError
+from qgjax.models.attention_ops import causal_blocked_attention, head_major_attention
 from qgjax.models.layers import (Linear, RMSNorm, apply_rope, as_dtype, logical_constraint, rope_cos_sin,
                                  rope_inv_freq)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-CAUSAL_BLOCK = 64   # query block of the CPU causal attention (causal_grouped_attention)
 # Logical axis names of KVCache.k / .v, for sharding rules.
 KV_CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
@@ -200,45 +200,6 @@ class LMHead(nn.Module):
     return jnp.einsum("btd,dv->btv", h, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-  """Grouped-query softmax attention, written out kv-head-major (what the decoder runs on CPU).
-
-  q [B, T, N, H], k/v [B, S, K, H] (N = K * G), mask bool broadcastable to [B, 1, T, S]
-  (True = attend) -> [B, T, N, H]; logits and softmax in f32, a fully masked row gives the mean
-  of v (as `jax.nn.dot_product_attention`). The G query heads of a kv head are one matmul of
-  G*T rows against that head's keys: on XLA:CPU this runs the prefill's attention faster than
-  `jax.nn.dot_product_attention`, whose grouped einsum works on [B, T, K, G, S] blocks.
-  """
-  b, t, n, h = q.shape
-  s, kvh = k.shape[1], k.shape[2]
-  g = n // kvh
-  qh = jnp.transpose(q.reshape(b, t, kvh, g, h), (0, 2, 3, 1, 4)).reshape(b, kvh, g * t, h)
-  logits = jnp.matmul(qh, jnp.transpose(k, (0, 2, 3, 1)), preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(mask[:, :, None], logits.reshape(b, kvh, g, t, s), jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, s)
-  out = jnp.matmul(probs, jnp.transpose(v, (0, 2, 1, 3)))                          # [B, K, G*T, H]
-  return jnp.transpose(out.reshape(b, kvh, g, t, h), (0, 3, 1, 2, 4)).reshape(b, t, n, h)
-
-
-def causal_grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-                             block: int = CAUSAL_BLOCK) -> jax.Array:
-  """`grouped_attention` for causal self-attention (S == T, mask [B, 1, T, T] already causal):
-  query block [i, i + block) attends only to keys [0, i + block), so the scores above the
-  diagonal are mostly never computed (4 blocks of 64 at T = 256: 62.5% of them).
-
-  Rows of real tokens are exactly `grouped_attention`'s; a fully masked row (a left-pad
-  position, which no real token reads) gets the mean of v over its block's keys instead.
-  """
-  t = q.shape[1]
-  if t <= block:
-    return grouped_attention(q, k, v, mask, scale)
-  outs = []
-  for start in range(0, t, block):
-    end = min(start + block, t)
-    outs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end], mask[..., start:end, :end], scale))
-  return jnp.concatenate(outs, axis=1)
-
-
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE and an optional in-place KV cache (one layer)."""
   config: DecoderConfig
@@ -265,9 +226,9 @@ class Attention(nn.Module):
       v = jax.lax.dynamic_index_in_dim(cache_v, idx[0], 0, keepdims=False).astype(dt)
     if c.attention_impl in (None, "xla") and jax.default_backend() == "cpu":
       if k.shape[1] == t:   # self-attention over the T positions themselves (no earlier cache): causal
-        out = causal_grouped_attention(q, k, v, mask, c.head_dim ** -0.5)
+        out = causal_blocked_attention(q, k, v, mask, c.head_dim ** -0.5)
       else:
-        out = grouped_attention(q, k, v, mask, c.head_dim ** -0.5)
+        out = head_major_attention(q, k, v, mask, scale=c.head_dim ** -0.5)
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim ** -0.5,
                                          implementation=c.attention_impl)
