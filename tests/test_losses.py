@@ -133,15 +133,18 @@ def _pair_batch(seed=0, b=3, tp=6, tc=4, vocab=37):
 def test_decoder_pair_logprobs_shared_prompt_equals_unpadded_numpy():
   model, params = _tiny_decoder()
   prompt, pm, ch, cm, rj, rm = _pair_batch()
-  fns = L.decoder_fns(model, params)
-  c1, r1 = L.pair_logprobs(fns, prompt, pm, ch, cm, rj, rm, share_prompt=True)
-  c2, r2 = L.pair_logprobs(fns, prompt, pm, ch, cm, rj, rm, share_prompt=False)
+  # jitted: eagerly, every primitive of the scanned layers (and of their gradient) is compiled on its own
+  logprobs = jax.jit(lambda p, share: L.pair_logprobs(L.decoder_fns(model, p), prompt, pm, ch, cm, rj, rm,
+                                                      share_prompt=share), static_argnums=1)
+  forward = jax.jit(model.apply)
+  c1, r1 = logprobs(params, True)
+  c2, r2 = logprobs(params, False)
   np.testing.assert_allclose(c1.token, c2.token, atol=2e-5)
   np.testing.assert_allclose(r1.token, r2.token, atol=2e-5)
   for comp, mask, got in ((ch, cm, c1), (rj, rm, r1)):
     for i in range(prompt.shape[0]):
       seq = np.concatenate([prompt[i][pm[i]], comp[i][mask[i]]])
-      logits, _ = model.apply(params, seq[None], np.arange(len(seq))[None])
+      logits, _ = forward(params, seq[None], np.arange(len(seq))[None])
       lp = _log_softmax(np.asarray(logits[0], np.float64))
       n = pm[i].sum()
       ref = sum(lp[n - 1 + j, seq[n + j]] for j in range(mask[i].sum()))
@@ -151,7 +154,8 @@ def test_decoder_pair_logprobs_shared_prompt_equals_unpadded_numpy():
   def total(p, share):
     c, r = L.pair_logprobs(L.decoder_fns(model, p), prompt, pm, ch, cm, rj, rm, share_prompt=share)
     return jnp.sum(c.total) - 0.5 * jnp.sum(r.total)
-  g1, g2 = jax.grad(total)(params, True), jax.grad(total)(params, False)
+  grad = jax.jit(jax.grad(total), static_argnums=1)
+  g1, g2 = grad(params, True), grad(params, False)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, atol=2e-5)
 
@@ -171,12 +175,13 @@ def test_encdec_pair_logprobs_match_numpy():
   ch, rj = (rng.integers(2, 41, (2, 4)).astype(np.int32) for _ in range(2))
   cm, rm = np.ones((2, 4), bool), np.ones((2, 4), bool)
   cm[0, 3:] = False
-  c, r = L.encdec_pair_logprobs(fns, src, smask, ch, cm, rj, rm)
+  c, r = jax.jit(lambda *a: L.encdec_pair_logprobs(fns, *a))(src, smask, ch, cm, rj, rm)
+  forward = jax.jit(model.apply)
   for comp, mask, got in ((ch, cm, c), (rj, rm, r)):
     for i in range(2):
       n, m = smask[i].sum(), mask[i].sum()
       dec_in = np.concatenate([[cfg.decoder_start_token_id], comp[i][: m - 1]])[None]
-      logits = model.apply({"params": params}, src[i:i + 1, :n], np.ones((1, n), bool), dec_in)
+      logits = forward({"params": params}, src[i:i + 1, :n], np.ones((1, n), bool), dec_in)
       lp = _log_softmax(np.asarray(logits[0], np.float64))
       np.testing.assert_allclose(got.total[i], sum(lp[j, comp[i, j]] for j in range(m)), rtol=1e-5, atol=1e-4)
 
@@ -297,14 +302,15 @@ def test_readqg_loss_matches_per_row_numpy_reference():
            "r_positive": np.array([1.0, 0.8], np.float32), "r_negative": np.array([0.0, 0.1], np.float32),
            "weight": np.ones(b, np.float32)}
   rq = ml_collections.ConfigDict(dict(tau=0.5, calibration_margin=0.7, contrastive_weight=0.3, calibration_weight=2.0))
-  loss, m = readqg_loss_fn(model, rq)(soft, params, batch)
+  loss, m = jax.jit(readqg_loss_fn(model, rq))(soft, params, batch)
+  t5_row = jax.jit(lambda src, r, dec_in: _t5_row(model, params, soft, src, r, dec_in))
 
   def row(i, r, q, qm):
     """Per-row reference: embeddings -> T5Model.__call__ (embeds path), numpy log-softmax."""
     n = batch["source_mask"][i].sum()
     k = qm.sum()
     dec_in = np.concatenate([[cfg.decoder_start_token_id], q[: k - 1]])[None]
-    enc, logits = _t5_row(model, params, soft, batch["source"][i:i + 1, :n], np.float32(r), dec_in)
+    enc, logits = t5_row(batch["source"][i:i + 1, :n], np.float32(r), dec_in)
     lp = _log_softmax(np.asarray(logits[0], np.float64))
     return np.array([lp[j, q[j]] for j in range(k)]), np.asarray(enc[0], np.float64).mean(0)
 
@@ -321,5 +327,5 @@ def test_readqg_loss_matches_per_row_numpy_reference():
       rev_mean.append(tok_rev.mean())
       pooled.append(pool)
   check_readqg_metrics(m, loss, fw_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0)
-  g = jax.grad(lambda s: readqg_loss_fn(model, rq)(s, params, batch)[0])(soft)
+  g = jax.jit(jax.grad(lambda s: readqg_loss_fn(model, rq)(s, params, batch)[0]))(soft)
   assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))   # every soft prompt part learns

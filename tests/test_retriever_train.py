@@ -72,9 +72,9 @@ def test_separate_towers_loss_and_gradients():
     batch[name + "_mask"] = np.ones((b, length), bool)
   batch = jax.tree.map(jnp.asarray, batch)
   loss_fn = retriever_loss_fn(Towers(module, shared=False), h, 0.05)
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, batch)
+  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, {}, batch)
   # the same number from the embeddings computed by hand
-  enc = lambda pp, t: module.apply({"params": pp}, t, jnp.ones(t.shape, bool))
+  enc = jax.jit(lambda pp, t: module.apply({"params": pp}, t, jnp.ones(t.shape, bool)))
   q = enc(params["query"], batch["query"])
   d = enc(params["doc"], batch["pos"])
   n = jnp.stack([enc(params["doc"], batch[f"neg{i}"]) for i in range(h)], axis=1)
@@ -84,6 +84,6 @@ def test_separate_towers_loss_and_gradients():
   norm = lambda t: float(sum(jnp.sum(x * x) for x in jax.tree.leaves(t)))
   assert norm(grads["query"]) > 0 and norm(grads["doc"]) > 0
   # shared towers: the doc tower's parameters are the query tower's
-  shared_loss, _ = retriever_loss_fn(Towers(module, shared=True), h, 0.05)({"query": p}, {}, batch)
-  ref_shared, _ = loss_fn({"query": p, "doc": p}, {}, batch)
+  shared_loss, _ = jax.jit(retriever_loss_fn(Towers(module, shared=True), h, 0.05))({"query": p}, {}, batch)
+  ref_shared, _ = jax.jit(loss_fn)({"query": p, "doc": p}, {}, batch)
   np.testing.assert_allclose(float(shared_loss), float(ref_shared), rtol=1e-6)
