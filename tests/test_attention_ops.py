@@ -19,6 +19,22 @@ def _inputs(seed=0, b=3, t=5, s=7, n=2, h=8):
   return q, k, v, mask, bias
 
 
+def _numpy_attention(q, k, v, mask, bias=None, keep=None, rate=0.0):
+  """float64 reference: q [B, T, N, H], k/v [B, S, K, H] (kv heads repeated to N); a fully
+  masked row attends uniformly; `keep` (bool [B, N, T, S]) drops probabilities at `rate`."""
+  n = q.shape[2]
+  qn = np.asarray(q, np.float64).transpose(0, 2, 1, 3)
+  kn, vn = (np.repeat(np.asarray(x, np.float64), n // x.shape[2], axis=2).transpose(0, 2, 1, 3) for x in (k, v))
+  logits = qn @ kn.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]) + (0.0 if bias is None else np.asarray(bias))
+  logits = np.where(np.asarray(mask), logits, -np.inf)
+  logits = np.where(np.isneginf(logits).all(-1, keepdims=True), 0.0, logits)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  if keep is not None:
+    p = np.where(keep, p / (1.0 - rate), 0.0)
+  return (p @ vn).transpose(0, 2, 1, 3)
+
+
 def test_head_major_attention_equals_jax_dot_product_attention():
   q, k, v, mask, bias = _inputs()
   ours = head_major_attention(q, k, v, mask, bias)
@@ -32,14 +48,8 @@ def test_attention_dropout_drops_probabilities_against_a_numpy_reference():
   q, k, v, mask, _ = _inputs(1)
   rng = jax.random.key(7)
   ours = np.asarray(head_major_attention(q, k, v, mask, dropout_rate=0.2, dropout_rng=rng))
-  qn, kn, vn = (np.asarray(x, np.float64).transpose(0, 2, 1, 3) for x in (q, k, v))
-  logits = np.where(np.asarray(mask), qn @ kn.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]), -np.inf)
-  logits = np.where(np.isneginf(logits).all(-1, keepdims=True), 0.0, logits)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  keep = np.asarray(keep_mask(rng, 0.8, p.shape))
-  ref = (np.where(keep, p / 0.8, 0.0) @ vn).transpose(0, 2, 1, 3)
-  np.testing.assert_allclose(ours, ref, atol=1e-5)
+  keep = np.asarray(keep_mask(rng, 0.8, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])))
+  np.testing.assert_allclose(ours, _numpy_attention(q, k, v, mask, keep=keep, rate=0.2), atol=1e-5)
 
 
 def test_grouped_query_attention_equals_numpy_and_jax_dot_product_attention():
@@ -97,14 +107,8 @@ def test_grouped_query_attention_with_per_head_bias_and_dropout_against_numpy():
   rng = jax.random.key(11)
   ours = np.asarray(head_major_attention(*(jnp.asarray(x) for x in (q, k, v, mask, bias)),
                                          dropout_rate=0.25, dropout_rng=rng))
-  kn, vn = (np.repeat(x, n // kvh, axis=2).transpose(0, 2, 1, 3) for x in (k, v))   # [B, N, S, H]
-  logits = q.transpose(0, 2, 1, 3) @ kn.transpose(0, 1, 3, 2) / np.sqrt(h) + bias
-  logits = np.where(mask, logits, -np.inf)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
   keep = np.asarray(keep_mask(rng, 0.75, (b, n, t, s)))
-  ref = (np.where(keep, p / 0.75, 0.0) @ vn).transpose(0, 2, 1, 3)
-  np.testing.assert_allclose(ours, ref, atol=1e-5)
+  np.testing.assert_allclose(ours, _numpy_attention(q, k, v, mask, bias, keep, 0.25), atol=1e-5)
   no_drop = head_major_attention(*(jnp.asarray(x) for x in (q, k, v, mask, bias)))
   jax_ref = jax.nn.dot_product_attention(*(jnp.asarray(x) for x in (q, k, v)), bias=jnp.asarray(bias),
                                          mask=jnp.asarray(mask))
