@@ -45,6 +45,7 @@ def test_join_pairs_matches_hf_pair_tokenisation(tokenizer):
   dt, dm = _pad(d, 32, 0)
   tokens, mask, types = join_pairs(jnp.asarray(qt), jnp.asarray(qm), jnp.asarray(dt), jnp.asarray(dm),
                                    pad_id=0, joiner=None)
+  assert tokens.shape == (len(QUERIES), 16 + 32 - 1)   # the document's [CLS] is dropped: a 64 + 449 pair fits 512
   ref = tokenizer(QUERIES, DOCS)
   for i in range(len(QUERIES)):
     n = int(mask[i].sum())
@@ -73,7 +74,9 @@ def test_loss_equals_numpy_reference(tokenizer):
   dt, dm = _pad(tokenizer(DOCS)["input_ids"], 48, 0)
   batch = {"qpos": qp, "qpos_mask": qpm, "qneg": qn, "qneg_mask": qnm, "doc": dt, "doc_mask": dm,
            "doc_key": doc_key, "has_qneg": has_qneg, "weight": np.ones(b, np.float32)}
-  for pool, margin in ((3, 0.0), (2, 0.5)):   # pool 2: row 3 sees docs 0 (same document, masked) and 1
+  # pool 2: row 3 sees docs 0 (same document, masked) and 1; pool 1: row 3 sees only doc 0, so it has no
+  # hard negative and keeps its BCE(s+) and margin terms
+  for pool, margin in ((3, 0.0), (2, 0.5), (1, 0.5)):
     fn = ce_loss_fn(module, pool=pool, margin=margin, margin_weight=0.7, pad_id=0, joiner=None)
     loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, batch))
     ref = readqg_ce_numpy(scores, doc_key, s_qneg, pool, margin, 0.7, has_qneg)

@@ -44,14 +44,15 @@ def join_pairs(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Array,
 
   q int32[N, Lq], d int32[N, Ld] with boolean masks. joiner None drops d's first token (BERT);
   an id replaces it (RoBERTa: `</s>`, giving `<s> q </s></s> d </s>`). Returns tokens, mask and
-  token_type_ids int32[N, Lq + Ld] (type 1 on the document part when joiner is None).
+  token_type_ids int32[N, Lq + Ld - 1] for BERT, [N, Lq + Ld] with a joiner (the longest pair that
+  fits; type 1 on the document part when joiner is None).
   """
   n, lq = q.shape
   ld = d.shape[1]
-  length = lq + ld
+  skip = 1 if joiner is None else 0
+  length = lq + ld - skip
   q_len = jnp.sum(q_mask, axis=1).astype(jnp.int32)
   d_len = jnp.sum(d_mask, axis=1).astype(jnp.int32)
-  skip = 1 if joiner is None else 0
   if joiner is not None:
     d = d.at[:, 0].set(joiner)
   t = jnp.arange(length)[None, :]
@@ -73,16 +74,21 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
 
 def readqg_ce_loss(s_pos: jax.Array, s_hard: jax.Array, s_qneg: jax.Array, *, margin: float = 0.0,
                    margin_weight: float = 1.0, has_qneg: jax.Array | None = None,
-                   weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  """The loss above from the three score vectors f32[B] (has_qneg: 0 where an example has no q-)."""
+                   has_hard: jax.Array | None = None, weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """The loss above from the three score vectors f32[B].
+
+  has_qneg / has_hard: 0 where an example has no q- / no negative document in its pool; only that
+  term is dropped for the example, its BCE(s+) and the rest still count.
+  """
   w = jnp.ones_like(s_pos) if weight is None else weight
   hq = jnp.ones_like(s_pos) if has_qneg is None else has_qneg
+  hh = jnp.ones_like(s_pos) if has_hard is None else has_hard
   wsum = jnp.maximum(jnp.sum(w), 1e-9)
-  bce = (_bce(s_pos, 1.0) + _bce(s_hard, 0.0))
+  bce = _bce(s_pos, 1.0) + hh * _bce(s_hard, 0.0)
   hinge = jnp.maximum(0.0, margin + s_qneg - s_pos) * hq
   loss = jnp.sum(w * (bce + margin_weight * hinge)) / wsum
   metrics = {"bce": jnp.sum(w * bce) / wsum, "margin_loss": jnp.sum(w * hinge) / jnp.maximum(jnp.sum(w * hq), 1e-9),
-             "doc_accuracy": jnp.sum(w * (s_pos > s_hard)) / wsum,
+             "doc_accuracy": jnp.sum(w * hh * (s_pos > s_hard)) / jnp.maximum(jnp.sum(w * hh), 1e-9),
              "query_accuracy": jnp.sum(w * hq * (s_pos > s_qneg)) / jnp.maximum(jnp.sum(w * hq), 1e-9)}
   return loss, metrics
 
@@ -114,10 +120,10 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
     pool_scores = jnp.where(same, -jnp.inf, pool_scores)
     hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
     s_hard = score(params, q, qm, d[hard], dm[hard])
-    valid_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # a batch of one document has no negative
+    has_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # no other document among the next p
     s_qneg = score(params, batch["qneg"], batch["qneg_mask"], d, dm)
     loss, metrics = readqg_ce_loss(s_pos, s_hard, s_qneg, margin=margin, margin_weight=margin_weight,
-                                   has_qneg=batch["has_qneg"], weight=batch["weight"] * valid_hard)
+                                   has_qneg=batch["has_qneg"], has_hard=has_hard, weight=batch["weight"])
     return loss, dict(metrics, pos_score=jnp.mean(s_pos), hard_neg_score=jnp.mean(s_hard))
 
   return loss_fn
@@ -131,8 +137,10 @@ def readqg_ce_numpy(scores: np.ndarray, doc_key: np.ndarray, s_qneg: np.ndarray,
   for i in range(b):
     cands = [(i + s) % b for s in range(1, min(pool, b - 1) + 1)]
     cands = [j for j in cands if doc_key[j] != doc_key[i]]
-    j = max(cands, key=lambda c: scores[i, c])
-    bce = np.logaddexp(0, scores[i, i]) - scores[i, i] + np.logaddexp(0, scores[i, j])
+    bce = np.logaddexp(0, scores[i, i]) - scores[i, i]
+    if cands:   # no other document in the pool: only the hard-negative term is dropped
+      j = max(cands, key=lambda c: scores[i, c])
+      bce += np.logaddexp(0, scores[i, j])
     hinge = max(0.0, margin + s_qneg[i] - scores[i, i]) * has_qneg[i]
     total += bce + margin_weight * hinge
   return total / b
@@ -202,7 +210,9 @@ def setup_cross_encoder(config: Any):
   corpus = Corpus(d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl"))
   records = read_query_pairs(d.train, d.pos_field, d.neg_field)
   max_q = int(d.query_max_len)
-  max_d = int(min(d.doc_max_len, info["max_seq_length"] - max_q + 1))
+  joiner = int(tokenizer.sep_token_id) if module.config.is_roberta else None
+  # the joined pair is Lq + Ld - 1 wide for BERT (the document's [CLS] is dropped), Lq + Ld with a joiner
+  max_d = int(min(d.doc_max_len, info["max_seq_length"] - max_q + (1 if joiner is None else 0)))
   cols = build_columns(records, corpus, tokenizer, query_max_len=max_q, doc_max_len=max_d, source=d.train)
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
@@ -210,7 +220,6 @@ def setup_cross_encoder(config: Any):
   train = StepLoader(cols, SPEC, batch_size=int(config.batch_size), buckets=buckets, pad_id=pad_id,
                      seed=int(config.get("seed", 0)), bucket_window=int(d.get("bucket_window", 8)), shuffle=True,
                      process_index=jax.process_index(), process_count=jax.process_count())
-  joiner = int(tokenizer.sep_token_id) if module.config.is_roberta else None
   c = config.loss
   loss_fn = ce_loss_fn(module, pool=int(c.hard_negative_pool), margin=float(c.margin),
                        margin_weight=float(c.margin_weight), pad_id=pad_id, joiner=joiner)
