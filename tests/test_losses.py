@@ -295,12 +295,13 @@ def test_readqg_loss_matches_per_row_numpy_reference():
   params = init_params(model, 1)
   rng = np.random.default_rng(6)
   soft = {k: jnp.asarray(rng.normal(size=(n, 16)).astype(np.float32)) for k, n in (("instruction", 3), ("true", 2), ("false", 2))}
-  b = 2
-  batch = {"source": rng.integers(2, 29, (b, 6)).astype(np.int32), "source_mask": np.arange(6)[None] < np.array([[6], [4]]),
-           "positive": rng.integers(2, 29, (b, 4)).astype(np.int32), "positive_mask": np.arange(4)[None] < np.array([[4], [2]]),
-           "negative": rng.integers(2, 29, (b, 4)).astype(np.int32), "negative_mask": np.arange(4)[None] < np.array([[3], [1]]),
-           "r_positive": np.array([1.0, 0.8], np.float32), "r_negative": np.array([0.0, 0.1], np.float32),
+  b = 3   # row 2 is another pair of row 0's document at the same r: not its self-contrastive negative
+  batch = {"source": rng.integers(2, 29, (b, 6)).astype(np.int32), "source_mask": np.arange(6)[None] < np.array([[6], [4], [6]]),
+           "positive": rng.integers(2, 29, (b, 4)).astype(np.int32), "positive_mask": np.arange(4)[None] < np.array([[4], [2], [3]]),
+           "negative": rng.integers(2, 29, (b, 4)).astype(np.int32), "negative_mask": np.arange(4)[None] < np.array([[3], [1], [2]]),
+           "r_positive": np.array([1.0, 0.8, 1.0], np.float32), "r_negative": np.array([0.0, 0.1, 0.0], np.float32),
            "weight": np.ones(b, np.float32)}
+  batch["source"][2] = batch["source"][0]
   rq = ml_collections.ConfigDict(dict(tau=0.5, calibration_margin=0.7, contrastive_weight=0.3, calibration_weight=2.0))
   loss, m = jax.jit(readqg_loss_fn(model, rq))(soft, params, batch)
   t5_row = jax.jit(lambda src, r, dec_in: _t5_row(model, params, soft, src, r, dec_in))
@@ -314,10 +315,11 @@ def test_readqg_loss_matches_per_row_numpy_reference():
     lp = _log_softmax(np.asarray(logits[0], np.float64))
     return np.array([lp[j, q[j]] for j in range(k)]), np.asarray(enc[0], np.float64).mean(0)
 
-  fw_tok, fw_mean, rev_mean, pooled = [], [], [], []
+  fw_tok, fw_mean, rev_mean, pooled, keys = [], [], [], [], []
   for kind in ("pos", "neg"):
     for i in range(b):
       r = batch["r_positive"][i] if kind == "pos" else batch["r_negative"][i]
+      keys.append((tuple(batch["source"][i][batch["source_mask"][i]]), float(r)))
       q, qm = (batch["positive"][i], batch["positive_mask"][i]) if kind == "pos" else (batch["negative"][i], batch["negative_mask"][i])
       q2, qm2 = (batch["negative"][i], batch["negative_mask"][i]) if kind == "pos" else (batch["positive"][i], batch["positive_mask"][i])
       tok, pool = row(i, r, q, qm)
@@ -326,6 +328,8 @@ def test_readqg_loss_matches_per_row_numpy_reference():
       fw_mean.append(tok.mean())
       rev_mean.append(tok_rev.mean())
       pooled.append(pool)
-  check_readqg_metrics(m, loss, fw_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0)
+  assert keys[0] == keys[2] and keys[3] == keys[5]
+  check_readqg_metrics(m, loss, fw_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0,
+                       keys=keys)
   g = jax.jit(jax.grad(lambda s: readqg_loss_fn(model, rq)(s, params, batch)[0]))(soft)
   assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))   # every soft prompt part learns

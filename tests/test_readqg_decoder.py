@@ -94,10 +94,11 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
     pooled = np.asarray(hidden[0, :len(prefix) + len(prompts[i]) - n_sep], np.float64).mean(0)
     return tok, pooled
 
-  mle_tok, fw_mean, rev_mean, pooled = [], [], [], []
+  mle_tok, fw_mean, rev_mean, pooled, keys = [], [], [], [], []
   for kind in ("pos", "neg"):
     for i in range(2):
       r = batch["r_positive"][i] if kind == "pos" else batch["r_negative"][i]
+      keys.append((tuple(prompts[i]), float(r)))
       q, q_rev = (pos[i], neg[i]) if kind == "pos" else (neg[i], pos[i])
       tok, pool = row(i, r, q)
       if batch["weight"][i]:
@@ -105,7 +106,8 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
       fw_mean.append(tok.mean())
       rev_mean.append(row(i, r, q_rev)[0].mean())
       pooled.append(pool)
-  check_readqg_metrics(m, loss, mle_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0)
+  check_readqg_metrics(m, loss, mle_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0,
+                       keys=keys)
   np.testing.assert_allclose(m["logp/neg_given_pos"], np.mean(rev_mean[:2]), rtol=1e-4)
 
   # every soft prompt part gets a gradient; one optimizer step moves them and nothing else

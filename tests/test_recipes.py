@@ -129,6 +129,15 @@ def test_readqg_document_pairs():
   pos, neg = document_pairs({"a": 4, "b": 1, "c": 3, "d": 2}, m=2, seed=0)
   assert [q for q, _ in pos] == ["a", "c"] and [q for q, _ in neg] == ["b", "d"]
   assert [s for _, s in pos] == [1.0, pytest.approx(2 / 3)] and [s for _, s in neg] == [0.0, pytest.approx(1 / 3)]
+  # only pairs with a grade gap: {1, 1, 1, 0} and {2, 1, 1, 0} at m=2 give one pair (the second would
+  # be grade 1 vs 1); {2, 2, 1, 0} gives two
+  for judged, n_pairs in (({"a": 1, "b": 1, "c": 1, "d": 0}, 1), ({"a": 2, "b": 1, "c": 1, "d": 0}, 1),
+                          ({"a": 2, "b": 2, "c": 1, "d": 0}, 2)):
+    pos, neg = document_pairs(judged, m=2, seed=0)
+    assert len(pos) == len(neg) == n_pairs
+    assert all(judged[p] > judged[n] for (p, _), (n, _) in zip(pos, neg)) and neg[0][0] == "d"
+  pos, neg = document_pairs({"a": 1, "b": 1}, m=1, seed=0, strict=False)   # keep_flat
+  assert len(pos) == len(neg) == 1 and pos[0][1] == neg[0][1] == 1.0
 
 
 def test_split_corpus_leaves_out_empty_documents(tmp_path):

@@ -4,8 +4,11 @@ r"""ReadQG's document-centric training pairs from a collection with graded judge
 
 For every document judged by at least `min_queries` (default 2m) queries of `split`: the grades
 are min-max rescaled per document to [0, 1]; the m highest become positives, the m lowest
-negatives (ties by a seeded hash of the query id). Documents whose judged queries all share one
-grade (nothing to contrast) are dropped unless keep_flat. Outputs in `workdir`:
+negatives (ties by a seeded hash of the query id), the i-th positive paired with the i-th negative.
+A pair is kept only when its positive's grade is strictly above its negative's, so a document with
+fewer than m queries above its lowest grade gives fewer than m pairs. Documents whose judged
+queries all share one grade (nothing to contrast) are dropped unless keep_flat (then all m pairs
+are kept, every r 1.0). Outputs in `workdir`:
   pairs.jsonl     {doc_id, positive: [m queries], negative: [m], positive_score, negative_score}
                   (what `qgjax train --config configs/readqg.py` reads; scores already in [0, 1])
   ce_pairs.jsonl  {doc_id, chosen, rejected}: the i-th positive with the i-th negative (a
@@ -31,11 +34,18 @@ def rescale(grades: list[float]) -> list[float]:
   return [1.0 if hi == lo else (g - lo) / (hi - lo) for g in grades]
 
 
-def document_pairs(judged: dict[str, int], m: int, seed: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-  """{query_id: grade} of one document -> (top-m positives, bottom-m negatives) as (qid, rescaled)."""
+def document_pairs(judged: dict[str, int], m: int, seed: int, strict: bool = True
+                   ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+  """{query_id: grade} of one document -> (top-m positives, bottom-m negatives) as (qid, rescaled).
+
+  The i-th positive goes with the i-th negative; strict keeps only the pairs whose positive is
+  graded above its negative (positives' grades fall and negatives' rise with i, so a prefix).
+  """
   qids = sorted(judged, key=lambda q: (-judged[q], id_hash(f"{seed}:{q}"), q))
   scores = dict(zip(qids, rescale([float(judged[q]) for q in qids])))
-  return [(q, scores[q]) for q in qids[:m]], [(q, scores[q]) for q in reversed(qids[-m:])]
+  pos, neg = qids[:m], list(reversed(qids[-m:]))
+  k = sum(judged[p] > judged[n] for p, n in zip(pos, neg)) if strict else m
+  return [(q, scores[q]) for q in pos[:k]], [(q, scores[q]) for q in neg[:k]]
 
 
 def run(config) -> dict:
@@ -55,7 +65,7 @@ def run(config) -> dict:
     for doc_id, grade in docs.items():
       if doc_id in corpus:
         by_doc.setdefault(doc_id, {})[qid] = int(grade)
-  pairs, ce, few, flat = [], [], 0, 0
+  pairs, ce, few, flat, tied = [], [], 0, 0, 0
   for doc_id in sorted(by_doc):
     judged = by_doc[doc_id]
     if len(judged) < need:
@@ -64,7 +74,8 @@ def run(config) -> dict:
     if len(set(judged.values())) == 1 and not config.keep_flat:
       flat += 1
       continue
-    pos, neg = document_pairs(judged, m, int(config.seed))
+    pos, neg = document_pairs(judged, m, int(config.seed), strict=len(set(judged.values())) > 1)
+    tied += m - len(pos)
     pairs.append({"doc_id": doc_id, "positive": [queries[q] for q, _ in pos],
                   "negative": [queries[q] for q, _ in neg], "positive_score": [s for _, s in pos],
                   "negative_score": [s for _, s in neg]})
@@ -81,6 +92,7 @@ def run(config) -> dict:
       f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     os.replace(tmp, out / name)
   summary = {"documents": len(pairs), "rows": len(ce), "dropped_few_queries": few, "dropped_one_grade": flat,
+             "dropped_tied_pairs": tied,
              "judged_documents": len(by_doc), "m": m, "min_queries": need}
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
   return summary

@@ -119,6 +119,7 @@ def _report(config, workdir: pathlib.Path, results: dict) -> dict:
           "training documents (>= 2m judged queries)": pairs.get("documents"), "m": pairs.get("m"),
           "documents dropped (too few queries / one grade)": [pairs.get("dropped_few_queries"),
                                                               pairs.get("dropped_one_grade")],
+          "pairs dropped (no grade gap)": pairs.get("dropped_tied_pairs"),
           "generated queries": gen.get("records"), "cross-encoder pairs (ReadQG)": gen.get("ce_pairs"),
           "soft-prompt final loss": results["align"].get("final", {}).get("loss"),
           "CE final loss (ReadQG / supervised)": [results[s].get("final", {}).get("loss")

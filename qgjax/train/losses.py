@@ -4,7 +4,8 @@
   dpo_loss(pi_c, pi_r, ref_c, ref_r, ...)           DPO sigmoid (+ label smoothing) or IPO, + metrics
   rsft_dpo_loss(..., nll_chosen, sft_weight)        AQE's RSFT+DPO: DPO + w * NLL of the chosen query
   mean_pool(states, mask)                           [B, S, D] -> [B, D] over valid positions
-  self_contrastive_loss(pooled, tau)                ReadQG in-batch self-contrastive loss
+  self_contrastive_loss(pooled, tau, same_input)    ReadQG in-batch self-contrastive loss
+  same_inputs(tokens, mask, r)                      [N, N] rows with identical (input, r)
   calibration_hinge(logp_fw, logp_rev, eps)         ReadQG calibration max(0, eps - fw + rev)
 
 All inputs are f32; sequence log-probs are sums over completion tokens unless a caller passes
@@ -88,20 +89,31 @@ def mean_pool(states: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(states.astype(jnp.float32) * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
 
 
-def self_contrastive_loss(pooled: jax.Array, tau: float = 0.25, *, normalize: bool = True) -> jax.Array:
+def self_contrastive_loss(pooled: jax.Array, tau: float = 0.25, *, normalize: bool = True,
+                          same_input: jax.Array | None = None) -> jax.Array:
   """ReadQG in-batch self-contrastive loss over pooled encoder states f32[N, D].
 
   Each row must be closest to itself among all N rows (documents x relevance prompts):
   logits = z z^T / tau with z the (L2-normalised) rows; cross-entropy with label i for row i.
   Pushes apart the encodings of different documents and of the same document under
   different relevance prompts, which is what lets the prompt steer generation.
+  same_input bool[N, N] (see `same_inputs`): other rows with the very same input (a document's m
+  pairs under one r) are left out of row i's candidates; they cannot be pushed apart.
   """
   z = pooled.astype(jnp.float32)
   if normalize:
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
   logits = z @ z.T / tau
+  if same_input is not None:
+    logits = jnp.where(same_input & ~jnp.eye(logits.shape[0], dtype=bool), -jnp.inf, logits)
   logp = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(jnp.diagonal(logp))
+
+
+def same_inputs(tokens: jax.Array, mask: jax.Array, r: jax.Array) -> jax.Array:
+  """tokens int32[N, S] + mask bool[N, S] + relevance f32[N] -> bool[N, N]: rows i, j are the same input."""
+  t = jnp.where(mask, tokens, -1)
+  return jnp.all(t[:, None, :] == t[None, :, :], axis=-1) & (r[:, None] == r[None, :])
 
 
 def calibration_hinge(logp_forward: jax.Array, logp_reversed: jax.Array, eps: float = 1.0) -> jax.Array:

@@ -44,7 +44,7 @@ from qgjax.train import examples as ex
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.logprobs import SeqLogprobs, encdec_decode_logprobs, t5_fns
 from qgjax.train.loop import TaskSetup, fit
-from qgjax.train.losses import calibration_hinge, masked_nll, mean_pool, self_contrastive_loss
+from qgjax.train.losses import calibration_hinge, masked_nll, mean_pool, same_inputs, self_contrastive_loss
 
 SPEC = {"source": Column("source", "right"), "positive": Column("query", "right"),
         "negative": Column("query", "right")}
@@ -77,7 +77,8 @@ def load_readqg(path: str, corpus: Any = None) -> dict[str, list]:
       both = list(obj.get("positive_score", [1.0] * len(pos))) + list(obj.get("negative_score", [0.0] * len(neg)))
       if len(both) != len(pos) + len(neg):
         raise InputError("scores must have one entry per query", path=path, line=line, field="positive_score")
-      r = _rescale([float(x) for x in both]) if "positive_score" in obj else both
+      given = "positive_score" in obj or "negative_score" in obj
+      r = _rescale([float(x) for x in both]) if given else both
       rp, rn = r[: len(pos)], r[len(pos):]
       for i in range(n):
         out["document"].append(doc)
@@ -101,19 +102,21 @@ def load_readqg(path: str, corpus: Any = None) -> dict[str, list]:
   return out
 
 
-def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weight: jax.Array, rq: Any):
+def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weight: jax.Array, rq: Any,
+                     same_input: jax.Array | None = None):
   """The ReadQG loss from per-row log-probs; shared by the T5 and the decoder-only variant.
 
   fw: the 2B forward rows [q+ | r+ ; q- | r-]; rev: the 2B swapped rows [q- | r+ ; q+ | r-];
   pooled f32[2B, D]: mean-pooled states of the 2B (prefix + document) inputs; weight f32[B]
-  (0 on the rows that only fill an eval batch) weights the MLE tokens. -> (loss, metrics)
+  (0 on the rows that only fill an eval batch) weights the MLE tokens; same_input bool[2B, 2B]:
+  rows with the same document and r, no negatives of each other. -> (loss, metrics)
   """
   tau = float(rq.get("tau", 0.25))
   eps = float(rq.get("calibration_margin", 1.0))
   w_con = float(rq.get("contrastive_weight", 1.0))
   w_cal = float(rq.get("calibration_weight", 1.0))
   b = weight.shape[0]
-  con = self_contrastive_loss(pooled, tau)
+  con = self_contrastive_loss(pooled, tau, same_input=same_input)
   mle = masked_nll(fw.token, fw.mask * jnp.concatenate([weight] * 2)[:, None])
   fw_mean, rev_mean = fw.mean, rev.mean
   cal = calibration_hinge(fw_mean, rev_mean, eps)
@@ -150,7 +153,7 @@ def readqg_loss_fn(module: Any, rq: Any):
     lp = encdec_decode_logprobs(fns, jnp.concatenate([enc, enc]), jnp.concatenate([enc_mask, enc_mask]),
                                 jnp.concatenate([q_fw, q_rev]), jnp.concatenate([m_fw, m_rev]))
     fw, rev = split_rows(lp, 2 * b)
-    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq)
+    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq, same_inputs(src, smask, r))
   return loss_fn
 
 

@@ -32,7 +32,7 @@ from qgjax.train import examples as ex
 from qgjax.train.data import Column
 from qgjax.train.logprobs import decoder_fns, shared_prompt_logprobs
 from qgjax.train.loop import TaskSetup
-from qgjax.train.losses import mean_pool
+from qgjax.train.losses import mean_pool, same_inputs
 from qgjax.train.readqg import fingerprint, loaders, readqg_objective, save_soft_prompt, split_rows, train_texts
 
 SPEC = {"prompt": Column("source", "left"), "positive": Column("query", "right"),
@@ -77,7 +77,8 @@ def readqg_decoder_loss_fn(module: Any, rq: Any, n_sep: int):
     lp, hidden = shared_prompt_logprobs(fns, None, mask, q, qm, prompt_embeds=embeds)   # 4B rows, [2B, P+S, D]
     fw, rev = split_rows(lp, 2 * b)
     pooled = mean_pool(hidden, mask.at[:, mask.shape[1] - n_sep:].set(False))   # prefix + document
-    return readqg_objective(fw, rev, pooled, batch["weight"], rq)
+    same = same_inputs(tokens, jnp.concatenate([batch["prompt_mask"]] * 2), r)
+    return readqg_objective(fw, rev, pooled, batch["weight"], rq, same)
   return loss_fn
 
 
