@@ -157,6 +157,33 @@ def test_split_corpus_leaves_out_empty_documents(tmp_path):
   assert _link_corpus(src, tmp_path / "copy.jsonl") == [] and (tmp_path / "copy.jsonl").is_symlink()
 
 
+def test_split_drops_queries_without_a_relevant_document(tmp_path):
+  import ml_collections
+
+  from qgjax.jobs import recipe_split
+
+  src = tmp_path / "src"
+  (src / "qrels").mkdir(parents=True)
+  (src / "corpus.jsonl").write_text('{"_id": "a", "text": "wind tunnel"}\n{"_id": "b", "title": "", "text": ""}\n'
+                                    '{"_id": "c", "text": "flutter"}\n')
+  (src / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in "pqrstu"))
+  # p, s: a relevant document; q: judged only with grade 0; r: relevant only to the empty "b"; t: only to "zz",
+  # which is not in the corpus
+  (src / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\np\ta\t1\nq\tc\t0\nr\tb\t2\nr\tc\t0\n")
+  (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\ns\tc\t2\nt\tzz\t1\nu\ta\t0\n")
+  cfg = ml_collections.ConfigDict(dict(data_dir=str(src), workdir=str(tmp_path / "w"), how="splits", seed=0,
+                                       train_split="train", test_split="test", test_fraction=0.5, max_train=0,
+                                       max_test=0))
+  summary = recipe_split.run(cfg)
+  assert summary["dropped_no_relevant"] == {"train": 2, "test": 2} and summary["dropped_empty_documents"] == ["b"]
+  data = tmp_path / "w" / "data"
+  assert [q["_id"] for q in _jsonl(data / "queries_train.jsonl")] == ["p"]
+  assert [q["_id"] for q in _jsonl(data / "queries_test.jsonl")] == ["s"]
+  (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt\tzz\t1\n")
+  with pytest.raises(QgjaxError, match="relevant document"):
+    recipe_split.run(cfg)
+
+
 def test_tiny_readqg_recipe(models, tmp_path):
   from qgjax.jobs.recipe_readqg import STAGES
 

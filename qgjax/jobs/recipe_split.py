@@ -12,6 +12,8 @@ queries_test.jsonl, qrels/train.tsv, qrels/test.tsv (every grade of the chosen q
   splits    must have them (an error otherwise)
   hash      the judged `test_split` queries cut in two disjoint parts by a seeded hash of the
             query id: hash(seed, id) < test_fraction -> test, else train
+Queries without a relevant (grade >= 1) document left in the corpus are dropped from both sides
+(counted in split.json `dropped_no_relevant`): no reward can rank them and no metric counts them.
 Then at most `max_train` / `max_test` queries of each side are kept (0 = all), the ones with the
 smallest seeded hashes, so a smaller run is a subset of a larger one.
 """
@@ -23,7 +25,7 @@ import os
 import pathlib
 
 from qgjax.config import require
-from qgjax.data.beir import load_qrels, load_queries, queries_path
+from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.errors import ConfigError, InputError
 from qgjax.sampling.keys import id_hash
 
@@ -116,16 +118,24 @@ def run(config) -> dict:
     if clash:
       raise InputError(f"{len(clash)} query ids are in both the '{config.train_split}' and "
                        f"'{config.test_split}' qrels (e.g. {sorted(clash)[:3]})", path=str(root / "qrels"))
-  train_ids = _keep(train_ids, seed, int(config.max_train))
-  test_ids = _keep(test_ids, seed, int(config.max_test))
-  if not train_ids or not test_ids:
-    raise InputError(f"the split leaves {len(train_ids)} training and {len(test_ids)} test queries; "
-                     "both need at least one", path=str(root))
   out = pathlib.Path(config.workdir) / "data"
   (out / "qrels").mkdir(parents=True, exist_ok=True)
   empty = _link_corpus(root / "corpus.jsonl", out / "corpus.jsonl")
+  corpus = Corpus(out / "corpus.jsonl")
+
+  def answerable(ids: list[str], rels: dict[str, dict[str, int]]) -> list[str]:
+    return [q for q in ids if any(g >= 1 and d in corpus for d, g in rels[q].items())]
+
+  n_train, n_test = len(train_ids), len(test_ids)
+  train_ids, test_ids = answerable(train_ids, train_rels), answerable(test_ids, test_rels)
+  no_relevant = {"train": n_train - len(train_ids), "test": n_test - len(test_ids)}
+  train_ids = _keep(train_ids, seed, int(config.max_train))
+  test_ids = _keep(test_ids, seed, int(config.max_test))
+  if not train_ids or not test_ids:
+    raise InputError(f"the split leaves {len(train_ids)} training and {len(test_ids)} test queries with a "
+                     "relevant document; both need at least one", path=str(root))
   summary = {"data_dir": str(out), "source": str(root), "how": used, "seed": seed, "dropped_empty_documents": empty,
-             "train_queries": len(train_ids), "test_queries": len(test_ids),
+             "dropped_no_relevant": no_relevant, "train_queries": len(train_ids), "test_queries": len(test_ids),
              "train_qrels": _write(out, "train", train_ids, train_q, train_rels),
              "test_qrels": _write(out, "test", test_ids, test_q, test_rels)}
   tmp = pathlib.Path(config.workdir) / "split.json.tmp"
