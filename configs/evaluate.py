@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.retriever = "bm25"
   c.depth = 1000  # documents retrieved per query (run files keep this many)
   c.max_queries = 0  # 0 = every judged query
+  c.ignore_identical_ids = True  # drop doc_id == query_id from each run before scoring (BEIR's convention)
   c.measures = ("nDCG@10", "RR@10", "R@100", "R@1000", "Success@1", "Success@10")
   c.reports = ()
   c.bm25 = default_bm25_config()  # backend (bm25s | pyserini), k1, b, stemmer, stopwords, cache_dir

@@ -52,7 +52,17 @@ def test_tiny_variant_and_cache(tmp_path):
 def test_user_errors_are_one_line(tmp_path, capsys):
   rc = cli.main(["evaluate", "--config", CONFIG, f"--config.workdir={tmp_path}",
                  "--config.retriever=bm25,dnse"])
-  assert rc == 2 and "unknown retrieval stage 'dnse'" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert rc == 2 and "unknown retrieval stage 'dnse'" in err and "dense" in err
+  assert not (tmp_path / "run.bm25.trec").exists()   # refused before BM25 ran
+  bad = tmp_path / "badids"
+  (bad / "qrels").mkdir(parents=True)
+  (bad / "corpus.jsonl").symlink_to(demo_dir() / "corpus.jsonl")
+  (bad / "queries.jsonl").symlink_to(demo_dir() / "queries.jsonl")
+  (bad / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nQ01\tdemo-01\t1\n")   # ids are q01...
+  with pytest.warns(Warning):
+    rc = cli.main(["evaluate", "--config", CONFIG, f"--config.workdir={tmp_path}", f"--config.data_dir={bad}"])
+  assert rc == 2 and "no query of queries.jsonl has judgements in qrels/test.tsv" in capsys.readouterr().err
   rc = cli.main(["evaluate", "--config", CONFIG, f"--config.data_dir={tmp_path / 'none'}"])
   assert rc == 2 and "BEIR data directory not found" in capsys.readouterr().err
   rc = cli.main(["evaluate", "--config", CONFIG, f"--config.workdir={tmp_path}",
@@ -60,3 +70,21 @@ def test_user_errors_are_one_line(tmp_path, capsys):
   assert rc == 2 and "unknown measure 'MAP'" in capsys.readouterr().err
   rc = cli.main(["evaluate", "--config", CONFIG, "--config.bm25.bakend=pyserini"])
   assert rc == 2 and "did you mean 'backend'" in capsys.readouterr().err
+
+
+def test_query_own_id_is_left_out_of_the_run(tmp_path):
+  """BEIR's ignore_identical_ids: a corpus document with the query's id is not retrieved for it."""
+  data = tmp_path / "data"
+  (data / "qrels").mkdir(parents=True)
+  docs = {"q1": "solar wind particles", "d1": "the solar wind carries charged particles", "d2": "tidal locking"}
+  (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items()))
+  (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "solar wind particles"}) + "\n")
+  (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+  base = ["evaluate", "--config", CONFIG, f"--config.data_dir={data}", "--config.measures=RR@10"]
+  assert cli.main(base + [f"--config.workdir={tmp_path / 'a'}"]) == 0
+  m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+  run = ir_metrics.read_trec_run(tmp_path / "a" / "run.bm25.trec")
+  assert "q1" not in run["q1"] and m["identical_ids_removed"] == {"bm25": 1} and m["systems"]["bm25"]["RR@10"] == 1.0
+  assert cli.main(base + [f"--config.workdir={tmp_path / 'b'}", "--config.ignore_identical_ids=false"]) == 0
+  m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+  assert m["systems"]["bm25"]["RR@10"] == 0.5   # the query's own text ranks first, unjudged

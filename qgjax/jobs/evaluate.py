@@ -5,8 +5,10 @@
 
 Each system in `config.retriever` (comma-separated; stages joined by '+', e.g. `bm25+rerank`)
 produces a run `{query_id: {doc_id: score}}` over the judged queries of `config.split`;
-metrics follow trec_eval (see qgjax.evaluation.ir_metrics). Outputs in `config.workdir`:
-metrics.json and run.<system>.trec.
+metrics follow trec_eval (see qgjax.evaluation.ir_metrics). With `ignore_identical_ids` (the
+default, as BEIR's EvaluateRetrieval and MTEB do) a document whose id equals the query's is taken
+out of that query's run first: on ArguAna or Quora the query's own text is in the corpus, comes
+first and is unjudged. Outputs in `config.workdir`: metrics.json and run.<system>.trec.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any, Callable
 
 from qgjax.config import require
 from qgjax.data import demo_dir
-from qgjax.data.beir import BeirData, load_beir
-from qgjax.errors import ConfigError
+from qgjax.data.beir import BeirData, load_beir, queries_path
+from qgjax.errors import ConfigError, InputError
 from qgjax.evaluation import ir_metrics
 
 Run = dict[str, dict[str, float]]
@@ -46,6 +48,14 @@ def bm25_run(config: Any, data: BeirData, queries: dict[str, str], previous: Run
   return run
 
 
+def _modules_with(package: str, attr: str) -> list[str]:
+  """Modules of `package` whose source defines `attr` (the stages and reports that resolve by name)."""
+  import pkgutil
+  root = pathlib.Path(importlib.import_module(package).__file__).parent
+  return [m.name for m in pkgutil.iter_modules([str(root)])
+          if f"def {attr}(" in (root / f"{m.name}.py").read_text(encoding="utf-8")]
+
+
 def _resolve(name: str, table: dict[str, str], package: str, attr: str) -> Callable:
   target = table.get(name, f"{package}.{name}:{attr}")
   module, _, fn = target.partition(":")
@@ -53,7 +63,7 @@ def _resolve(name: str, table: dict[str, str], package: str, attr: str) -> Calla
     return getattr(importlib.import_module(module), fn)
   except ModuleNotFoundError as e:
     if e.name and module.startswith(e.name):  # the module itself is missing, not a dependency
-      known = ", ".join(sorted(table)) or "none"
+      known = ", ".join(sorted(set(table) | set(_modules_with(package, attr)))) or "none"
       raise ConfigError(f"unknown {package.split('.')[-1]} stage '{name}' (no {module}); "
                         f"built in: {known}") from None
     raise
@@ -86,9 +96,15 @@ def run(config: Any) -> dict:
   data_dir = config.data_dir or str(demo_dir())
   data = load_beir(data_dir, config.split)
   queries = data.queries
+  if not queries:
+    raise InputError(f"no query of {queries_path(data_dir, config.split).name} has judgements in "
+                     f"qrels/{config.split}.tsv (do the ids match?)", path=str(data_dir))
   if config.max_queries:
     queries = dict(list(queries.items())[: int(config.max_queries)])
   qrels = {q: data.qrels[q] for q in queries}
+  for stages in systems:   # a misspelt stage fails before any system runs
+    for stage in stages:
+      _resolve(stage, STAGES, "qgjax.retrieval", "evaluation_run")
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
@@ -97,6 +113,7 @@ def run(config: Any) -> dict:
   timings: dict[str, float] = {}
   run_files: dict[str, str] = {}
   cache: dict[tuple[str, ...], Run] = {}  # shared prefixes (bm25 for bm25+rerank) run once
+  removed: dict[str, int] = {}  # per system: queries whose own id was in their run
   for stages in systems:
     name = "+".join(stages)
     start = time.perf_counter()
@@ -107,6 +124,9 @@ def run(config: Any) -> dict:
         fn = _resolve(stages[i], STAGES, "qgjax.retrieval", "evaluation_run")
         cache[prefix] = fn(config, data, queries, previous)
       previous = cache[prefix]
+    if config.get("ignore_identical_ids", True):
+      removed[name] = sum(q in docs for q, docs in previous.items())
+      previous = {q: {d: sc for d, sc in docs.items() if d != q} for q, docs in previous.items()}
     runs[name] = previous
     timings[name] = time.perf_counter() - start
     results[name] = ir_metrics.evaluate(previous, qrels, measures)
@@ -122,7 +142,7 @@ def run(config: Any) -> dict:
   metrics = {
       "data_dir": os.path.abspath(data_dir), "split": config.split, "num_queries": len(queries),
       "num_docs": len(data.corpus), "measures": measures, "systems": results,
-      "seconds": timings, "run_files": run_files, "reports": reports,
+      "seconds": timings, "run_files": run_files, "reports": reports, "identical_ids_removed": removed,
       "config": json.loads(config.to_json()),
   }
   tmp = workdir / "metrics.json.tmp"
