@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from qgjax.config import build_config
@@ -21,6 +22,7 @@ def test_mine_tiny_resume_and_relabel(tmp_path):
   for r in kept:
     assert r["pos_id"] == r["doc_id"] and r["pos_id"] not in r["neg_ids"]
     assert r["pos_rank"] == -1 or all(n > r["pos_rank"] for n in r["neg_ranks"])
+  _check_ranks_against_exact_search(cfg, kept)
   # the run again: everything is done, nothing is re-written, embeddings are reused
   again = mine.run(cfg)
   assert again["written_now"] == 0 and again["records"] == 40
@@ -38,3 +40,43 @@ def test_mine_tiny_resume_and_relabel(tmp_path):
     assert r["pos_id"] not in r["neg_ids"] and not set(r["false_negatives"]) & set(r["neg_ids"])
     if r["relabelled"]:
       assert r["pos_id"] in r["false_negatives"] and r["orig_pos_id"] == r["doc_id"]
+
+
+def _check_ranks_against_exact_search(cfg, kept, tol=1e-4):
+  """Each tuple's pos_rank and neg_ranks are the ranks of its own documents in ITS OWN query's
+  ordering, by an independent exact search: sentence-transformers embeddings, numpy argsort.
+  Ties: a rank r of document d is accepted when r lies in [#docs scoring > s_d + tol,
+  #docs scoring >= s_d - tol - 1] (float noise between the two encoders stays well below tol)."""
+  from sentence_transformers import SentenceTransformer
+
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+  from qgjax.models.bert import resolve_model_dir
+
+  corpus = Corpus(str(demo_dir() / "corpus.jsonl"))
+  docs = list(corpus)
+  col = {d.doc_id: j for j, d in enumerate(docs)}
+  st = SentenceTransformer(resolve_model_dir(cfg.encoder.model), device="cpu")
+  st.max_seq_length = int(cfg.encoder.max_len)
+  d_emb = st.encode([d.contents for d in docs], batch_size=16, normalize_embeddings=True)
+  st.max_seq_length = int(cfg.encoder.query_max_len)
+  q_emb = st.encode([r["query"] for r in kept], batch_size=16, normalize_embeddings=True)
+  scores = q_emb @ d_emb.T  # [queries, docs]
+  top_k = int(cfg.mining.top_k)
+
+  def rank_bounds(s, doc_id):
+    v = s[col[doc_id]]
+    return int(np.sum(s > v + tol)), int(np.sum(s >= v - tol)) - 1
+
+  for r, s in zip(kept, scores):
+    order = [docs[j].doc_id for j in np.argsort(-s, kind="stable")]
+    lo, hi = rank_bounds(s, r["doc_id"])
+    if r["pos_rank"] == -1:
+      assert hi >= top_k, (r, order.index(r["doc_id"]))  # the positive really is below the top_k
+    else:
+      assert lo <= r["pos_rank"] <= hi, (r, order.index(r["doc_id"]), order[:top_k])
+    assert len(r["neg_ids"]) == len(r["neg_ranks"])
+    for n_id, n_rank in zip(r["neg_ids"], r["neg_ranks"]):
+      lo, hi = rank_bounds(s, n_id)
+      assert lo <= n_rank <= hi and n_rank < top_k, (r, n_id, order.index(n_id))
+      assert s[col[n_id]] <= s[col[r["doc_id"]]] + tol  # a negative never outscores the positive

@@ -32,11 +32,12 @@ def _env():
 
 
 def _losses(workdir):
-  """step -> loss, keeping the LAST record of each step (a resumed run re-logs steps after its checkpoint)."""
+  """step -> loss; each step logged once (a resume drops the records after the checkpoint it restores)."""
   out = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       r = json.loads(line)
+      assert r["step"] not in out, f"step {r['step']} logged twice"
       out[r["step"]] = r["loss"]
   return out
 

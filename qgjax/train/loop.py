@@ -47,6 +47,25 @@ class TaskSetup:
   info: dict = dataclasses.field(default_factory=dict)
 
 
+def _trim_metrics(path: str, start: int) -> None:
+  """Keeps metrics.jsonl's records up to the restored step (a resume logs the later ones again)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        step = int(json.loads(line)["step"])
+      except (ValueError, KeyError, TypeError):
+        continue   # a line torn by the kill
+      if step <= start:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 def total_steps(config: Any, loader: StepLoader) -> int:
   steps = int(config.get("num_steps", 0) or 0)
   if steps <= 0:
@@ -113,6 +132,8 @@ def fit(setup: TaskSetup, config: Any) -> dict:
   save_every = max(1, int(ck_cfg.get("every", 100)))
   main = is_main_process()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if main:
+    _trim_metrics(metrics_path, start)
   log = open(metrics_path, "a") if main else None
   history: list[dict] = []
   last_eval: dict = {}
