@@ -46,11 +46,67 @@ def _records(out_dir):
   return list(iter_sharded(out_dir))
 
 
+def _greedy_reference(tiny_dir, config):
+  """doc_id -> (cleaned text, summed logprob, num tokens) for the first data.limit documents of
+  the corpus by a plain greedy loop: each document's own prompt alone in a batch of one, full
+  forward passes (no KV cache), argmax, stop at EOS. Independent of the job's bucketing,
+  batching and sampler."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from qgjax.data.beir import Corpus
+  from qgjax.models.registry import load_decoder
+
+  model, params, tok = load_decoder(tiny_dir, dtype="float32", scan_layers=False)
+  builder = PromptBuilder(config.prompt, tok)
+  corpus = Corpus(os.path.join(str(config.data.corpus), "corpus.jsonl"))
+  stops = set(model.config.eos_token_ids) | {tok.eos_token_id}
+  n_new = int(config.sampling.max_new_tokens)
+  length = max(config.buckets) + n_new
+
+  @jax.jit
+  def next_token(params, tokens, n):  # tokens int32[1, length]: n real tokens, then padding
+    pos = jnp.arange(length, dtype=jnp.int32)[None]
+    logits, _ = model.apply({"params": params}, tokens, pos, pos < n)
+    row = jax.nn.log_softmax(logits[0, n - 1].astype(jnp.float32))
+    t = jnp.argmax(row)
+    return t, row[t]
+
+  out = {}
+  for doc in list(corpus)[:int(config.data.limit)]:
+    ids = builder.document_prompt(doc.contents)
+    buf = np.zeros((1, length), np.int32)
+    buf[0, :len(ids)] = ids
+    n, gen, lp = len(ids), [], 0.0
+    for _ in range(n_new):
+      t, l = next_token(params, buf, np.int32(n))
+      gen.append(int(t))
+      lp += float(l)
+      if int(t) in stops:
+        break
+      buf[0, n] = int(t)
+      n += 1
+    out[doc.doc_id] = (clean_text(tok.decode(gen, skip_special_tokens=True), config.postprocess), lp, len(gen))
+  return out
+
+
 def test_generate_writes_records_for_every_document(tiny_dir, tmp_path):
-  result = generate.run(_config(tiny_dir, tmp_path / "out"))
+  # greedy, 4 prompts per batch: each record can be checked against its own document's decoding
+  config = _config(tiny_dir, tmp_path / "out", **{"sampling.temperature": "0", "batch_size": "4"})
+  result = generate.run(config)
   recs = _records(tmp_path / "out")
   assert result["inputs"] == 10 and result["records"] == len(recs) > 0
   assert result["compiled_programs"] <= 3
+  # every record is its own document's greedy query (text, logprob, length), computed alone
+  ref = _greedy_reference(tiny_dir, config)
+  for r in recs:
+    text, lp, n = ref[r["doc_id"]]
+    assert (r["query"], r["num_tokens"]) == (text, n), (r, ref[r["doc_id"]])
+    assert abs(r["logprob"] - lp) < 1e-4, (r, ref[r["doc_id"]])
+  kept = {d for d, (text, lp, _) in ref.items()
+          if select([{"query": text, "logprob": lp, "sample_idx": 0}], None, config.postprocess)}
+  assert {r["doc_id"] for r in recs} == kept
   assert set(recs[0]) == {"doc_id", "query", "logprob", "num_tokens", "sample_idx", "prompt_mode", "model"}
   assert {r["prompt_mode"] for r in recs} == {"plain"} and {r["model"] for r in recs} == {tiny_dir}
   assert all(r["logprob"] < 0 and 1 <= r["num_tokens"] <= 5 and 0 <= r["sample_idx"] < 3 for r in recs)
@@ -59,7 +115,7 @@ def test_generate_writes_records_for_every_document(tiny_dir, tmp_path):
   assert len({r["doc_id"] for r in recs}) >= 8  # (some samples may be dropped as empty/duplicates)
   assert read_manifest(tmp_path / "out")["complete"]
   # a finished job run again generates nothing
-  again = generate.run(_config(tiny_dir, tmp_path / "out"))
+  again = generate.run(config)
   assert again["inputs_this_run"] == 0 and _records(tmp_path / "out") == recs
 
 

@@ -103,6 +103,9 @@ def test_user_errors(tmp_path, capsys):
                  json.dumps({"doc_id": "nope", "sample_idx": 1, "query": "y"}) + "\n")
   assert _run(tmp_path / "a", f"--config.input={src}") == 2
   assert "gen.jsonl:2, field 'doc_id': document 'nope' is not in" in capsys.readouterr().err
+  # mending the input and running the same command again works: nothing was written under the bad one
+  src.write_text(json.dumps({"doc_id": "demo-01", "sample_idx": 0, "query": "x"}) + "\n")
+  assert _run(tmp_path / "a", f"--config.input={src}") == 0
   assert _run(tmp_path / "b", "--config.reward=dense_rank") == 2
   assert "must be one of config.rewards" in capsys.readouterr().err
   assert _run(tmp_path / "c") == 0

@@ -147,6 +147,15 @@ def test_resume_checks(tmp_path):
     ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "b"})
   with pytest.raises(ConfigError, match="written with key"):
     ShardedJsonlWriter(out, key="doc_id", meta={"model": "a"})
+  # an output that holds no record yet (the job stopped on its input) takes the new settings
+  empty = tmp_path / "empty"
+  ShardedJsonlWriter(empty, key="doc_id", meta={"model": "a"}).close()
+  (empty / "shard-00000.jsonl.tmp").write_bytes(b'{"doc_id": "torn')   # a torn first line: no record
+  with ShardedJsonlWriter(empty, key="doc_id", meta={"model": "b"}) as w:
+    w.write({"doc_id": "d0"})
+  assert sw.read_manifest(empty)["meta"] == {"model": "b"}
+  with pytest.raises(ConfigError, match="different settings"):
+    ShardedJsonlWriter(empty, key="doc_id", meta={"model": "a"})
   w = ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
   with pytest.raises(InputError, match="another process is writing"):
     ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})

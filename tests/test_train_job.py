@@ -52,16 +52,24 @@ def test_dpo_job_reference_pass_and_export(tiny_lm, tmp_path):
   s = _summary(work)
   assert s["steps"] == 6 and s["mesh"] == {"data": 2, "fsdp": 4}
   assert s["reference"].startswith("computed into") and s["train_pairs"] + s["eval_pairs"] == 35
-  assert 3 in s["checkpoints"] and 6 in s["checkpoints"] and s["best_step"] in (3, 6)
+  assert 3 in s["checkpoints"] and 6 in s["checkpoints"]
   assert np.isfinite(s["final"]["loss"]) and "eval/rewards/accuracy" in s["final"]
+  # best_step is the step whose eval metric is best (checkpoint.best_metric / best_mode of the
+  # config) as logged in metrics.jsonl; the two evals differ, so the worst one would not pass.
+  from qgjax.config import build_config
+  cfg = build_config(os.path.join(CONFIGS, "dpo.py:tiny"))
+  metric, mode = cfg.checkpoint.best_metric, cfg.checkpoint.best_mode
+  assert (metric, mode) == ("eval/loss", "min")
+  with open(os.path.join(work, "metrics.jsonl")) as f:
+    evals = {r["step"]: r[metric] for r in map(json.loads, f) if metric in r}
+  assert sorted(evals) == [3, 6] and evals[3] != evals[6], evals
+  assert s["best_step"] == (min if mode == "min" else max)(evals, key=evals.get), (s["best_step"], evals)
 
   # The stored reference log-probs are the initial model's: recompute two pairs one by one.
   model, params, tok = load_decoder(tiny_lm)
   fns = decoder_fns(model, {"params": params})
-  from qgjax.config import build_config
   from qgjax.train.lm_tasks import _prompts
   from qgjax.train.generator import Generator
-  cfg = build_config(os.path.join(CONFIGS, "dpo.py:tiny"))
   prompts = _prompts(Generator(model, tok, None, None, None, None, "full"), cfg)
   stored = [r for _, r in ex.read_jsonl(os.path.join(work, "pairs_with_ref.jsonl"))]
   for rec in stored[:2]:

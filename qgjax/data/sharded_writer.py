@@ -188,6 +188,11 @@ class ShardedJsonlWriter:
         raise InputError(f"key {k!r} appears twice in the output", path=str(path), line=line_no)
       self.done_keys.add(k)
 
+  def _holds_no_records(self, manifest: dict) -> bool:
+    if manifest.get("shards") or any(_SHARD_RE.match(p.name) for p in self.out_dir.iterdir()):
+      return False
+    return all(not _parse_lines(p, p.read_bytes(), strict=False)[0] for p in self.out_dir.glob("shard-*.jsonl.tmp"))
+
   def _recover(self) -> None:
     manifest = read_manifest(self.out_dir)
     if manifest is None:
@@ -202,6 +207,10 @@ class ShardedJsonlWriter:
       if manifest.get("key") != self.key_fields:
         raise ConfigError(f"{self.out_dir} was written with key {manifest.get('key')}, not "
                           f"{self.key_fields}; use another output directory")
+      if manifest.get("meta") != self.meta and self._holds_no_records(manifest):
+        # nothing was written under the old settings (the job stopped on its input first): start over
+        manifest = dict(manifest, meta=self.meta)
+        _write_json_atomic(self.out_dir / MANIFEST, manifest)
       if manifest.get("meta") != self.meta:
         old, new = manifest.get("meta") or {}, self.meta
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

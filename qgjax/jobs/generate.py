@@ -89,7 +89,6 @@ def load_generator(config) -> tuple[str, Any, Any, Any]:
 
 def sampling_params(config, kind: str, model: Any, tokenizer: Any):
   """config.sampling -> SamplingParams (EOS from the model and tokenizer, newline stops)."""
-  from qgjax.sampling.logits import SamplingParams
   from qgjax.sampling.prompts import newline_token_ids
 
   s = config.sampling
@@ -106,9 +105,34 @@ def sampling_params(config, kind: str, model: Any, tokenizer: Any):
   pad = model.config.pad_token_id
   if pad is None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  return SamplingParams(max_new_tokens=s.max_new_tokens, num_samples=s.num_samples, temperature=s.temperature,
-                        top_k=s.top_k, top_p=s.top_p, eos_token_ids=tuple(sorted(stops)), pad_token_id=int(pad),
-                        num_beams=s.num_beams, length_penalty=s.length_penalty, early_stopping=s.early_stopping)
+  return _sampling_from(s, eos_token_ids=tuple(sorted(stops)), pad_token_id=int(pad))
+
+
+def _sampling_from(s, **extra):
+  """config.sampling + EOS / pad ids -> SamplingParams; a bad value is a ConfigError naming its key."""
+  from qgjax.sampling.logits import SamplingParams
+
+  try:
+    return SamplingParams(max_new_tokens=s.max_new_tokens, num_samples=s.num_samples, temperature=s.temperature,
+                          top_k=s.top_k, top_p=s.top_p, num_beams=s.num_beams, length_penalty=s.length_penalty,
+                          early_stopping=s.early_stopping, **extra)
+  except ValueError as e:
+    raise ConfigError(f"config.sampling: {e}") from None
+
+
+def check_config(config) -> None:
+  """Fails fast, before the model loads or an output is opened, on values the job cannot run with."""
+  from qgjax.parallel.backend import compute_dtype
+
+  _sampling_from(config.sampling)
+  if int(config.batch_size) < 1:
+    raise ConfigError(f"config.batch_size must be >= 1; got {config.batch_size}")
+  if not config.buckets or min(int(b) for b in config.buckets) < 1:
+    raise ConfigError(f"config.buckets must list prompt lengths >= 1; got {list(config.buckets)}")
+  try:
+    compute_dtype(None, config.model.get("dtype", "auto"))
+  except ConfigError as e:
+    raise ConfigError(f"config.model.dtype: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +182,11 @@ def _negative_picker(corpus, seed: int):
   return pick
 
 
-def _negatives_from_file(path: str) -> dict[str, str]:
+def _negatives_from_file(path: str, corpus) -> dict[str, str]:
+  """{doc_id, negative_id} JSONL -> {doc_id: negative_id}, every negative a document of `corpus`."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config.prompt.negative={path!r} is neither 'random' nor a JSONL file of "
+                      "{doc_id, negative_id}")
   out = {}
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
@@ -169,6 +197,9 @@ def _negatives_from_file(path: str) -> dict[str, str]:
         out[str(rec["doc_id"])] = str(rec["negative_id"])
       except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"expected {{doc_id, negative_id}}: {e}", path=path, line=line_no) from None
+      if out[str(rec["doc_id"])] not in corpus:
+        raise InputError(f"document {rec['negative_id']!r} is not in the corpus", path=path, line=line_no,
+                         field="negative_id")
   return out
 
 
@@ -213,7 +244,7 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
     if source == "random":
       negative_of = _negative_picker(corpus, int(config.sampling.seed))
     else:
-      table = _negatives_from_file(source)
+      table = _negatives_from_file(source, corpus)
       negative_of = lambda doc_id: corpus[table[doc_id]] if doc_id in table else None
 
   def gen_docs():
@@ -352,6 +383,7 @@ def run(config) -> dict:
   from qgjax.sampling.engine import Sampler, local_data_mesh
 
   require(config, "model.name", "output_dir", "batch_size", "buckets")
+  check_config(config)
   t_start = time.perf_counter()
   process_index, process_count = jax.process_index(), jax.process_count()
   out_dir = pathlib.Path(config.output_dir)
