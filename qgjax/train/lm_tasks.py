@@ -15,6 +15,7 @@ DPO's reference log-probs (`config.dpo.reference`):
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from typing import Any
@@ -66,14 +67,32 @@ def _prompts(gen: Generator, config: Any) -> ex.RecordPrompts:
   return ex.RecordPrompts(config.get("prompt", None) or default_prompt_config("plain"), gen.tokenizer, corpus)
 
 
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 def _take(columns: dict, idx: np.ndarray) -> dict:
   return {k: [v[i] for i in idx] for k, v in columns.items()}
 
 
+def _inputs(config: Any) -> dict:
+  """What the training sequences are made of: the model (and dtype), the pairs file, the prompt
+  that turns a record into a prompt, and the corpus its doc_ids point into."""
+  prompt = config.get("prompt", None)
+  corpus = config.data.get("corpus", "")
+  return {"model": str(config.model.name), "dtype": str(config.model.get("dtype", "auto")),
+          "train_file": os.path.abspath(config.data.train),
+          "prompt": json.loads(prompt.to_json()) if hasattr(prompt, "to_json") else (prompt or "plain"),
+          "corpus": os.path.abspath(corpus) if corpus else ""}
+
+
 def _fingerprint(config: Any, gen: Generator) -> dict:
-  fp = {"task": config.task, "model": str(config.model.name), "train_mode": gen.mode,
-        "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
-        "train_file": os.path.abspath(config.data.train)}
+  fp = {"task": config.task, "train_mode": gen.mode, "batch_size": int(config.batch_size),
+        "seed": int(config.get("seed", 0)), **_inputs(config)}
   if gen.mode == "lora":
     fp["lora"] = {k: config.lora[k] for k in sorted(config.lora.keys())}
   return fp
@@ -198,6 +217,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     raise ConfigError("dpo.reference='adapters_off' needs train_mode='lora' (the base model is the reference)")
   src = config.data.train
   stored = os.path.join(os.path.abspath(config.workdir), "pairs_with_ref.jsonl")
+  stored_inputs = stored[: -len(".jsonl")] + ".inputs.json"   # what the stored reference was computed from
   texts = ex.load_pairs(src, _prompts(gen, config))
   cols = {"prompt": texts["prompt"],
           "chosen": ex.tokenize_completions(gen.tokenizer, texts["chosen"]),
@@ -207,17 +227,21 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     if "ref_chosen" in texts:
       info["reference"] = f"stored in {src}"
       cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
-    elif os.path.isfile(stored):
+    elif os.path.isfile(stored) and _read_json(stored_inputs) == _inputs(config):
       done = ex.load_pairs(stored, None)
       if done["chosen"] != texts["chosen"] or done["rejected"] != texts["rejected"] or "ref_chosen" not in done:
         raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
       info["reference"] = f"stored in {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = done["ref_chosen"], done["ref_rejected"]
-    else:
+    else:   # none yet, or made from another model / prompt / pairs file: (re)compute it
       ref_c, ref_r = reference_logprobs(gen, cols, config)
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stored), exist_ok=True)
         ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
+        tmp = stored_inputs + ".tmp"   # written last: a kill in between leaves a cache that is not reused
+        with open(tmp, "w") as f:
+          json.dump(_inputs(config), f, indent=1)
+        os.replace(tmp, stored_inputs)
       info["reference"] = f"computed into {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
   else:
