@@ -59,7 +59,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(128, 192, 256),
                         sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
     c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
-    c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1)
+    # RSFT keeps a query only when its best expansion brings the gold document within the depth
+    # (the -rank reward of a miss is -(depth + 1) for every expansion: nothing to learn from)
+    c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
+                     rsft=dict(n_best=1, min_reward=-1000.0))
     c.align = _group(f"{ALIGN[a.method]}:prompt=expansion", num_epochs=1.0, batch_size=8,
                      data=dict(prompt_buckets=(128, 192, 256), completion_buckets=(64, 80)))
     c.evaluate = _group("evaluate.py", depth=1000, measures=measures)
@@ -71,7 +74,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
                       print_examples=0, postprocess=dict(drop_copied=False),
                       sampling=dict(num_samples=n, max_new_tokens=24, seed=0))
   c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
-  c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1)
+  c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
+                   rsft=dict(n_best=1, min_reward=-100.0))
   c.align = _group(f"{ALIGN[a.method]}:tiny,prompt=expansion", batch_size=4, num_steps=4, eval_every=4,
                    log_every=1, checkpoint=dict(every=4), data=dict(prompt_buckets=(64,), completion_buckets=(16,)))
   c.evaluate = _group("evaluate.py:tiny", max_queries=0, depth=100, measures=measures)

@@ -94,8 +94,33 @@ def test_tiny_aqe_recipe(models, tmp_path):
   assert selected and all((r["query_id"], r["expansion"]) in sampled and r["criterion"] == "consensus"
                           for r in selected)
 
+  # the aligned system is BM25 over "query expansion" with each test query's own greedy expansion,
+  # and its metrics are ir_measures' on that run file
+  from qgjax.data.beir import Corpus, load_qrels
+  from qgjax.evaluation.ir_metrics import read_trec_run
+  from qgjax.retrieval.bm25 import open_bm25_from_config
+  ir_measures = pytest.importorskip("ir_measures")
+  ev = json.loads((work / "evaluate_aligned" / "metrics.json").read_text())
+  run = read_trec_run(work / "evaluate_aligned" / "run.aqe.trec")
+  texts = {q["_id"]: q["text"] for q in _jsonl(data / "queries_test.jsonl")}
+  expansion = {r["query_id"]: r["expansion"] for r in _records(work / "generate_aligned")}
+  qids = sorted(run)
+  assert qids == sorted(texts) and set(expansion) <= set(texts)
+  import ml_collections
+  bm25 = open_bm25_from_config(Corpus(data / "corpus.jsonl"), ml_collections.ConfigDict(ev["config"]["bm25"]))
+  ref = bm25.search([texts[q] + " " + expansion[q] if q in expansion else texts[q] for q in qids], k=10).as_run(qids)
+  for q in qids:
+    top = sorted(run[q], key=lambda d: (-run[q][d], d))[:10]
+    assert [round(run[q][d], 4) for d in top] == [round(v, 4) for v in sorted(ref[q].values(), reverse=True)], q
+  qrels = load_qrels(data / "qrels" / "test.tsv")
+  got = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.R @ 100, ir_measures.Success @ 1], qrels, run)
+  for name, m in (("nDCG@10", ir_measures.nDCG @ 10), ("R@100", ir_measures.R @ 100), ("Success@1", ir_measures.Success @ 1)):
+    assert ev["systems"]["aqe"][name] == pytest.approx(got[m], abs=1e-9)
+
   report = json.loads(open(first["report"]["json"]).read())
   assert [s["key"] for s in report["systems"]] == ["bm25", "base", "best_of_n", "aligned"]
+  aligned = next(s for s in report["systems"] if s["key"] == "aligned")
+  assert aligned["metrics"]["nDCG@10"] == pytest.approx(ev["systems"]["aqe"]["nDCG@10"], abs=1e-9)
   assert [m["label"] for m in report["measures"]] == ["nDCG@10", "Recall@100", "Top-1 acc", "Top-5 acc",
                                                       "Top-20 acc"]
   for s in report["systems"]:
