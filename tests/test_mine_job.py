@@ -80,3 +80,23 @@ def _check_ranks_against_exact_search(cfg, kept, tol=1e-4):
       lo, hi = rank_bounds(s, n_id)
       assert lo <= n_rank <= hi and n_rank < top_k, (r, n_id, order.index(n_id))
       assert s[col[n_id]] <= s[col[r["doc_id"]]] + tol  # a negative never outscores the positive
+
+
+def test_input_keys_are_checked(tmp_path):
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+  from qgjax.errors import InputError
+
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  src = tmp_path / "queries.jsonl"
+
+  def pending(*records, done=()):
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return [r["sample_idx"] for r in mine._pending(str(src), corpus, set(done), "query")]
+
+  rec = {"doc_id": "demo-01", "sample_idx": 0, "query": "black holes"}
+  assert pending(rec, dict(rec, sample_idx=1), done={("demo-01", 0)}) == [1]   # resume skips what is done
+  with pytest.raises(InputError, match=r"queries.jsonl:2: a second record with key \('demo-01', 0\)"):
+    pending(rec, dict(rec, query="event horizon"))
+  with pytest.raises(InputError, match=r"queries.jsonl:1: field 'sample_idx' must be an integer or a string"):
+    pending(dict(rec, sample_idx=[0]))

@@ -106,6 +106,14 @@ def test_user_errors(tmp_path, capsys):
   # mending the input and running the same command again works: nothing was written under the bad one
   src.write_text(json.dumps({"doc_id": "demo-01", "sample_idx": 0, "query": "x"}) + "\n")
   assert _run(tmp_path / "a", f"--config.input={src}") == 0
+  # two runs' outputs concatenated: the second record of a key is an error, not silently dropped
+  dup = tmp_path / "dup.jsonl"
+  dup.write_text("".join(json.dumps({"doc_id": "demo-01", "sample_idx": 0, "query": q}) + "\n" for q in "xy"))
+  assert _run(tmp_path / "d", f"--config.input={dup}") == 2
+  assert "dup.jsonl:2: a second record with key ('demo-01', 0) (the first is" in capsys.readouterr().err
+  dup.write_text(json.dumps({"doc_id": "demo-01", "sample_idx": None, "query": "x"}) + "\n")
+  assert _run(tmp_path / "e", f"--config.input={dup}") == 2
+  assert "dup.jsonl:1: key field 'sample_idx' must be" in capsys.readouterr().err
   assert _run(tmp_path / "b", "--config.reward=dense_rank") == 2
   assert "must be one of config.rewards" in capsys.readouterr().err
   assert _run(tmp_path / "c") == 0

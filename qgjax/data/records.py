@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Iterator
+from typing import Callable, Hashable, Iterator
 
 from qgjax.data.sharded_writer import read_manifest
 from qgjax.errors import InputError
@@ -81,3 +81,25 @@ def fingerprint(source: str | os.PathLike) -> str:
   else:
     raise InputError("input not found", path=str(root))
   return h.hexdigest()[:16]
+
+
+class UniqueKeys:
+  """Checks the input records' keys (the output's key fields, through `key_of`) as they stream:
+  a key field of the wrong type, or a second record with a key already seen, is an InputError
+  naming the file and line (a record would otherwise be dropped without a word as "done").
+  Memory: one entry per distinct key."""
+
+  def __init__(self, key_of: Callable[[dict], Hashable]):
+    self._key_of = key_of
+    self._first: dict[Hashable, tuple[str, int]] = {}
+
+  def __call__(self, record: dict, path: str, line: int) -> Hashable:
+    try:
+      key = self._key_of(record)
+    except (ValueError, TypeError) as e:
+      raise InputError(str(e), path=path, line=line) from None
+    first = self._first.setdefault(key, (path, line))
+    if first != (path, line):
+      raise InputError(f"a second record with key {key!r} (the first is {first[0]}:{first[1]}); records "
+                       "from several runs need distinct sample_idx, or separate jobs", path=path, line=line)
+    return key

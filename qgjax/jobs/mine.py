@@ -29,7 +29,7 @@ from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
-from qgjax.data.records import fingerprint, iter_records, sharded_parts
+from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
 from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records
 from qgjax.errors import InputError
 from qgjax.retrieval.dense import DenseEncoder, build_index, embed_corpus, load_pair_scorer
@@ -43,6 +43,7 @@ def _say(msg: str) -> None:
 
 
 def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[dict]:
+  unique = UniqueKeys(lambda rec: (str(rec["doc_id"]), _sample_idx(rec["sample_idx"])))
   for path, line, rec in iter_records(source):
     for field in ("doc_id", "sample_idx", query_field):
       if field not in rec:
@@ -54,9 +55,15 @@ def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[di
     if doc_id not in corpus:
       raise InputError(f"document '{doc_id}' is not in {corpus.path} (wrong data_dir?)", path=path, line=line,
                        field="doc_id")
-    if (doc_id, rec["sample_idx"]) in done:
+    if unique(rec, path, line) in done:
       continue
     yield {"doc_id": doc_id, "sample_idx": rec["sample_idx"], "query": text}
+
+
+def _sample_idx(value):
+  if isinstance(value, bool) or not isinstance(value, (str, int)):
+    raise ValueError(f"field 'sample_idx' must be an integer or a string, got {value!r}")
+  return value
 
 
 def _batches(items: Iterator[dict], size: int) -> Iterator[list[dict]]:

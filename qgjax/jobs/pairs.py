@@ -66,8 +66,12 @@ def load_groups(source: str, reward: str) -> tuple[str, dict[str, list[Candidate
       raise InputError("missing or empty", path=path, line=line, field=field)
     if "sample_idx" not in rec:
       raise InputError("missing", path=path, line=line, field="sample_idx")
-    groups.setdefault(group, []).append(
-        Candidate(int(rec["sample_idx"]), text, _reward_of(rec, reward, path, line), rec))
+    try:
+      idx = int(rec["sample_idx"])
+    except (TypeError, ValueError):
+      raise InputError(f"must be an integer, got {rec['sample_idx']!r}", path=path, line=line,
+                       field="sample_idx") from None
+    groups.setdefault(group, []).append(Candidate(idx, text, _reward_of(rec, reward, path, line), rec))
     if mode == "aqe" and "query" in rec:
       sources[group] = rec["query"]
   if mode is None:

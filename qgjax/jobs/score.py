@@ -21,7 +21,7 @@ from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.data.progress import progress
-from qgjax.data.records import fingerprint, iter_records, sharded_parts
+from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
 from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records, iter_sharded
 from qgjax.errors import ConfigError, InputError
 from qgjax.rewards import build_scorers
@@ -158,11 +158,13 @@ def run(config: Any) -> dict:
            if pathlib.Path(config.input).is_dir() else None)
   with ShardedJsonlWriter(out_dir, key=key, shard_size=int(config.shard_size), meta=meta) as writer:
     def pending():
+      unique = UniqueKeys(writer.key_of)
       for path, line, record in iter_records(config.input):
         if detect_mode(record) != mode:
           raise InputError(f"record is a {detect_mode(record)} record in a {mode} input", path=path, line=line)
+        key = unique(record, path, line)
         text, gold = targets(record, path, line)
-        if writer.key_of(record) in writer.done_keys:
+        if key in writer.done_keys:
           continue
         yield record, text, gold
 
