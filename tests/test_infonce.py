@@ -1,5 +1,6 @@
 """InfoNCE: global-batch negatives on 8 simulated devices equal a numpy reference."""
 
+import json
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +90,22 @@ def _row_loss(q, pos, neg, pos_key, neg_key, i, t):
   logits = np.asarray([q[i] @ c / t for j, c in enumerate(cands) if not (j != i and keys[j] == pos_key[i])],
                       np.float64)
   return float(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - q[i] @ pos[i] / t)
+
+
+def test_tuple_errors_name_the_file_and_line(tmp_path):
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+  from qgjax.errors import InputError
+  from qgjax.train.infonce import build_columns, read_tuples
+
+  src = tmp_path / "tuples.jsonl"
+  good = {"query": "black holes", "pos_id": "demo-01", "neg_ids": ["demo-02"]}
+  # line 2 is a skipped example (not a training tuple), line 4 names an unknown negative
+  src.write_text("\n".join(json.dumps(r) for r in (good, {"skip": "too_few_negatives"}, good,
+                                                  dict(good, neg_ids=["demo-99"]))) + "\n")
+  tuples, where = read_tuples(str(src))
+  assert len(tuples) == 3 and [line for _, line in where] == [1, 3, 4]
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  with pytest.raises(InputError, match=r"tuples.jsonl:4, field 'neg_ids': document 'demo-99' is not in the "
+                                       r"corpus .*corpus.jsonl \(wrong data.corpus\?\)"):
+    build_columns(tuples, corpus, None, num_negatives=1, query_max_len=8, doc_max_len=8, where=where)

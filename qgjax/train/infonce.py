@@ -146,25 +146,18 @@ class _StepColumn(StepLoader):
     return out
 
 
-def read_tuples(path: str) -> list[dict]:
-  """Training tuples of `qgjax mine`: a sharded output directory (complete) or a .jsonl file."""
-  if os.path.isdir(path):
-    from qgjax.data.sharded_writer import iter_sharded
-    return [r for r in iter_sharded(path, require_complete=True) if "skip" not in r]
-  if not os.path.isfile(path):
+def read_tuples(path: str) -> tuple[list[dict], list[tuple[str, int]]]:
+  """Training tuples of `qgjax mine` (a complete sharded output directory or a .jsonl file), the
+  skipped examples left out -> (tuples, (file, line) of each) for errors that point at the record."""
+  from qgjax.data.records import iter_records
+  if not os.path.exists(path):
     raise InputError("training tuples not found (run `qgjax mine` first?)", path=path)
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"malformed JSON: {e.msg}", path=path, line=line_no) from None
-      if "skip" not in rec:
-        out.append(rec)
-  return out
+  out, where = [], []
+  for src, line, rec in iter_records(path):
+    if "skip" not in rec:
+      out.append(rec)
+      where.append((src, line))
+  return out, where
 
 
 def _doc_key(doc_row: Mapping[str, int], doc_id: str) -> float:
@@ -173,26 +166,31 @@ def _doc_key(doc_row: Mapping[str, int], doc_id: str) -> float:
 
 
 def build_columns(tuples: Sequence[Mapping], corpus, tokenizer, *, num_negatives: int, query_max_len: int,
-                  doc_max_len: int, source: str = "") -> dict[str, list]:
+                  doc_max_len: int, source: str = "", where: Sequence[tuple[str, int]] | None = None
+                  ) -> dict[str, list]:
   """Tuples -> token columns query / pos / neg{h} and scalar keys, for StepLoader.
 
   An example with fewer than `num_negatives` negatives reuses its own (cyclically); one with none
-  is an error unless num_negatives == 0.
+  is an error unless num_negatives == 0. `where`: each tuple's (file, line) for errors (else
+  `source` and the tuple's position).
   """
   doc_ids = corpus.doc_ids if hasattr(corpus, "doc_ids") else list(corpus)
   doc_row = {d: i for i, d in enumerate(doc_ids)}
   needed: dict[str, None] = {}
-  for line, t in enumerate(tuples, start=1):
+  for i, t in enumerate(tuples):
+    path, line = where[i] if where is not None else (source, i + 1)
     for field in ("query", "pos_id"):
       if field not in t:
-        raise InputError("missing field", path=source, line=line, field=field)
+        raise InputError("missing field", path=path, line=line, field=field)
     ids = [t["pos_id"]] + list(t.get("neg_ids", []))[: max(num_negatives, 0) or 0]
     if num_negatives and not t.get("neg_ids"):
-      raise InputError("example has no negatives (set num_negatives=0 for in-batch only)", path=source,
+      raise InputError("example has no negatives (set num_negatives=0 for in-batch only)", path=path,
                        line=line, field="neg_ids")
     for d in ids:
       if d not in doc_row:
-        raise InputError(f"document {d!r} is not in the corpus", path=source, line=line, field="pos_id/neg_ids")
+        in_corpus = f" {corpus.path}" if hasattr(corpus, "path") else ""
+        raise InputError(f"document {d!r} is not in the corpus{in_corpus} (wrong data.corpus?)", path=path,
+                         line=line, field="pos_id" if d == t["pos_id"] else "neg_ids")
       needed[d] = None
   docs = corpus.get_many(list(needed)) if hasattr(corpus, "get_many") else [corpus[d] for d in needed]
   texts = [d.contents for d in docs]
@@ -258,13 +256,13 @@ def setup_retriever(config: Any):
 
   corpus_path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
   corpus = Corpus(corpus_path)
-  tuples = read_tuples(d.train)
+  tuples, where = read_tuples(d.train)
   if not tuples:
     raise InputError("no training tuples", path=d.train)
   h = int(config.num_negatives)
   max_q, max_d = int(d.query_max_len), int(min(d.doc_max_len, info["max_seq_length"]))
   cols = build_columns(tuples, corpus, tokenizer, num_negatives=h, query_max_len=max_q, doc_max_len=max_d,
-                       source=d.train)
+                       source=d.train, where=where)
   seed = int(config.get("seed", 0))
   train_idx, eval_idx = _split(len(tuples), float(d.get("eval_fraction", 0.0)), seed)
   take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
