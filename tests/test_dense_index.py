@@ -109,6 +109,27 @@ def test_index_policy(tmp_path, clustered_set):
                                     "scann": {"num_leaves": 50, "leaves_to_search": 10}},
                     cache_dir=str(tmp_path / "scann"), report=said.append)
   assert "loaded" in said[-1]
+  # other vectors with the same shape (a re-trained encoder): built again, not the stale index
+  idx = build_index(corpus[5000:10000], {"kind": "auto", "scann_min_rows": 1000,
+                                         "scann": {"num_leaves": 50, "leaves_to_search": 10}},
+                    cache_dir=str(tmp_path / "scann"), report=said.append)
+  assert "built" in said[-1]
+
+
+def test_model_files_fingerprint_changes_on_reexport(tmp_path):
+  import os
+
+  from qgjax.models.registry import files_fingerprint
+
+  (tmp_path / "m").mkdir()
+  (tmp_path / "m" / "model.safetensors").write_bytes(b"weights-1")
+  (tmp_path / "m" / "config.json").write_text("{}")
+  before = files_fingerprint(str(tmp_path / "m"))
+  assert files_fingerprint(str(tmp_path / "m")) == before
+  (tmp_path / "m" / "model.safetensors").write_bytes(b"weights-2")   # same size, new mtime
+  st = os.stat(tmp_path / "m" / "model.safetensors")
+  os.utime(tmp_path / "m" / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+  assert files_fingerprint(str(tmp_path / "m")) != before
 
 
 def test_embeddings_store_resumes(tmp_path):

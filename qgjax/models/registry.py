@@ -56,6 +56,22 @@ def resolve(name_or_path: str) -> str:
   return path
 
 
+def files_fingerprint(path: str) -> str:
+  """A digest of a model directory's files (name, size, mtime): re-exporting a model into the same
+  directory changes it, so caches keyed by it (embeddings, indexes) are not reused stale."""
+  h = hashlib.sha256()
+  if os.path.isdir(path):
+    for root, dirs, files in os.walk(path):
+      dirs.sort()
+      for name in sorted(files):
+        st = os.stat(os.path.join(root, name))
+        h.update(f"{os.path.relpath(os.path.join(root, name), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+  elif os.path.isfile(path):
+    st = os.stat(path)
+    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+  return h.hexdigest()[:16]
+
+
 def _cache_dir() -> str:
   return os.environ.get("QGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "qgjax")
 

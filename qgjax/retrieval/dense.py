@@ -26,7 +26,7 @@ from qgjax.data.progress import progress
 from qgjax.errors import ConfigError
 from qgjax.retrieval.embeddings_store import EmbeddingStoreWriter, is_complete, load_embeddings, read_manifest
 from qgjax.retrieval.exact import ExactIndex
-from qgjax.retrieval.scann_index import ScannIndex, ScannParams
+from qgjax.retrieval.scann_index import ScannIndex, ScannParams, vectors_digest
 
 log = logging.getLogger("qgjax.retrieval")
 
@@ -56,6 +56,12 @@ class DenseEncoder:
   def name(self) -> str:
     return str(self.info.get("path", "?"))
 
+  @property
+  def fingerprint(self) -> str:
+    """Digest of the model's files (see qgjax.models.registry.files_fingerprint)."""
+    from qgjax.models.registry import files_fingerprint
+    return files_fingerprint(self.name)
+
   def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_len: int | None = None,
              progress_bar: bool = False) -> np.ndarray:
     from qgjax.models.bert import encode_texts
@@ -76,8 +82,8 @@ def embed_corpus(corpus_path: str, store_dir: str, encoder: DenseEncoder, *, bat
 
   Returns (doc ids, np.float32[N, D]) in corpus order. A complete store is read, not redone.
   """
-  meta = {"model": encoder.name, "max_len": int(max_len), **_corpus_fingerprint(corpus_path),
-          **dict(extra_meta or {})}
+  meta = {"model": encoder.name, "model_files": encoder.fingerprint, "max_len": int(max_len),
+          **_corpus_fingerprint(corpus_path), **dict(extra_meta or {})}
   manifest = read_manifest(store_dir)
   if manifest is not None and manifest.get("complete") and manifest.get("meta") == meta:
     log.info("embeddings: %s is complete (%d rows); reusing it", store_dir, manifest["rows"])
@@ -123,7 +129,7 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, 
 
   index_cfg: {"kind": auto|exact|scann, "scann_min_rows": int, "scann": {ScannParams fields},
   "corpus_chunk": int, "query_block": int}. A ScaNN index is saved under `cache_dir` and loaded
-  from there next time (when its row count and settings match).
+  from there next time (when its row count, settings and vectors match).
   """
   cfg = dict(index_cfg or {})
   kind, reason = choose_index_kind(emb.shape[0], cfg.get("kind", "auto"),
@@ -136,7 +142,7 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, 
   params = ScannParams.from_config(cfg.get("scann")).resolved(emb.shape[0])
   if cache_dir and ScannIndex.is_saved(cache_dir):
     index = ScannIndex.load(cache_dir)
-    if index.num_rows == emb.shape[0] and index.params == params:
+    if index.num_rows == emb.shape[0] and index.params == params and index.data_digest == vectors_digest(emb):
       say(f"index: ScaNN loaded from {cache_dir} ({reason})")
       return index
   t0 = time.perf_counter()
@@ -240,8 +246,9 @@ def _store_dir(cfg, workdir: str, corpus_path: str, model: str, max_len: int) ->
   import hashlib
   import json
   base = cfg.get("cache_dir", "") or os.path.join(workdir, "dense_cache")
+  from qgjax.models.registry import files_fingerprint, resolve
   key = json.dumps([os.path.abspath(corpus_path), os.path.abspath(model) if os.path.isdir(model) else model,
-                    int(max_len)])
+                    files_fingerprint(resolve(model)), int(max_len)])
   return os.path.join(base, "emb-" + hashlib.sha256(key.encode()).hexdigest()[:16])
 
 

@@ -19,6 +19,7 @@ f32 and returns the top k. Recall rises with `leaves_to_search` and `reorder`, s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -76,16 +77,22 @@ def _scann():
   return scann_ops_pybind
 
 
+def vectors_digest(x: np.ndarray) -> str:
+  """sha256 of f32[N, D] vectors (about 1 s per GB): a saved index is reused only for the same ones."""
+  return hashlib.sha256(np.ascontiguousarray(x, np.float32).data).hexdigest()
+
+
 class ScannIndex:
   """A built ScaNN searcher over corpus rows 0..N-1 (dot-product similarity)."""
 
   kind = "scann"
 
-  def __init__(self, searcher, params: ScannParams, num_rows: int, dim: int):
+  def __init__(self, searcher, params: ScannParams, num_rows: int, dim: int, data_digest: str = ""):
     self._searcher = searcher
     self.params = params
     self.num_rows = num_rows
     self.dim = dim
+    self.data_digest = data_digest   # of the vectors it was built over (`vectors_digest`); "" = unknown
 
   @classmethod
   def build(cls, corpus: np.ndarray, params: ScannParams | None = None) -> ScannIndex:
@@ -106,7 +113,7 @@ class ScannIndex:
     searcher = builder.build()
     if p.threads:
       searcher.set_num_threads(p.threads)
-    return cls(searcher, p, corpus.shape[0], corpus.shape[1])
+    return cls(searcher, p, corpus.shape[0], corpus.shape[1], vectors_digest(corpus))
 
   def search(self, queries, k: int, *, leaves_to_search: int | None = None, reorder: int | None = None,
              batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +144,11 @@ class ScannIndex:
     """Serialises the searcher and its settings into `directory` (created if absent)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)  # ScaNN's serialize() does not create it
+    if os.path.exists(os.path.join(directory, PARAMS_FILE)):
+      os.remove(os.path.join(directory, PARAMS_FILE))   # an older index there is no longer complete
     self._searcher.serialize(directory)
-    meta = {"params": dataclasses.asdict(self.params), "num_rows": self.num_rows, "dim": self.dim}
+    meta = {"params": dataclasses.asdict(self.params), "num_rows": self.num_rows, "dim": self.dim,
+            "data_sha256": self.data_digest}
     tmp = os.path.join(directory, PARAMS_FILE + ".tmp")
     with open(tmp, "w") as f:
       json.dump(meta, f, indent=1)
@@ -154,7 +164,8 @@ class ScannIndex:
     with open(meta_path) as f:
       meta = json.load(f)
     searcher = _scann().load_searcher(directory)
-    return cls(searcher, ScannParams(**meta["params"]), int(meta["num_rows"]), int(meta["dim"]))
+    return cls(searcher, ScannParams(**meta["params"]), int(meta["num_rows"]), int(meta["dim"]),
+               str(meta.get("data_sha256", "")))
 
   @staticmethod
   def is_saved(directory: str | os.PathLike) -> bool:

@@ -128,7 +128,9 @@ def corpus_embeddings(corpus, encoder, cfg) -> np.ndarray:
   module, params, tokenizer, max_len, info = encoder
   cache_file = None
   if cfg.cache_dir:
-    key = json.dumps([corpus_fingerprint(corpus.path), os.path.abspath(info["path"]), max_len])
+    from qgjax.models.registry import files_fingerprint
+    key = json.dumps([corpus_fingerprint(corpus.path), os.path.abspath(info["path"]),
+                      files_fingerprint(info["path"]), max_len])
     cache_file = pathlib.Path(cfg.cache_dir) / f"emb-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
     if cache_file.is_file():
       emb = np.load(cache_file)
