@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="all-minilm-l6-v2", dtype="auto", dropout=False, remat=False))
   c.towers = a.towers
   c.temperature = 0.05            # sentence-transformers' MultipleNegativesRankingLoss scale 20
+  c.similarity = "cos"            # cos (MNRL's cos_sim: the exported model normalises) or dot (as the model is)
   c.num_negatives = 1
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),

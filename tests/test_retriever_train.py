@@ -87,3 +87,29 @@ def test_separate_towers_loss_and_gradients():
   shared_loss, _ = jax.jit(retriever_loss_fn(Towers(module, shared=True), h, 0.05))({"query": p}, {}, batch)
   ref_shared, _ = jax.jit(loss_fn)({"query": p, "doc": p}, {}, batch)
   np.testing.assert_allclose(float(shared_loss), float(ref_shared), rtol=1e-6)
+
+
+@pytest.mark.parametrize("similarity, normalised", [("cos", True), ("dot", False)])
+def test_similarity_cos_trains_and_exports_a_normalising_encoder(tmp_path, similarity, normalised):
+  """MNRL scores with cos_sim: with similarity=cos a model without a Normalize module is trained on
+  unit vectors and exported with one, so what is served is what was trained."""
+  from transformers import AutoTokenizer
+
+  from qgjax.models import bert
+  from qgjax.train.infonce import setup_retriever
+
+  tok = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
+  cfg = EncoderConfig(vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
+                      max_position_embeddings=160)
+  raw = BiEncoder(cfg, pooling="mean", normalize=False)
+  bert.save_bi_encoder_st(init_params(raw, seed=0), raw, tok, str(tmp_path / "m"), max_seq_length=128)
+  over = [("workdir", str(tmp_path / "r")), ("data.train", _tuples(tmp_path / "t.jsonl")),
+          ("model.name", str(tmp_path / "m")), ("similarity", similarity), ("batch_size", "8")]
+  setup = setup_retriever(build_config("configs/retriever.py:tiny", over))
+  assert setup.fingerprint["similarity"] == similarity
+  out = setup.export(setup.trainable, {}, str(tmp_path / "export"))
+  modules = json.loads(open(f"{out}/modules.json").read())
+  assert any(m["type"].endswith("Normalize") for m in modules) == normalised
+  batch = jax.tree.map(jnp.asarray, setup.train.batch(0))
+  loss, metrics = jax.jit(setup.loss_fn)(setup.trainable, {}, batch)
+  assert np.isfinite(float(loss)) and (abs(float(metrics["pos_score"])) <= 1.0 + 1e-5) == normalised

@@ -3,7 +3,7 @@
 Loss for a global batch of B queries, their positives and H mined negatives each:
 
   candidates = [pos_0 .. pos_{B-1}, neg_{0,0} .. neg_{B-1,H-1}]     (B * (1 + H) documents)
-  logits[i, j] = <q_i, c_j> / temperature
+  logits[i, j] = <q_i, c_j> / temperature   (q, c L2-normalised with similarity="cos", the default)
   loss = mean_i  -log softmax(logits[i])[i]
 
 Every query sees every candidate of the whole global batch, on all devices: the step is
@@ -244,7 +244,13 @@ def setup_retriever(config: Any):
   overrides = {"dtype": str(dtype)}
   if m.get("remat", False):
     overrides["remat"] = True
-  module = BiEncoder(dataclasses.replace(cfg, **overrides), pooling=module.pooling, normalize=module.normalize)
+  similarity = config.get("similarity", "cos")
+  if similarity not in ("cos", "dot"):
+    raise ConfigError(f"config.similarity must be 'cos' or 'dot', got {similarity!r}")
+  # cos (MultipleNegativesRankingLoss' cos_sim): the encoder L2-normalises, in training and in the
+  # export (a Normalize module is added when the model had none); dot: the model's own output
+  normalize = True if similarity == "cos" else module.normalize
+  module = BiEncoder(dataclasses.replace(cfg, **overrides), pooling=module.pooling, normalize=normalize)
   towers = Towers(module, shared=config.towers == "shared", dropout=bool(m.get("dropout", False)))
   if config.towers not in ("shared", "separate"):
     raise ConfigError(f"config.towers must be 'shared' or 'separate', got {config.towers!r}")
@@ -278,7 +284,7 @@ def setup_retriever(config: Any):
     return export_towers(p, module, tokenizer, out_dir, max_seq_length=max_d, passthrough=info.get("passthrough"))
 
   fp = {"task": config.task, "model": str(m.name), "towers": config.towers, "batch_size": int(config.batch_size),
-        "num_negatives": h, "temperature": float(config.temperature), "seed": seed,
+        "num_negatives": h, "temperature": float(config.temperature), "similarity": similarity, "seed": seed,
         "train": os.path.abspath(d.train)}
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
            "truncated": train.truncated, "towers": config.towers}
