@@ -130,12 +130,40 @@ def load_config_file(spec: str) -> ConfigDict:
   return config
 
 
+def _stage_set_override(config: ConfigDict, group: ConfigDict, parts: list[str], value: str, dotted: str) -> None:
+  """`<stage>.set.<key>=value` on a pipeline config: the key is checked against (and its value
+  coerced to the type in) the stage's own config file, then set, though `set` did not list it."""
+  path, arg = _split_path_arg(str(group.config))
+  if not os.path.isabs(path) and not os.path.isfile(path) and "configs_dir" in config:
+    path = os.path.join(config.configs_dir, path)
+  stage = load_config_file(path + (":" + arg if arg else ""))
+  try:
+    apply_override(stage, ".".join(parts), value)
+  except ConfigError as e:
+    raise ConfigError(f"{dotted}: {e} (in {os.path.basename(path)})") from None
+  src, node = stage, group.set
+  for part in parts[:-1]:
+    src = src[part]
+    if part not in node or not isinstance(node[part], ConfigDict):
+      with node.unlocked() if node.is_locked else _nullcontext():
+        node[part] = ConfigDict()
+    node = node[part]
+  with node.unlocked() if node.is_locked else _nullcontext():
+    node[parts[-1]] = src[parts[-1]]
+
+
 def apply_override(config: ConfigDict, dotted: str, value: str) -> None:
-  """Sets `config.<dotted> = value`, coerced to the existing field's type."""
+  """Sets `config.<dotted> = value`, coerced to the existing field's type.
+
+  On a pipeline config, `<stage>.set.<key>` may name any key of that stage's config file."""
   parts = dotted.split(".")
   node = config
   for i, part in enumerate(parts):
     here = ".".join(parts[: i + 1])
+    if (part == "set" and i < len(parts) - 1 and isinstance(node, ConfigDict) and "config" in node
+        and isinstance(node.get("set"), ConfigDict) and not _has_path(node.set, parts[i + 1:])):
+      _stage_set_override(config, node, parts[i + 1:], value, dotted)
+      return
     if not isinstance(node, ConfigDict) or part not in node:
       valid = node.keys() if isinstance(node, ConfigDict) else []
       raise ConfigError(f"unknown config key '{here}'; {_nearest(part, valid)}")
@@ -143,6 +171,14 @@ def apply_override(config: ConfigDict, dotted: str, value: str) -> None:
       node = node[part]
   with node.unlocked() if node.is_locked else _nullcontext():
     node[parts[-1]] = _coerce(value, node[parts[-1]], dotted)
+
+
+def _has_path(node: Any, parts: list[str]) -> bool:
+  for part in parts:
+    if not isinstance(node, ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 class _nullcontext:

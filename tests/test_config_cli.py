@@ -78,3 +78,18 @@ def test_every_config_file_loads_and_names_its_command():
     import ast
     doc = ast.get_docstring(ast.parse(f.read_text())) or ""
     assert "qgjax " in doc, f"{f.name}: docstring must hold the exact command that runs it"
+
+
+def test_pipeline_stage_set_takes_any_key_of_the_stage_config():
+  """`<stage>.set.<key>` is checked against the stage's own config file, not only what `set` lists."""
+  import os
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = os.path.join(repo, "configs", "pipeline.py:tiny")
+  c = build_config(spec, [("generate.set.sampling.temperature", "0.7"), ("generate.set.sampling.top_k", "5")])
+  assert c.generate.set.sampling.temperature == 0.7 and c.generate.set.sampling.top_k == 5   # float / int, coerced
+  assert c.generate.set.sampling.num_samples == build_config(spec).generate.set.sampling.num_samples   # kept
+  with pytest.raises(ConfigError, match=r"generate.set.sampling.temprature: .*did you mean 'temperature'\? "
+                                        r"\(in generate.py\)"):
+    build_config(spec, [("generate.set.sampling.temprature", "0.7")])
+  with pytest.raises(ConfigError, match=r"generate.set.sampling.top_k: config key 'sampling.top_k' is an int"):
+    build_config(spec, [("generate.set.sampling.top_k", "many")])
