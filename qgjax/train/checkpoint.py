@@ -30,6 +30,14 @@ def _saved(state: TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
+def _path(key_path) -> str:
+  """A pytree key path as 'params.dense.kernel' (dict keys, attributes and indices joined by dots)."""
+  out = []
+  for k in key_path:
+    out.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+  return ".".join(out)
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` (see module docstring)."""
 
@@ -93,11 +101,33 @@ class Checkpointer:
     target = _saved(state)
     target_shardings = {"step": shardings.step, "params": shardings.params, "opt_state": shardings.opt_state}
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, target_shardings)
+    problems = self._tree_mismatch(step, abstract)
+    if problems:
+      raise CheckpointMismatchError(f"{self.directory}/{step} does not fit this model/optimizer: {problems}")
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointMismatchError(f"{self.directory}/{step} does not fit this model/optimizer: {e}") from None
     return state.replace(step=restored["step"], params=restored["params"], opt_state=restored["opt_state"])
+
+  def _tree_mismatch(self, step: int, abstract: Any) -> str:
+    """'' when the stored tensors match `abstract` by path and shape, else which do not (up to 5 each)."""
+    try:
+      stored = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+    except Exception:   # an older or foreign layout: leave the check to the restore itself
+      return ""
+    stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
+    have = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]
+            if hasattr(x, "shape")}
+    want = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    if not have:
+      return ""
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(f"{k} {have[k]} stored vs {want[k]} here" for k in set(want) & set(have) if have[k] != want[k])
+    parts = [f"{name}: {', '.join(items[:5])}" + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+             for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if items]
+    return "; ".join(parts)
 
   def restore_or(self, state: TrainState, shardings: TrainState) -> TrainState:
     step = self.latest_step()

@@ -1,0 +1,43 @@
+"""Orbax checkpoints: a restore into a model it does not fit names the tensors that differ."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from qgjax.errors import CheckpointMismatchError
+from qgjax.train.checkpoint import Checkpointer
+from qgjax.train.step import TrainState
+
+
+def _state(shape, head=False):
+  params = {"dense": {"kernel": jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape),
+                      "bias": jnp.zeros(shape[-1])}}
+  if head:
+    params["head"] = {"w": jnp.ones((2,))}
+  return TrainState(step=jnp.int32(3), params=params, opt_state=optax.adam(1e-3).init(params), frozen={})
+
+
+def _shardings(state):
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda _: one, state)
+
+
+def test_restore_names_missing_and_misshaped_tensors(tmp_path):
+  saved = _state((4, 4))
+  ck = Checkpointer(str(tmp_path / "c"), async_save=False)
+  ck.save(3, saved)
+  ck.close()
+  ck = Checkpointer(str(tmp_path / "c"), async_save=False)
+  back = ck.restore(3, _state((4, 4)), _shardings(saved))
+  np.testing.assert_array_equal(back.params["dense"]["kernel"], saved.params["dense"]["kernel"])
+  other = _state((8, 4), head=True)
+  with pytest.raises(CheckpointMismatchError) as e:
+    ck.restore(3, other, _shardings(other))
+  msg = str(e.value)
+  assert "missing: " in msg and "params.head.w" in msg
+  assert "mis-shaped: " in msg and "params.dense.kernel (4, 4) stored vs (8, 4) here" in msg
+  ck.close()
