@@ -61,6 +61,23 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   assert [m["label"] for m in report["measures"]] == COLUMNS
   for s in report["systems"]:
     assert all(0.0 <= v <= 1.0 for v in s["metrics"].values()) and len(s["metrics"]) == 3
+  # every number in the table is ir_measures' (pytrec_eval) on that system's run file
+  import glob
+
+  import ir_measures
+
+  from qgjax.data.beir import load_qrels
+  from qgjax.evaluation.ir_metrics import read_trec_run
+  for s in report["systems"]:
+    ev = json.loads((work / f"evaluate_{s['key']}" / "metrics.json").read_text())
+    (run_file,) = glob.glob(str(work / f"evaluate_{s['key']}" / "run.*.trec"))
+    run = read_trec_run(run_file)
+    qrels = load_qrels(os.path.join(ev["data_dir"], "qrels", f"{ev['split']}.tsv"))
+    qrels = {q: r for q, r in qrels.items() if q in run}
+    assert len(run) == ev["num_queries"] == len(qrels) > 0
+    ref = ir_measures.pytrec_eval.calc_aggregate([ir_measures.parse_measure(m) for m in s["metrics"]], qrels, run)
+    for m, v in s["metrics"].items():
+      assert v == pytest.approx(ref[ir_measures.parse_measure(m)], abs=1e-9), (s["key"], m)
   md = open(paths["markdown"]).read()
   assert "| system | nDCG@10 | MRR@100 | Recall@100 |" in md
   assert all(f"| {row} | " in md for row in ROWS)
