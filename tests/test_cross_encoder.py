@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from qgjax.models.bert import CrossEncoder, EncoderConfig, init_params, score_pairs
-from qgjax.train.cross_encoder import ce_loss_fn, join_pairs, readqg_ce_numpy
+from loss_references import readqg_ce_numpy
+from qgjax.train.cross_encoder import ce_loss_fn, join_pairs
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +75,13 @@ def test_loss_equals_numpy_reference(tokenizer):
   dt, dm = _pad(tokenizer(DOCS)["input_ids"], 48, 0)
   batch = {"qpos": qp, "qpos_mask": qpm, "qneg": qn, "qneg_mask": qnm, "doc": dt, "doc_mask": dm,
            "doc_key": doc_key, "has_qneg": has_qneg, "weight": np.ones(b, np.float32)}
+  weights = (np.ones(b, np.float32), np.asarray([1, 0, 1, 1], np.float32))   # row 1 only fills the batch
   # pool 2: row 3 sees docs 0 (same document, masked) and 1; pool 1: row 3 sees only doc 0, so it has no
   # hard negative and keeps its BCE(s+) and margin terms
-  for pool, margin in ((3, 0.0), (2, 0.5), (1, 0.5)):
+  for (pool, margin), weight in zip(((3, 0.0), (2, 0.5), (1, 0.5), (2, 0.5)), weights * 2):
     fn = ce_loss_fn(module, pool=pool, margin=margin, margin_weight=0.7, pad_id=0, joiner=None)
-    loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, batch))
-    ref = readqg_ce_numpy(scores, doc_key, s_qneg, pool, margin, 0.7, has_qneg)
+    loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, dict(batch, weight=weight)))
+    ref = readqg_ce_numpy(scores, doc_key, s_qneg, pool, margin, 0.7, has_qneg, weight)
     np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
   # the gradient reaches the parameters
   grads = jax.jit(jax.grad(lambda p: fn(p, {}, jax.tree.map(jnp.asarray, batch))[0]))(params)

@@ -129,23 +129,6 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
   return loss_fn
 
 
-def readqg_ce_numpy(scores: np.ndarray, doc_key: np.ndarray, s_qneg: np.ndarray, pool: int, margin: float,
-                    margin_weight: float, has_qneg: np.ndarray) -> float:
-  """Reference: scores f64[B, B] = F(q+_i, d_j) for every pair; the loss by explicit loops."""
-  b = len(scores)
-  total = 0.0
-  for i in range(b):
-    cands = [(i + s) % b for s in range(1, min(pool, b - 1) + 1)]
-    cands = [j for j in cands if doc_key[j] != doc_key[i]]
-    bce = np.logaddexp(0, scores[i, i]) - scores[i, i]
-    if cands:   # no other document in the pool: only the hard-negative term is dropped
-      j = max(cands, key=lambda c: scores[i, c])
-      bce += np.logaddexp(0, scores[i, j])
-    hinge = max(0.0, margin + s_qneg[i] - scores[i, i]) * has_qneg[i]
-    total += bce + margin_weight * hinge
-  return total / b
-
-
 # ------------------------------------------------------------------------------------------------
 # The task.
 

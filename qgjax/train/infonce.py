@@ -24,7 +24,6 @@ Data: the tuples of `qgjax mine` ({query, pos_id, neg_ids, ...}; a sharded outpu
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -69,30 +68,6 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
   metrics = {"accuracy": jnp.sum((pos_score > hardest) * w) / wsum,
              "pos_score": jnp.sum(pos_score * w) / wsum, "hardest_neg_score": jnp.sum(hardest * w) / wsum}
   return loss, metrics
-
-
-def infonce_numpy(q: np.ndarray, pos: np.ndarray, neg: np.ndarray | None, temperature: float,
-                  pos_key: np.ndarray | None = None, neg_key: np.ndarray | None = None) -> float:
-  """Reference implementation (float64, loops) used by the tests."""
-  q, pos = np.asarray(q, np.float64), np.asarray(pos, np.float64)
-  cands = [pos[j] for j in range(len(pos))]
-  keys = list(pos_key) if pos_key is not None else list(range(len(pos)))
-  if neg is not None:
-    for i in range(neg.shape[0]):
-      for h in range(neg.shape[1]):
-        cands.append(np.asarray(neg[i, h], np.float64))
-        keys.append(neg_key[i, h] if neg_key is not None else -1 - (i * neg.shape[1] + h))
-  total = 0.0
-  for i in range(len(q)):
-    row = []
-    for j, c in enumerate(cands):
-      if j != i and pos_key is not None and keys[j] == pos_key[i]:
-        continue
-      row.append(float(q[i] @ c) / temperature)
-    row = np.asarray(row)
-    target = float(q[i] @ pos[i]) / temperature
-    total += np.log(np.sum(np.exp(row - row.max()))) + row.max() - target
-  return total / len(q)
 
 
 # ------------------------------------------------------------------------------------------------
