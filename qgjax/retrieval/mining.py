@@ -16,6 +16,9 @@ For a generated query q of source document d+ (its positive):
      drop_query  -> the example is dropped
      none        -> no reranker
 5. negatives = the first `num_negatives` candidates left, reported in rank order.
+   After a relabel they stay the ones below the original positive's rank: the reranker scored
+   every one of them at most the old positive's score (+ margin), so below the new positive's,
+   even where the new positive was retrieved further down than some of them.
 
 When d+ is not among the top_k, `missing_positive` decides: "skip" the query (default) or
 "sample_all" (every retrieved document is a candidate). Examples with fewer than
