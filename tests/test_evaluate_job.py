@@ -38,13 +38,19 @@ def test_evaluate_demo_writes_metrics_and_run(tmp_path, capsys):
   assert metrics["systems"]["bm25+bm25"] == metrics["systems"]["bm25"]
 
 
-def test_tiny_variant_and_cache(tmp_path):
+def test_tiny_variant_and_cache(tmp_path, monkeypatch):
+  from qgjax.retrieval import bm25
+
+  builds = []
+  real = bm25.build_bm25
+  monkeypatch.setattr(bm25, "build_bm25", lambda *a, **k: builds.append(1) or real(*a, **k))   # counts, then the real one
   cache = tmp_path / "cache"
   args = ["evaluate", "--config", f"{CONFIG}:tiny", f"--config.workdir={tmp_path / 'w'}",
           f"--config.bm25.cache_dir={cache}"]
-  assert cli.main(args) == 0
-  assert cli.main(args) == 0  # second run loads the cached index
-  assert len(list(cache.iterdir())) == 1
+  assert cli.main(args) == 0 and len(builds) == 1
+  first = (tmp_path / "w" / "run.bm25.trec").read_text()
+  assert cli.main(args) == 0 and len(builds) == 1   # second run loads the cached index, builds nothing
+  assert len(list(cache.iterdir())) == 1 and (tmp_path / "w" / "run.bm25.trec").read_text() == first
   metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
   assert metrics["num_queries"] == 8 and metrics["config"]["depth"] == 100
 
