@@ -123,11 +123,19 @@ def test_contrastive_and_expansion_modes(tiny_dir, tmp_path):
   generate.run(_config(tiny_dir, tmp_path / "c", arg="mode=contrastive", **{"data.limit": "4", "buckets": "[256]"}))
   recs = _records(tmp_path / "c")
   assert recs and all(r["negative_id"] != r["doc_id"] and r["prompt_mode"] == "contrastive" for r in recs)
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus, load_queries
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  negative = {}
+  for r in recs:   # one negative per document, shared by its samples, a real other document
+    assert r["negative_id"] in corpus and negative.setdefault(r["doc_id"], r["negative_id"]) == r["negative_id"]
   generate.run(_config(tiny_dir, tmp_path / "e", arg="mode=expansion", **{"data.limit": "4"}))
   recs = _records(tmp_path / "e")
   assert recs and set(recs[0]) == {"query_id", "query", "expansion", "logprob", "num_tokens", "sample_idx",
                                    "prompt_mode", "model"}
   assert len({r["query_id"] for r in recs}) >= 3
+  queries = load_queries(demo_dir() / "queries.jsonl")
+  assert all(r["query"] == queries[r["query_id"]] for r in recs)   # each expansion carries its own query
 
 
 def test_processes_take_interleaved_slices(tiny_dir, tmp_path):
