@@ -218,8 +218,10 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
   def check(item_id: str, ids: list[int]) -> list[int]:
     if len(ids) > max_len:
       raise ConfigError(f"the prompt for {item_id!r} has {len(ids)} tokens, more than the largest bucket "
-                        f"{max_len}; lower prompt.max_doc_tokens or add a larger bucket")
+                        f"{max_len}; lower prompt.max_doc_tokens or add a larger bucket (in a new output_dir "
+                        "if this one already holds records: they were made with these settings)")
     return ids
+
 
   if mode == "expansion":
     queries = _queries(config)
