@@ -222,7 +222,6 @@ def iter_items(config, tokenizer, done: set[str], process_index: int, process_co
                         "if this one already holds records: they were made with these settings)")
     return ids
 
-
   if mode == "expansion":
     queries = _queries(config)
     ids = list(queries)[offset:offset + limit] if limit else list(queries)[offset:]
