@@ -102,9 +102,8 @@ def run(config: Any) -> dict:
   if config.max_queries:
     queries = dict(list(queries.items())[: int(config.max_queries)])
   qrels = {q: data.qrels[q] for q in queries}
-  for stages in systems:   # a misspelt stage fails before any system runs
-    for stage in stages:
-      _resolve(stage, STAGES, "qgjax.retrieval", "evaluation_run")
+  # every stage resolved before any system runs: a misspelt one fails first
+  stage_fns = {s: _resolve(s, STAGES, "qgjax.retrieval", "evaluation_run") for stages in systems for s in stages}
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
@@ -121,8 +120,7 @@ def run(config: Any) -> dict:
     for i in range(len(stages)):
       prefix = tuple(stages[: i + 1])
       if prefix not in cache:
-        fn = _resolve(stages[i], STAGES, "qgjax.retrieval", "evaluation_run")
-        cache[prefix] = fn(config, data, queries, previous)
+        cache[prefix] = stage_fns[stages[i]](config, data, queries, previous)
       previous = cache[prefix]
     if config.get("ignore_identical_ids", True):
       removed[name] = sum(q in docs for q, docs in previous.items())

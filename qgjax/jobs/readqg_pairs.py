@@ -71,10 +71,11 @@ def run(config) -> dict:
     if len(judged) < need:
       few += 1
       continue
-    if len(set(judged.values())) == 1 and not config.keep_flat:
+    one_grade = len(set(judged.values())) == 1
+    if one_grade and not config.keep_flat:
       flat += 1
       continue
-    pos, neg = document_pairs(judged, m, int(config.seed), strict=len(set(judged.values())) > 1)
+    pos, neg = document_pairs(judged, m, int(config.seed), strict=not one_grade)
     tied += m - len(pos)
     pairs.append({"doc_id": doc_id, "positive": [queries[q] for q, _ in pos],
                   "negative": [queries[q] for q, _ in neg], "positive_score": [s for _, s in pos],

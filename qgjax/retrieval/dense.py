@@ -140,9 +140,10 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, 
     return ExactIndex(emb, corpus_chunk=int(cfg.get("corpus_chunk", 16384)),
                       query_block=int(cfg.get("query_block", 256)))
   params = ScannParams.from_config(cfg.get("scann")).resolved(emb.shape[0])
+  digest = vectors_digest(emb) if cache_dir else ""
   if cache_dir and ScannIndex.is_saved(cache_dir):
     index = ScannIndex.load(cache_dir)
-    if index.num_rows == emb.shape[0] and index.params == params and index.data_digest == vectors_digest(emb):
+    if index.num_rows == emb.shape[0] and index.params == params and index.data_digest == digest:
       say(f"index: ScaNN loaded from {cache_dir} ({reason})")
       return index
   t0 = time.perf_counter()
@@ -150,6 +151,7 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, 
   say(f"index: ScaNN over {emb.shape[0]} x {emb.shape[1]} built in {time.perf_counter() - t0:.1f}s "
       f"(leaves={params.num_leaves}, search={params.leaves_to_search}, reorder={params.reorder}); {reason}")
   if cache_dir:
+    index.data_digest = digest
     index.save(cache_dir)
   return index
 

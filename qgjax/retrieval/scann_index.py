@@ -113,7 +113,7 @@ class ScannIndex:
     searcher = builder.build()
     if p.threads:
       searcher.set_num_threads(p.threads)
-    return cls(searcher, p, corpus.shape[0], corpus.shape[1], vectors_digest(corpus))
+    return cls(searcher, p, corpus.shape[0], corpus.shape[1])
 
   def search(self, queries, k: int, *, leaves_to_search: int | None = None, reorder: int | None = None,
              batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -30,14 +30,6 @@ def _saved(state: TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
-def _path(key_path) -> str:
-  """A pytree key path as 'params.dense.kernel' (dict keys, attributes and indices joined by dots)."""
-  out = []
-  for k in key_path:
-    out.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-  return ".".join(out)
-
-
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` (see module docstring)."""
 
@@ -117,16 +109,19 @@ class Checkpointer:
     except Exception:   # an older or foreign layout: leave the check to the restore itself
       return ""
     stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
-    have = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]
-            if hasattr(x, "shape")}
-    want = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+
+    def by_path(tree) -> dict[str, tuple]:   # "params.dense.kernel" -> shape
+      return {jax.tree_util.keystr(p, simple=True, separator="."): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(x, "shape")}
+
+    have, want = by_path(stored), by_path(abstract)
     if not have:
       return ""
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
-    shapes = sorted(f"{k} {have[k]} stored vs {want[k]} here" for k in set(want) & set(have) if have[k] != want[k])
+    misshaped = sorted(f"{k} {have[k]} stored vs {want[k]} here" for k in set(want) & set(have) if have[k] != want[k])
     parts = [f"{name}: {', '.join(items[:5])}" + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-             for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if items]
+             for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
     return "; ".join(parts)
 
   def restore_or(self, state: TrainState, shardings: TrainState) -> TrainState:

@@ -26,6 +26,7 @@ import numpy as np
 
 from qgjax.errors import ConfigError
 from qgjax.train import examples as ex
+from qgjax.train.checkpoint import write_json
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.generator import Generator, load_generator
 from qgjax.train.logprobs import completion_logprobs, pair_logprobs
@@ -218,6 +219,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
   src = config.data.train
   stored = os.path.join(os.path.abspath(config.workdir), "pairs_with_ref.jsonl")
   stored_inputs = stored[: -len(".jsonl")] + ".inputs.json"   # what the stored reference was computed from
+  inputs = _inputs(config)
   texts = ex.load_pairs(src, _prompts(gen, config))
   cols = {"prompt": texts["prompt"],
           "chosen": ex.tokenize_completions(gen.tokenizer, texts["chosen"]),
@@ -227,7 +229,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     if "ref_chosen" in texts:
       info["reference"] = f"stored in {src}"
       cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
-    elif os.path.isfile(stored) and _read_json(stored_inputs) == _inputs(config):
+    elif os.path.isfile(stored) and _read_json(stored_inputs) == inputs:
       done = ex.load_pairs(stored, None)
       if done["chosen"] != texts["chosen"] or done["rejected"] != texts["rejected"] or "ref_chosen" not in done:
         raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
@@ -238,10 +240,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(stored), exist_ok=True)
         ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
-        tmp = stored_inputs + ".tmp"   # written last: a kill in between leaves a cache that is not reused
-        with open(tmp, "w") as f:
-          json.dump(_inputs(config), f, indent=1)
-        os.replace(tmp, stored_inputs)
+        write_json(stored_inputs, inputs)   # written last: a kill in between leaves a cache that is not reused
       info["reference"] = f"computed into {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
   else:

@@ -70,15 +70,15 @@ def readqg_decoder_loss_fn(module: Any, rq: Any, n_sep: int):
     fns = decoder_fns(module, {"params": lm})
     tokens = jnp.concatenate([batch["prompt"]] * 2)
     r = jnp.concatenate([batch["r_positive"], batch["r_negative"]])
-    embeds, mask = prefixed_inputs(fns, soft, r, tokens, jnp.concatenate([batch["prompt_mask"]] * 2))
+    prompt_mask = jnp.concatenate([batch["prompt_mask"]] * 2)
+    embeds, mask = prefixed_inputs(fns, soft, r, tokens, prompt_mask)
     q = jnp.concatenate([batch["positive"], batch["negative"], batch["negative"], batch["positive"]])
     qm = jnp.concatenate([batch["positive_mask"], batch["negative_mask"], batch["negative_mask"],
                           batch["positive_mask"]])
     lp, hidden = shared_prompt_logprobs(fns, None, mask, q, qm, prompt_embeds=embeds)   # 4B rows, [2B, P+S, D]
     fw, rev = split_rows(lp, 2 * b)
     pooled = mean_pool(hidden, mask.at[:, mask.shape[1] - n_sep:].set(False))   # prefix + document
-    same = same_inputs(tokens, jnp.concatenate([batch["prompt_mask"]] * 2), r)
-    return readqg_objective(fw, rev, pooled, batch["weight"], rq, same)
+    return readqg_objective(fw, rev, pooled, batch["weight"], rq, same_inputs(tokens, prompt_mask, r))
   return loss_fn
 
 
