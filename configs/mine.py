@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 1024             # queries searched and mined per batch
   c.shard_size = 10000
   c.encoder = ml_collections.ConfigDict(dict(
-      model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, shard_rows=8192))
+      model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, shard_rows=8192,
+      cache_dir=""))  # "": <workdir>/embeddings; else the corpus-embedding store shared with score / evaluate
   c.index = default_index_config()
   c.mining = ml_collections.ConfigDict(dict(
       top_k=100, num_negatives=8, min_negatives=1, seed=0, missing_positive="skip", relabel="none",

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.bm25 = default_bm25_config()
   c.dense = ml_collections.ConfigDict(dict(
       model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, chunk=4096,
-      cache_dir=""))  # corpus embeddings cached here when set
+      cache_dir=""))  # when set: the corpus-embedding store, shared with mine / evaluate given the same dir
   c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32))
   if a.tiny:
     from qgjax.data import demo_dir

@@ -88,10 +88,20 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   stats = report["reward"]["stats"]
   assert set(stats) == {"unaligned", "aligned"} and report["reward"]["name"] == "bm25_rank"
   assert all(0 < st["count"] <= 52 and st["max"] <= -1 for st in stats.values())
-  # the three score stages share one corpus-embedding cache (a dense reward encodes the corpus once)
-  for name in ("score", "score_unaligned", "score_aligned"):
+  # score, mine and evaluate stages share one corpus-embedding store per (model, length): the base
+  # encoder encodes the corpus once for both mine stages and evaluate_base (mine's max_len 128 and
+  # evaluate's 256 both cut at the tiny model's max_seq_length, 128)
+  shared = work.resolve() / "cache" / "embeddings"
+  for name in ("score", "score_unaligned", "score_aligned", "evaluate_base", "evaluate_aligned"):
     marker = json.loads((work / name / "STAGE_DONE.json").read_text())
-    assert marker["config"]["dense"]["cache_dir"] == str(work.resolve() / "cache" / "dense")
+    assert marker["config"]["dense"]["cache_dir"] == str(shared)
+  for name in ("mine_unaligned", "mine_aligned"):
+    assert json.loads((work / name / "STAGE_DONE.json").read_text())["config"]["encoder"]["cache_dir"] == str(shared)
+    assert not (work / name / "embeddings").exists()
+  stores = sorted((json.loads((d / "manifest.json").read_text())["meta"]["model"],
+                   json.loads((d / "manifest.json").read_text())["meta"]["max_len"]) for d in shared.iterdir())
+  exports = sorted(str(work.resolve() / f"retriever_{k}" / "export") for k in ("aligned", "unaligned"))
+  assert stores == sorted([(models[1], 128)] + [(e, 128) for e in exports]), stores
   # training saw the corpus only; evaluation the demo's judged test queries
   assert first["stages"] == {n: "ran" for n in names}
 

@@ -5,7 +5,9 @@
       --config.data_dir=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/mine
 
 Steps, each resumable:
-  1. embed the corpus with `encoder.model` into <workdir>/embeddings (sharded .npy + manifest);
+  1. embed the corpus with `encoder.model` into <workdir>/embeddings (sharded .npy + manifest), or
+     with `encoder.cache_dir` into the store there that score and evaluate share (one encode of a
+     corpus per model for all of them: `qgjax.retrieval.dense.corpus_store_dir`);
   2. index it: exact search (jitted matmul + top_k) below `index.scann_min_rows` rows, ScaNN
      (tree + AH + reorder, `index.scann`) from there; the choice and its reason are printed and
      returned; a ScaNN index is saved in <workdir>/index and reused;
@@ -32,7 +34,7 @@ from qgjax.data.progress import progress
 from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
 from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records
 from qgjax.errors import InputError
-from qgjax.retrieval.dense import DenseEncoder, build_index, embed_corpus, load_pair_scorer
+from qgjax.retrieval.dense import DenseEncoder, build_index, corpus_store_dir, embed_corpus, load_pair_scorer
 from qgjax.retrieval.mining import MiningConfig, mine_outcomes
 
 KEY = ("doc_id", "sample_idx")
@@ -88,7 +90,9 @@ def run(config: Any) -> dict:
   e = config.encoder
 
   encoder = DenseEncoder.load(e.model)
-  doc_ids, emb = embed_corpus(corpus_path, str(workdir / "embeddings"), encoder, batch_size=int(e.batch_size),
+  store = (corpus_store_dir(e.cache_dir, corpus_path, encoder, int(e.max_len)) if e.get("cache_dir", "")
+           else str(workdir / "embeddings"))
+  doc_ids, emb = embed_corpus(corpus_path, store, encoder, batch_size=int(e.batch_size),
                               max_len=int(e.max_len), shard_rows=int(e.shard_rows), corpus=corpus)
   said: list[str] = []
   index = build_index(emb, config.index.to_dict(), cache_dir=str(workdir / "index"),

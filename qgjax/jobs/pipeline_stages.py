@@ -63,11 +63,16 @@ def _generate(model: Callable[[Any, Callable], str]):
   return wire
 
 
+def _embeddings(at) -> str:
+  """<workdir>/cache/embeddings: one corpus-embedding store per (corpus, model, max_len) that every
+  score, mine and evaluate stage shares, so the base encoder encodes the corpus once per run."""
+  return os.path.join(os.path.dirname(at("self")), "cache", "embeddings")
+
+
 def _score(source: str):
   def wire(p, at):
-    # one corpus-embedding cache for every score stage (same corpus, same encoder: encoded once)
     return {"input": at(source), "data_dir": _data(p), "workdir": at("self"), "split": p.split,
-            "dense.model": p.encoder, "dense.cache_dir": os.path.join(os.path.dirname(at("self")), "cache", "dense")}
+            "dense.model": p.encoder, "dense.cache_dir": _embeddings(at)}
   return wire
 
 
@@ -84,7 +89,8 @@ def _align(p, at):
 
 def _mine(source: str):
   def wire(p, at):
-    return {"input": at(source), "data_dir": _data(p), "workdir": at("self"), "encoder.model": p.encoder}
+    return {"input": at(source), "data_dir": _data(p), "workdir": at("self"), "encoder.model": p.encoder,
+            "encoder.cache_dir": _embeddings(at)}
   return wire
 
 
@@ -97,7 +103,8 @@ def _retriever(source: str):
 
 def _evaluate(retriever: str, model: Callable[[Any, Callable], str] | None):
   def wire(p, at):
-    out = {"data_dir": _data(p), "split": p.split, "workdir": at("self"), "retriever": retriever}
+    out = {"data_dir": _data(p), "split": p.split, "workdir": at("self"), "retriever": retriever,
+           "dense.cache_dir": _embeddings(at)}
     if model is not None:
       out["dense.model"] = model(p, at)
     return out

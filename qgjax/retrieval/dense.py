@@ -62,10 +62,14 @@ class DenseEncoder:
     from qgjax.models.registry import files_fingerprint
     return files_fingerprint(self.name)
 
+  def max_len_for(self, max_len: int | None) -> int:
+    """The length texts are truncated to: `max_len` capped at the model's max_seq_length."""
+    return int(min(max_len or self.info["max_seq_length"], self.info["max_seq_length"]))
+
   def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_len: int | None = None,
              progress_bar: bool = False) -> np.ndarray:
     from qgjax.models.bert import encode_texts
-    max_len = int(min(max_len or self.info["max_seq_length"], self.info["max_seq_length"]))
+    max_len = self.max_len_for(max_len)
     return encode_texts(self.module, self.params, self.tokenizer, list(texts), batch_size=batch_size,
                         max_len=max_len, progress=progress_bar)
 
@@ -82,12 +86,15 @@ def embed_corpus(corpus_path: str, store_dir: str, encoder: DenseEncoder, *, bat
 
   Returns (doc ids, np.float32[N, D]) in corpus order. A complete store is read, not redone.
   """
-  meta = {"model": encoder.name, "model_files": encoder.fingerprint, "max_len": int(max_len),
+  max_len = encoder.max_len_for(max_len)
+  meta = {"model": encoder.name, "model_files": encoder.fingerprint, "max_len": max_len,
           **_corpus_fingerprint(corpus_path), **dict(extra_meta or {})}
   manifest = read_manifest(store_dir)
   if manifest is not None and manifest.get("complete") and manifest.get("meta") == meta:
     log.info("embeddings: %s is complete (%d rows); reusing it", store_dir, manifest["rows"])
     return load_embeddings(store_dir)
+  if manifest is not None and manifest.get("meta") == meta and manifest.get("shard_rows"):
+    shard_rows = int(manifest["shard_rows"])  # a layout detail: resume a shared store as it was begun
   corpus = corpus or Corpus(corpus_path)
   n = len(corpus)
   with EmbeddingStoreWriter(store_dir, dim=encoder.dim, meta=meta, shard_rows=shard_rows) as writer:
@@ -244,14 +251,18 @@ def tower_dirs(model: str) -> tuple[str, str]:
   return model, model
 
 
-def _store_dir(cfg, workdir: str, corpus_path: str, model: str, max_len: int) -> str:
+def corpus_store_dir(cache_dir: str, corpus_path: str, encoder: DenseEncoder, max_len: int) -> str:
+  """The embedding store for (corpus file, encoder files, truncation length) under `cache_dir`.
+
+  One key for every stage that encodes a corpus (score's dense rewards, mine, evaluate), so
+  stages given the same `cache_dir` share one store: the corpus is encoded once per model. The
+  length is the one texts are really cut to (`max_len_for`), and the model's files are part of
+  the key (a re-export into the same directory is re-encoded).
+  """
   import hashlib
   import json
-  base = cfg.get("cache_dir", "") or os.path.join(workdir, "dense_cache")
-  from qgjax.models.registry import files_fingerprint, resolve
-  key = json.dumps([os.path.abspath(corpus_path), os.path.abspath(model) if os.path.isdir(model) else model,
-                    files_fingerprint(resolve(model)), int(max_len)])
-  return os.path.join(base, "emb-" + hashlib.sha256(key.encode()).hexdigest()[:16])
+  key = json.dumps([os.path.abspath(corpus_path), encoder.name, encoder.fingerprint, encoder.max_len_for(max_len)])
+  return os.path.join(cache_dir, "emb-" + hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
 def evaluation_run(config, data, queries: Mapping[str, str], previous=None) -> dict[str, dict[str, float]]:
@@ -267,7 +278,9 @@ def evaluation_run(config, data, queries: Mapping[str, str], previous=None) -> d
   d_enc = q_enc if d_model == q_model else DenseEncoder.load(d_model)
   corpus_path = str(data.corpus.path)
   max_len = int(cfg.max_len)
-  ids, emb = embed_corpus(corpus_path, _store_dir(cfg, config.workdir, corpus_path, d_model, max_len), d_enc,
+  store = corpus_store_dir(cfg.get("cache_dir", "") or os.path.join(config.workdir, "dense_cache"), corpus_path,
+                           d_enc, max_len)
+  ids, emb = embed_corpus(corpus_path, store, d_enc,
                           batch_size=int(cfg.batch_size), max_len=max_len, corpus=data.corpus)
   qids = list(queries)
   q_emb = q_enc.encode([queries[q] for q in qids], batch_size=int(cfg.batch_size), max_len=int(cfg.query_max_len))

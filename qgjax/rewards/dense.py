@@ -3,8 +3,8 @@
 rewards `dense_rank` (= -rank, or 1 / rank) and `dense_cosine` (cosine of query and source
 document; the best over the targets), rank `dense`. The bi-encoder is any sentence-transformers
 / HF directory `qgjax.models.bert` loads (default: all-MiniLM-L6-v2, offline). Corpus
-embeddings are computed once (jitted, length-bucketed) and cached on disk under
-`dense.cache_dir` keyed by corpus file, model and length.
+embeddings are computed once (jitted, length-bucketed); with `dense.cache_dir` they go to the
+embedding store that `mine` and `evaluate` share, keyed by corpus file, model files and length.
 
 Ranks come from one jitted function over the corpus in chunks (`target_ranks`): a scan computes
 each target's score with the same chunk matmul that scores every document, then a second scan
@@ -15,17 +15,13 @@ trec_eval order). Nothing of size [queries, corpus] is kept.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from qgjax.retrieval.bm25 import _descending_id_rank, corpus_fingerprint
+from qgjax.retrieval.bm25 import _descending_id_rank
 from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, rank_reward
 
 
@@ -113,37 +109,23 @@ class DenseIndex:
     return ranks, [scores[i, :len(t)] for i, t in enumerate(targets)]
 
 
-def load_encoder(cfg):
-  """(module, params, tokenizer, max_len) of the bi-encoder in `cfg.model`."""
-  from qgjax.models.bert import load_bi_encoder
-  module, params, tokenizer, info = load_bi_encoder(cfg.model)
-  max_len = min(int(cfg.max_len), int(info["max_seq_length"])) if cfg.max_len else info["max_seq_length"]
-  return module, params, tokenizer, max_len, info
-
-
 def corpus_embeddings(corpus, encoder, cfg) -> np.ndarray:
-  """f32[N, D] embeddings of `corpus` (title + text), rows in corpus order; cached on disk."""
-  from qgjax.models.bert import encode_texts
-  from qgjax.data.progress import progress_enabled
-  module, params, tokenizer, max_len, info = encoder
-  cache_file = None
-  if cfg.cache_dir:
-    from qgjax.models.registry import files_fingerprint
-    key = json.dumps([corpus_fingerprint(corpus.path), os.path.abspath(info["path"]),
-                      files_fingerprint(info["path"]), max_len])
-    cache_file = pathlib.Path(cfg.cache_dir) / f"emb-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
-    if cache_file.is_file():
-      emb = np.load(cache_file)
-      if emb.shape[0] == len(corpus):
-        return emb
-  texts = [doc.contents for doc in corpus]
-  emb = encode_texts(module, params, tokenizer, texts, batch_size=int(cfg.batch_size), max_len=max_len,
-                     progress=progress_enabled())
-  if cache_file is not None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, cache_file)
+  """f32[N, D] embeddings of `corpus` (title + text), rows in corpus order.
+
+  With `cfg.cache_dir` they live in the resumable store that `qgjax mine` and `qgjax evaluate`
+  use too (`qgjax.retrieval.dense.corpus_store_dir`): one encode per (corpus, model, max_len)
+  for every stage pointed at that directory. Without it they are computed in memory.
+  """
+  from qgjax.retrieval.dense import corpus_store_dir, embed_corpus
+  max_len = int(cfg.max_len)
+  if not cfg.cache_dir:
+    from qgjax.data.progress import progress_enabled
+    return encoder.encode([doc.contents for doc in corpus], batch_size=int(cfg.batch_size), max_len=max_len,
+                          progress_bar=progress_enabled())
+  ids, emb = embed_corpus(str(corpus.path), corpus_store_dir(cfg.cache_dir, str(corpus.path), encoder, max_len),
+                          encoder, batch_size=int(cfg.batch_size), max_len=max_len, corpus=corpus)
+  if ids != list(corpus.doc_ids):
+    raise RuntimeError(f"embedding store rows do not follow {corpus.path}'s order")
   return emb
 
 
@@ -154,10 +136,8 @@ class DenseScorer:
     self.depth, self.transform = int(depth), transform
 
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
-    from qgjax.models.bert import encode_texts
-    module, params, tokenizer, max_len, _ = self.encoder
-    q = encode_texts(module, params, tokenizer, batch.texts, batch_size=int(self.cfg.batch_size),
-                     max_len=min(max_len, int(self.cfg.query_max_len)))
+    q = self.encoder.encode(batch.texts, batch_size=int(self.cfg.batch_size),
+                            max_len=min(int(self.cfg.max_len), int(self.cfg.query_max_len)))
     ranks, dots = self.index.ranks_and_scores(q, batch.targets, self.depth)
     q_norm = np.linalg.norm(q.astype(np.float64), axis=1)
     cos = []
@@ -171,7 +151,8 @@ class DenseScorer:
 def build(ctx: RewardContext) -> DenseScorer:
   if "dense" not in ctx.cache:
     cfg = ctx.config.dense
-    encoder = load_encoder(cfg)
+    from qgjax.retrieval.dense import DenseEncoder
+    encoder = DenseEncoder.load(cfg.model)
     emb = corpus_embeddings(ctx.corpus, encoder, cfg)
     index = DenseIndex(emb, ctx.corpus.doc_ids, chunk=int(cfg.chunk), row_bucket=int(ctx.config.batch_size))
     ctx.cache["dense"] = DenseScorer(encoder, index, cfg, ctx.config.depth, ctx.config.rank_reward)
