@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from qgjax.parallel.distributed import maybe_initialize
     config = build_config(spec, overrides)
     maybe_initialize()  # joins a multi-host run when a launcher set QGJAX_* variables
+    from qgjax.parallel.compile_cache import enable_compilation_cache
+    enable_compilation_cache()  # compiled programs reused by later runs, resumes and stages
     if print_config:
       print(config)
     module = importlib.import_module(STAGES[stage][0])

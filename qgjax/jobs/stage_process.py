@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
   job, cfg_path, out_path = argv
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  from qgjax.parallel.compile_cache import enable_compilation_cache
+  enable_compilation_cache()
   try:
     result = importlib.import_module(f"qgjax.jobs.{job}").run(config) or {}
   except QgjaxError as e:

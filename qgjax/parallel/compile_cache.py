@@ -1,0 +1,49 @@
+"""JAX's persistent compilation cache for qgjax's commands.
+
+  path = enable_compilation_cache()   # before the first jit; -> the directory, or None when off
+
+A job compiles its programs again in every process: the sampler for each prompt bucket, the
+train step, the encoder for each length bucket. Those compiles are minutes of a short job on CPU
+and are repeated by the run that resumes a killed job, by every pipeline stage that encodes with
+the same model, and by every host of a pod. With this cache a program is compiled once per
+machine and read back later (jax keys each entry by the program, the devices, the compile
+options and XLA flags, and the jax version; entries are written only when a compile took at
+least `jax_persistent_cache_min_compile_time_secs`).
+
+Where: `$JAX_COMPILATION_CACHE_DIR` or an earlier `jax_compilation_cache_dir` setting when the
+user made one; else `$QGJAX_COMPILATION_CACHE`; else `$QGJAX_CACHE_DIR/xla` (default
+`~/.cache/qgjax/xla`). `QGJAX_COMPILATION_CACHE=0` turns it off. The directory is kept under
+`MAX_BYTES` (jax evicts the least recently used entries).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+MAX_BYTES = 4 << 30
+_OFF = ("0", "off", "false", "no", "none")
+
+
+def default_dir() -> str:
+  from qgjax.models.registry import _cache_dir
+  return os.path.join(_cache_dir(), "xla")
+
+
+def enable_compilation_cache() -> str | None:
+  """Turns the persistent cache on (see the module docstring) -> its directory, or None when off."""
+  chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+  if chosen:
+    return chosen
+  setting = os.environ.get("QGJAX_COMPILATION_CACHE", "").strip()
+  if setting.lower() in _OFF:
+    return None
+  path = os.path.abspath(os.path.expanduser(setting or default_dir()))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None   # a read-only home: run without the cache rather than fail the job
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  return path
