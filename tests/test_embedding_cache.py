@@ -76,3 +76,21 @@ def test_a_store_begun_by_a_killed_stage_is_resumed_by_another(encoder_dir, tmp_
   assert enc.encoded == 20 and ids == corpus.doc_ids
   assert read_manifest(store)["complete"] and read_manifest(store)["shard_rows"] == 16
   np.testing.assert_allclose(emb, reference, atol=1e-6)
+
+
+def test_an_edited_corpus_gets_a_new_store(encoder_dir, tmp_path):
+  import os
+  import shutil
+  path = tmp_path / "corpus.jsonl"
+  shutil.copy(demo_dir() / "corpus.jsonl", path)
+  enc = _encoder(encoder_dir)
+  cache = str(tmp_path / "cache")
+  before = corpus_store_dir(cache, str(path), enc, 128)
+  embed_corpus(str(path), before, enc, batch_size=16, max_len=128)
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join(lines[:-1]) + "\n")    # one document fewer
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  after = corpus_store_dir(cache, str(path), enc, 128)
+  assert after != before
+  ids, emb = embed_corpus(str(path), after, enc, batch_size=16, max_len=128)
+  assert len(ids) == emb.shape[0] == 51

@@ -254,6 +254,8 @@ def tower_dirs(model: str) -> tuple[str, str]:
 def corpus_store_dir(cache_dir: str, corpus_path: str, encoder: DenseEncoder, max_len: int) -> str:
   """The embedding store for (corpus file, encoder files, truncation length) under `cache_dir`.
 
+  The corpus counts by path, size and mtime, so an edited corpus gets a new store.
+
   One key for every stage that encodes a corpus (score's dense rewards, mine, evaluate), so
   stages given the same `cache_dir` share one store: the corpus is encoded once per model. The
   length is the one texts are really cut to (`max_len_for`), and the model's files are part of
@@ -261,7 +263,8 @@ def corpus_store_dir(cache_dir: str, corpus_path: str, encoder: DenseEncoder, ma
   """
   import hashlib
   import json
-  key = json.dumps([os.path.abspath(corpus_path), encoder.name, encoder.fingerprint, encoder.max_len_for(max_len)])
+  from qgjax.retrieval.bm25 import corpus_fingerprint
+  key = json.dumps([corpus_fingerprint(corpus_path), encoder.name, encoder.fingerprint, encoder.max_len_for(max_len)])
   return os.path.join(cache_dir, "emb-" + hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
