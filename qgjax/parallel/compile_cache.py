@@ -33,7 +33,7 @@ def default_dir() -> str:
 
 def enable_compilation_cache() -> str | None:
   """Turns the persistent cache on (see the module docstring) -> its directory, or None when off."""
-  chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+  chosen = jax.config.jax_compilation_cache_dir   # jax reads $JAX_COMPILATION_CACHE_DIR into it
   if chosen:
     return chosen
   setting = os.environ.get("QGJAX_COMPILATION_CACHE", "").strip()

@@ -254,12 +254,11 @@ def tower_dirs(model: str) -> tuple[str, str]:
 def corpus_store_dir(cache_dir: str, corpus_path: str, encoder: DenseEncoder, max_len: int) -> str:
   """The embedding store for (corpus file, encoder files, truncation length) under `cache_dir`.
 
-  The corpus counts by path, size and mtime, so an edited corpus gets a new store.
-
   One key for every stage that encodes a corpus (score's dense rewards, mine, evaluate), so
   stages given the same `cache_dir` share one store: the corpus is encoded once per model. The
-  length is the one texts are really cut to (`max_len_for`), and the model's files are part of
-  the key (a re-export into the same directory is re-encoded).
+  corpus counts by path, size and mtime (an edited corpus gets a new store), the model by its
+  files (a re-export into the same directory is re-encoded), the length as the one texts are
+  really cut to (`max_len_for`).
   """
   import hashlib
   import json
