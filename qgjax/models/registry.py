@@ -72,7 +72,8 @@ def files_fingerprint(path: str) -> str:
   return h.hexdigest()[:16]
 
 
-def _cache_dir() -> str:
+def cache_root() -> str:
+  """qgjax's cache directory: $QGJAX_CACHE_DIR, else ~/.cache/qgjax (tokenizers, XLA programs)."""
   return os.environ.get("QGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "qgjax")
 
 
@@ -96,7 +97,7 @@ def load_tokenizer(path: str, *, use_cache: bool = True) -> Any:
   if use_cache:
     st = os.stat(path)
     key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = os.path.join(_cache_dir(), "tokenizers", f"{os.path.basename(path)}-{key}")
+    cached = os.path.join(cache_root(), "tokenizers", f"{os.path.basename(path)}-{key}")
     if os.path.isfile(os.path.join(cached, "tokenizer_config.json")):
       return AutoTokenizer.from_pretrained(cached)
   from qgjax.models.gguf_tokenizer import tokenizer_from_gguf

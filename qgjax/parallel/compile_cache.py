@@ -27,8 +27,8 @@ _OFF = ("0", "off", "false", "no", "none")
 
 
 def default_dir() -> str:
-  from qgjax.models.registry import _cache_dir
-  return os.path.join(_cache_dir(), "xla")
+  from qgjax.models.registry import cache_root
+  return os.path.join(cache_root(), "xla")
 
 
 def enable_compilation_cache() -> str | None:
