@@ -198,6 +198,20 @@ def test_rope_inv_freq_matches_transformers(scaling):
   assert factor == pytest.approx(ref_factor)
 
 
+@pytest.mark.parametrize("offset", [0, 100])
+def test_rope_table_equals_hand_computed_angles_in_and_beyond_the_table(offset):
+  """The table path (positions < max_positions) and the computed fallback (any beyond) both give
+  cos/sin of the f32 angle position * inv_freq (f64 numpy reference), inside jit."""
+  from qgjax.models.layers import rope_cos_sin
+  inv, factor = rope_inv_freq(16, 10000.0, None)
+  pos = np.array([[0, 1, 5, 63], [7, 8, 9, 2]], np.int32) + offset      # offset 100: past the 64-entry table
+  cos, sin = jax.jit(lambda p: rope_cos_sin(p, inv, factor, 64))(jnp.asarray(pos))
+  angles = (pos.astype(np.float32)[..., None] * inv[None, None, :]).astype(np.float64)
+  angles = np.concatenate([angles, angles], axis=-1)
+  np.testing.assert_allclose(np.asarray(cos), np.cos(angles), atol=2e-6)
+  np.testing.assert_allclose(np.asarray(sin), np.sin(angles), atol=2e-6)
+
+
 def _save_tiny(tmp_path, **overrides):
   tm = _torch_model("llama", dict(tie_word_embeddings=False, **overrides))
   d = str(tmp_path / "ckpt")

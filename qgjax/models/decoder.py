@@ -322,7 +322,7 @@ class DecoderLM(nn.Module):
     if kv_mask is None:
       kv_mask = jnp.ones((b, t if cache is None else cache.max_len), bool)
     mask = attention_mask(kv_mask, t, None if cache is None else cache_index)
-    cos, sin = rope_cos_sin(positions, self._inv_freq, self._rope_factor)
+    cos, sin = rope_cos_sin(positions, self._inv_freq, self._rope_factor, c.max_position_embeddings)
     carry = (x, None if cache is None else cache.k, None if cache is None else cache.v)
     if c.scan_layers:
       carry, _ = self.layers(carry, jnp.arange(c.num_layers, dtype=jnp.int32), cos, sin, mask, cache_index)

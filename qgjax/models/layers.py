@@ -134,11 +134,50 @@ def _yarn_inv_freq(inv_freq: np.ndarray, dim: int, theta: float, s: Mapping[str,
   return inv.astype(np.float32), float(attention_factor)
 
 
-def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, attention_factor: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """positions int[B, T] -> (cos, sin) f32[B, T, head_dim] (frequencies repeated over both halves)."""
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
-  emb = jnp.concatenate([freqs, freqs], axis=-1)
-  return jnp.cos(emb) * attention_factor, jnp.sin(emb) * attention_factor
+ROPE_TABLE_MAX = 32768   # longest position range served from a precomputed cos/sin table
+_ROPE_TABLES: dict = {}
+
+
+def rope_table(inv_freq: np.ndarray, attention_factor: float, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+  """(cos, sin) f32[max_positions, head_dim / 2] for positions 0..max_positions-1 (memoised).
+
+  The angle is the f32 product position * inv_freq, as HF computes it; cos/sin of it in f64.
+  """
+  key = (inv_freq.tobytes(), float(attention_factor), int(max_positions))
+  if key not in _ROPE_TABLES:
+    angles = (np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :])
+    angles = angles.astype(np.float32).astype(np.float64)
+    _ROPE_TABLES[key] = ((np.cos(angles) * attention_factor).astype(np.float32),
+                         (np.sin(angles) * attention_factor).astype(np.float32))
+  return _ROPE_TABLES[key]
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, attention_factor: float = 1.0,
+                 max_positions: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """positions int[B, T] -> (cos, sin) f32[B, T, head_dim] (frequencies repeated over both halves).
+
+  On CPU, with `max_positions` (the model's context, at most ROPE_TABLE_MAX): gathered from
+  `rope_table` when every position is in it, else computed, under a `lax.cond`. The conditional
+  also makes XLA materialise (cos, sin) once: otherwise XLA:CPU fuses cos/sin into every
+  consumer and recomputes them per head and per layer (`optimization_barrier` does not survive to
+  its fusion passes), which cost about 1 s of a 64-document SmolLM2 prefill.
+  """
+  def computed(pos):
+    freqs = pos.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb) * attention_factor, jnp.sin(emb) * attention_factor
+
+  if not max_positions or max_positions > ROPE_TABLE_MAX or jax.default_backend() != "cpu":
+    return computed(positions)
+  cos_t, sin_t = rope_table(inv_freq, attention_factor, max_positions)
+
+  def from_table(pos):
+    idx = jnp.clip(pos.astype(jnp.int32), 0, max_positions - 1)
+    cos, sin = jnp.take(jnp.asarray(cos_t), idx, axis=0), jnp.take(jnp.asarray(sin_t), idx, axis=0)
+    return jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([sin, sin], axis=-1)
+
+  in_table = jnp.all((positions >= 0) & (positions < max_positions))
+  return jax.lax.cond(in_table, from_table, computed, positions)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
