@@ -268,3 +268,18 @@ def test_cross_encoder_from_plain_encoder_needs_new_head(tmp_path):
                       jnp.asarray(enc["token_type_ids"]))
   assert scores.shape == (2, 1)
   np.testing.assert_allclose(scores[0], np.asarray(want)[0], atol=1e-5)
+
+
+def test_exact_gelu_matches_the_erf_formula_in_f64():
+  """HF's "gelu" (torch's exact GELU): 0.5 x (1 + erf(x / sqrt 2)), against math.erf in f64."""
+  import math
+
+  from qgjax.models.encoder_layers import activation
+  x = np.linspace(-9.0, 9.0, 2001).astype(np.float32)
+  ref = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
+  got = np.asarray(jax.jit(activation("gelu"))(jnp.asarray(x)))
+  np.testing.assert_allclose(got, ref, rtol=1e-6, atol=2e-6)
+  grad = np.asarray(jax.jit(jax.vmap(jax.grad(activation("gelu"))))(jnp.asarray(x)))
+  cdf = np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
+  pdf = np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2.0 * math.pi)
+  np.testing.assert_allclose(grad, cdf + x * pdf, rtol=1e-5, atol=2e-6)
