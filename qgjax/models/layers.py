@@ -145,8 +145,8 @@ def rope_table(inv_freq: np.ndarray, attention_factor: float, max_positions: int
   """
   key = (inv_freq.tobytes(), float(attention_factor), int(max_positions))
   if key not in _ROPE_TABLES:
-    angles = (np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :])
-    angles = angles.astype(np.float32).astype(np.float64)
+    angles = np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    angles = angles.astype(np.float64)   # the f32 product, widened for cos/sin
     _ROPE_TABLES[key] = ((np.cos(angles) * attention_factor).astype(np.float32),
                          (np.sin(angles) * attention_factor).astype(np.float32))
   return _ROPE_TABLES[key]
