@@ -83,6 +83,9 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[tuple[str, str]], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  if argv is None:  # a real process: huge pages for XLA:CPU's buffers need the tunable at start
+    from qgjax.host_allocator import reexec_with_huge_pages
+    reexec_with_huge_pages()
   argv = sys.argv[1:] if argv is None else argv
   try:
     stage, spec, overrides, print_config = parse_args(argv)

@@ -138,6 +138,9 @@ def st_trainer(examples: list[dict], corpus_texts: dict, loader, batch: int, max
 
 
 def main(argv=None) -> int:
+  if argv is None:  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (shared by the peer in this process)
+    from qgjax.host_allocator import reexec_with_huge_pages
+    reexec_with_huge_pages()
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nfcorpus"))
   ap.add_argument("--examples", type=int, default=2048)
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
                 for k, v in res.items()}
   import sentence_transformers
   out = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-         "machine": machine(), "versions": {"jax": jax.__version__, "torch": torch.__version__,
+         "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "versions": {"jax": jax.__version__, "torch": torch.__version__,
                                             "sentence_transformers": sentence_transformers.__version__,
                                             "torch_threads": torch.get_num_threads()},
          "setup": {"model": "all-MiniLM-L6-v2", "data": os.path.abspath(data_dir), "examples": len(examples),

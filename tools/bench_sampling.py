@@ -146,6 +146,8 @@ def machine() -> dict:
 
 
 def main():
+  from qgjax.host_allocator import reexec_with_huge_pages
+  reexec_with_huge_pages()  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (HF shares them here)
   args = parse_args()
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   import jax
@@ -156,7 +158,8 @@ def main():
   from qgjax.sampling.logits import SamplingParams
   from qgjax.sampling.prompts import PromptBuilder, default_prompt_config
 
-  info = {"machine": machine(), "versions": versions(), "command": " ".join([sys.executable] + sys.argv)}
+  info = {"machine": machine(), "versions": versions(), "command": " ".join([sys.executable] + sys.argv),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   peaks = [matmul_peak()]
   model, params, tok = load_decoder("smollm2-135m-instruct", dtype="float32", scan_layers=bool(args.scan_layers))
   data_path, docs = load_docs(args.data, args.docs)
