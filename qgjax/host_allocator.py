@@ -62,7 +62,6 @@ def reexec_with_huge_pages() -> None:
     return
   env = dict(os.environ)
   env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), TUNABLE) if t)
-  argv = list(getattr(sys, "orig_argv", []) or [sys.executable] + sys.argv)
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, argv, env)
+  os.execve(sys.executable, sys.orig_argv, env)

@@ -23,8 +23,7 @@ PROBE = textwrap.dedent("""
   p = libc.malloc(ctypes.c_size_t(n))
   ctypes.memset(p, 1, n)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-  print(json.dumps({"faults": faults, "tunables": os.environ.get("GLIBC_TUNABLES", ""), "pid": os.getpid(),
-                    "argv": sys.argv[1:]}))
+  print(json.dumps({"faults": faults, "tunables": os.environ.get("GLIBC_TUNABLES", ""), "argv": sys.argv[1:]}))
 """)
 
 

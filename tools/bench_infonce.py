@@ -189,9 +189,10 @@ def main(argv=None) -> int:
                 for k, v in res.items()}
   import sentence_transformers
   out = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-         "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                                            "sentence_transformers": sentence_transformers.__version__,
-                                            "torch_threads": torch.get_num_threads()},
+         "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+         "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                      "sentence_transformers": sentence_transformers.__version__,
+                      "torch_threads": torch.get_num_threads()},
          "setup": {"model": "all-MiniLM-L6-v2", "data": os.path.abspath(data_dir), "examples": len(examples),
                    "batch": args.batch, "max_len": args.max_len, "hard_negatives": 1, "temperature": 0.05,
                    "dropout": True, "dtype": "float32", "qgjax_shapes_compiled": shapes,
