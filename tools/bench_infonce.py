@@ -12,6 +12,12 @@ shape). sentence-transformers: `model.tokenize` (pads to the longest in the batc
 MNRL (scale 20 = temperature 0.05) + backward + AdamW step, the core of its trainer without the
 Trainer's bookkeeping (its fastest path). The two are timed in alternating rounds to share
 whatever else runs on the machine. Writes tools/results/bench_infonce.json.
+
+Each system runs in its own worker process (`bench_workers.Worker`, same environment, one running
+at a time), as each runs for its users. In one process the two share glibc's heap and the
+kernel's free pages: after a sentence-transformers round qgjax's steps spent 1.7-3 s each in the
+kernel re-faulting its per-step buffer (3.0-3.3 s steps became 4.3-5.1 s). `--in-process`
+reproduces that setting.
 """
 
 from __future__ import annotations
@@ -103,7 +109,8 @@ def qgjax_trainer(tuples_path: str, data_dir: str, batch: int, max_len: int, ste
   return run, compile_shapes, setup.train
 
 
-def st_trainer(examples: list[dict], corpus_texts: dict, loader, batch: int, max_len: int, lr: float):
+def st_trainer(examples: list[dict], corpus_texts: dict, batch: int, max_len: int, lr: float):
+  """-> run(rows_per_step) -> (seconds, last loss): MNRL training on the given example rows per step."""
   import torch
   from sentence_transformers import SentenceTransformer
   from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -119,12 +126,12 @@ def st_trainer(examples: list[dict], corpus_texts: dict, loader, batch: int, max
   def features(texts):
     return {k: v for k, v in model.tokenize(texts).items()}
 
-  def run(step_ids):
+  def run(rows_per_step):
     t = time.perf_counter()
     loss = None
-    for s in step_ids:
-      rows = loader.indices(s)
-      ex = [examples[loader_rows[i]] for i in rows]
+    for rows in rows_per_step:
+      assert len(rows) == batch, (len(rows), batch)
+      ex = [examples[i] for i in rows]
       feats = [features([e["query"] for e in ex]), features([corpus_texts[e["pos_id"]] for e in ex]),
                features([corpus_texts[e["neg_ids"][0]] for e in ex])]
       loss = loss_fn(feats, None)
@@ -133,12 +140,100 @@ def st_trainer(examples: list[dict], corpus_texts: dict, loader, batch: int, max
       opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t, float(loss.detach())
 
-  loader_rows = list(range(len(examples)))
   return run
 
 
+def _examples(args) -> tuple[list[dict], str]:
+  data_dir = args.data if args.data and os.path.isdir(args.data) else ""
+  return build_examples(data_dir, args.examples, args.seed)
+
+
+def _plan(args) -> list[list[int]]:
+  return [list(range(1 + r * args.steps, 1 + (r + 1) * args.steps)) for r in range(args.rounds)]
+
+
+class QgjaxSystem:
+  """qgjax's retriever step, compiled for every shape of the plan; also the source of each step's rows."""
+
+  def __init__(self, args):
+    import jax
+    examples, data_dir = _examples(args)
+    tmp = tempfile.mkdtemp(prefix="bench_infonce_")
+    path = os.path.join(tmp, "tuples.jsonl")
+    with open(path, "w") as f:
+      for e in examples:
+        f.write(json.dumps(e) + "\n")
+    plan = [s for p in _plan(args) for s in p]
+    self._run, compile_shapes, loader = qgjax_trainer(path, data_dir, args.batch, args.max_len, len(plan) + 1)
+    shapes, compile_s = compile_shapes(plan)
+    # examples are in file order in setup_retriever (eval_fraction 0), so loader rows index `examples`
+    self.info = {"data_dir": data_dir, "examples": len(examples), "shapes": shapes, "compile_s": compile_s,
+                 "rows": {str(s): [int(i) for i in loader.indices(s)] for s in [0] + plan},
+                 "versions": {"jax": jax.__version__}}
+
+  def run(self, steps, rows):
+    del rows
+    return self._run(steps)
+
+
+class SentenceTransformersSystem:
+  """sentence-transformers MNRL training on the rows qgjax's loader gives each step (warmed up on step 0)."""
+
+  def __init__(self, args, rows0):
+    import sentence_transformers
+    import torch
+
+    from qgjax.data.beir import Corpus
+    examples, data_dir = _examples(args)
+    corpus = Corpus(os.path.join(data_dir, "corpus.jsonl"))
+    needed = sorted({e["pos_id"] for e in examples} | {n for e in examples for n in e["neg_ids"]})
+    texts = {d.doc_id: d.contents for d in corpus.get_many(needed)}
+    self._run = st_trainer(examples, texts, args.batch, args.max_len, 2e-5)
+    self._run([rows0])  # warm-up (allocator, threads)
+    self.info = {"versions": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
+                              "torch_threads": torch.get_num_threads()}}
+
+  def run(self, steps, rows):
+    return self._run(rows)
+
+
+def serve_worker(args) -> int:
+  """`--worker qgjax|st`: build that system on the first request, then time the rounds asked for."""
+  from bench_workers import serve
+  holder = {}
+
+  def handle(msg):
+    if msg["cmd"] == "prepare":
+      holder["system"] = QgjaxSystem(args) if args.worker == "qgjax" else SentenceTransformersSystem(args, msg["rows0"])
+      return holder["system"].info
+    if msg["cmd"] == "run":
+      secs, loss = holder["system"].run(msg["steps"], msg["rows"])
+      return {"seconds": secs, "loss": loss}
+    raise ValueError(f"unknown request {msg['cmd']!r}")
+
+  serve(handle)
+  return 0
+
+
+class _InProcess:
+  """The Worker interface over a system built in this process (`--in-process`)."""
+
+  def __init__(self, name, args):
+    self.name, self.args, self.system = name, args, None
+
+  def request(self, msg):
+    if msg["cmd"] == "prepare":
+      self.system = QgjaxSystem(self.args) if self.name == "qgjax" else SentenceTransformersSystem(self.args, msg["rows0"])
+      return self.system.info
+    secs, loss = self.system.run(msg["steps"], msg["rows"])
+    return {"seconds": secs, "loss": loss}
+
+  def close(self):
+    pass
+
+
 def main(argv=None) -> int:
-  if argv is None:  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (shared by the peer in this process)
+  if argv is None:  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (inherited by both workers)
     from qgjax.host_allocator import reexec_with_huge_pages
     reexec_with_huge_pages()
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,54 +244,56 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=12, help="timed steps per round")
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--in-process", action="store_true",
+                  help="run both systems in this one process (they then share the heap; see the docstring)")
+  ap.add_argument("--worker", choices=("qgjax", "st"), help=argparse.SUPPRESS)
   ap.add_argument("--out", default="tools/results/bench_infonce.json")
   args = ap.parse_args(argv)
-  import jax
-  import torch
+  if args.worker:
+    return serve_worker(args)
 
   from bench_mining import load_avg, machine
+  from bench_workers import Worker
 
-  data_dir = args.data if args.data and os.path.isdir(args.data) else ""
-  examples, data_dir = build_examples(data_dir, args.examples, args.seed)
-  from qgjax.data.beir import Corpus
-  corpus = Corpus(os.path.join(data_dir, "corpus.jsonl"))
-  needed = sorted({e["pos_id"] for e in examples} | {n for e in examples for n in e["neg_ids"]})
-  texts = {d.doc_id: d.contents for d in corpus.get_many(needed)}
-  tmp = tempfile.mkdtemp(prefix="bench_infonce_")
-  path = os.path.join(tmp, "tuples.jsonl")
-  with open(path, "w") as f:
-    for e in examples:
-      f.write(json.dumps(e) + "\n")
-  total = args.rounds * args.steps + 1
-  run_q, compile_q, loader = qgjax_trainer(path, data_dir, args.batch, args.max_len, total)
-  # examples are in file order in setup_retriever (eval_fraction 0), so loader rows index `examples`
-  run_st = st_trainer(examples, texts, loader, args.batch, args.max_len, 2e-5)
-  plan = [list(range(1 + r * args.steps, 1 + (r + 1) * args.steps)) for r in range(args.rounds)]
-  shapes, compile_s = compile_q([s for p in plan for s in p])
-  run_st([0])  # warm-up (allocator, threads)
-  res = {"qgjax": [], "sentence_transformers": []}
-  print(f"{len(examples)} examples from {data_dir}; batch {args.batch}; max_len {args.max_len}; "
-        f"qgjax compiled {shapes} shapes in {compile_s:.1f}s", flush=True)
-  load_start = load_avg()
-  for r, steps in enumerate(plan):
-    for name, fn in (("sentence_transformers", run_st), ("qgjax", run_q)):
-      secs, loss = fn(steps)
-      res[name].append({"round": r, "steps": len(steps), "seconds": round(secs, 3),
-                        "examples_per_s": round(len(steps) * args.batch / secs, 2), "last_loss": round(loss, 4)})
-      print(f"round {r} {name}: {res[name][-1]['examples_per_s']} examples/s", flush=True)
+  if args.in_process:
+    systems = {name: _InProcess(name, args) for name in ("qgjax", "st")}
+  else:
+    here = os.path.abspath(__file__)
+    passed = ["--data", args.data, "--examples", str(args.examples), "--batch", str(args.batch),
+              "--max-len", str(args.max_len), "--steps", str(args.steps), "--rounds", str(args.rounds),
+              "--seed", str(args.seed)]
+    systems = {name: Worker(name, [sys.executable, here, "--worker", name] + passed) for name in ("qgjax", "st")}
+  try:
+    q_info = systems["qgjax"].request({"cmd": "prepare"})  # one at a time: compiling never overlaps the peer
+    rows = q_info.pop("rows")
+    st_info = systems["st"].request({"cmd": "prepare", "rows0": rows["0"]})
+    print(f"{q_info['examples']} examples from {q_info['data_dir']}; batch {args.batch}; max_len {args.max_len}; "
+          f"qgjax compiled {q_info['shapes']} shapes in {q_info['compile_s']:.1f}s; "
+          f"{'one process' if args.in_process else 'one process per system'}", flush=True)
+    res = {"qgjax": [], "sentence_transformers": []}
+    load_start = load_avg()
+    for r, steps in enumerate(_plan(args)):
+      for name, key in (("st", "sentence_transformers"), ("qgjax", "qgjax")):
+        out = systems[name].request({"cmd": "run", "steps": steps, "rows": [rows[str(s)] for s in steps]})
+        secs, loss = out["seconds"], out["loss"]
+        res[key].append({"round": r, "steps": len(steps), "seconds": round(secs, 3),
+                         "examples_per_s": round(len(steps) * args.batch / secs, 2), "last_loss": round(loss, 4)})
+        print(f"round {r} {key}: {res[key][-1]['examples_per_s']} examples/s", flush=True)
+  finally:
+    for w in systems.values():
+      w.close()
   best = {k: max(x["examples_per_s"] for x in v) for k, v in res.items()}
   total_rate = {k: round(sum(x["steps"] for x in v) * args.batch / sum(x["seconds"] for x in v), 2)
                 for k, v in res.items()}
-  import sentence_transformers
   out = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
          "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-         "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                      "sentence_transformers": sentence_transformers.__version__,
-                      "torch_threads": torch.get_num_threads()},
-         "setup": {"model": "all-MiniLM-L6-v2", "data": os.path.abspath(data_dir), "examples": len(examples),
-                   "batch": args.batch, "max_len": args.max_len, "hard_negatives": 1, "temperature": 0.05,
-                   "dropout": True, "dtype": "float32", "qgjax_shapes_compiled": shapes,
-                   "qgjax_compile_s": round(compile_s, 1)},
+         "isolation": "one process (shared heap)" if args.in_process else
+                      "one process per system, same environment; rounds alternate, one system running at a time",
+         "versions": {**q_info["versions"], **st_info["versions"]},
+         "setup": {"model": "all-MiniLM-L6-v2", "data": os.path.abspath(q_info["data_dir"]),
+                   "examples": q_info["examples"], "batch": args.batch, "max_len": args.max_len, "hard_negatives": 1,
+                   "temperature": 0.05, "dropout": True, "dtype": "float32", "qgjax_shapes_compiled": q_info["shapes"],
+                   "qgjax_compile_s": round(q_info["compile_s"], 1)},
          "rounds": res, "examples_per_s_overall": total_rate, "examples_per_s_best_round": best,
          "ratio": round(total_rate["qgjax"] / total_rate["sentence_transformers"], 2), "target_ratio": 1.5,
          "load_avg": {"start": load_start, "end": load_avg()}}
