@@ -197,26 +197,12 @@ class SentenceTransformersSystem:
     return self._run(rows)
 
 
-def serve_worker(args) -> int:
-  """`--worker qgjax|st`: build that system on the first request, then time the rounds asked for."""
-  from bench_workers import serve
-  holder = {}
+class LocalSystem:
+  """A system built in this process behind the `bench_workers.Worker` interface: request(msg) -> reply.
 
-  def handle(msg):
-    if msg["cmd"] == "prepare":
-      holder["system"] = QgjaxSystem(args) if args.worker == "qgjax" else SentenceTransformersSystem(args, msg["rows0"])
-      return holder["system"].info
-    if msg["cmd"] == "run":
-      secs, loss = holder["system"].run(msg["steps"], msg["rows"])
-      return {"seconds": secs, "loss": loss}
-    raise ValueError(f"unknown request {msg['cmd']!r}")
-
-  serve(handle)
-  return 0
-
-
-class _InProcess:
-  """The Worker interface over a system built in this process (`--in-process`)."""
+  "prepare" builds it (qgjax, or sentence-transformers given step 0's rows) and returns its info;
+  "run" times the steps (and rows) asked for. A `--worker` process serves exactly this object.
+  """
 
   def __init__(self, name, args):
     self.name, self.args, self.system = name, args, None
@@ -225,8 +211,10 @@ class _InProcess:
     if msg["cmd"] == "prepare":
       self.system = QgjaxSystem(self.args) if self.name == "qgjax" else SentenceTransformersSystem(self.args, msg["rows0"])
       return self.system.info
-    secs, loss = self.system.run(msg["steps"], msg["rows"])
-    return {"seconds": secs, "loss": loss}
+    if msg["cmd"] == "run":
+      secs, loss = self.system.run(msg["steps"], msg["rows"])
+      return {"seconds": secs, "loss": loss}
+    raise ValueError(f"unknown request {msg['cmd']!r}")
 
   def close(self):
     pass
@@ -249,14 +237,16 @@ def main(argv=None) -> int:
   ap.add_argument("--worker", choices=("qgjax", "st"), help=argparse.SUPPRESS)
   ap.add_argument("--out", default="tools/results/bench_infonce.json")
   args = ap.parse_args(argv)
-  if args.worker:
-    return serve_worker(args)
+  if args.worker:  # one system in this process, driven by the parent over stdin/stdout
+    from bench_workers import serve
+    serve(LocalSystem(args.worker, args).request)
+    return 0
 
   from bench_mining import load_avg, machine
   from bench_workers import Worker
 
   if args.in_process:
-    systems = {name: _InProcess(name, args) for name in ("qgjax", "st")}
+    systems = {name: LocalSystem(name, args) for name in ("qgjax", "st")}
   else:
     here = os.path.abspath(__file__)
     passed = ["--data", args.data, "--examples", str(args.examples), "--batch", str(args.batch),
