@@ -16,7 +16,7 @@ whatever else runs on the machine. Writes tools/results/bench_infonce.json.
 Each system runs in its own worker process (`bench_workers.Worker`, same environment, one running
 at a time), as each runs for its users. In one process the two share glibc's heap and the
 kernel's free pages: after a sentence-transformers round qgjax's steps spent 1.7-3.3 s each in the
-kernel re-faulting its per-step buffer (3.0-3.7 s steps became 4.4-5.3 s). `--in-process`
+kernel re-faulting its per-step buffer (3.0-3.7 s steps became 3.6-5.3 s). `--in-process`
 reproduces that setting.
 """
 

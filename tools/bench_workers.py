@@ -4,7 +4,7 @@ A benchmark that compares qgjax (XLA:CPU) with a PyTorch peer can run both in on
 process, but the two then share one glibc heap and one page pool, and each disturbs the other
 (measured in bench_infonce: after a sentence-transformers round, qgjax's next steps spent 1.7-3.3
 s a step in the kernel zeroing re-faulted pages, against 0.2-0.5 s before it, so 3.0-3.7 s steps
-took 4.4-5.3 s). `Worker` starts a system in its own interpreter, sends it one request at a time
+took 3.6-5.3 s). `Worker` starts a system in its own interpreter, sends it one request at a time
 and waits for its answer, so the systems never run at the same time and never share memory; the
 driver alternates rounds between them as before.
 
