@@ -20,6 +20,7 @@ WORKER = textwrap.dedent("""
   state = {"n": 0}
   def handle(msg):
     print("a library's chatter on stdout")
+    sys.stdout.write("and an unfinished line ")
     if msg["cmd"] == "add":
       state["n"] += msg["x"]
       return {"n": state["n"], "pid": os.getpid()}
@@ -44,7 +45,8 @@ def test_replies_keep_worker_state_and_skip_other_output(worker, capfd):
   second = worker.request({"cmd": "add", "x": 5})
   assert (first["n"], second["n"]) == (2, 7)
   assert first["pid"] == second["pid"] != os.getpid()  # one separate, long-lived process
-  assert "chatter" in capfd.readouterr().err  # passed through to the driver's stderr, not parsed
+  err = capfd.readouterr().err
+  assert "chatter" in err and "and an unfinished line" in err  # passed through to the driver's stderr, not parsed
 
 
 def test_a_failed_request_raises_with_the_workers_traceback_and_the_worker_lives_on(worker):

@@ -11,8 +11,9 @@ driver alternates rounds between them as before.
   driver:  w = Worker([sys.executable, __file__, "--worker", "qgjax", ...]); w.request({"cmd": ...})
   worker:  serve(handle)    # handle(request dict) -> reply dict, for each request line on stdin
 
-Replies are stdout lines that start with REPLY; anything else a library prints passes through to
-the driver's stderr. A worker that dies mid-request raises RuntimeError in the driver.
+Replies are stdout lines that carry REPLY (after any unfinished line a library left); anything else
+a library prints passes through to the driver's stderr. A worker that dies mid-request raises
+RuntimeError in the driver.
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ class Worker:
     self.proc.stdin.write(json.dumps(msg) + "\n")
     self.proc.stdin.flush()
     for line in self.proc.stdout:
-      if line.startswith(REPLY):
-        reply = json.loads(line[len(REPLY):])
-        if "error" in reply:
-          raise RuntimeError(f"{self.name} worker failed on {msg.get('cmd')!r}:\n{reply['error']}")
-        return reply
-      sys.stderr.write(line)
+      at = line.find(REPLY)  # a library's unfinished stdout line may precede the reply on its line
+      if at < 0:
+        sys.stderr.write(line)
+        continue
+      if at:
+        sys.stderr.write(line[:at] + "\n")
+      reply = json.loads(line[at + len(REPLY):])
+      if "error" in reply:
+        raise RuntimeError(f"{self.name} worker failed on {msg.get('cmd')!r}:\n{reply['error']}")
+      return reply
     raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()}) before answering {msg.get('cmd')!r}")
 
   def close(self) -> None:
