@@ -8,7 +8,7 @@ took 3.6-5.3 s). `Worker` starts a system in its own interpreter, sends it one r
 and waits for its answer, so the systems never run at the same time and never share memory; the
 driver alternates rounds between them as before.
 
-  driver:  w = Worker([sys.executable, __file__, "--worker", "qgjax", ...]); w.request({"cmd": ...})
+  driver:  w = Worker("qgjax", [sys.executable, __file__, "--worker", "qgjax", ...]); w.request({"cmd": ...})
   worker:  serve(handle)    # handle(request dict) -> reply dict, for each request line on stdin
 
 Replies are stdout lines that carry REPLY (after any unfinished line a library left); anything else
