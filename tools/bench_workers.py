@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import traceback
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 REPLY = "@@bench-reply "
 
@@ -30,10 +30,9 @@ REPLY = "@@bench-reply "
 class Worker:
   """A system under test in its own process: `request(msg)` -> its reply (dicts, JSON-able)."""
 
-  def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None):
-    self.name = name
-    self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                 env=dict(env) if env is not None else None, cwd=cwd)
+  def __init__(self, name: str, argv: Sequence[str]):
+    self.name = name  # the worker inherits this process's environment and working directory
+    self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
   def request(self, msg: dict) -> dict:
     self.proc.stdin.write(json.dumps(msg) + "\n")
