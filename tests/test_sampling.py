@@ -13,7 +13,8 @@ from qgjax.models.decoder import positions_from_mask
 from qgjax.models.registry import load_decoder
 from qgjax.sampling.batching import bucketed, pad_prompts
 from qgjax.sampling.engine import Sampler, local_data_mesh
-from qgjax.sampling.logits import SamplingParams, choose_tokens
+from qgjax.sampling.decoder import prefill_chunk_count
+from qgjax.sampling.logits import SamplingParams, choose_tokens, logsumexp, top_k
 from qgjax.models.hf_checkpoint import write_safetensors_dir
 
 N_NEW = 6
@@ -126,6 +127,44 @@ def test_same_seed_same_samples_at_any_batch_size_and_device_count(tiny):
   assert sampler.params["lm_head"]["kernel"].sharding.mesh.devices.size == 8
   other = sampler.run(prompts, [f"doc-{i}" for i in range(16)], 16, seed=8).tokens
   assert (other != ref_t).mean() > 0.5 and sampler.num_compiles == 1
+
+
+def test_prefill_in_chunks_gives_the_same_samples(tiny):
+  _, model, params = tiny
+  assert prefill_chunk_count(64, 256, 1024) == 16        # 16 groups of 4 prompts x 256 tokens
+  assert prefill_chunk_count(16, 16, 16, devices=8) == 2  # a group spans all 8 devices
+  assert prefill_chunk_count(64, 256, 0) == prefill_chunk_count(4, 16, 1000) == 1
+  prompts = _prompts(model.config.vocab_size, 16, seed=3)
+  sp = SamplingParams(max_new_tokens=N_NEW, num_samples=2, temperature=1.0, top_k=20)
+  ref_t, ref_lp, _, _ = _sample_all(model, params, sp, prompts, batch_size=16, prefill_chunk_tokens=0)
+  for devices in (1, 8):   # 16 groups of 1 prompt; 2 groups of 8 (one per device)
+    t, lp, _, _ = _sample_all(model, params, sp, prompts, batch_size=16, devices=devices, prefill_chunk_tokens=16)
+    np.testing.assert_array_equal(t, ref_t, err_msg=f"{devices} devices")
+    np.testing.assert_allclose(lp, ref_lp, rtol=2e-5, atol=1e-5)
+
+
+def test_chunked_logsumexp_and_top_k_equal_the_plain_ones():
+  rng = np.random.default_rng(0)
+  x = (rng.standard_normal((8, 4096)) * 3).astype(np.float32)   # 4 chunks of 1024 / 16 of 256
+  x[0] = -np.inf                                 # a fully masked row
+  x[1, :1024] = -np.inf                          # a fully masked chunk
+  x[2] = np.round(x[2])                          # many ties
+  x[3] = 0.0                                     # all tied: the lowest indices win
+  x[4, ::7] = 9.5                                # ties at the top spread over many chunks
+  x[5, 3000:] = -1e30                            # what top-p / top-k masking writes
+  got = np.asarray(jax.jit(logsumexp)(x))
+  want = np.asarray(jax.nn.logsumexp(x, axis=-1))
+  assert got[0] == -np.inf
+  np.testing.assert_allclose(got[1:], want[1:], rtol=1e-6)
+  values, ids = jax.jit(lambda x: top_k(x, 10))(x[1:])
+  ref_values, ref_ids = jax.lax.top_k(x[1:], 10)
+  np.testing.assert_array_equal(np.asarray(ids), np.asarray(ref_ids))
+  np.testing.assert_array_equal(np.asarray(values), np.asarray(ref_values))
+  np.testing.assert_array_equal(np.asarray(ids)[2], np.arange(10))
+  # ...and on a vocabulary that does not split into chunks (a prime) it is lax.top_k itself
+  y = rng.standard_normal((3, 1031)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(top_k(y, 5)[1]), np.asarray(jax.lax.top_k(y, 5)[1]))
+  np.testing.assert_allclose(np.asarray(logsumexp(y)), np.asarray(jax.nn.logsumexp(y, axis=-1)), rtol=1e-6)
 
 
 def test_logprobs_match_full_forward_and_shared_prompt_matches_broadcast_cache(tiny):

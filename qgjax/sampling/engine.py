@@ -87,16 +87,27 @@ class Sampler:
 
   @classmethod
   def for_decoder(cls, model: Any, params: Any, sampling: SamplingParams, *, shared_prompt: bool = True,
-                  **kwargs) -> "Sampler":
+                  prefill_chunk_tokens: int | None = None, **kwargs) -> "Sampler":
     """A sampler over a qgjax DecoderLM (left-padded prompts). With shared_prompt (the fast
-    path) a scanned model is converted to unrolled layers once, here."""
+    path) a scanned model is converted to unrolled layers once, here.
+
+    prefill_chunk_tokens: prefill the batch in sequential groups of about this many prompt
+    tokens per device (0 = all at once). Default: 1024 on CPU, where a group's activations
+    then stay in cache, and 0 on accelerators."""
     if shared_prompt:
       from qgjax.sampling.shared_prefix import unrolled
 
       model, params = unrolled(model, params)
     pad = kwargs.pop("pad_id", None)
     pad = model.config.pad_token_id if pad is None else pad
-    fn = functools.partial(_decoder_generate, model, sampling, shared_prompt)
+    if prefill_chunk_tokens is None:
+      from qgjax.sampling.decoder import CPU_PREFILL_CHUNK_TOKENS
+
+      on_cpu = jax.default_backend() == "cpu"
+      prefill_chunk_tokens = CPU_PREFILL_CHUNK_TOKENS if on_cpu else 0
+    mesh = kwargs.get("mesh")
+    devices = (mesh if mesh is not None else local_data_mesh()).shape["data"]
+    fn = functools.partial(_decoder_generate, model, sampling, shared_prompt, int(prefill_chunk_tokens), devices)
     return cls(fn, params, sampling, pad_id=0 if pad is None else pad, pad_side="left", **kwargs)
 
   @classmethod
@@ -130,10 +141,11 @@ class Sampler:
     return SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
 
 
-def _decoder_generate(model, sampling, shared_prompt, params, tokens, mask, keys):
+def _decoder_generate(model, sampling, shared_prompt, chunk_tokens, devices, params, tokens, mask, keys):
   from qgjax.sampling.decoder import generate_decoder
 
-  return generate_decoder(model, params, tokens, mask, keys, sampling, shared_prompt=shared_prompt)
+  return generate_decoder(model, params, tokens, mask, keys, sampling, shared_prompt=shared_prompt,
+                          prefill_chunk_tokens=chunk_tokens, devices=devices)
 
 
 def _seq2seq_generate(model, sampling, params, tokens, mask, keys):

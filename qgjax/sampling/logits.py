@@ -67,11 +67,72 @@ class SamplingParams:
     return self.num_beams == 1 and self.temperature == 0.0
 
 
+LSE_CHUNK = 1024    # target width of the vocabulary chunks of `logsumexp`
+TOP_K_CHUNK = 256   # ... and of `top_k` (both the fastest on XLA:CPU for [320, 49152])
+
+
+def _vocab_chunks(vocab: int, target: int) -> int:
+  """A divisor c of `vocab` whose chunk width vocab / c is closest to `target` (1 = no split)."""
+  best = 1
+  for c in range(2, vocab // 64 + 1):
+    if vocab % c == 0 and abs(vocab // c - target) < abs(vocab // best - target):
+      best = c
+  return best
+
+
+def logsumexp(logits: jax.Array) -> jax.Array:
+  """log(sum(exp(logits), -1)) for f32 logits [R, V] -> [R], in vocabulary chunks.
+
+  The same value as `jax.nn.logsumexp` (to float rounding), computed as a max and a sum per
+  chunk of about LSE_CHUNK tokens and then combined: on XLA:CPU a row of 49k that is reduced
+  in one piece runs about 3.5x slower (33 vs 9 ms for 320 rows).
+  """
+  r, v = logits.shape
+  c = _vocab_chunks(v, LSE_CHUNK)
+  if c == 1:
+    return jax.nn.logsumexp(logits, axis=-1)
+  parts = logits.reshape(r, c, v // c)
+  part_max = jax.lax.stop_gradient(parts.max(axis=-1))                      # [R, C]
+  part_shift = jnp.where(jnp.isfinite(part_max), part_max, 0.0)            # an all -inf chunk sums to 0
+  part_sum = jnp.exp(parts - part_shift[..., None]).sum(axis=-1)
+  top = part_max.max(axis=-1)                                              # [R]
+  finite = jnp.isfinite(top)
+  shift = jnp.where(finite, top, 0.0)
+  total = (part_sum * jnp.exp(part_shift - shift[:, None])).sum(-1)
+  return jnp.where(finite, shift + jnp.log(total), top)
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k(x, k)` for x [R, V] (same values, same indices, ties to the lower index),
+  in two stages: the k vocabulary chunks with the largest maxima hold the k largest entries,
+  so only those k chunks go through the full top-k (on XLA:CPU 7 instead of 23 ms for
+  [320, 49152], k = 10).
+
+  Why it is exact: let t be the k-th largest chunk maximum. The k chunk maxima >= t are k
+  distinct entries, so the k largest entries are all >= t, and an entry >= t sits in a chunk
+  whose maximum is >= t. Among chunks tied at t the lower-indexed are kept, and the kept
+  chunks are searched in index order, so ties resolve to the lower index as in lax.top_k.
+  """
+  r, v = x.shape
+  c = _vocab_chunks(v, TOP_K_CHUNK)
+  if c <= k:
+    return jax.lax.top_k(x, k)
+  w = v // c
+  parts = x.reshape(r, c, w)
+  _, chunk_ids = jax.lax.top_k(parts.max(axis=-1), k)                      # [R, k]
+  chunk_ids = jnp.sort(chunk_ids, axis=-1)
+  cand = jnp.take_along_axis(parts, chunk_ids[:, :, None], axis=1).reshape(r, k * w)
+  values, pos = jax.lax.top_k(cand, k)
+  ids = jnp.take_along_axis(chunk_ids, pos // w, axis=1) * w + pos % w
+  return values, ids.astype(jnp.int32)
+
+
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """log_softmax(logits)[..., token] without materialising the whole log-softmax. f32."""
   logits = logits.astype(jnp.float32)
   picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
+  flat = logits.reshape((-1, logits.shape[-1]))
+  return picked - logsumexp(flat).reshape(logits.shape[:-1])
 
 
 def _nucleus_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
@@ -99,7 +160,7 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, params: SamplingParams) ->
   scaled = logits / params.temperature
   if params.top_k > 0:
     k = min(params.top_k, logits.shape[-1])
-    cand_logits, cand_ids = jax.lax.top_k(scaled, k)  # descending
+    cand_logits, cand_ids = top_k(scaled, k)  # descending
   elif params.top_p < 1.0:
     order = jnp.argsort(-scaled, axis=-1)
     cand_ids = order
