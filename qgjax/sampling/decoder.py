@@ -106,8 +106,9 @@ def prefill_prompt_cache(model: DecoderLM, params: Any, tokens: jax.Array | None
   def body(i, carry):
     logits_all, ks, vs = carry
     take = lambda x: None if x is None else jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False)
-    logits, cache = prefill(model, params, take(tok_s), take(mask_s), embeds=take(emb_s))
-    part = PromptCache.from_prefill(cache, take(mask_s))
+    group_mask = take(mask_s)
+    logits, cache = prefill(model, params, take(tok_s), group_mask, embeds=take(emb_s))
+    part = PromptCache.from_prefill(cache, group_mask)
     put = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), i, 1)
     return (put(logits_all, logits), tuple(map(put, ks, part.k)), tuple(map(put, vs, part.v)))
 

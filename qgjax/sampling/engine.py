@@ -105,8 +105,9 @@ class Sampler:
 
       on_cpu = jax.default_backend() == "cpu"
       prefill_chunk_tokens = CPU_PREFILL_CHUNK_TOKENS if on_cpu else 0
-    mesh = kwargs.get("mesh")
-    devices = (mesh if mesh is not None else local_data_mesh()).shape["data"]
+    if kwargs.get("mesh") is None:
+      kwargs["mesh"] = local_data_mesh()
+    devices = kwargs["mesh"].shape["data"]
     fn = functools.partial(_decoder_generate, model, sampling, shared_prompt, int(prefill_chunk_tokens), devices)
     return cls(fn, params, sampling, pad_id=0 if pad is None else pad, pad_side="left", **kwargs)
 
