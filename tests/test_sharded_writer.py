@@ -157,7 +157,7 @@ def test_resume_checks(tmp_path):
   with pytest.raises(ConfigError, match="different settings"):
     ShardedJsonlWriter(empty, key="doc_id", meta={"model": "a"})
   w = ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
-  with pytest.raises(InputError, match="another process is writing"):
+  with pytest.raises(InputError, match="in use by qgjax"):
     ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), meta={"model": "a"})
   w.close()
   shard = out / "shard-00000.jsonl"

@@ -12,7 +12,7 @@ import os
 import pathlib
 from typing import Callable, Hashable, Iterator
 
-from qgjax.data.sharded_writer import read_manifest
+from qgjax.data.sharded_writer import read_manifest, shard_path
 from qgjax.errors import InputError
 
 
@@ -32,7 +32,7 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
       if require_complete and not manifest.get("complete"):
         raise InputError("output is incomplete: run the stage that writes it again to finish it",
                          path=str(part))
-      files += [part / entry["file"] for entry in manifest["shards"]]
+      files += [shard_path(part, entry) for entry in manifest["shards"]]
   elif root.is_file():
     files = [root]
   else:

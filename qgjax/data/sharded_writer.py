@@ -25,7 +25,6 @@ written is skipped (returns False).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,9 @@ import pathlib
 import re
 from typing import Any, Hashable, Iterator, Sequence
 
+from qgjax.data.safe_files import fsync_dir, join_inside, open_no_follow, write_json_atomic
+from qgjax.data.settings_diff import changed_settings
+from qgjax.data.workdir_lock import acquire, release
 from qgjax.errors import ConfigError, InputError
 
 FORMAT = "qgjax.sharded_jsonl/1"
@@ -55,28 +57,21 @@ def dumps_record(record: dict) -> str:
   return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+_fsync_dir = fsync_dir
+_write_json_atomic = write_json_atomic
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
+def _read_no_follow(path: pathlib.Path) -> bytes:
+  with open_no_follow(path, "rb") as f:
+    return f.read()
+
+
+def shard_path(out_dir: str | os.PathLike, entry: dict, manifest_path: str | os.PathLike | None = None) -> pathlib.Path:
+  """The file of a manifest's shard entry, required to lie inside `out_dir` (InputError otherwise)."""
+  root = pathlib.Path(out_dir)
+  if not isinstance(entry, dict) or "file" not in entry:
+    raise InputError("a shard entry has no 'file'", path=str(manifest_path or root / MANIFEST), field="shards")
+  return join_inside(root, entry["file"], source=manifest_path or root / MANIFEST)
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
@@ -143,13 +138,7 @@ class ShardedJsonlWriter:
       raise ConfigError("a sharded output needs at least one key field")
     self.shard_size = int(shard_size)
     self.meta = json.loads(json.dumps(meta or {}, default=_json_default))
-    self.out_dir.mkdir(parents=True, exist_ok=True)
-    self._lock = open(self.out_dir / ".lock", "a+")
-    try:
-      fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self._lock.close()
-      raise InputError("another process is writing this output", path=str(self.out_dir)) from None
+    self._lock_key = acquire(self.out_dir, str(self.meta.get("stage", "writer")))
     self.done_keys: set[Hashable] = set()
     self.num_written = 0  # records written by this process
     self.num_skipped = 0  # write() calls for keys already present
@@ -191,7 +180,8 @@ class ShardedJsonlWriter:
   def _holds_no_records(self, manifest: dict) -> bool:
     if manifest.get("shards") or any(_SHARD_RE.match(p.name) for p in self.out_dir.iterdir()):
       return False
-    return all(not _parse_lines(p, p.read_bytes(), strict=False)[0] for p in self.out_dir.glob("shard-*.jsonl.tmp"))
+    return all(p.is_symlink() or not _parse_lines(p, p.read_bytes(), strict=False)[0]
+               for p in self.out_dir.glob("shard-*.jsonl.tmp"))
 
   def _recover(self) -> None:
     manifest = read_manifest(self.out_dir)
@@ -212,20 +202,18 @@ class ShardedJsonlWriter:
         manifest = dict(manifest, meta=self.meta)
         _write_json_atomic(self.out_dir / MANIFEST, manifest)
       if manifest.get("meta") != self.meta:
-        old, new = manifest.get("meta") or {}, self.meta
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"{self.out_dir} was written by a job with different settings "
-                          f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff[:4])});"
+        changes = "; ".join(changed_settings(manifest.get("meta") or {}, self.meta))
+        raise ConfigError(f"{self.out_dir} was written by a job with different settings ({changes});"
                           " use another output directory or the original settings")
     self._manifest = manifest
     # Committed shards: verify and collect their keys.
     listed = set()
     for entry in manifest["shards"]:
-      path = self.out_dir / entry["file"]
+      path = shard_path(self.out_dir, entry)
       listed.add(entry["file"])
       if not path.is_file():
         raise InputError("committed shard is missing", path=str(path))
-      data = path.read_bytes()
+      data = _read_no_follow(path)
       if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise InputError("committed shard does not match its checksum in the manifest "
                          "(modified or corrupted)", path=str(path))
@@ -234,8 +222,8 @@ class ShardedJsonlWriter:
     next_index = len(manifest["shards"])
     # A shard renamed into place just before a kill, before the manifest listed it: adopt it.
     orphan = self.out_dir / shard_name(next_index)
-    if orphan.is_file():
-      data = orphan.read_bytes()
+    if orphan.is_file() or orphan.is_symlink():
+      data = _read_no_follow(orphan)
       records, _ = _parse_lines(orphan, data, strict=True)
       self._add_keys(records, orphan)
       self._append_manifest_entry(orphan.name, len(records), data)
@@ -250,11 +238,11 @@ class ShardedJsonlWriter:
       if p.name != shard_name(next_index) + ".tmp":
         p.unlink()  # cannot hold records: older tmp shards were renamed before the manifest moved on
     tmp = self.out_dir / (shard_name(next_index) + ".tmp")
-    if tmp.is_file():
-      data = tmp.read_bytes()
+    if tmp.is_file() or tmp.is_symlink():
+      data = _read_no_follow(tmp)  # a planted link is an error, never read or truncated through
       records, valid = _parse_lines(tmp, data, strict=False)
       if valid < len(data):
-        with open(tmp, "r+b") as f:
+        with open_no_follow(tmp, "r+b") as f:
           f.truncate(valid)
       self._add_keys(records, tmp)
       self._tmp_records = len(records)
@@ -292,7 +280,7 @@ class ShardedJsonlWriter:
       return False
     line = (dumps_record(record) + "\n").encode("utf-8")
     if self._tmp_file is None:
-      self._tmp_file = open(self.out_dir / (shard_name(self._next_index) + ".tmp"), "ab")
+      self._tmp_file = open_no_follow(self.out_dir / (shard_name(self._next_index) + ".tmp"), "ab")
     if self._manifest.get("complete"):
       self._manifest["complete"] = False
       _write_json_atomic(self.out_dir / MANIFEST, self._manifest)
@@ -340,10 +328,7 @@ class ShardedJsonlWriter:
             "shards": len(self._manifest["shards"]), "written_now": self.num_written}
 
   def _release(self) -> None:
-    try:
-      fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-    finally:
-      self._lock.close()
+    release(self._lock_key)
 
   def close(self) -> None:
     """Flushes the open shard (kept for the next run) and releases the lock; no commit."""
@@ -387,7 +372,7 @@ def iter_sharded(out_dir: str | os.PathLike, *, verify: bool = False,
     raise InputError("output is incomplete: run the job that writes it again to finish it",
                      path=str(root))
   for entry in manifest["shards"]:
-    path = root / entry["file"]
+    path = shard_path(root, entry)
     if not path.is_file():
       raise InputError("committed shard is missing", path=str(path))
     if verify:

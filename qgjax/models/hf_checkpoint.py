@@ -39,7 +39,10 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
   elif os.path.isfile(os.path.join(path, SAFE_INDEX)):
     with open(os.path.join(path, SAFE_INDEX)) as f:
       index = json.load(f)
-    files = [os.path.join(path, name) for name in sorted(set(index["weight_map"].values()))]
+    from qgjax.data.safe_files import join_inside
+    index_path = os.path.join(path, SAFE_INDEX)
+    files = [str(join_inside(path, name, source=index_path, follow_links=False))
+             for name in sorted(set(index["weight_map"].values()))]
   elif os.path.isfile(os.path.join(path, SAFE_SINGLE)):
     files = [os.path.join(path, SAFE_SINGLE)]
   else:

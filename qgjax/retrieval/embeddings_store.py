@@ -20,7 +20,6 @@ with the same `meta` resumes after its last committed shard (`writer.num_rows`);
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qgjax.data.sharded_writer import _fsync_dir, _write_json_atomic
+from qgjax.data.safe_files import fsync_dir as _fsync_dir
+from qgjax.data.safe_files import join_inside, open_no_follow
+from qgjax.data.safe_files import write_json_atomic as _write_json_atomic
+from qgjax.data.workdir_lock import acquire, release
 from qgjax.errors import ConfigError, InputError
 
 FORMAT = "qgjax.embeddings/1"
@@ -65,6 +67,13 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
   return manifest
 
 
+def _inside(root: pathlib.Path, entry: dict, key: str) -> pathlib.Path:
+  """A manifest entry's file, required to lie inside the store's directory."""
+  if not isinstance(entry, dict) or key not in entry:
+    raise InputError(f"a shard entry has no {key!r}", path=str(root / MANIFEST), field="shards")
+  return join_inside(root, entry[key], source=root / MANIFEST)
+
+
 def _json_roundtrip(obj: Any) -> Any:
   return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -80,12 +89,8 @@ class EmbeddingStoreWriter:
     self.dir.mkdir(parents=True, exist_ok=True)
     self.dim, self.shard_rows = int(dim), int(shard_rows)
     self.meta = _json_roundtrip(meta or {})
-    self._lock = open(self.dir / ".lock", "a+")
-    try:
-      fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self._lock.close()
-      raise InputError("another process is writing these embeddings", path=str(self.dir)) from None
+    self._lock_key = None
+    self._lock_key = acquire(self.dir, "embeddings")
     try:
       self._open()
     except BaseException:
@@ -108,7 +113,7 @@ class EmbeddingStoreWriter:
                             f"not {want!r}; use another directory or the original settings")
       for entry in manifest["shards"]:
         for key in ("file", "ids"):
-          if not (self.dir / entry[key]).is_file():
+          if not _inside(self.dir, entry, key).is_file():
             raise InputError("committed embedding shard is missing", path=str(self.dir / entry[key]))
     for p in self.dir.glob("*.tmp"):
       p.unlink()  # an uncommitted shard from a killed run
@@ -135,7 +140,7 @@ class EmbeddingStoreWriter:
     for path, write in ((emb_path, lambda f: np.save(f, emb)),
                         (ids_path, lambda f: f.write(json.dumps(list(map(str, ids))).encode()))):
       tmp = path.with_name(path.name + ".tmp")
-      with open(tmp, "wb") as f:
+      with open_no_follow(tmp, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -154,11 +159,9 @@ class EmbeddingStoreWriter:
     return {"dir": str(self.dir), "rows": self.num_rows, "shards": len(self._manifest["shards"])}
 
   def close(self) -> None:
-    if self._lock is not None and not self._lock.closed:
-      try:
-        fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-      finally:
-        self._lock.close()
+    if self._lock_key is not None:
+      release(self._lock_key)
+      self._lock_key = None
 
   def __enter__(self) -> EmbeddingStoreWriter:
     return self
@@ -186,11 +189,11 @@ def load_embeddings(directory: str | os.PathLike, *, verify: bool = False,
   out = np.empty((int(manifest["rows"]), int(manifest["dim"])), np.float32)
   row = 0
   for entry in manifest["shards"]:
-    path = root / entry["file"]
+    path = _inside(root, entry, "file")
     if verify and _sha256(path) != entry["sha256"]:
       raise InputError("embedding shard does not match its checksum in the manifest", path=str(path))
     arr = np.load(path, mmap_mode="r")
-    shard_ids = json.loads((root / entry["ids"]).read_text())
+    shard_ids = json.loads(_inside(root, entry, "ids").read_text())
     if arr.shape != (entry["rows"], manifest["dim"]) or len(shard_ids) != entry["rows"]:
       raise InputError(f"shard holds {arr.shape} / {len(shard_ids)} ids, manifest says "
                        f"{entry['rows']} x {manifest['dim']}", path=str(path))
