@@ -195,6 +195,8 @@ def build_config(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> Config
   config = load_config_file(spec)
   for dotted, value in overrides:
     apply_override(config, dotted, value)
+  from qgjax.config_checks import check_values
+  check_values(config)  # bad values stop here, one line naming the key
   return config
 
 
