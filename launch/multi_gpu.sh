@@ -47,6 +47,7 @@ for h in "${host_list[@]}"; do
     envs=(QGJAX_COORDINATOR_ADDRESS="$coordinator" QGJAX_NUM_PROCESSES="$nproc" QGJAX_PROCESS_ID="$pid")
     [ "$gpu" != all ] && envs+=(QGJAX_LOCAL_DEVICE_IDS="$gpu")
     [ "$nproc" = 1 ] && envs=()
+    envs+=("$HUGE_PAGES_ENV")
     if [ "$h" = localhost ] || [ "$nhosts" = 1 ]; then
       printf '+ %s\n' "${envs[*]} $qgjax $(quote_args "$@")"
       [ "$DRY_RUN" = 1 ] || { env "${envs[@]}" "$qgjax" "$@" & pids+=($!); }

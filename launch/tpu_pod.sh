@@ -42,5 +42,5 @@ run git -C "$repo" archive --format=tar.gz -o "$tarball" HEAD
 run "${tpu[@]}" scp "$tarball" "$name:qgjax.tar.gz" --zone="$zone" --worker=all
 remote="mkdir -p qgjax && tar -xzf qgjax.tar.gz -C qgjax && cd qgjax && JAX_ACCELERATOR=tpu bash tools/setup_env.sh"
 run "${tpu[@]}" ssh "$name" --zone="$zone" --worker=all --command="$remote"
-cmd="cd qgjax && QGJAX_DISTRIBUTED=auto .venv/bin/qgjax $(quote_args "$@")"
+cmd="cd qgjax && $HUGE_PAGES_ENV QGJAX_DISTRIBUTED=auto .venv/bin/qgjax $(quote_args "$@")"
 run "${tpu[@]}" ssh "$name" --zone="$zone" --worker=all --command="$cmd"

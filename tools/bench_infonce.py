@@ -221,8 +221,9 @@ class LocalSystem:
 
 
 def main(argv=None) -> int:
-  if argv is None:  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (inherited by both workers)
-    from qgjax.host_allocator import reexec_with_huge_pages
+  if argv is None:  # glibc huge pages for XLA:CPU buffers (inherited by both workers); QGJAX_HUGE_PAGES=0: off
+    from qgjax.host_allocator import OPT_IN, reexec_with_huge_pages
+    os.environ.setdefault(OPT_IN, "1")
     reexec_with_huge_pages()
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nfcorpus"))

@@ -146,8 +146,9 @@ def machine() -> dict:
 
 
 def main():
-  from qgjax.host_allocator import reexec_with_huge_pages
-  reexec_with_huge_pages()  # as `qgjax` runs: glibc huge pages for XLA:CPU buffers (HF shares them here)
+  from qgjax.host_allocator import OPT_IN, reexec_with_huge_pages
+  os.environ.setdefault(OPT_IN, "1")  # glibc huge pages for XLA:CPU buffers (HF shares them here); =0: off
+  reexec_with_huge_pages()
   args = parse_args()
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   import jax
