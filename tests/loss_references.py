@@ -44,3 +44,25 @@ def readqg_ce_numpy(scores: np.ndarray, doc_key: np.ndarray, s_qneg: np.ndarray,
     hinge = max(0.0, margin + s_qneg[i] - scores[i, i]) * has_qneg[i]
     total += (1.0 if weight is None else weight[i]) * (bce + margin_weight * hinge)
   return total / (b if weight is None else float(np.sum(weight)))
+
+
+def margin_mse_numpy(q, pos, neg, ce_pos, ce_neg, weight=None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+  """Reference (float64, loops): MarginMSE and its analytic gradient w.r.t. q [B, D], pos [B, D], neg [B, H, D].
+
+  loss = sum_i w_i sum_h ((q_i.p_i - q_i.n_ih) - (ce_pos_i - ce_neg_ih))^2 / (H sum_i w_i)
+  """
+  q, pos, neg = (np.asarray(x, np.float64) for x in (q, pos, neg))
+  b, h = neg.shape[:2]
+  w = np.ones(b) if weight is None else np.asarray(weight, np.float64)
+  norm = h * w.sum()
+  total = 0.0
+  g_q, g_pos, g_neg = np.zeros_like(q), np.zeros_like(pos), np.zeros_like(neg)
+  for i in range(b):
+    for k in range(h):
+      r = (q[i] @ pos[i] - q[i] @ neg[i, k]) - (float(ce_pos[i]) - float(ce_neg[i, k]))
+      total += w[i] * r * r
+      g = 2.0 * w[i] * r / norm
+      g_q[i] += g * (pos[i] - neg[i, k])
+      g_pos[i] += g * q[i]
+      g_neg[i, k] -= g * q[i]
+  return total / norm, g_q, g_pos, g_neg

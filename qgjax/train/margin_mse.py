@@ -1,0 +1,41 @@
+"""MarginMSE: the bi-encoder's score margin regresses on a cross-encoder's (GPL, arXiv 2112.07577).
+
+GPL pseudo-labels each (query, positive, mined negative) with a cross-encoder and trains the
+dense retriever so that its margin matches the teacher's (Hofstaetter et al. 2020):
+
+  m_ih = s(q_i, p_i) - s(q_i, n_ih)                 s = <q, d> of the encoder outputs
+  t_ih = ce_pos_i - ce_neg_ih                       the teacher's scores, from `qgjax mine`
+                                                    with mining.store_scores (ce_pos, ce_neg)
+  loss = sum_i w_i sum_h (m_ih - t_ih)^2 / (H * sum_i w_i)
+
+With similarity="cos" the outputs are L2-normalised, so |m| <= 2: GPL pairs MarginMSE with dot
+product (similarity="dot") when the teacher's margins are cross-encoder logits. Each row needs
+only its own documents (no in-batch negatives), so a batch sharded over devices needs no
+communication besides the mean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Array, ce_neg: jax.Array, *,
+                    weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """q f32[B, D], pos f32[B, D], neg f32[B, H, D]; ce_pos f32[B], ce_neg f32[B, H] (teacher scores);
+  weight f32[B] (0 drops a row). Returns (loss scalar, metrics: accuracy (pos above every
+  negative), pos_score, hardest_neg_score, margin, target_margin)."""
+  f32 = jnp.float32
+  s_pos = jnp.einsum("bd,bd->b", q, pos, preferred_element_type=f32)
+  s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=f32)
+  margin = s_pos[:, None] - s_neg
+  target = ce_pos.astype(f32)[:, None] - ce_neg.astype(f32)
+  per_row = jnp.mean(jnp.square(margin - target), axis=-1)
+  w = jnp.ones(per_row.shape, f32) if weight is None else weight.astype(f32)
+  wsum = jnp.maximum(jnp.sum(w), 1e-9)
+  mean = lambda x: jnp.sum(x * w) / wsum
+  hardest = jnp.max(s_neg, axis=-1)
+  metrics = {"accuracy": mean((s_pos > hardest).astype(f32)), "pos_score": mean(s_pos),
+             "hardest_neg_score": mean(hardest), "margin": mean(jnp.mean(margin, -1)),
+             "target_margin": mean(jnp.mean(target, -1))}
+  return mean(per_row), metrics
