@@ -9,7 +9,13 @@
 threshold comes from tools/bench_mining.py), exact or scann. `reranker.kind`: none,
 cross_encoder (a local HF *ForSequenceClassification dir, e.g. `configs/cross_encoder.py`'s
 export) or bi_encoder (cosine; empty model = the mining encoder) for false-negative relabelling
-(`mining.relabel`: none | relabel | drop | drop_query).
+(`mining.relabel`: none | relabel | drop | drop_query), Gecko's positive relabelling
+(`mining.relabel_positive`: the reranker's top document becomes the positive when it beats the
+source document by more than `mining.positive_margin`) and the scores a MarginMSE retriever
+learns from (`mining.store_scores`: ce_pos / ce_neg in each tuple; see configs/retriever.py):
+
+  qgjax mine --config configs/mine.py:tiny --config.reranker.kind=bi_encoder \
+      --config.mining.relabel_positive=True --config.mining.store_scores=True
 Arguments: tiny (the demo corpus and its hand-written queries, top 20, 3 negatives).
 """
 
@@ -37,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.index = default_index_config()
   c.mining = ml_collections.ConfigDict(dict(
       top_k=100, num_negatives=8, min_negatives=1, seed=0, missing_positive="skip", relabel="none",
-      relabel_depth=10, relabel_margin=0.0, relabel_oversample=2))
+      relabel_depth=10, relabel_margin=0.0, relabel_oversample=2,
+      relabel_positive=False, positive_margin=0.0,  # Gecko: the reranker's top doc becomes the positive
+      store_scores=False))  # ce_pos / ce_neg (the reranker's scores) in each tuple, for MarginMSE
   c.reranker = ml_collections.ConfigDict(dict(kind="none", model="", max_len=512, batch_size=32))
   if a.tiny:
     from qgjax.data import demo_dir

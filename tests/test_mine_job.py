@@ -100,3 +100,35 @@ def test_input_keys_are_checked(tmp_path):
     pending(rec, dict(rec, query="event horizon"))
   with pytest.raises(InputError, match=r"queries.jsonl:1: field 'sample_idx' must be an integer or a string"):
     pending(dict(rec, sample_idx=[0]))
+
+
+def test_cli_gecko_positive_relabelling_and_stored_scores(tmp_path, capsys):
+  """Through the CLI: the bi-encoder reranker relabels positives (counted in the summary) and its
+  cosines travel with each tuple as ce_pos / ce_neg, checked against sentence-transformers."""
+  from sentence_transformers import SentenceTransformer
+
+  from qgjax import cli
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+  from qgjax.models.bert import resolve_model_dir
+
+  assert cli.main(["mine", "--config", "configs/mine.py:tiny", f"--config.workdir={tmp_path}",
+                   "--config.reranker.kind=bi_encoder", "--config.reranker.max_len=128",
+                   "--config.mining.relabel_positive=True", "--config.mining.positive_margin=0.01",
+                   "--config.mining.store_scores=True"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  kept = [r for r in iter_sharded(tmp_path / "tuples") if "skip" not in r]
+  relabelled = [r for r in kept if r["relabelled"]]
+  assert relabelled and summary["counts"]["relabelled_positives"] == len(relabelled)
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  st = SentenceTransformer(resolve_model_dir("all-minilm-l6-v2"), device="cpu")
+  st.max_seq_length = 64
+  q = st.encode([r["query"] for r in kept], normalize_embeddings=True)
+  st.max_seq_length = 128
+  for r, qv in zip(kept, q):
+    docs = [r["pos_id"]] + r["neg_ids"]
+    d = st.encode([corpus[x].contents for x in docs], normalize_embeddings=True)
+    np.testing.assert_allclose([r["ce_pos"]] + r["ce_neg"], d @ qv, atol=2e-4)
+    assert r["pos_id"] not in r["neg_ids"] and r["ce_pos"] >= max(r["ce_neg"]) - 1e-6
+    if r["relabelled"]:
+      assert r["pos_id"] != r["doc_id"] and r["orig_pos_id"] == r["doc_id"]

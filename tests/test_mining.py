@@ -68,7 +68,7 @@ def test_relabel_gecko_style():
   assert "d7" not in rec["neg_ids"] and "d2" not in rec["neg_ids"] and "d1" not in rec["neg_ids"]
   assert set(rec["neg_ids"]) == {"d3", "d4", "d5", "d6", "d8", "d9"}
   assert rec["query"] == "what is d2" and rec["doc_id"] == "d2"     # the input fields travel along
-  assert stats["kept"] == 1 and stats["relabelled"] == 1
+  assert stats["kept"] == 1 and stats["relabelled_positives"] == 1
 
 
 def test_relabel_drop_and_drop_query_and_margin():
@@ -83,3 +83,39 @@ def test_relabel_drop_and_drop_query_and_margin():
   # no reranker, no relabelling: d7 is a negative
   (rec,), _ = _mine("none")
   assert "d7" in rec["neg_ids"] and rec["false_negatives"] == []
+
+
+def test_relabel_positive_gecko_keeps_other_negatives():
+  # the reranker's top document d1 (0.9) beats the source d2 (0.5): it becomes the positive; with
+  # relabel=none d7 (0.8, below d1) stays a negative, with relabel=drop it leaves with d1
+  (rec,), stats = _mine("none", relabel_positive=True)
+  assert rec["pos_id"] == "d1" and rec["orig_pos_id"] == "d2" and rec["relabelled"] and rec["pos_rank"] == 2
+  assert rec["false_negatives"] == [] and set(rec["neg_ids"]) == {"d3", "d4", "d5", "d6", "d7", "d8", "d9"}
+  assert stats["relabelled_positives"] == 1
+  (rec,), _ = _mine("drop", relabel_positive=True)
+  assert rec["pos_id"] == "d1" and rec["false_negatives"] == ["d1", "d7"]
+  assert set(rec["neg_ids"]) == {"d3", "d4", "d5", "d6", "d8", "d9"}
+  # the margin: 0.9 > 0.5 + 0.35 relabels, 0.9 > 0.5 + 0.45 does not
+  (rec,), _ = _mine("none", relabel_positive=True, positive_margin=0.35)
+  assert rec["pos_id"] == "d1"
+  (rec,), stats = _mine("none", relabel_positive=True, positive_margin=0.45)
+  assert rec["pos_id"] == "d2" and not rec["relabelled"] and stats["relabelled_positives"] == 0
+  with pytest.raises(ConfigError, match="relabel_positive works with relabel none or drop"):
+    MiningConfig(relabel="relabel", relabel_positive=True)
+  with pytest.raises(ConfigError, match="need a reranker"):
+    mine_batch([{"key": "q", "query": "q", "pos_id": "d2"}], [RETRIEVED], MiningConfig(relabel_positive=True))
+
+
+def test_store_scores_are_the_rerankers_scores_of_the_tuple():
+  (rec,), _ = _mine("none", relabel_positive=True, store_scores=True)
+  assert rec["ce_pos"] == pytest.approx(0.9) and len(rec["ce_neg"]) == len(rec["neg_ids"]) == 7
+  np.testing.assert_allclose(rec["ce_neg"], [SCORES[d] for d in rec["neg_ids"]], rtol=1e-6)
+  # without relabelling: the source positive's score; negatives only from the scored prefix of the draw
+  cfg = MiningConfig(top_k=10, num_negatives=2, relabel_oversample=2, relabel_depth=1, store_scores=True)
+  for key in ("q1", "q2", "q3"):
+    plan = plan_example(key, "d2", RETRIEVED, cfg)
+    assert plan.to_score[:2] == ["d2", "d0"] and len(plan.to_score) == 2 + 4
+    sc = {d: SCORES[d] for d in plan.to_score}
+    rec = finish_example(plan, sc, cfg)
+    assert rec["pos_id"] == "d2" and rec["ce_pos"] == 0.5 and set(rec["neg_ids"]) <= set(plan.to_score[2:])
+    assert rec["ce_neg"] == [SCORES[d] for d in rec["neg_ids"]] and len(rec["neg_ids"]) == 2

@@ -15,8 +15,11 @@ Steps, each resumable:
      negatives below the source document's rank, relabel false negatives with `reranker`
      (see qgjax.retrieval.mining), and write <workdir>/tuples (sharded JSONL, key
      doc_id + sample_idx): {doc_id, sample_idx, query, pos_id, orig_pos_id, pos_rank,
-     relabelled, neg_ids, neg_ranks, false_negatives}; a dropped query is written with
-     `skip: <reason>` instead (the retriever's reader ignores it).
+     relabelled, neg_ids, neg_ranks, false_negatives} (+ ce_pos, ce_neg: the reranker's scores,
+     with `mining.store_scores`, for the retriever's MarginMSE loss); a dropped query is written
+     with `skip: <reason>` instead (the retriever's reader ignores it).
+The summary counts tuples, skips by reason and `relabelled_positives` (tuples whose positive the
+reranker changed: `mining.relabel=relabel` or Gecko's `mining.relabel_positive`).
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ def _summarize(out_dir: pathlib.Path) -> dict:
       counts["skipped:" + rec["skip"]] += 1
       continue
     counts["tuples"] += 1
-    counts["relabelled"] += int(rec.get("relabelled", False))
+    counts["relabelled_positives"] += int(rec.get("relabelled", False))
     ranks.append(rec["pos_rank"])
   found = [r for r in ranks if r >= 0]
   return {"counts": dict(counts), "mean_pos_rank": (sum(found) / len(found)) if found else None}

@@ -15,10 +15,18 @@ For a generated query q of source document d+ (its positive):
      drop        -> they leave the negative pool; the positive stays
      drop_query  -> the example is dropped
      none        -> no reranker
+   relabel_positive (Gecko, arXiv 2403.20327; with relabel none or drop): the reranker's top
+   document among those it scored becomes the positive when it beats the source document by
+   more than `positive_margin`; it leaves the negative pool, the other scored documents stay
+   candidates (relabel=none) or leave the pool as false negatives (relabel=drop);
 5. negatives = the first `num_negatives` candidates left, reported in rank order.
    After a relabel they stay the ones below the original positive's rank: the reranker scored
    every one of them at most the old positive's score (+ margin), so below the new positive's,
-   even where the new positive was retrieved further down than some of them.
+   even where the new positive was retrieved further down than some of them (with
+   relabel_positive the new positive is the best-scored document, so above them all);
+6. store_scores: the record also carries the reranker's scores of its positive and negatives,
+   `ce_pos` and `ce_neg` (aligned with neg_ids), the targets of a MarginMSE retriever loss
+   (GPL, arXiv 2112.07577). Negatives then come only from the candidates the reranker scored.
 
 When d+ is not among the top_k, `missing_positive` decides: "skip" the query (default) or
 "sample_all" (every retrieved document is a candidate). Examples with fewer than
@@ -55,10 +63,16 @@ class MiningConfig:
   relabel_depth: int = 10          # top retrieved docs the reranker checks (besides sampled negatives)
   relabel_margin: float = 0.0      # a doc is a false negative if score > score(positive) + margin
   relabel_oversample: int = 2      # candidates scored per needed negative
+  relabel_positive: bool = False   # Gecko: the reranker's top document becomes the positive ...
+  positive_margin: float = 0.0     # ... when its score > score(source document) + positive_margin
+  store_scores: bool = False       # write the reranker's ce_pos / ce_neg with each tuple (MarginMSE)
 
   def __post_init__(self):
     if self.relabel not in RELABEL_MODES:
       raise ConfigError(f"mining.relabel must be one of {RELABEL_MODES}, got {self.relabel!r}")
+    if self.relabel_positive and self.relabel not in ("none", "drop"):
+      raise ConfigError(f"mining.relabel_positive works with relabel none or drop, not {self.relabel!r} "
+                        "(relabel=relabel already makes the best false negative the positive)")
     if self.missing_positive not in MISSING_MODES:
       raise ConfigError(f"mining.missing_positive must be one of {MISSING_MODES}, got {self.missing_positive!r}")
     if self.top_k < 2 or self.num_negatives < 1 or self.min_negatives < 0:
@@ -72,6 +86,10 @@ class MiningConfig:
     if unknown:
       raise ConfigError(f"unknown mining setting(s) {unknown}; known: {sorted(names)}")
     return cls(**cfg)
+
+  @property
+  def uses_reranker(self) -> bool:
+    return self.relabel != "none" or self.relabel_positive or self.store_scores
 
 
 def example_rng(seed: int, key: str) -> np.random.Generator:
@@ -99,7 +117,7 @@ def plan_example(key: str, pos_id: str, retrieved: Sequence[str], cfg: MiningCon
   ranks = [r for r in range(first, len(retrieved)) if retrieved[r] != pos_id]
   order = [ranks[i] for i in example_rng(cfg.seed, key).permutation(len(ranks))]
   to_score: list[str] = []
-  if cfg.relabel != "none":
+  if cfg.uses_reranker:
     want = [pos_id] + retrieved[: cfg.relabel_depth] + \
         [retrieved[r] for r in order[: cfg.num_negatives * cfg.relabel_oversample]]
     seen = set()
@@ -110,33 +128,43 @@ def plan_example(key: str, pos_id: str, retrieved: Sequence[str], cfg: MiningCon
 def finish_example(plan: Plan, scores: Mapping[str, float] | None, cfg: MiningConfig) -> dict | str:
   """Steps 4-5: -> a training record, or the reason (str) the example is skipped.
 
-  Record: {pos_id, orig_pos_id, pos_rank, relabelled, neg_ids, neg_ranks, false_negatives}.
-  `pos_rank` is the retrieval rank of the original positive (-1: not retrieved).
+  Record: {pos_id, orig_pos_id, pos_rank, relabelled, neg_ids, neg_ranks, false_negatives}
+  (+ ce_pos, ce_neg with store_scores). `pos_rank` is the retrieval rank of the original
+  positive (-1: not retrieved).
   """
   if plan.pos_rank is None and cfg.missing_positive == "skip":
     return "positive_not_retrieved"
   pos_id, relabelled, false_neg = plan.pos_id, False, []
   candidates = plan.candidates
-  if cfg.relabel != "none":
+  if cfg.uses_reranker:
     if scores is None:
       raise ValueError("relabelling needs reranker scores")
+    best = lambda docs: max(docs, key=lambda d: (scores[d], -plan.retrieved.index(d)))   # ties: higher rank
     s_pos = scores[plan.pos_id]
-    false_neg = [d for d in plan.to_score[1:] if scores[d] > s_pos + cfg.relabel_margin]
+    if cfg.relabel != "none":
+      false_neg = [d for d in plan.to_score[1:] if scores[d] > s_pos + cfg.relabel_margin]
     if false_neg and cfg.relabel == "drop_query":
       return "false_negative_above_positive"
     if false_neg and cfg.relabel == "relabel":
-      pos_id = max(false_neg, key=lambda d: (scores[d], -plan.retrieved.index(d)))
-      relabelled = True
+      pos_id, relabelled = best(false_neg), True
+    if cfg.relabel_positive and len(plan.to_score) > 1:
+      top = best(plan.to_score[1:])
+      if scores[top] > s_pos + cfg.positive_margin:
+        pos_id, relabelled = top, True
     # Only the prefix of the visiting order that the reranker saw is safe to draw from.
-    excluded = set(false_neg)
+    excluded = set(false_neg) | {pos_id}
     candidates = [r for r in candidates[: cfg.num_negatives * cfg.relabel_oversample]
                   if plan.retrieved[r] not in excluded]
   chosen = sorted(candidates[: cfg.num_negatives])
   if len(chosen) < max(cfg.min_negatives, 1):
     return "too_few_negatives"
-  return {"pos_id": pos_id, "orig_pos_id": plan.pos_id,
-          "pos_rank": -1 if plan.pos_rank is None else plan.pos_rank, "relabelled": relabelled,
-          "neg_ids": [plan.retrieved[r] for r in chosen], "neg_ranks": chosen, "false_negatives": false_neg}
+  record = {"pos_id": pos_id, "orig_pos_id": plan.pos_id,
+            "pos_rank": -1 if plan.pos_rank is None else plan.pos_rank, "relabelled": relabelled,
+            "neg_ids": [plan.retrieved[r] for r in chosen], "neg_ranks": chosen, "false_negatives": false_neg}
+  if cfg.store_scores:
+    record["ce_pos"] = scores[pos_id]
+    record["ce_neg"] = [scores[d] for d in record["neg_ids"]]
+  return record
 
 
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]   # (query texts, doc texts) -> f32[N]
@@ -152,9 +180,9 @@ def mine_outcomes(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]
   """
   plans = [plan_example(str(ex["key"]), str(ex["pos_id"]), ids, cfg) for ex, ids in zip(examples, retrieved)]
   scores: list[dict | None] = [None] * len(plans)
-  if cfg.relabel != "none":
+  if cfg.uses_reranker:
     if scorer is None or doc_text is None:
-      raise ConfigError("mining.relabel needs a reranker (config.reranker)")
+      raise ConfigError("mining.relabel, relabel_positive and store_scores need a reranker (config.reranker)")
     pairs = [(i, d) for i, p in enumerate(plans) for d in p.to_score]
     scores = [{} for _ in plans]
     if pairs:
@@ -172,13 +200,13 @@ def mine_outcomes(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]
 def mine_batch(examples: Sequence[Mapping], retrieved: Sequence[Sequence[str]], cfg: MiningConfig,
                scorer: Scorer | None = None, doc_text: Callable[[str], str] | None = None
                ) -> tuple[list[dict], collections.Counter]:
-  """`mine_outcomes` -> (kept records, Counter of outcomes: "kept", "relabelled", skip reasons)."""
+  """`mine_outcomes` -> (kept records, Counter of outcomes: "kept", "relabelled_positives", skip reasons)."""
   records, stats = [], collections.Counter()
   for res in mine_outcomes(examples, retrieved, cfg, scorer, doc_text):
     if isinstance(res, str):
       stats[res] += 1
       continue
     stats["kept"] += 1
-    stats["relabelled"] += int(res["relabelled"])
+    stats["relabelled_positives"] += int(res["relabelled"])
     records.append(res)
   return records, stats
