@@ -1,4 +1,5 @@
-r"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine, cross-encoder, LM likelihood.
+r"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine, cross-encoder, LLM judge,
+LM likelihood.
 
   qgjax score --config configs/score.py:tiny
   qgjax score --config configs/score.py --config.input=runs/nfcorpus/generate \
@@ -10,6 +11,11 @@ r"""Rewards for generated queries (or AQE expansions): BM25 / dense rank, cosine
 documents from qrels/<split>.tsv). Writes <workdir>/scored (sharded, resumable): each record
 plus `rewards` {name: value}, `ranks` {retriever: rank} and `reward` (= rewards[reward]).
 Rewards are higher-is-better; rank rewards are -rank (rank_reward=neg_rank) or 1/rank.
+llm_judge: P(yes) / (P(yes) + P(no)) of an instruct LM asked whether the document answers the
+query (`llm_judge`: model, prompt template, answer tokens; see qgjax.rewards.llm_judge):
+
+  qgjax score --config configs/score.py:tiny --config.rewards=bm25_rank,llm_judge \
+      --config.reward=llm_judge --config.llm_judge.model=smollm2-135m-instruct
 Arguments: tiny (the demo's hand-written sample queries; BM25 + MiniLM dense rewards).
 """
 
@@ -19,6 +25,7 @@ import ml_collections
 
 from qgjax.config import parse_arg
 from qgjax.retrieval.bm25 import default_bm25_config
+from qgjax.rewards.llm_judge import DEFAULT_TEMPLATE as JUDGE_TEMPLATE
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = ""  # BEIR directory of the corpus; "" = the shipped demo corpus
   c.split = "test"  # AQE: qrels/<split>.tsv names the gold documents
   c.workdir = "runs/score"
-  c.rewards = ("bm25_rank",)  # any of bm25_rank, dense_rank, dense_cosine, cross_encoder, lm_likelihood
+  c.rewards = ("bm25_rank",)  # any of bm25_rank, dense_rank, dense_cosine, cross_encoder, llm_judge, lm_likelihood
   c.reward = "bm25_rank"  # the primary reward, copied to record["reward"]
   c.rank_reward = "neg_rank"  # or "reciprocal"
   c.depth = 1000  # ranks deeper than this are depth + 1
@@ -41,6 +48,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, chunk=4096,
       cache_dir=""))  # when set: the corpus-embedding store, shared with mine / evaluate given the same dir
   c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32))
+  c.llm_judge = ml_collections.ConfigDict(dict(
+      model="smollm2-135m-instruct",  # registry name, GGUF file or HF dir of an instruct decoder
+      dtype="float32", batch_size=16, max_len=512,  # prompts pad to length buckets up to max_len
+      template=JUDGE_TEMPLATE, system="",  # {query}, {document}; system "" = the chat template's default
+      max_query_tokens=128, max_doc_tokens=320,
+      yes="Yes", no="No",  # one token each; without a chat template use " Yes" / " No"
+      use_chat_template=True, answer_prefix="Answer:"))  # answer_prefix: without a chat template
   if a.tiny:
     from qgjax.data import demo_dir
     c.input = str(demo_dir() / "sample_queries.jsonl")

@@ -149,6 +149,8 @@ def run(config: Any) -> dict:
                          if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results
   if "cross_encoder" in names:
     settings["cross_encoder"] = {k: v for k, v in config.cross_encoder.to_dict().items() if k != "batch_size"}
+  if "llm_judge" in names:
+    settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items() if k != "batch_size"}
   settings["bm25"].pop("cache_dir", None)
   meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
           "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}

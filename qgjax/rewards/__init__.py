@@ -1,5 +1,5 @@
 """Rewards per generated (query, document): retrieval ranks, dense similarity, cross-encoder
-relevance, the generator's own likelihood; retention@k.
+relevance, an LLM judge, the generator's own likelihood; retention@k.
 
   name            module                     reward (higher is better)            rank stored as
   bm25_rank       qgjax.rewards.bm25_rank    -rank (or 1/rank) of the source doc   bm25
@@ -7,6 +7,7 @@ relevance, the generator's own likelihood; retention@k.
   dense_cosine    qgjax.rewards.dense        cosine(query, source doc)
   cross_encoder   qgjax.rewards.cross_encoder  cross-encoder logit R(q, d)
   lm_likelihood   qgjax.rewards.likelihood   logprob / num_tokens
+  llm_judge       qgjax.rewards.llm_judge    an instruct LM's P(yes) / (P(yes) + P(no))
 
 `build_scorers(names, ctx)` loads each model once, shared between the rewards that use it.
 """
@@ -24,6 +25,7 @@ REWARDS: dict[str, str] = {
     "dense_cosine": "qgjax.rewards.dense:build",
     "cross_encoder": "qgjax.rewards.cross_encoder:build",
     "lm_likelihood": "qgjax.rewards.likelihood:build",
+    "llm_judge": "qgjax.rewards.llm_judge:build",
 }
 
 
