@@ -1,16 +1,37 @@
-"""`qgjax <stage> --config configs/x.py[:arg] [--config.key=value ...]`.
+"""`qgjax [-v] <stage> --config configs/x.py[:arg] [--config.key=value ...] [--print-config]`.
 
-Each stage is a module `qgjax.jobs.<stage>` with `run(config) -> dict | None`. Errors that are
-the user's to fix (`QgjaxError`) print one clear line and exit with code 2.
+Each stage is a module with `run(config) -> dict | None` (see STAGES). The job's result is
+printed to stdout as JSON; messages go to stderr through `qgjax.log` (`-v`/`--verbose`: DEBUG,
+else QGJAX_LOG_LEVEL, else INFO). Errors that are the user's to fix (`QgjaxError`) print one
+clear line and exit with code 2; `--help` prints to stdout and exits 0; no arguments print the
+usage to stderr and exit 2; `--print-config` prints the resolved config and exits 0 without
+running anything.
+
+Why a hand-written parser and not `ml_collections.config_flags` with absl flags (big_vision's
+way): the config side is the same (`path.py:arg` files with `get_config`, `--config.a.b=value`
+overrides typed by the current value, done in `qgjax.config`), but absl has no subcommands
+(`qgjax <stage>`), keeps parsed flags in a process-global FLAGS that tests calling `main(argv)`
+many times in one process would have to unparse, exits 1 with a "FATAL Flags parsing error" and
+the whole flag list on a bad override instead of one `qgjax: error:` line and exit 2, and
+`app.run` moves Python logging onto absl's handler (absl's own `-v` is an integer verbosity).
+What qgjax's overrides do beyond config_flags would have to be rebuilt on top of it anyway:
+`<stage>.set.<key>` checked against that stage's own config file, `a,b` for tuples, and the
+nearest valid key named for a misspelt one at any depth. ~80 lines of parser are the cheaper
+side of that trade.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
+from typing import NamedTuple
 
 from qgjax.errors import QgjaxError
+from qgjax.log import resolve_level, setup_logging
+
+log = logging.getLogger("qgjax.cli")  # not __name__: `python -m qgjax.cli` runs it as __main__
 
 # stage -> (module, one-line description). Modules are imported only when their stage runs.
 STAGES = {
@@ -23,25 +44,51 @@ STAGES = {
     "pipeline": ("qgjax.jobs.pipeline", "run the whole recipe end to end, each stage cached and resumable"),
 }
 
-USAGE = """usage: qgjax <stage> --config configs/<job>.py[:arg] [--config.key=value ...] [--print-config]
+USAGE = """usage: qgjax [-v] <stage> --config configs/<job>.py[:arg] [--config.key=value ...] [--print-config]
 
 stages:
 {stages}
 
-Run `qgjax <stage> --help` for a stage's details. Each config's docstring holds its exact command."""
+options:
+  --config FILE[:arg]   the job's config file (a docstring at its top holds its exact command)
+  --config.a.b=VALUE    override one key of the config (a misspelt key names the nearest one)
+  --print-config        print the resolved config and exit without running the job
+  -v, --verbose         log at DEBUG (else QGJAX_LOG_LEVEL: debug|info|warning|error, default info)
+  -h, --help            this text; `qgjax <stage> --help` gives a stage's details"""
 
 
-def _usage() -> str:
+class Command(NamedTuple):
+  """What a command line asks for: `help` (text for stdout) set means print it and stop; no
+  `stage` means none was given (usage on stderr, exit 2)."""
+  stage: str | None
+  spec: str | None
+  overrides: list[tuple[str, str]]
+  print_config: bool
+  verbose: bool
+  help: str | None = None
+
+
+def usage() -> str:
   width = max(map(len, STAGES))
   lines = [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in STAGES.items()]
   return USAGE.format(stages="\n".join(lines))
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, list[tuple[str, str]], bool]:
-  """argv (without program name) -> (stage, config spec, overrides, print_config)."""
-  if not argv or argv[0] in ("-h", "--help", "help"):
-    raise SystemExit(_usage())
-  stage, rest = argv[0], argv[1:]
+def stage_help(stage: str) -> str:
+  module = importlib.import_module(STAGES[stage][0])
+  return f"qgjax {stage}: {STAGES[stage][1]}\n\n{(module.__doc__ or '').strip()}"
+
+
+def parse_args(argv: list[str]) -> Command:
+  """argv (without the program name) -> Command. Raises QgjaxError for a malformed line."""
+  verbose, rest = False, list(argv)
+  while rest and rest[0] in ("-v", "--verbose"):  # `qgjax -v <stage> ...`
+    verbose, rest = True, rest[1:]
+  if not rest:  # no stage: main prints the usage to stderr, exit 2
+    return Command(None, None, [], False, verbose)
+  if rest[0] in ("-h", "--help", "help"):
+    return Command(None, None, [], False, verbose, help=usage())
+  stage, rest = rest[0], rest[1:]
   if stage not in STAGES:
     import difflib
     close = difflib.get_close_matches(stage, STAGES, n=1)
@@ -52,9 +99,10 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[tuple[str, str]], bool]:
   while i < len(rest):
     arg = rest[i]
     if arg in ("-h", "--help"):
-      module = importlib.import_module(STAGES[stage][0])
-      raise SystemExit(f"qgjax {stage}: {STAGES[stage][1]}\n\n{(module.__doc__ or '').strip()}")
-    if arg == "--print-config":
+      return Command(stage, spec, overrides, print_config, verbose, help=stage_help(stage))
+    if arg in ("-v", "--verbose"):
+      verbose = True
+    elif arg == "--print-config":
       print_config = True
     elif arg == "--config" or arg.startswith("--config="):
       if arg == "--config":
@@ -75,35 +123,57 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[tuple[str, str]], bool]:
         raise QgjaxError(f"{arg} needs a value: {arg}=...")
       overrides.append((key, value))
     else:
-      raise QgjaxError(f"unexpected argument '{arg}'; expected --config FILE or --config.key=value")
+      raise QgjaxError(f"unexpected argument '{arg}'; expected --config FILE, --config.key=value, "
+                       "--print-config, -v or --help")
     i += 1
   if spec is None:
     raise QgjaxError(f"qgjax {stage} needs --config configs/<job>.py")
-  return stage, spec, overrides, print_config
+  return Command(stage, spec, overrides, print_config, verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-  if argv is None:  # a real process: huge pages for XLA:CPU's buffers need the tunable at start
+  if argv is None:  # a real process: QGJAX_HUGE_PAGES=1 asks for the glibc tunable, read at start
     from qgjax.host_allocator import reexec_with_huge_pages
     reexec_with_huge_pages()
   argv = sys.argv[1:] if argv is None else argv
   try:
-    stage, spec, overrides, print_config = parse_args(argv)
+    cmd = parse_args(argv)
+    setup_logging(resolve_level(cmd.verbose))
+  except QgjaxError as e:
+    setup_logging(logging.INFO)
+    log.error("%s", e)
+    return 2
+  if cmd.help is not None:
+    print(cmd.help)
+    return 0
+  if cmd.stage is None:
+    print(usage(), file=sys.stderr)
+    return 2
+  try:
     from qgjax.config import build_config
+    config = build_config(cmd.spec, cmd.overrides)
+    if cmd.print_config:
+      print(config)
+      return 0
     from qgjax.parallel.distributed import maybe_initialize
-    config = build_config(spec, overrides)
     maybe_initialize()  # joins a multi-host run when a launcher set QGJAX_* variables
     from qgjax.parallel.compile_cache import enable_compilation_cache
     enable_compilation_cache()  # compiled programs reused by later runs, resumes and stages
-    if print_config:
-      print(config)
-    module = importlib.import_module(STAGES[stage][0])
+    module = importlib.import_module(STAGES[cmd.stage][0])
     result = module.run(config)
   except QgjaxError as e:
-    print(f"qgjax: error: {e}", file=sys.stderr)
+    log.error("%s", e)
+    return 2
+  except OSError as e:
+    import errno
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    # a full disk is the user's to fix, not a bug: one line; outputs are resumable where they stopped
+    print(f"qgjax: error: disk full ({e.strerror}) writing {e.filename or 'an output'}: free space and run "
+          "the same command again to resume", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print("qgjax: interrupted; run the same command again to resume", file=sys.stderr)
+    log.warning("interrupted; run the same command again to resume")
     return 130
   if result:
     print(json.dumps(result, indent=2, default=str))

@@ -257,14 +257,16 @@ def test_schedule_warmup_cosine():
   np.testing.assert_allclose(make_schedule(optim, 110)(60), 1e-3 + (1e-4 - 1e-3) * 0.5, rtol=1e-5)
 
 
-def test_schedule_warmup_longer_than_run_is_cut(capsys):
+def test_schedule_warmup_longer_than_run_is_cut(caplog):
   import ml_collections
 
   from qgjax.train.optim import make_schedule
 
   optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, schedule="constant"))
-  np.testing.assert_allclose(make_schedule(optim, 1)(0), 1e-3)     # was 0: one step at lr 0
-  assert "warmup_steps=10 >= the run's 1 steps" in capsys.readouterr().err
+  with caplog.at_level("WARNING", logger="qgjax"):
+    np.testing.assert_allclose(make_schedule(optim, 1)(0), 1e-3)     # was 0: one step at lr 0
+  assert [r.name for r in caplog.records] == ["qgjax.train.optim"]
+  assert "warmup_steps=10 >= the run's 1 steps" in caplog.records[0].getMessage()
   np.testing.assert_allclose(make_schedule(optim, 20)(5), 5e-4)     # warmup 10 < 20 steps: kept
   np.testing.assert_allclose(make_schedule(optim, 10)(0), 0.0)      # cut to 1 warmup step
   np.testing.assert_allclose(make_schedule(optim, 10)(1), 1e-3)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
-import sys
 import time
 from typing import Any, Iterator
 
@@ -38,6 +38,7 @@ from qgjax.config import require
 from qgjax.errors import ConfigError, InputError
 
 DONE_FILE = "done_ids.txt"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -321,7 +322,7 @@ class _Progress:
       self.bar.update(items)
     elif now - self.last >= self.every_s or self.done >= self.total:
       self.last = now
-      print(self.line(), file=sys.stderr, flush=True)
+      log.info("%s", self.line())
 
   def rates(self) -> tuple[float, float]:
     dt = max(time.perf_counter() - self.start, 1e-9)
@@ -332,7 +333,7 @@ class _Progress:
     left = self.total - self.done
     eta = left / ips if ips > 0 else float("inf")
     eta_s = "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta))
-    return (f"generate: {self.done}/{self.total} {self.unit}s, {ips:.2f} {self.unit}s/s, {tps:.0f} tokens/s, "
+    return (f"{self.done}/{self.total} {self.unit}s, {ips:.2f} {self.unit}s/s, {tps:.0f} tokens/s, "
             f"ETA {eta_s}")
 
   def close(self) -> None:

@@ -25,9 +25,9 @@ reranker changed: `mining.relabel=relabel` or Gecko's `mining.relabel_positive`)
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pathlib
-import sys
 from typing import Any, Iterator
 
 from qgjax.config import require
@@ -41,10 +41,7 @@ from qgjax.retrieval.dense import DenseEncoder, build_index, corpus_store_dir, e
 from qgjax.retrieval.mining import MiningConfig, mine_outcomes
 
 KEY = ("doc_id", "sample_idx")
-
-
-def _say(msg: str) -> None:
-  print(f"qgjax mine: {msg}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[dict]:
@@ -99,7 +96,7 @@ def run(config: Any) -> dict:
                               max_len=int(e.max_len), shard_rows=int(e.shard_rows), corpus=corpus)
   said: list[str] = []
   index = build_index(emb, config.index.to_dict(), cache_dir=str(workdir / "index"),
-                      report=lambda m: (said.append(m), _say(m)))
+                      report=lambda m: (said.append(m), log.info("%s", m)))
   scorer = load_pair_scorer(config.reranker.to_dict(), encoder)
   doc_text = lambda d: corpus[d].contents
 

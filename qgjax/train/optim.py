@@ -16,8 +16,8 @@ lists regexes of parameter paths ("a/b/kernel") that get no update and no optimi
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from typing import Any
 
 import jax
@@ -25,13 +25,15 @@ import optax
 
 from qgjax.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
   lr = float(optim.get("lr", 1e-4))
   warmup = int(optim.get("warmup_steps", 0))
   if total_steps > 0 and warmup >= total_steps:
-    print(f"qgjax: warning: optim.warmup_steps={warmup} >= the run's {total_steps} steps; using "
-          f"{total_steps // 10} warmup steps so the learning rate reaches optim.lr={lr}", file=sys.stderr, flush=True)
+    log.warning("optim.warmup_steps=%d >= the run's %d steps; using %d warmup steps so the learning rate "
+                "reaches optim.lr=%s", warmup, total_steps, total_steps // 10, lr)
     warmup = total_steps // 10
   kind = optim.get("schedule", "cosine")
   end = lr * float(optim.get("end_lr_ratio", 0.0))
