@@ -4,7 +4,7 @@ r"""Aligned Query Expansion (arXiv 2507.11042) end to end: `qgjax pipeline` with
   qgjax pipeline --config configs/aqe.py:method=rsft_dpo,n=50 --config.workdir=runs/aqe/nfc-rsft-dpo
   qgjax pipeline --config configs/aqe.py:tiny --config.generator=<tiny HF decoder dir>   # demo, CPU
 
-Stages (qgjax.jobs.recipe_aqe): split -> generate_train (n expansions per training query) ->
+Stages (qgjax.recipes.aqe): split -> generate_train (n expansions per training query) ->
 score_train (-BM25 rank of the gold document for query + expansion) -> pairs (best vs worst,
 best-of-n) -> align (`method`: rsft | dpo | rsft_dpo) -> generate_base / generate_aligned (one
 greedy expansion per test query) and generate_sampled + select (best of n_test by a qrels-free
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.select = _group("select.py", criterion="consensus")
   measures = ("nDCG@10", "R@100", "Success@1", "Success@5", "Success@20")
   if not a.tiny:
-    c.split = _group("recipe_split.py", how="auto", max_train=0, max_test=0)
+    c.split = _group("split.py", how="auto", max_train=0, max_test=0)
     c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(128, 192, 256),
                         sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
     c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     return c
 
   # tiny: the 28-query demo collection cut in two by a seeded hash, tiny models, a few steps.
-  c.split = _group("recipe_split.py", how="hash", test_fraction=0.5)
+  c.split = _group("split.py", how="hash", test_fraction=0.5)
   c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(64,), log_every_s=0.0,
                       print_examples=0, postprocess=dict(drop_copied=False),
                       sampling=dict(num_samples=n, max_new_tokens=24, seed=0))

@@ -6,7 +6,7 @@ r"""The whole DPO-aligned query-generation recipe, end to end, each stage cached
   qgjax pipeline --config configs/pipeline.py:tiny                              # demo corpus, CPU-sized
   qgjax pipeline --config configs/pipeline.py:tiny --config.generator=<tiny HF decoder dir>
 
-Stages (outputs in <workdir>/<stage>/, see qgjax.jobs.pipeline): generate (n queries/doc with
+Stages (outputs in <workdir>/<stage>/, see qgjax.recipes.dpo_qg): generate (n queries/doc with
 `generator`) -> score -> pairs -> align (DPO) -> generate_unaligned / generate_aligned (1 query/doc,
 base and aligned generator, same sampling) -> score_* -> mine_* -> retriever_* (MiniLM InfoNCE) ->
 evaluate_bm25 / _base / _unaligned / _aligned on the collection's `split` queries + qrels ->
@@ -40,6 +40,7 @@ def _group(spec: str, **values) -> ConfigDict:
 def get_config(arg: str | None = None) -> ConfigDict:
   a = parse_arg(arg, tiny=False, generator="")
   c = ConfigDict()
+  c.recipe = "dpo_qg"                   # qgjax.recipes: dpo_qg | aqe | readqg
   c.configs_dir = os.path.dirname(os.path.abspath(__file__))  # where the stage config files live
   c.workdir = "runs/pipeline/tiny" if a.tiny else "runs/pipeline/nfcorpus"
   c.data_dir = "" if a.tiny else "../shared/data/nfcorpus"   # BEIR dir; "" = the shipped demo corpus

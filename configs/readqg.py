@@ -8,9 +8,9 @@
 No T5 weights exist offline on these machines: the tiny variant trains the prompts of a small
 RANDOMLY initialised T5 (SmolLM2's tokenizer) to exercise the whole path; a real T5 run needs a
 local HF T5 / Flan-T5 directory in model.name. `decoder` trains the same soft prompts on the
-frozen decoder-only SmolLM2-135M-Instruct (qgjax.train.readqg_decoder: [P_inst ; rel prompt ;
+frozen decoder-only SmolLM2-135M-Instruct (qgjax.methods.readqg.decoder: [P_inst ; rel prompt ;
 document ; readqg.separator] -> " query"); model.kind (auto | t5 | decoder) picks the variant,
-auto from model.name. Records: see qgjax/train/readqg.py. Arguments: tiny, decoder (combinable:
+auto from model.name. Records: see qgjax/methods/readqg/objective.py. Arguments: tiny, decoder (combinable:
 tiny,decoder = the tiny sizes on the decoder path; set model.name to a small decoder dir).
 """
 

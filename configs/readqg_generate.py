@@ -1,4 +1,4 @@
-r"""ReadQG generation: r=1 and r=0 queries per document from a ReadQG export (qgjax.jobs.readqg_generate).
+r"""ReadQG generation: r=1 and r=0 queries per document from a ReadQG export (qgjax.methods.readqg.generate).
 
   qgjax pipeline --config configs/readqg_recipe.py:tiny        # the recipe's generate stage
   --config.generate.set.sampling.num_beams=3                   # beam search, as the ReadQG paper

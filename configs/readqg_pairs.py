@@ -1,4 +1,4 @@
-r"""ReadQG document-centric pairs (top-m / bottom-m judged queries per document): qgjax.jobs.readqg_pairs.
+r"""ReadQG document-centric pairs (top-m / bottom-m judged queries per document): qgjax.methods.readqg.pairs.
 
   qgjax pipeline --config configs/readqg_recipe.py --config.pairs.set.m=2
 

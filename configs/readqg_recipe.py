@@ -1,4 +1,4 @@
-r"""The ReadQG recipe end to end: `qgjax pipeline` with recipe = "readqg" (see qgjax.jobs.recipe_readqg).
+r"""The ReadQG recipe end to end: `qgjax pipeline` with recipe = "readqg" (see qgjax.recipes.readqg).
 
   qgjax pipeline --config configs/readqg_recipe.py --config.generator=/models/flan-t5-base   # Cranfield, T5
   qgjax pipeline --config configs/readqg_recipe.py:decoder                                  # Cranfield, SmolLM2
@@ -12,11 +12,11 @@ generator, configs/readqg.py) -> generate (r=1 and r=0 queries per document) -> 
 (BCE + margin, configs/cross_encoder.py) on the generated queries and on the real training queries
 -> BM25 top-100 re-ranked on the test queries; report: nDCG@10, Recall@100, diversity, rel+/rel-/Δrel.
 
-Generator: the paper's is a T5 (qgjax.train.readqg). No T5 weights exist offline here, so for the
+Generator: the paper's is a T5 (qgjax.methods.readqg.t5). No T5 weights exist offline here, so for the
 T5 variant `generator` must be a local HF T5 / Flan-T5 directory (the paper: T5-base); the tiny
 variant (and generator="") trains the prompts of a randomly initialised tiny T5 with SmolLM2's
 tokenizer. `decoder` trains the same soft prompts (P_inst + r P_true + (1 - r) P_false) on the
-frozen decoder-only SmolLM2-135M-Instruct instead (qgjax.train.readqg_decoder: [prefix ; document
+frozen decoder-only SmolLM2-135M-Instruct instead (qgjax.methods.readqg.decoder: [prefix ; document
 ; "\nQuery:"] -> " query"; `generator` may name another decoder-only LM), CPU-sized: at most
 192 document tokens, `align_epochs` epochs, the first `gen_docs` documents generated for (0 =
 all), cross-encoders on 256-token inputs, the first `eval_queries` (40) of the seeded-order
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.encoder = "all-minilm-l6-v2"  # the cross-encoders start from it (new head); also scores rel+/rel-
   c.report = ConfigDict(dict(bins=30))
   measures = ("nDCG@10", "R@100", "RR@10")
-  c.split = _group("recipe_split.py", how="auto", test_fraction=0.5, seed=0)
+  c.split = _group("split.py", how="auto", test_fraction=0.5, seed=0)
   c.pairs = _group("readqg_pairs.py", m=a.m)
   if a.decoder and not a.tiny:
     # num_steps / max_queries = 0: every epoch / every test query (smoke checks set them)

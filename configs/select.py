@@ -3,7 +3,7 @@ r"""Best-of-N expansion per query by a test-time criterion (no qrels): the AQE r
   qgjax pipeline --config configs/aqe.py --config.select.set.criterion=likelihood
 
 criterion: consensus (most agreement with the other expansions) | likelihood (generator's mean
-token log-prob). See qgjax.jobs.select.
+token log-prob). See qgjax.methods.aqe.select.
 """
 
 from __future__ import annotations

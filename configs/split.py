@@ -1,4 +1,4 @@
-r"""Training / test queries for a recipe (AQE, ReadQG): the `split` stage of qgjax.jobs.recipe_split.
+r"""Training / test queries for a recipe (AQE, ReadQG): the `split` stage of qgjax.jobs.split.
 
   qgjax pipeline --config configs/aqe.py --config.split.set.max_train=300 --config.split.set.max_test=100
 

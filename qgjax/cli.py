@@ -41,7 +41,7 @@ STAGES = {
     "train": ("qgjax.jobs.train", "SFT / RSFT / DPO / ReadQG alignment, bi-encoder and cross-encoder training"),
     "mine": ("qgjax.jobs.mine", "encode the corpus, index it (ScaNN or exact) and mine hard negatives"),
     "evaluate": ("qgjax.jobs.evaluate", "BM25 / dense / re-ranked retrieval with nDCG, MRR, Recall, top-k; query-quality metrics"),
-    "pipeline": ("qgjax.jobs.pipeline", "run the whole recipe end to end, each stage cached and resumable"),
+    "pipeline": ("qgjax.recipes", "run the whole recipe end to end, each stage cached and resumable"),
 }
 
 USAGE = """usage: qgjax [-v] <stage> --config configs/<job>.py[:arg] [--config.key=value ...] [--print-config]

@@ -22,7 +22,7 @@ from qgjax.errors import ConfigError
 ConfigDict = ml_collections.ConfigDict
 
 
-def _nearest(key: str, valid: Iterable[str]) -> str:
+def nearest_key(key: str, valid: Iterable[str]) -> str:
   valid = sorted(valid)
   close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
   if close:
@@ -93,7 +93,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
     key, sep, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ConfigError(f"unknown config argument '{key}'; {_nearest(key, defaults)}")
+      raise ConfigError(f"unknown config argument '{key}'; {nearest_key(key, defaults)}")
     if not sep:
       if isinstance(defaults[key], bool):
         value = "true"
@@ -166,7 +166,7 @@ def apply_override(config: ConfigDict, dotted: str, value: str) -> None:
       return
     if not isinstance(node, ConfigDict) or part not in node:
       valid = node.keys() if isinstance(node, ConfigDict) else []
-      raise ConfigError(f"unknown config key '{here}'; {_nearest(part, valid)}")
+      raise ConfigError(f"unknown config key '{here}'; {nearest_key(part, valid)}")
     if i < len(parts) - 1:
       node = node[part]
   with node.unlocked() if node.is_locked else _nullcontext():

@@ -289,7 +289,7 @@ def test_readqg_loss_matches_per_row_numpy_reference():
   import ml_collections
 
   from qgjax.models.t5 import T5Config, T5Model, init_params
-  from qgjax.train.readqg import readqg_loss_fn
+  from qgjax.methods.readqg.t5 import readqg_loss_fn
 
   cfg = T5Config(vocab_size=29, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=1, num_heads=4,
                  relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)

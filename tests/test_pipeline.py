@@ -11,8 +11,8 @@ import pytest
 
 from qgjax.config import build_config
 from qgjax.errors import ConfigError, QgjaxError
-from qgjax.jobs import pipeline
-from qgjax.jobs.pipeline_stages import STAGES
+from qgjax import recipes as pipeline
+from qgjax.recipes.dpo_qg import STAGES
 from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
 
 
 def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
-  from qgjax.jobs import pipeline_cache as cache
+  from qgjax.pipeline import markers as cache
 
   old = {"a": 1, "g": {"x": "q"}}
   cache.write_marker("score", tmp_path, "score", old, {"generate": "f0"}, "fp-old", {"records": 3}, 1.0)

@@ -1,4 +1,4 @@
-"""ReadQG on a decoder-only LM (qgjax.train.readqg_decoder): the loss against a per-row numpy reference,
+"""ReadQG on a decoder-only LM (qgjax.methods.readqg.decoder): the loss against a per-row numpy reference,
 only the soft prompts train, and soft-prefix sampling against a step-by-step full-forward argmax."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
   from qgjax.parallel import sharding
   from qgjax.parallel.mesh import make_mesh
   from qgjax.train.optim import make_optimizer
-  from qgjax.train.readqg_decoder import readqg_decoder_loss_fn
+  from qgjax.methods.readqg.decoder import readqg_decoder_loss_fn
   from qgjax.train.step import create_state, make_train_step, state_shardings
 
   model, params, soft = tiny
@@ -134,7 +134,7 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
 
 @pytest.mark.parametrize("shared_prompt", [True, False])
 def test_soft_prefix_greedy_sampling_matches_full_forward_argmax(tiny, shared_prompt):
-  from qgjax.jobs.readqg_generate import _soft_generate
+  from qgjax.methods.readqg.generate import _soft_generate
   from qgjax.sampling.engine import Sampler, local_data_mesh
   from qgjax.sampling.logits import SamplingParams
   from qgjax.sampling.shared_prefix import unrolled

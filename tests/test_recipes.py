@@ -10,7 +10,7 @@ import pytest
 
 from qgjax.config import build_config
 from qgjax.errors import QgjaxError
-from qgjax.jobs import pipeline
+from qgjax import recipes as pipeline
 from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def _records(out_dir):
 # AQE
 
 def test_select_criteria():
-  from qgjax.jobs.select import consensus_scores, likelihood_scores
+  from qgjax.methods.aqe.select import consensus_scores, likelihood_scores
 
   s = consensus_scores(["heart disease diet", "diet for heart disease", "football scores"])
   assert s[0] == s[1] > s[2] == pytest.approx(0.0)
@@ -61,7 +61,7 @@ def test_select_criteria():
 
 
 def test_tiny_aqe_recipe(models, tmp_path):
-  from qgjax.jobs.recipe_aqe import STAGES
+  from qgjax.recipes.aqe import STAGES
 
   spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny"
   work = tmp_path / "aqe"
@@ -148,7 +148,7 @@ def test_tiny_aqe_recipe(models, tmp_path):
 # ReadQG
 
 def test_readqg_document_pairs():
-  from qgjax.jobs.readqg_pairs import document_pairs, rescale
+  from qgjax.methods.readqg.pairs import document_pairs, rescale
 
   assert rescale([4, 2, 3]) == [1.0, 0.0, 0.5] and rescale([2, 2]) == [1.0, 1.0]
   pos, neg = document_pairs({"a": 4, "b": 1, "c": 3, "d": 2}, m=2, seed=0)
@@ -167,7 +167,7 @@ def test_readqg_document_pairs():
 
 def test_split_corpus_leaves_out_empty_documents(tmp_path):
   from qgjax.data.beir import Corpus
-  from qgjax.jobs.recipe_split import _link_corpus
+  from qgjax.jobs.split import _link_corpus
 
   src = tmp_path / "corpus.jsonl"
   src.write_text('{"_id": "a", "text": "wind tunnel"}\n{"_id": "b", "title": " ", "text": ""}\n'
@@ -185,7 +185,7 @@ def test_split_corpus_leaves_out_empty_documents(tmp_path):
 def test_split_drops_queries_without_a_relevant_document(tmp_path):
   import ml_collections
 
-  from qgjax.jobs import recipe_split
+  from qgjax.jobs import split
 
   src = tmp_path / "src"
   (src / "qrels").mkdir(parents=True)
@@ -199,18 +199,18 @@ def test_split_drops_queries_without_a_relevant_document(tmp_path):
   cfg = ml_collections.ConfigDict(dict(data_dir=str(src), workdir=str(tmp_path / "w"), how="splits", seed=0,
                                        train_split="train", test_split="test", test_fraction=0.5, max_train=0,
                                        max_test=0))
-  summary = recipe_split.run(cfg)
+  summary = split.run(cfg)
   assert summary["dropped_no_relevant"] == {"train": 2, "test": 2} and summary["dropped_empty_documents"] == ["b"]
   data = tmp_path / "w" / "data"
   assert [q["_id"] for q in _jsonl(data / "queries_train.jsonl")] == ["p"]
   assert [q["_id"] for q in _jsonl(data / "queries_test.jsonl")] == ["s"]
   (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt\tzz\t1\n")
   with pytest.raises(QgjaxError, match="relevant document"):
-    recipe_split.run(cfg)
+    split.run(cfg)
 
 
 def test_tiny_readqg_recipe(models, tmp_path):
-  from qgjax.jobs.recipe_readqg import STAGES
+  from qgjax.recipes.readqg import STAGES
 
   spec = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny"
   work = tmp_path / "readqg"
@@ -256,7 +256,7 @@ def test_tiny_readqg_recipe(models, tmp_path):
 
 def test_tiny_readqg_decoder_recipe(models, tmp_path):
   """configs/readqg_recipe.py:tiny,decoder: the same stages with the soft prompts on a frozen decoder-only LM."""
-  from qgjax.jobs.recipe_readqg import STAGES
+  from qgjax.recipes.readqg import STAGES
 
   spec = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny,decoder"
   work = tmp_path / "readqg_decoder"

@@ -11,11 +11,11 @@ import pytest
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus
 from qgjax.errors import ConfigError, InputError
-from qgjax.retrieval.bm25 import _descending_id_rank, build_bm25
+from qgjax.retrieval.bm25 import descending_id_rank, build_bm25
 from qgjax.rewards import build_scorers
 from qgjax.rewards.base import RewardBatch, RewardContext, aqe_text, rank_reward
 from qgjax.rewards.bm25_rank import BM25RankScorer
-from qgjax.rewards.cross_encoder import relevance_from_logits
+from qgjax.retrieval.dense import relevance_from_logits
 from qgjax.rewards.dense import DenseIndex, target_ranks
 from qgjax.rewards.likelihood import normalised_logprob
 from qgjax.rewards.retention import retention_at_k

@@ -126,7 +126,7 @@ def test_rsft_and_rsft_dpo_jobs(tiny_lm, tmp_path):
 
 
 def test_readqg_job(tiny_lm, tmp_path):
-  from qgjax.train.readqg import load_soft_prompt
+  from qgjax.methods.readqg.objective import load_soft_prompt
 
   work = str(tmp_path / "readqg")
   assert _train("readqg.py:tiny", work, f"--config.model.tokenizer={tiny_lm}", "--config.num_steps=3",

@@ -31,21 +31,10 @@ Run = dict[str, dict[str, float]]
 
 # stage -> "module:function"; a stage not listed resolves to qgjax.retrieval.<stage>:evaluation_run.
 STAGES: dict[str, str] = {
-    "bm25": "qgjax.jobs.evaluate:bm25_run",
+    "bm25": "qgjax.retrieval.bm25:bm25_run",
     "rerank": "qgjax.retrieval.dense:rerank_run",
+    "aqe": "qgjax.methods.aqe.expansion:evaluation_run",
 }
-
-
-def bm25_run(config: Any, data: BeirData, queries: dict[str, str], previous: Run | None) -> Run:
-  """BM25 over the corpus (first stage) or re-scoring `previous` candidates with BM25."""
-  from qgjax.retrieval.bm25 import open_bm25_from_config
-  retriever = open_bm25_from_config(data.corpus, config.bm25)
-  qids = list(queries)
-  results = retriever.search([queries[q] for q in qids], k=int(config.depth))
-  run = results.as_run(qids)
-  if previous is not None:  # keep only the previous stage's candidates, in BM25 order
-    run = {q: {d: s for d, s in run[q].items() if d in previous.get(q, {})} for q in qids}
-  return run
 
 
 def _modules_with(package: str, attr: str) -> list[str]:

@@ -53,25 +53,10 @@ class Item:
 # ----------------------------------------------------------------------------------------------
 # Model and sampling settings.
 
-def model_kind(name: str, kind: str) -> str:
-  """"decoder" | "t5" for model `name`: `kind` itself, or with "auto" what its config.json declares."""
-  if kind in ("decoder", "t5"):
-    return kind
-  if kind != "auto":
-    raise ConfigError(f"model.kind must be auto, decoder or t5; got {kind!r}")
-  from qgjax.models.registry import resolve
-
-  path = resolve(name)
-  cfg = os.path.join(path, "config.json")
-  if os.path.isdir(path) and os.path.isfile(cfg):
-    with open(cfg) as f:
-      if json.load(f).get("model_type") in ("t5", "mt5", "umt5"):
-        return "t5"
-  return "decoder"
-
-
 def load_generator(config) -> tuple[str, Any, Any, Any]:
   """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype)."""
+  from qgjax.models.registry import model_kind
+
   m = config.model
   kind = model_kind(m.name, m.get("kind", "auto"))
   if kind == "t5":

@@ -27,7 +27,7 @@ TASKS: dict[str, str] = {
     "rsft": "qgjax.train.lm_tasks:run_rsft",
     "dpo": "qgjax.train.lm_tasks:run_dpo",
     "rsft_dpo": "qgjax.train.lm_tasks:run_rsft_dpo",
-    "readqg": "qgjax.train.readqg:run_readqg",
+    "readqg": "qgjax.methods.readqg.task:run_readqg",
     "retriever": "qgjax.train.infonce:run_retriever",
     "cross_encoder": "qgjax.train.cross_encoder:run_cross_encoder",
 }

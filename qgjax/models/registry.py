@@ -166,3 +166,18 @@ def save_decoder_hf(params, config, tokenizer, out_dir: str, **kwargs) -> str:
   from qgjax.models.decoder_hf import save_decoder_hf as _save
 
   return _save(params, config, tokenizer, out_dir, **kwargs)
+
+
+def model_kind(name: str, kind: str) -> str:
+  """"decoder" | "t5" for model `name`: `kind` itself, or with "auto" what its config.json declares."""
+  if kind in ("decoder", "t5"):
+    return kind
+  if kind != "auto":
+    raise ConfigError(f"model.kind must be auto, decoder or t5; got {kind!r}")
+  path = resolve(name)
+  cfg = os.path.join(path, "config.json")
+  if os.path.isdir(path) and os.path.isfile(cfg):
+    with open(cfg) as f:
+      if json.load(f).get("model_type") in ("t5", "mt5", "umt5"):
+        return "t5"
+  return "decoder"

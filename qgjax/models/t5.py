@@ -440,7 +440,7 @@ def hf_table(config: T5Config) -> list[HFTensor]:
 _TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-def _sample_inputs():
+def sample_inputs():
   return jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool), jnp.zeros((1, 2), jnp.int32)
 
 
@@ -460,7 +460,7 @@ def load_t5(path: str, dtype: str = "float32", **config_overrides):
       and not np.array_equal(np.asarray(tensors["lm_head.weight"]), np.asarray(tensors["shared.weight"]))):
     config = config.replace(tie_word_embeddings=False)
   model = T5Model(config)
-  shapes = abstract_param_shapes(model, *_sample_inputs())
+  shapes = abstract_param_shapes(model, *sample_inputs())
   ignore = _TIED_COPIES + (("lm_head.weight",) if config.tie_word_embeddings else ())
   params = params_from_hf(hf_table(config), tensors, shapes, path, dtype, ignore_extra=ignore)
   return model, params, _load_tokenizer(path)
@@ -490,5 +490,5 @@ def save_t5_hf(params: Mapping[str, Any], config: T5Config, out_dir: str, tokeni
 
 def init_params(model: T5Model, seed: int = 0) -> dict[str, Any]:
   """Fresh random params (plain arrays)."""
-  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), *_sample_inputs())
+  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), *sample_inputs())
   return unfreeze(nn.unbox(variables)["params"])

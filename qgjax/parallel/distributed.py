@@ -56,3 +56,11 @@ def is_main_process() -> bool:
   import jax
 
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (no-op with one process)."""
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

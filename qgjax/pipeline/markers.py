@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
 from qgjax.errors import QgjaxError
 
 MARKER = "STAGE_DONE.json"
+log = logging.getLogger(__name__)
 
 
 def config_dict(config) -> dict:
@@ -78,8 +79,7 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
   if not changed:
     why = ([f"made before these config keys existed: {', '.join(added)}"] if added else []) + \
           ([f"only cache locations differ: {', '.join(neutral)}"] if neutral else [])
-    print(f"qgjax pipeline: note: stage '{stage}' taken as compatible ({'; '.join(why)})",
-          file=sys.stderr, flush=True)
+    log.info("note: stage '%s' taken as compatible (%s)", stage, "; ".join(why))
     return marker["fingerprint"]
   shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
   raise QgjaxError(

@@ -1,14 +1,24 @@
-"""Child side of qgjax.jobs.recipe_runner.run_in_process: one job on a JSON-serialised ConfigDict.
+"""A stage's job in a fresh Python process, so that its wall time and peak memory are its own.
 
-  python -m qgjax.jobs.stage_process <job> <config.json> <result.json>
+  result = run_in_process("qgjax.jobs.generate", config)   # + result["cost"] = {seconds, peak_rss_mb}
+
+Child side: `python -m qgjax.pipeline.process <job module> <config.json> <result.json>`.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import subprocess
 import sys
+import tempfile
+import time
+
+from qgjax.errors import QgjaxError
+
+log = logging.getLogger(__name__)
 
 
 def peak_rss_mb() -> float:
@@ -25,18 +35,37 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def run_in_process(job: str, config) -> dict:
+  """<job>.run(config) in a child Python -> its result + cost {seconds, peak_rss_mb}."""
+  with tempfile.TemporaryDirectory(prefix="qgjax-stage-") as tmp:
+    cfg_path, out_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
+    with open(cfg_path, "w") as f:
+      f.write(config.to_json())
+    start = time.perf_counter()
+    # the child's stdout goes to our stderr: our stdout is the CLI's result
+    proc = subprocess.run([sys.executable, "-m", "qgjax.pipeline.process", job, cfg_path, out_path],
+                          stdout=sys.stderr.fileno())
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+      raise QgjaxError(f"{job} (in its own process) failed with exit code {proc.returncode}; "
+                       "its error is printed above")
+    with open(out_path) as f:
+      result = json.load(f)
+  result["cost"] = {"seconds": round(seconds, 2), "peak_rss_mb": result.pop("peak_rss_mb")}
+  return result
+
+
 def main(argv: list[str]) -> int:
   import ml_collections
-
-  from qgjax.errors import QgjaxError
 
   job, cfg_path, out_path = argv
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   from qgjax.parallel.compile_cache import enable_compilation_cache
   enable_compilation_cache()
+  logging.basicConfig(level=logging.INFO, format="qgjax: %(message)s")
   try:
-    result = importlib.import_module(f"qgjax.jobs.{job}").run(config) or {}
+    result = importlib.import_module(job).run(config) or {}
   except QgjaxError as e:
     print(f"qgjax: error: {e}", file=sys.stderr)
     return 2

@@ -1,85 +1,143 @@
-r"""Running a recipe's stage list with the pipeline's caching, some stages in their own process.
+r"""Running a recipe: its stages in order, each cached on disk and resumable, then its report.
 
-  configs, status, results, fps = run_stages(config, stages, isolated={"generate_test"})
+  summary = run_recipe(recipe, config)      # what `qgjax pipeline` prints
 
-Each stage is cached exactly as in `qgjax pipeline` (qgjax.jobs.pipeline.run_stage: STAGE_DONE.json
-+ config fingerprint). A stage named in `isolated` runs `qgjax.jobs.<job>.run` in a fresh Python
-process (qgjax.jobs.stage_process) so that its wall time and peak resident memory are its own:
-the marker's result then carries `cost` = {"seconds": wall s, "peak_rss_mb": MiB (the child's own
-VmHWM, qgjax.jobs.stage_process.peak_rss_mb)}. Recipes: `config.recipe` names one of RECIPES.
+Stage X runs `<stage.job>.run(config)` with the config qgjax.pipeline.wiring builds, in
+<workdir>/X/, and then writes <workdir>/X/STAGE_DONE.json (qgjax.pipeline.markers). A stage with
+that marker and a whole output is skipped; a marker made with other settings is an error naming
+the stage and the changed keys. A pipeline killed at any moment and started again with the same
+command re-enters the unfinished stage, which resumes on its own (sharded outputs, orbax
+checkpoints). A stage named in `recipe.isolated` runs in a fresh process (single-process runs
+only) so that its wall time and peak memory are its own: its result then carries `cost`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
+import logging
+import pathlib
 import time
+from typing import Any, Callable
 
-from qgjax.errors import ConfigError, QgjaxError
-from qgjax.jobs.pipeline_stages import Stage
+from qgjax.config import require
+from qgjax.errors import QgjaxError
+from qgjax.parallel.distributed import barrier, is_main_process
+from qgjax.pipeline import markers
+from qgjax.pipeline.process import run_in_process
+from qgjax.pipeline.stage import Stage, depends_on
+from qgjax.pipeline.wiring import stage_config
 
-RECIPES = {"aqe": "qgjax.jobs.recipe_aqe", "readqg": "qgjax.jobs.recipe_readqg"}
-
-
-def run_recipe(config) -> dict:
-  """`qgjax pipeline` with config.recipe != "dpo_qg": the named recipe module's run(config)."""
-  name = config.get("recipe", "dpo_qg")
-  if name not in RECIPES:
-    raise ConfigError(f"unknown config.recipe {name!r}; recipes: dpo_qg, {', '.join(sorted(RECIPES))}")
-  return importlib.import_module(RECIPES[name]).run(config)
-
-
-def _say(msg: str) -> None:
-  print(f"qgjax pipeline: {msg}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
+Execute = Callable[[Stage, Any], tuple[dict, float, str]]   # (stage, config) -> (result, seconds, log note)
 
 
-def run_in_process(job: str, config) -> dict:
-  """qgjax.jobs.<job>.run(config) in a child Python -> its result + cost {seconds, peak_rss_mb}."""
-  with tempfile.TemporaryDirectory(prefix="qgjax-stage-") as tmp:
-    cfg_path, out_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
-    with open(cfg_path, "w") as f:
-      f.write(config.to_json())
-    start = time.perf_counter()
-    # the child's stdout goes to our stderr: our stdout is the CLI's result
-    proc = subprocess.run([sys.executable, "-m", "qgjax.jobs.stage_process", job, cfg_path, out_path],
-                          stdout=sys.stderr.fileno())
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-      raise QgjaxError(f"qgjax {job} (in its own process) failed with exit code {proc.returncode}; "
-                       "its error is printed above")
-    with open(out_path) as f:
-      result = json.load(f)
-  result["cost"] = {"seconds": round(seconds, 2), "peak_rss_mb": result.pop("peak_rss_mb")}
-  return result
+@dataclasses.dataclass(frozen=True)
+class System:
+  """A report row: `label` (str.format'ed with the recipe's label_args), read from
+  <workdir>/<stage>/metrics.json systems[<system>]."""
+  key: str
+  label: str
+  stage: str
+  system: str
 
 
-def _in_own_process(stage: Stage, config) -> tuple[dict, float, str]:
-  """pipeline.run_stage's `execute` for a stage in a child process (single-process runs only)."""
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A method as data: its stages with their wiring, its report, and the keys it needs."""
+  name: str
+  title: str
+  stages: tuple[Stage, ...]
+  systems: tuple[System, ...]
+  required: tuple[str, ...]                                   # pipeline config keys that must be set
+  reward_name: Callable[[dict], str]                          # stage configs by name -> reward label
+  rewards: Callable[[pathlib.Path], dict[str, list[float]]]   # workdir -> reward histograms
+  info: Callable[[Any, dict], dict]                           # (config, results) -> report info
+  tables: Callable[[Any, pathlib.Path, dict, dict], list] = lambda config, workdir, results, metrics: []
+  label_args: Callable[[Any, dict], dict] = lambda config, results: {}
+  check: Callable[[Any, dict], None] = lambda config, stage_configs: None
+  isolated: frozenset[str] = frozenset()
+
+
+def run_here(stage: Stage, config) -> tuple[dict, float, str]:
+  """The stage's job in this process -> (result, seconds, note for the log)."""
+  start = time.perf_counter()
+  result = importlib.import_module(stage.job).run(config) or {}
+  barrier(f"qgjax pipeline: {stage.name}")  # every host's part is written before the check
+  return result, time.perf_counter() - start, ""
+
+
+def run_isolated(stage: Stage, config) -> tuple[dict, float, str]:
+  """The stage's job in a child process, with its cost."""
   result = run_in_process(stage.job, config)
   return result, result["cost"]["seconds"], f", peak RSS {result['cost']['peak_rss_mb']:.0f} MiB (own process)"
 
 
-def run_stages(config, stages: tuple[Stage, ...], isolated: frozenset[str] | set[str] = frozenset()):
-  """pipeline.run_stages with the stages named in `isolated` in their own process (single-process
-  runs; with several processes every stage runs in-process, without cost figures)
-  -> (configs [(stage, cfg)], status, results, fingerprints)."""
+def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
+              position: str, execute: Execute = run_here) -> tuple[str, dict, str]:
+  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint)."""
+  as_dict = markers.config_dict(config)
+  fp = markers.fingerprint(as_dict, needs)
+  marker = markers.read_marker(stage_dir)
+  if marker is not None:
+    made_with = markers.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
+    if stage.complete(stage_dir):
+      log.info("%s %s: done, skipped (%s)", position, stage.name, stage_dir / markers.MARKER)
+      return "skipped", marker.get("result", {}), made_with
+    log.info("%s %s: marked done but its output in %s is not whole; running it again", position, stage.name,
+             stage_dir)
+  log.info("%s %s: running %s in %s", position, stage.name, stage.job, stage_dir)
+  result, seconds, note = execute(stage, config)
+  if not stage.complete(stage_dir):
+    raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
+  if is_main_process():
+    markers.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, seconds)
+  log.info("%s %s: finished in %.1f s%s", position, stage.name, seconds, note)
+  return "ran", result, fp
+
+
+def stage_configs(config, stages: tuple[Stage, ...]) -> tuple[pathlib.Path, list[tuple[Stage, Any]]]:
+  """(workdir, [(stage, its ConfigDict)]): every stage's config built before any runs, so a config
+  error stops the pipeline before it starts."""
+  workdir = pathlib.Path(config.workdir).resolve()
+  at = lambda name: str(workdir / name)
+  return workdir, [(stage, stage_config(config, stage, at)) for stage in stages]
+
+
+def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated: frozenset[str] = frozenset(),
+               ) -> tuple[dict[str, str], dict[str, dict]]:
+  """Runs (or skips) the stages in order, stage X in <workdir>/X -> (status, results) by stage name.
+
+  Stages in `isolated` run in their own process when this is the only process (with several
+  processes every stage runs in-process, without cost figures)."""
   import jax
 
-  from qgjax.jobs.pipeline import _run_here
-  from qgjax.jobs.pipeline import run_stages as run_cached
-
   own = jax.process_count() == 1
-  pick = lambda stage: _in_own_process if own and stage.name in isolated else _run_here
-  _, configs, status, results, fps = run_cached(config, stages, pick)
-  return configs, status, results, fps
+  by_name = {s.name: s for s, _ in configs}
+  status, results, fps = {}, {}, {}
+  for i, (stage, cfg) in enumerate(configs):
+    needs = {n: fps[n] for n in stage.needs}
+    later = [s.name for s, _ in configs[i + 1:] if depends_on(s, stage.name, by_name)]
+    execute = run_isolated if own and stage.name in isolated else run_here
+    status[stage.name], results[stage.name], fps[stage.name] = run_stage(
+        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", execute=execute)
+  return status, results
 
 
-def summary(workdir, status: dict, report: dict) -> dict:
-  """The CLI result of a recipe run."""
+def run_recipe(recipe: Recipe, config) -> dict:
+  """The whole recipe under config.workdir -> the CLI summary (stages ran / skipped, report paths,
+  each system's metrics, reward statistics)."""
+  from qgjax.pipeline.report import write_recipe_report
+
+  require(config, "workdir", "configs_dir", *recipe.required)
+  workdir, configs = stage_configs(config, recipe.stages)
+  by_name = {s.name: c for s, c in configs}
+  recipe.check(config, by_name)
+  status, results = run_stages(workdir, configs, recipe.isolated)
+  report = (write_recipe_report(recipe, config, workdir, results, recipe.reward_name(by_name))
+            if is_main_process() else {"paths": {}, "report": {}})
+  log.info("report: %s", report["paths"].get("markdown", ""))
   return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
           "skipped": [s for s, v in status.items() if v == "skipped"], "report": report["paths"],
-          "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])}}
+          "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])},
+          "reward": report["report"].get("reward", {}).get("stats", {})}

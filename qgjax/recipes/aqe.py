@@ -3,12 +3,12 @@ r"""The Aligned Query Expansion recipe (arXiv 2507.11042) as pipeline stages: `r
   qgjax pipeline --config configs/aqe.py:tiny
   qgjax pipeline --config configs/aqe.py:method=rsft_dpo --config.workdir=runs/aqe/nfcorpus
 
-split (training / test queries, qgjax.jobs.recipe_split) -> generate_train (N expansions per
+split (training / test queries, qgjax.jobs.split) -> generate_train (N expansions per
 training query, sampled) -> score_train (reward: -BM25 rank of the best gold document when
 searching query + expansion) -> pairs (best vs worst; best-of-N for RSFT) -> align (RSFT, DPO or
 RSFT+DPO: `method`) -> at test time, in their own processes (wall time + peak RSS each):
 generate_base / generate_aligned (one greedy expansion per test query, unaligned and aligned
-generator), generate_sampled + select (best of N by a qrels-free criterion, qgjax.jobs.select)
+generator), generate_sampled + select (best of N by a qrels-free criterion, qgjax.methods.aqe.select)
 -> evaluate_bm25 / _base / _best_of_n / _aligned (BM25 over query [+ expansion]) ->
 score_base / score_aligned (the gold document's BM25 rank with each generator's greedy expansion:
 the report's reward histogram) -> <workdir>/report/report.{md,json,png}.
@@ -20,34 +20,28 @@ import json
 import os
 import pathlib
 
-from qgjax.config import require
 from qgjax.errors import ConfigError
-from qgjax.jobs.pipeline_stages import Stage, generate_prompt, _file, _sharded, _export
-from qgjax.jobs.recipe_runner import run_stages, summary
+from qgjax.pipeline.report import scored_rewards
+from qgjax.pipeline.runner import Recipe, System
+from qgjax.pipeline.stage import Stage, has_export, has_file, has_sharded
+from qgjax.pipeline.wiring import group_config
+from qgjax.recipes import jobs
+from qgjax.recipes.split import SPLIT, split_data
 
 METHODS = {"rsft": "rsft.jsonl", "dpo": "pairs.jsonl", "rsft_dpo": "pairs.jsonl"}
-# (row key, label, evaluate stage, test-time stages whose cost it pays)
-SYSTEMS = (("bm25", "BM25 (query only)", "evaluate_bm25", ()),
-           ("base", "BM25 + unaligned greedy expansion", "evaluate_base", ("generate_base",)),
-           ("best_of_n", "BM25 + best of N (filter: {criterion})", "evaluate_best_of_n",
-            ("generate_sampled", "select")),
-           ("aligned", "BM25 + aligned greedy expansion ({method})", "evaluate_aligned", ("generate_aligned",)))
+SYSTEMS = (System("bm25", "BM25 (query only)", "evaluate_bm25", "bm25"),
+           System("base", "BM25 + unaligned greedy expansion", "evaluate_base", "aqe"),
+           System("best_of_n", "BM25 + best of N (filter: {criterion})", "evaluate_best_of_n", "aqe"),
+           System("aligned", "BM25 + aligned greedy expansion ({method})", "evaluate_aligned", "aqe"))
+PAID = {"bm25": (), "base": ("generate_base",), "best_of_n": ("generate_sampled", "select"),
+        "aligned": ("generate_aligned",)}   # test-time stages whose cost each system pays
 ISOLATED = frozenset({"generate_base", "generate_aligned", "generate_sampled", "select", "evaluate_bm25",
                       "evaluate_base", "evaluate_best_of_n", "evaluate_aligned"})
 
 
-def _split_data(at) -> str:
-  return os.path.join(at("split"), "data")
-
-
-def _split(p, at):
-  from qgjax.jobs.pipeline_stages import _data
-  return {"data_dir": _data(p), "workdir": at("self")}
-
-
 def _generate(side: str, model):
   def wire(p, at):
-    data = _split_data(at)
+    data = split_data(at)
     return {"model.name": model(p, at), "data.corpus": data, "data.split": side,
             "data.queries": os.path.join(data, f"queries_{side}.jsonl"), "output_dir": at("self")}
   return wire
@@ -55,7 +49,7 @@ def _generate(side: str, model):
 
 def _score(source: str, side: str):
   def wire(p, at):
-    return {"input": at(source), "data_dir": _split_data(at), "workdir": at("self"), "split": side}
+    return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": side}
   return wire
 
 
@@ -64,9 +58,11 @@ def _pairs(p, at):
 
 
 def _align(p, at):
-  return {"data.train": os.path.join(at("pairs"), METHODS[p.method]), "data.corpus": _split_data(at),
+  if p.method not in METHODS:
+    raise ConfigError(f"aqe: config.method must be one of {', '.join(METHODS)}; got {p.method!r}")
+  return {"data.train": os.path.join(at("pairs"), METHODS[p.method]), "data.corpus": split_data(at),
           "model.name": p.generator, "workdir": at("self"), "export.enabled": True,
-          "export.dir": os.path.join(at("self"), "export"), "prompt": generate_prompt(p)}
+          "export.dir": os.path.join(at("self"), "export"), "prompt": group_config(p, "generate").prompt}
 
 
 def _select(p, at):
@@ -75,7 +71,7 @@ def _select(p, at):
 
 def _evaluate(expansions):
   def wire(p, at):
-    out = {"data_dir": _split_data(at), "split": "test", "workdir": at("self"),
+    out = {"data_dir": split_data(at), "split": "test", "workdir": at("self"),
            "retriever": "bm25" if expansions is None else "aqe"}
     if expansions is not None:
       out["aqe.input"] = expansions(at)
@@ -89,34 +85,31 @@ _selected = lambda at: os.path.join(at("select"), "selected.jsonl")
 _GREEDY, _SAMPLED = ("generate", "generate_greedy"), ("generate", "generate_sampled")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("split", "recipe_split", ("split",), (), _split, _file("split.json")),
-    Stage("generate_train", "generate", ("generate",), ("split",), _generate("train", _base), _sharded()),
-    Stage("score_train", "score", ("score",), ("generate_train",), _score("generate_train", "train"),
-          _sharded("scored")),
-    Stage("pairs", "pairs", ("pairs",), ("score_train",), _pairs, _file("pairs.jsonl")),
-    Stage("align", "train", ("align",), ("pairs",), _align, _export),
-    Stage("generate_base", "generate", _GREEDY, ("split",), _generate("test", _base), _sharded()),
-    Stage("generate_aligned", "generate", _GREEDY, ("split", "align"), _generate("test", _aligned), _sharded()),
-    Stage("generate_sampled", "generate", _SAMPLED, ("split",), _generate("test", _base), _sharded()),
-    Stage("select", "select", ("select",), ("generate_sampled",), _select, _file("selected.jsonl")),
-    Stage("evaluate_bm25", "evaluate", ("evaluate",), ("split",), _evaluate(None), _file("metrics.json")),
-    Stage("evaluate_base", "evaluate", ("evaluate",), ("generate_base",),
-          _evaluate(lambda at: at("generate_base")), _file("metrics.json")),
-    Stage("evaluate_best_of_n", "evaluate", ("evaluate",), ("select",), _evaluate(_selected),
-          _file("metrics.json")),
-    Stage("evaluate_aligned", "evaluate", ("evaluate",), ("generate_aligned",),
-          _evaluate(lambda at: at("generate_aligned")), _file("metrics.json")),
-    Stage("score_base", "score", ("score",), ("generate_base",), _score("generate_base", "test"),
-          _sharded("scored")),
-    Stage("score_aligned", "score", ("score",), ("generate_aligned",), _score("generate_aligned", "test"),
-          _sharded("scored")),
+    SPLIT,
+    Stage("generate_train", jobs.GENERATE, ("generate",), ("split",), _generate("train", _base), has_sharded()),
+    Stage("score_train", jobs.SCORE, ("score",), ("generate_train",), _score("generate_train", "train"),
+          has_sharded("scored")),
+    Stage("pairs", jobs.PAIRS, ("pairs",), ("score_train",), _pairs, has_file("pairs.jsonl")),
+    Stage("align", jobs.TRAIN, ("align",), ("pairs",), _align, has_export()),
+    Stage("generate_base", jobs.GENERATE, _GREEDY, ("split",), _generate("test", _base), has_sharded()),
+    Stage("generate_aligned", jobs.GENERATE, _GREEDY, ("split", "align"), _generate("test", _aligned), has_sharded()),
+    Stage("generate_sampled", jobs.GENERATE, _SAMPLED, ("split",), _generate("test", _base), has_sharded()),
+    Stage("select", jobs.AQE_SELECT, ("select",), ("generate_sampled",), _select, has_file("selected.jsonl")),
+    Stage("evaluate_bm25", jobs.EVALUATE, ("evaluate",), ("split",), _evaluate(None), has_file("metrics.json")),
+    Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base",),
+          _evaluate(lambda at: at("generate_base")), has_file("metrics.json")),
+    Stage("evaluate_best_of_n", jobs.EVALUATE, ("evaluate",), ("select",), _evaluate(_selected),
+          has_file("metrics.json")),
+    Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned",),
+          _evaluate(lambda at: at("generate_aligned")), has_file("metrics.json")),
+    Stage("score_base", jobs.SCORE, ("score",), ("generate_base",), _score("generate_base", "test"),
+          has_sharded("scored")),
+    Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned",), _score("generate_aligned", "test"),
+          has_sharded("scored")),
 )
 
 
-def _check(config, configs) -> None:
-  if config.method not in METHODS:
-    raise ConfigError(f"aqe: config.method must be one of {', '.join(METHODS)}; got {config.method!r}")
-  by = {s.name: c for s, c in configs}
+def _check(config, by: dict) -> None:
   if by["generate_train"].prompt.mode != "expansion":
     raise ConfigError(f"aqe: the generate group must use prompt mode 'expansion' (got "
                       f"{by['generate_train'].prompt.mode!r}); e.g. generate.config='generate.py:mode=expansion'")
@@ -144,26 +137,34 @@ def _cost(results: dict, stages: tuple[str, ...], evaluate: str, system: str, me
           "peak_rss_mb": max((x for x in rss if x is not None), default=None)}
 
 
-def _report(config, workdir: pathlib.Path, results: dict) -> dict:
-  from qgjax.evaluation.report import build_report, write_report
-  from qgjax.jobs.pipeline import _rewards
+def _rewards(workdir: pathlib.Path) -> dict[str, list[float]]:
+  return {"unaligned": scored_rewards(workdir / "score_base" / "scored"),
+          "aligned": scored_rewards(workdir / "score_aligned" / "scored")}
 
-  criterion = results["select"].get("criterion", "")
-  rows, measures, costs = [], None, []
-  for key, label, stage, paid in SYSTEMS:
-    metrics = json.loads((workdir / stage / "metrics.json").read_text())
-    system = "bm25" if key == "bm25" else "aqe"
-    measures = measures or metrics["measures"]
-    label = label.format(criterion=criterion, method=config.method)
-    rows.append({"key": key, "label": label, "metrics": metrics["systems"][system]})
-    c = _cost(results, paid, stage, system, metrics)
-    costs.append([label] + [f"{c[k]:.1f}" if c[k] is not None else "-"
-                            for k in ("expansion_s", "sampling_s", "retrieval_s", "peak_rss_mb")])
-  rewards = {"unaligned": _rewards(workdir / "score_base" / "scored"),
-             "aligned": _rewards(workdir / "score_aligned" / "scored")}
+
+def _label_args(config, results: dict) -> dict:
+  return {"criterion": results["select"].get("criterion", ""), "method": config.method}
+
+
+def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list:
+  args = _label_args(config, results)
+  costs = []
+  for s in SYSTEMS:
+    c = _cost(results, PAID[s.key], s.stage, s.system, metrics[s.stage])
+    costs.append([s.label.format(**args)] + [f"{c[k]:.1f}" if c[k] is not None else "-"
+                                             for k in ("expansion_s", "sampling_s", "retrieval_s", "peak_rss_mb")])
+  return [{"title": "Test-time cost (each stage in its own process; 2 CPU cores)",
+           "note": "expansion s: wall time of the generation stages (process start, model load, sampling; "
+                   "best of N adds the filter); sampling s: the jitted sampling alone (compilation included); "
+                   "retrieval s: BM25 indexing + search; peak RSS: the largest VmHWM of those processes",
+           "columns": ["system", "expansion s", "sampling s", "retrieval s", "peak RSS MiB"], "rows": costs}]
+
+
+def _info(config, results: dict) -> dict:
   split = results["split"]
   final = results["align"].get("final", {})
-  info = {"recipe": "aqe", "data_dir": split.get("source"), "split": split.get("how"),
+  criterion = results["select"].get("criterion", "")
+  return {"recipe": "aqe", "data_dir": split.get("source"), "split": split.get("how"),
           "training queries": split.get("train_queries"), "test queries": split.get("test_queries"),
           "generator": config.generator, "method": config.method,
           "expansions per training query (N)": int(results["generate_train"].get("records", 0)
@@ -175,26 +176,10 @@ def _report(config, workdir: pathlib.Path, results: dict) -> dict:
                                                 "mean_reward_rejected")],
           "align final loss": final.get("loss"),
           "best-of-N filter": f"{criterion} over {results['select'].get('mean_candidates')} samples per test query"}
-  tables = [{"title": "Test-time cost (each stage in its own process; 2 CPU cores)",
-             "note": "expansion s: wall time of the generation stages (process start, model load, sampling; "
-                     "best of N adds the filter); sampling s: the jitted sampling alone (compilation included); "
-                     "retrieval s: BM25 indexing + search; peak RSS: the largest VmHWM of those processes",
-             "columns": ["system", "expansion s", "sampling s", "retrieval s", "peak RSS MiB"], "rows": costs}]
-  report = build_report(rows, measures, rewards, reward_name="bm25_rank of the gold document (test, greedy)",
-                        info=info, tables=tables, title="qgjax AQE recipe report")
-  return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}
 
 
-def run(config) -> dict:
-  require(config, "workdir", "generator", "method", "configs_dir")
-  from qgjax.jobs.pipeline import _is_main, _say
-  from qgjax.jobs.pipeline_stages import stage_config
-
-  workdir = pathlib.Path(config.workdir).resolve()
-  if config.method not in METHODS:
-    raise ConfigError(f"aqe: config.method must be one of {', '.join(METHODS)}; got {config.method!r}")
-  _check(config, [(s, stage_config(config, s, lambda n: str(workdir / n))) for s in STAGES])
-  _, status, results, _ = run_stages(config, STAGES, ISOLATED)
-  report = _report(config, workdir, results) if _is_main() else {"paths": {}, "report": {}}
-  _say(f"report: {report['paths'].get('markdown', '')}")
-  return summary(workdir, status, report)
+RECIPE = Recipe(name="aqe", title="qgjax AQE recipe report", stages=STAGES, systems=SYSTEMS,
+                required=("generator", "method"),
+                reward_name=lambda stage_configs: "bm25_rank of the gold document (test, greedy)",
+                rewards=_rewards, info=_info, tables=_tables, label_args=_label_args, check=_check,
+                isolated=ISOLATED)

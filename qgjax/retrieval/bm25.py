@@ -103,7 +103,7 @@ class Analyzer:
     return out
 
 
-def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
+def descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
   """tie_rank[i] = position of doc i when doc ids are sorted descending (trec_eval tie order)."""
   order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__, reverse=True)
   rank = np.empty(len(doc_ids), np.int64)
@@ -185,7 +185,7 @@ class Bm25sRetriever(BM25Retriever):
     self.model, self.doc_ids, self.settings = model, doc_ids, settings
     self.analyzer = Analyzer(settings)
     self._index_of = {d: i for i, d in enumerate(doc_ids)}
-    self._tie_rank = _descending_id_rank(doc_ids)
+    self._tie_rank = descending_id_rank(doc_ids)
 
   @classmethod
   def build(cls, docs: Iterable[Document], settings: BM25Settings = BM25Settings(),
@@ -453,3 +453,16 @@ def open_bm25(corpus: Corpus, backend: str = "bm25s", settings: BM25Settings = B
   except OSError:  # another process finished the same index first
     shutil.rmtree(staging, ignore_errors=True)
   return load_bm25(target)
+
+
+def bm25_run(config, data, queries: dict[str, str], previous: dict[str, dict[str, float]] | None
+             ) -> dict[str, dict[str, float]]:
+  """`qgjax evaluate` system "bm25": BM25 over data.corpus (first stage, config.bm25 settings, top
+  config.depth), or re-scoring `previous` candidates with BM25 -> {query id: {doc id: score}}."""
+  retriever = open_bm25_from_config(data.corpus, config.bm25)
+  qids = list(queries)
+  results = retriever.search([queries[q] for q in qids], k=int(config.depth))
+  run = results.as_run(qids)
+  if previous is not None:  # keep only the previous stage's candidates, in BM25 order
+    run = {q: {d: s for d, s in run[q].items() if d in previous.get(q, {})} for q in qids}
+  return run

@@ -74,6 +74,15 @@ class DenseEncoder:
                         max_len=max_len, progress=progress_bar)
 
 
+def relevance_from_logits(logits: np.ndarray) -> np.ndarray:
+  """f32[N, L] -> f64[N]: the logit when L == 1, else log-softmax of the last label."""
+  logits = np.asarray(logits, np.float64)
+  if logits.shape[1] == 1:
+    return logits[:, 0]
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  return shifted[:, -1] - np.log(np.exp(shifted).sum(axis=1))
+
+
 def _corpus_fingerprint(path: str) -> dict:
   st = os.stat(path)
   return {"corpus": os.path.abspath(path), "bytes": st.st_size}
@@ -194,7 +203,6 @@ class CrossEncoderPairScorer:
 
   def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
     from qgjax.models.bert import score_pairs
-    from qgjax.rewards.cross_encoder import relevance_from_logits
     logits = score_pairs(self.module, self.params, self.tokenizer, list(queries), list(docs),
                          batch_size=self.batch_size, max_len=self.max_len)
     return relevance_from_logits(logits).astype(np.float32)

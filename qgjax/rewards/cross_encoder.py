@@ -12,16 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from qgjax.errors import ConfigError
+from qgjax.retrieval.dense import relevance_from_logits
 from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, best_over_targets
-
-
-def relevance_from_logits(logits: np.ndarray) -> np.ndarray:
-  """f32[N, L] -> f64[N]: the logit when L == 1, else log-softmax of the last label."""
-  logits = np.asarray(logits, np.float64)
-  if logits.shape[1] == 1:
-    return logits[:, 0]
-  shifted = logits - logits.max(axis=1, keepdims=True)
-  return shifted[:, -1] - np.log(np.exp(shifted).sum(axis=1))
 
 
 class CrossEncoderScorer:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from qgjax.retrieval.bm25 import _descending_id_rank
+from qgjax.retrieval.bm25 import descending_id_rank
 from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, rank_reward
 
 
@@ -85,7 +85,7 @@ class DenseIndex:
     self.norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
     self.corpus = jnp.asarray(np.pad(embeddings.astype(np.float32), ((0, pad), (0, 0)))
                               .reshape(c, self.chunk, d))
-    tie = np.concatenate([_descending_id_rank(doc_ids), np.full(pad, n, np.int64)])
+    tie = np.concatenate([descending_id_rank(doc_ids), np.full(pad, n, np.int64)])
     self.tie = jnp.asarray(tie.astype(np.int32).reshape(c, self.chunk))
     self.valid = jnp.asarray((np.arange(c * self.chunk) < n).reshape(c, self.chunk))
 

@@ -1,22 +1,24 @@
-"""`qgjax evaluate` stage `aqe`: BM25 over query + expansion (Aligned Query Expansion at test time).
+"""`qgjax evaluate` system `aqe`: BM25 over query + expansion (Aligned Query Expansion at test time).
 
   qgjax evaluate --config configs/evaluate.py --config.retriever=aqe --config.aqe.input=runs/x/generate
 
 `config.aqe.input` holds expansion records {query_id, expansion, ...} (a generate output with
 one sample per query, or the select stage's selected.jsonl); each judged query is searched with
 `qgjax.rewards.base.aqe_text(query, expansion, aqe.query_repeats)`, the text the AQE reward
-scored. A query without a record is searched with its own text (counted on stderr); two records
+scored. A query without a record is searched with its own text (counted in a warning); two records
 for one query are an error.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 from qgjax.data.records import iter_records
 from qgjax.errors import ConfigError, InputError
 from qgjax.rewards.base import aqe_text
+
+log = logging.getLogger(__name__)
 
 
 def load_expansions(source: str) -> dict[str, str]:
@@ -33,7 +35,7 @@ def load_expansions(source: str) -> dict[str, str]:
 
 
 def evaluation_run(config: Any, data, queries: dict[str, str], previous):
-  from qgjax.jobs.evaluate import bm25_run
+  from qgjax.retrieval.bm25 import bm25_run
 
   cfg = config.aqe
   if not cfg.input:
@@ -41,8 +43,8 @@ def evaluation_run(config: Any, data, queries: dict[str, str], previous):
   expansions = load_expansions(cfg.input)
   missing = [q for q in queries if q not in expansions]
   if missing:
-    print(f"qgjax evaluate: aqe: {len(missing)} of {len(queries)} queries have no expansion in {cfg.input} "
-          f"(e.g. {missing[:3]}); searched with the query alone", file=sys.stderr)
+    log.warning("aqe: %d of %d queries have no expansion in %s (e.g. %s); searched with the query alone",
+                len(missing), len(queries), cfg.input, missing[:3])
   texts = {q: aqe_text(t, expansions[q], int(cfg.query_repeats)) if q in expansions else t
            for q, t in queries.items()}
   return bm25_run(config, data, texts, previous)

@@ -9,13 +9,13 @@ Where no T5 weights are available the soft prompts steer a decoder-only LM inste
 padding is masked and RoPE positions are cumsum(mask) - 1, so this equals the unpadded sequence.
 The 2B prompts (each document under r+ and r-) run ONCE, filling a KV cache; the 4B completions
 (forward q+ | r+, q- | r-, swapped q- | r+, q+ | r-) attend to it (logprobs.shared_prompt_logprobs).
-The losses are qgjax.train.readqg's (`readqg_objective`); the self-contrastive term mean-pools
+The losses are qgjax.methods.readqg.objective's (`readqg_objective`); the self-contrastive term mean-pools
 the last layer's final-norm hidden states over the prefix + document positions (not the
 separator) of the 2B prompts. Only P_inst, P_true, P_false train.
 
 Export: `soft_prompt.safetensors` + `readqg.json` {"kind": "decoder", "generator": the frozen
 base (registry name or absolute path; its weights are not copied), "separator", ...}; read by
-qgjax.jobs.readqg_generate.
+qgjax.methods.readqg.generate.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from qgjax.train.data import Column
 from qgjax.train.logprobs import decoder_fns, shared_prompt_logprobs
 from qgjax.train.loop import TaskSetup
 from qgjax.train.losses import mean_pool, same_inputs
-from qgjax.train.readqg import fingerprint, loaders, readqg_objective, save_soft_prompt, split_rows, train_texts
+from qgjax.methods.readqg.objective import fingerprint, loaders, readqg_objective, save_soft_prompt, split_rows, train_texts
 
 SPEC = {"prompt": Column("source", "left"), "positive": Column("query", "right"),
         "negative": Column("query", "right")}

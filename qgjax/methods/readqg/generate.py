@@ -2,11 +2,11 @@ r"""ReadQG generation: queries of relevance r (1 = relevant, 0 = not) for each d
 
   qgjax pipeline --config configs/readqg_recipe.py:tiny      # runs this as its `generate` stage
 
-`model.name` is a ReadQG export (qgjax.train.readqg: soft_prompt.safetensors + readqg.json, with
+`model.name` is a ReadQG export (qgjax.methods.readqg: soft_prompt.safetensors + readqg.json, with
 an HF T5 directory; or, kind "decoder", naming its frozen decoder-only base LM). For each document
 of `data.corpus` (the first data.limit; 0 = all) and each r in `relevances`, the T5 encoder input
 is [P_inst ; r P_true + (1 - r) P_false ; document tokens + EOS]; the decoder-only prompt is
-[P_inst ; r P_true + (1 - r) P_false ; document tokens ; separator] (qgjax.train.readqg_decoder,
+[P_inst ; r P_true + (1 - r) P_false ; document tokens ; separator] (qgjax.methods.readqg.decoder,
 sampled with the shared-prompt KV cache of qgjax.sampling.decoder). Documents are cut to the
 export's max_doc_tokens, as in training, and `sampling` decodes num_samples queries (num_beams >
 1: beam search); outputs are cleaned as `qgjax generate` cleans them (strip, first line). Output in `output_dir` (sharded JSONL,
@@ -48,7 +48,7 @@ def load_readqg_export(path: str, dtype: str = "float32"):
   kind t5: the export holds the T5; kind decoder: readqg.json names the frozen base LM, loaded
   with unrolled layers (the sampler's shared-prompt decode wants them).
   """
-  from qgjax.train.readqg import load_soft_prompt
+  from qgjax.methods.readqg.objective import load_soft_prompt
 
   if not os.path.isfile(os.path.join(path, "soft_prompt.safetensors")):
     raise InputError("not a ReadQG export (no soft_prompt.safetensors; train configs/readqg.py first)", path=path)
@@ -80,7 +80,7 @@ def _prompts(kind: str, tokenizer, meta: dict, texts: list[str]) -> list[list[in
   """Document texts -> the sampler's token ids, cut as in training (the soft prefix is added inside)."""
   max_doc = int(meta.get("max_doc_tokens", 256))
   if kind == "decoder":
-    from qgjax.train.readqg_decoder import DEFAULT_SEPARATOR, prompt_ids, separator_ids
+    from qgjax.methods.readqg.decoder import DEFAULT_SEPARATOR, prompt_ids, separator_ids
 
     return prompt_ids(tokenizer, texts, max_doc, separator_ids(tokenizer, meta.get("separator", DEFAULT_SEPARATOR)))
   eos = int(tokenizer.eos_token_id)
@@ -92,7 +92,7 @@ def _longest_input(kind: str, tokenizer, meta: dict) -> int:
   max_doc = int(meta.get("max_doc_tokens", 256))
   if kind != "decoder":
     return max_doc
-  from qgjax.train.readqg_decoder import DEFAULT_SEPARATOR, separator_ids
+  from qgjax.methods.readqg.decoder import DEFAULT_SEPARATOR, separator_ids
 
   return max_doc + len(separator_ids(tokenizer, meta.get("separator", DEFAULT_SEPARATOR)))
 

@@ -1,11 +1,12 @@
-"""ReadQG (relevance-aware diverse query generation): a frozen generator with only soft prompts trainable.
+"""ReadQG's shared parts: records, the objective, soft-prompt files, the train/eval loaders.
 
-Generator (`model.kind`: auto | t5 | decoder): a T5 (this module), or a decoder-only LM with the
-same soft-prompt mechanism (qgjax.train.readqg_decoder); both share `readqg_objective`.
+ReadQG (relevance-aware diverse query generation) trains only soft prompts on a frozen
+generator: a T5 (qgjax.methods.readqg.t5) or a decoder-only LM (qgjax.methods.readqg.decoder);
+qgjax.methods.readqg.task picks one by `model.kind`. Both share `readqg_objective`.
 
-The encoder input is [P_inst ; r * P_true + (1 - r) * P_false ; document] (qgjax.models.soft_prompt);
-only P_inst, P_true, P_false train, the T5 stays frozen. Each training row is a document with a
-relevance-entailed query q+ (relevance r+, 1 by default) and a contradicted one q- (r-, 0):
+The input is [P_inst ; r * P_true + (1 - r) * P_false ; document] (qgjax.models.soft_prompt);
+only P_inst, P_true, P_false train. Each training row is a document with a relevance-entailed
+query q+ (relevance r+, 1 by default) and a contradicted one q- (r-, 0):
 
   MLE          -log P(q+ | d, r+) - log P(q- | d, r-)                 token mean over both
   contrastive  in-batch self-contrastive loss over the mean-pooled encoder states of all
@@ -16,16 +17,13 @@ relevance-entailed query q+ (relevance r+, 1 by default) and a contradicted one 
                P_rev = P(q- | r+), P(q+ | r-) (per-token mean log-probs)
   loss = MLE + readqg.contrastive_weight * contrastive + readqg.calibration_weight * calibration
 
-The document is encoded once per relevance prompt (2B encoder rows); the 4B teacher-forced
-decodes (forward and swapped) reuse those encoder states.
-
 Records (JSONL): {"document" | "doc_id", "positive", "negative", "r_positive"?, "r_negative"?}
 or the document-centric form {"passage" | "document" | "doc_id", "positive": [...], "negative":
 [...], "positive_score"?: [...], "negative_score"?: [...]} (i-th positive paired with the
 i-th negative; scores, min-max rescaled per document, become r).
 
-Export: the T5 (unchanged, HF layout) + `soft_prompt.safetensors` (instruction, true, false)
-+ `readqg.json` (kind "t5"); `load_soft_prompt(dir)` reads the prompt back.
+Export: the frozen generator (decoder-only: its name) + `soft_prompt.safetensors` (instruction,
+true, false) + `readqg.json`; `load_soft_prompt(dir)` reads the prompt back.
 """
 
 from __future__ import annotations
@@ -41,16 +39,13 @@ import numpy as np
 
 from qgjax.errors import ConfigError, InputError
 from qgjax.train import examples as ex
-from qgjax.train.data import Column, StepLoader
-from qgjax.train.logprobs import SeqLogprobs, encdec_decode_logprobs, t5_fns
-from qgjax.train.loop import TaskSetup, fit
-from qgjax.train.losses import calibration_hinge, masked_nll, mean_pool, same_inputs, self_contrastive_loss
-
-SPEC = {"source": Column("source", "right"), "positive": Column("query", "right"),
-        "negative": Column("query", "right")}
+from qgjax.train.data import StepLoader
+from qgjax.train.logprobs import SeqLogprobs
+from qgjax.train.losses import calibration_hinge, masked_nll, self_contrastive_loss
 
 
-def _rescale(scores: list[float]) -> list[float]:
+def rescale(scores: list[float]) -> list[float]:
+  """Min-max to [0, 1]; all equal -> all 1.0."""
   lo, hi = min(scores), max(scores)
   return [1.0 if hi == lo else (s - lo) / (hi - lo) for s in scores]
 
@@ -78,7 +73,7 @@ def load_readqg(path: str, corpus: Any = None) -> dict[str, list]:
       if len(both) != len(pos) + len(neg):
         raise InputError("scores must have one entry per query", path=path, line=line, field="positive_score")
       given = "positive_score" in obj or "negative_score" in obj
-      r = _rescale([float(x) for x in both]) if given else both
+      r = rescale([float(x) for x in both]) if given else both
       rp, rn = r[: len(pos)], r[len(pos):]
       for i in range(n):
         out["document"].append(doc)
@@ -133,58 +128,6 @@ def split_rows(lp: SeqLogprobs, n: int) -> tuple[SeqLogprobs, SeqLogprobs]:
   return SeqLogprobs(*(x[:n] for x in lp)), SeqLogprobs(*(x[n:] for x in lp))
 
 
-def readqg_loss_fn(module: Any, rq: Any):
-  """(soft_params, t5_params, batch) -> (loss, metrics); see the module docstring."""
-  from qgjax.models.soft_prompt import build_prefix, prepend
-
-  def loss_fn(soft, t5, batch):
-    b = batch["source"].shape[0]
-    src = jnp.concatenate([batch["source"]] * 2)
-    smask = jnp.concatenate([batch["source_mask"]] * 2).astype(bool)
-    r = jnp.concatenate([batch["r_positive"], batch["r_negative"]])
-    prefix = build_prefix(soft, r)                                      # [2B, P, D]
-    fns = t5_fns(module, {"params": t5}, prefix=lambda emb, m: prepend(prefix, emb, m))
-    enc = fns.encode(src, smask)                                        # [2B, P+S, D]
-    enc_mask = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), smask], axis=1)
-    q_fw = jnp.concatenate([batch["positive"], batch["negative"]])
-    m_fw = jnp.concatenate([batch["positive_mask"], batch["negative_mask"]])
-    q_rev = jnp.concatenate([batch["negative"], batch["positive"]])
-    m_rev = jnp.concatenate([batch["negative_mask"], batch["positive_mask"]])
-    lp = encdec_decode_logprobs(fns, jnp.concatenate([enc, enc]), jnp.concatenate([enc_mask, enc_mask]),
-                                jnp.concatenate([q_fw, q_rev]), jnp.concatenate([m_fw, m_rev]))
-    fw, rev = split_rows(lp, 2 * b)
-    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq, same_inputs(src, smask, r))
-  return loss_fn
-
-
-def _as_dict(x: Any) -> dict:
-  return {} if not x else (x.to_dict() if hasattr(x, "to_dict") else dict(x))
-
-
-def _load_t5(config: Any):
-  """(module, params, tokenizer) from config.model: a local HF T5 dir, or init="random" + a tokenizer."""
-  from qgjax.models.t5 import T5Config, T5Model, init_params, load_t5
-  from qgjax.parallel.backend import compute_dtype
-  from qgjax.models.registry import load_tokenizer, resolve
-
-  m = config.model
-  dtype = str(compute_dtype(None, m.get("dtype", "auto")))
-  if m.get("init", "pretrained") == "pretrained":
-    module, params, tokenizer = load_t5(resolve(m.name), dtype="float32")
-    if tokenizer is None:
-      raise ConfigError(f"{m.name} has no tokenizer files (tokenizer.json / spiece.model)")
-    module = T5Model(module.config.replace(dtype=dtype))
-    return module, jax.tree.map(lambda x: np.asarray(x, np.float32), params), tokenizer
-  if m.get("init") != "random":
-    raise ConfigError(f"model.init={m.init!r}; expected 'pretrained' or 'random'")
-  tokenizer = load_tokenizer(resolve(m.tokenizer))
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  cfg = T5Config(vocab_size=len(tokenizer), pad_token_id=int(pad), eos_token_id=int(tokenizer.eos_token_id),
-                 decoder_start_token_id=int(pad), dtype=dtype, dropout_rate=0.0, **_as_dict(m.get("t5", None)))
-  module = T5Model(cfg)
-  return module, jax.tree.map(lambda x: np.asarray(x, np.float32), init_params(module, int(config.get("seed", 0)))), tokenizer
-
-
 def save_soft_prompt(soft: Any, out_dir: str, meta: dict) -> None:
   from safetensors.numpy import save_file
 
@@ -215,7 +158,7 @@ def generator_kind(m: Any) -> str:
     return "t5"
   if not m.get("name", ""):
     raise ConfigError("model.name is empty: a local HF T5 dir, or a decoder-only LM (e.g. smollm2-135m-instruct)")
-  from qgjax.jobs.generate import model_kind
+  from qgjax.models.registry import model_kind
   return model_kind(m.name, "auto")
 
 
@@ -253,52 +196,3 @@ def fingerprint(config: Any, kind: str) -> dict:
         "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
         "train_file": os.path.abspath(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
   return fp if kind == "t5" else dict(fp, kind=kind)   # T5 runs keep their earlier fingerprint
-
-
-def setup_readqg(config: Any) -> TaskSetup:
-  if generator_kind(config.model) == "decoder":
-    from qgjax.train.readqg_decoder import setup_readqg_decoder
-    return setup_readqg_decoder(config)
-  return setup_readqg_t5(config)
-
-
-def setup_readqg_t5(config: Any) -> TaskSetup:
-  from qgjax.models.soft_prompt import SoftPrompt, init_soft_prompt
-  from qgjax.models.t5 import _sample_inputs, save_t5_hf
-
-  module, t5_params, tokenizer = _load_t5(config)
-  rq = config.readqg
-  texts = train_texts(config)
-  max_doc = int(config.data.get("max_doc_tokens", 256))
-  eos = int(tokenizer.eos_token_id)
-  docs = [list(x[:max_doc - 1]) + [eos] for x in tokenizer(texts["document"], add_special_tokens=False)["input_ids"]]
-  cols = {"source": docs, "positive": ex.tokenize_completions(tokenizer, texts["positive"]),
-          "negative": ex.tokenize_completions(tokenizer, texts["negative"]),
-          "r_positive": texts["r_positive"], "r_negative": texts["r_negative"]}
-  soft = init_soft_prompt(t5_params["shared"]["embedding"], tokenizer, rq.instruction, int(rq.inst_len),
-                          int(rq.rel_len), dtype=np.float32)
-  soft = jax.tree.map(np.asarray, soft)
-  abstract_soft = jax.eval_shape(SoftPrompt(int(rq.inst_len), int(rq.rel_len), module.config.d_model).init,
-                                 jax.random.key(0), jnp.zeros((1,)))["params"]
-  abstract_t5 = jax.eval_shape(module.init, jax.random.key(0), *_sample_inputs())["params"]
-  train, evals = loaders(cols, SPEC, texts["group"], config, module.config.pad_token_id)
-
-  def export(params, frozen, out_dir):
-    from qgjax.parallel.distributed import is_main_process
-    from qgjax.train.generator import gather_to_host
-
-    soft_host = gather_to_host(params)
-    if is_main_process():
-      save_t5_hf(jax.device_get(frozen), module.config.replace(dtype="float32"), out_dir, tokenizer)
-      save_soft_prompt(soft_host, out_dir, {"kind": "t5", "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len),
-                                            "instruction": rq.instruction, "max_doc_tokens": max_doc})
-    return out_dir
-
-  return TaskSetup(soft, t5_params, abstract_soft, abstract_t5, readqg_loss_fn(module, rq), train, evals, export,
-                   fingerprint(config, "t5"), {"train_rows": train.num_examples,
-                                               "eval_rows": evals.num_examples if evals else 0,
-                                               "truncated": train.truncated})
-
-
-def run_readqg(config: Any) -> dict:
-  return fit(setup_readqg(config), config)

@@ -25,13 +25,8 @@ import pathlib
 from qgjax.config import require
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.errors import ConfigError, InputError
+from qgjax.methods.readqg.objective import rescale
 from qgjax.sampling.keys import id_hash
-
-
-def rescale(grades: list[float]) -> list[float]:
-  """Min-max to [0, 1] (all equal -> all 1.0, as qgjax.train.readqg does)."""
-  lo, hi = min(grades), max(grades)
-  return [1.0 if hi == lo else (g - lo) / (hi - lo) for g in grades]
 
 
 def document_pairs(judged: dict[str, int], m: int, seed: int, strict: bool = True

@@ -1,0 +1,40 @@
+"""A recipe's report: its systems' metrics side by side, the generators' rewards, info and tables.
+
+  write_recipe_report(recipe, config, workdir, results, reward_name) -> {"paths": {...}, "report": {...}}
+
+Rows come from each system's evaluate stage (<workdir>/<stage>/metrics.json), the reward
+histograms from `recipe.rewards(workdir)`; written to <workdir>/report/report.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from qgjax.data.sharded_writer import iter_sharded
+
+
+def scored_rewards(scored_dir: pathlib.Path) -> list[float]:
+  """The `reward` of every record of a score stage's sharded output."""
+  return [float(r["reward"]) for r in iter_sharded(scored_dir, require_complete=True)]
+
+
+def stage_metrics(workdir: pathlib.Path, stage: str) -> dict:
+  """An evaluate stage's metrics.json."""
+  return json.loads((workdir / stage / "metrics.json").read_text())
+
+
+def write_recipe_report(recipe, config, workdir: pathlib.Path, results: dict[str, dict], reward_name: str
+                        ) -> dict[str, Any]:
+  from qgjax.evaluation.report import build_report, write_report
+
+  args = recipe.label_args(config, results)
+  metrics = {s.stage: stage_metrics(workdir, s.stage) for s in recipe.systems}
+  rows = [{"key": s.key, "label": s.label.format(**args), "metrics": metrics[s.stage]["systems"][s.system]}
+          for s in recipe.systems]
+  measures = metrics[recipe.systems[0].stage]["measures"]
+  report = build_report(rows, measures, recipe.rewards(workdir), reward_name=reward_name,
+                        info=recipe.info(config, results), tables=recipe.tables(config, workdir, results, metrics),
+                        title=recipe.title)
+  return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}

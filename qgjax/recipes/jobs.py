@@ -1,0 +1,12 @@
+"""The jobs recipes' stages run (module paths; each has `run(config) -> dict`)."""
+
+GENERATE = "qgjax.jobs.generate"
+SCORE = "qgjax.jobs.score"
+PAIRS = "qgjax.jobs.pairs"
+TRAIN = "qgjax.jobs.train"
+MINE = "qgjax.jobs.mine"
+EVALUATE = "qgjax.jobs.evaluate"
+SPLIT = "qgjax.jobs.split"
+READQG_PAIRS = "qgjax.methods.readqg.pairs"
+READQG_GENERATE = "qgjax.methods.readqg.generate"
+AQE_SELECT = "qgjax.methods.aqe.select"
