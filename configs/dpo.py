@@ -48,7 +48,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.num_epochs = 1.0
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=5e-4 if arg.lora else 5e-6, schedule="cosine", warmup_steps=10, end_lr_ratio=0.1,
-      weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, freeze=[]))
+      weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   c.num_devices = 0
   c.log_every = 10

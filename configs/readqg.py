@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_epochs = 1.0
   # soft prompts take large learning rates (the ReadQG recipe uses 1e-2, constant)
   c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, schedule="constant", warmup_steps=0,
-                                           end_lr_ratio=1.0, weight_decay=0.0, grad_clip=1.0, freeze=[]))
+                                           end_lr_ratio=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                                           momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   c.num_devices = 0
   c.log_every = 10

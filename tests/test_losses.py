@@ -1,6 +1,7 @@
 """Alignment losses, sequence log-probs, the step-addressable loader and schedules vs numpy references."""
 
 import functools
+import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,8 @@ from qgjax.train import logprobs as L
 from qgjax.train import losses
 from qgjax.train.data import Column, StepLoader
 from readqg_reference import check_readqg_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _log_softmax(x):
@@ -241,12 +244,19 @@ def test_loader_file_order_weights():
   np.testing.assert_array_equal(ld.batch(1)["weight"], [1, 0, 0, 0])
 
 
-def test_schedule_warmup_cosine():
-  import ml_collections
+def _optim(**values):
+  """configs/dpo.py's optim group (every key the optimizer reads) with `values` set."""
+  from qgjax.config import build_config
 
+  optim = build_config(str(REPO / "configs" / "dpo.py")).optim
+  optim.update(values)
+  return optim
+
+
+def test_schedule_warmup_cosine():
   from qgjax.train.optim import make_schedule
 
-  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, schedule="cosine", end_lr_ratio=0.1))
+  optim = _optim(lr=1e-3, warmup_steps=10, schedule="cosine", end_lr_ratio=0.1)
   s = make_schedule(optim, 110)
   np.testing.assert_allclose(s(5), 5e-4, rtol=1e-6)
   np.testing.assert_allclose(s(10), 1e-3, rtol=1e-6)
@@ -258,11 +268,9 @@ def test_schedule_warmup_cosine():
 
 
 def test_schedule_warmup_longer_than_run_is_cut(caplog):
-  import ml_collections
-
   from qgjax.train.optim import make_schedule
 
-  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, schedule="constant"))
+  optim = _optim(lr=1e-3, warmup_steps=10, schedule="constant")
   with caplog.at_level("WARNING", logger="qgjax"):
     np.testing.assert_allclose(make_schedule(optim, 1)(0), 1e-3)     # was 0: one step at lr 0
   assert [r.name for r in caplog.records] == ["qgjax.train.optim"]

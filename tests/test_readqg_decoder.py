@@ -4,6 +4,7 @@ only the soft prompts train, and soft-prefix sampling against a step-by-step ful
 from __future__ import annotations
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -12,9 +13,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from qgjax.config import build_config
 from qgjax.models.decoder import DecoderConfig, DecoderLM
 from qgjax.models.soft_prompt import build_prefix
 from readqg_reference import check_readqg_metrics, log_softmax as _log_softmax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 V, D = 40, 16
 
@@ -117,7 +121,8 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
 
   mesh = make_mesh([("data", 1)], jax.devices()[:1])
   rules = sharding.rules_for(mesh)
-  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=1.0))
+  optim = build_config(os.path.join(REPO, "configs", "readqg.py:decoder")).optim   # adamw, lr 1e-2, constant
+  assert (optim.lr, optim.warmup_steps, optim.schedule, optim.grad_clip) == (1e-2, 0, "constant", 1.0)
   tx, sched = make_optimizer(optim, 10)
   abstract_soft = jax.eval_shape(SoftPrompt(3, 2, D).init, jax.random.key(0), jnp.zeros((1,)))["params"]
   abstract_lm = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),

@@ -1,6 +1,8 @@
 """Mesh from config, logical rules -> NamedSharding, sharded state creation, and the 8-device train
 step (data=2, fsdp=4) reproducing the 1-device losses (8 simulated CPU devices from conftest)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,12 +11,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from qgjax.config import build_config
 from qgjax.errors import ConfigError
 from qgjax.parallel import backend, mesh as mesh_lib, sharding
 from qgjax.train import lm_tasks
 from qgjax.train.generator import Generator, _abstract_adapters
 from qgjax.train.optim import make_optimizer
 from qgjax.train.step import create_state, make_train_step, state_shardings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -122,7 +127,8 @@ def _run_cached(mode, reference, n_devices, mesh_spec, accum=1):
 def _run(gen: Generator, devices, mesh_spec, dpo, accum=1):
   mesh = mesh_lib.make_mesh(mesh_spec, devices)
   rules = sharding.rules_for(mesh)
-  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=1.0))
+  optim = build_config(os.path.join(REPO, "configs", "dpo.py")).optim
+  optim.update(lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=1.0)
   tx, sched = make_optimizer(optim, 10)
   shard = state_shardings(gen.abstract_trainable, gen.abstract_frozen, tx, mesh, rules)
   state = create_state(gen.trainable, gen.frozen, shard, tx, mesh, rules)

@@ -151,14 +151,15 @@ def bench_generate(args, module, params, mesh) -> dict:
 
 def _train(loss_fn, trainable, frozen, abstract_trainable, abstract_frozen, batches, mesh, steps: int) -> dict:
   import jax
-  import ml_collections
 
+  from qgjax.config import build_config
   from qgjax.parallel import sharding
   from qgjax.train.optim import make_optimizer
   from qgjax.train.step import create_state, make_train_step, state_shardings
 
   rules = sharding.rules_for(mesh)
-  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0))
+  optim = build_config(os.path.join(REPO, "configs", "dpo.py")).optim
+  optim.update(lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0)
   tx, sched = make_optimizer(optim, 100)
   shard = state_shardings(abstract_trainable, abstract_frozen, tx, mesh, rules)
   state = create_state(trainable, frozen, shard, tx, mesh, rules)
