@@ -8,6 +8,12 @@ Loss: InfoNCE with `temperature`; negatives are every other document of the GLOB
 devices) plus `num_negatives` mined negatives per query (0 = in-batch only). `towers`: shared
 or separate (query and document encoders initialised from the same checkpoint). Gradient
 accumulation is refused: it would shrink the in-batch negative pool to one microbatch.
+loss=margin_mse (GPL, qgjax.train.margin_mse): the bi-encoder's margin s(q, pos) - s(q, neg) over
+the mined negatives regresses on the reranker's ce_pos - ce_neg, which `qgjax mine` stores with
+mining.store_scores (GPL pairs it with similarity=dot and a cross-encoder reranker):
+
+  qgjax mine --config configs/mine.py:tiny --config.reranker.kind=bi_encoder --config.mining.store_scores=True
+  qgjax train --config configs/retriever.py:tiny --config.loss=margin_mse
 Export: <workdir>/export, a sentence-transformers directory (separate: export/query, export/doc).
 Arguments: tiny (the tuples of `qgjax mine --config configs/mine.py:tiny`, batch 8, 4 steps).
 """
@@ -30,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.temperature = 0.05            # sentence-transformers' MultipleNegativesRankingLoss scale 20
   c.similarity = "cos"            # cos (MNRL's cos_sim: the exported model normalises) or dot (as the model is)
   c.num_negatives = 1
+  c.loss = "infonce"              # or "margin_mse": needs tuples mined with mining.store_scores=True
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
       doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0))

@@ -2,9 +2,11 @@
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from loss_references import margin_mse_numpy
+from qgjax.errors import ConfigError, InputError
 from qgjax.train.margin_mse import margin_mse_loss
 
 
@@ -41,3 +43,82 @@ def test_zero_when_the_student_margin_equals_the_teachers():
   assert abs(float(loss)) < 1e-10
   loss, _ = margin_mse_loss(q, pos, neg, s_pos + 1.0, s_neg)           # every margin off by 1
   np.testing.assert_allclose(float(loss), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# The retriever task with loss=margin_mse: teacher columns from the tuples, a CLI run.
+
+
+def _scored_tuples(path):
+  """The demo's hand-written queries with 2 negatives (one with 1, cycled) and made-up teacher scores."""
+  import json
+
+  from qgjax.data import demo_dir
+
+  recs = [json.loads(line) for line in open(demo_dir() / "sample_queries.jsonl")]
+  docs = sorted({r["doc_id"] for r in recs})
+  rng = np.random.default_rng(3)
+  out = []
+  for i, r in enumerate(recs):
+    negs = [docs[(docs.index(r["doc_id"]) + j) % len(docs)] for j in ((1,) if i == 0 else (1, 2))]
+    out.append({"doc_id": r["doc_id"], "sample_idx": r["sample_idx"], "query": r["query"], "pos_id": r["doc_id"],
+                "neg_ids": negs, "ce_pos": float(rng.normal(2, 1)), "ce_neg": [float(x) for x in rng.normal(0, 1, len(negs))]})
+  with open(path, "w") as f:
+    f.writelines(json.dumps(t) + "\n" for t in out)
+  return str(path), out
+
+
+def _reference_loss(model_dir, tuples, rows, weight):
+  """MarginMSE of the rows of one batch: sentence-transformers embeddings, float64 numpy loss."""
+  from sentence_transformers import SentenceTransformer
+
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  st = SentenceTransformer(model_dir, device="cpu")
+  st.max_seq_length = 64
+  q = st.encode([tuples[i]["query"] for i in rows])
+  st.max_seq_length = 128
+  doc = lambda ids: st.encode([corpus[d].contents for d in ids])
+  pos = doc([tuples[i]["pos_id"] for i in rows])
+  cyc = lambda xs, h: xs[h % len(xs)]
+  neg = np.stack([doc([cyc(tuples[i]["neg_ids"], h) for i in rows]) for h in range(2)], axis=1)
+  ce_pos = np.array([tuples[i]["ce_pos"] for i in rows])
+  ce_neg = np.array([[cyc(tuples[i]["ce_neg"], h) for h in range(2)] for i in rows])
+  return margin_mse_numpy(q, pos, neg, ce_pos, ce_neg, weight)[0]
+
+
+@pytest.mark.torch_ref
+def test_retriever_margin_mse_task_and_cli_run_match_the_reference(tmp_path):
+  import json
+
+  from qgjax import cli
+  from qgjax.config import build_config
+  from qgjax.train.infonce import setup_retriever
+  from tiny_lm import make_tiny_bert
+
+  model = make_tiny_bert(str(tmp_path / "m"))
+  train, tuples = _scored_tuples(tmp_path / "t.jsonl")
+  over = [("workdir", str(tmp_path / "r")), ("data.train", train), ("model.name", model), ("loss", "margin_mse"),
+          ("num_negatives", "2"), ("similarity", "dot"), ("batch_size", "8"), ("num_steps", "2")]
+  setup = setup_retriever(build_config("configs/retriever.py:tiny", over))
+  assert setup.fingerprint["loss"] == "margin_mse"
+  batch = setup.train.batch(0)
+  rows = setup.train.indices(0)
+  np.testing.assert_allclose(batch["ce_pos"], [tuples[i]["ce_pos"] for i in rows], rtol=1e-6)
+  loss, metrics = jax.jit(setup.loss_fn)(setup.trainable, setup.frozen, jax.tree.map(jax.numpy.asarray, batch))
+  want = _reference_loss(model, tuples, rows, batch["weight"])
+  np.testing.assert_allclose(float(loss), want, rtol=2e-4)
+  # the same through the CLI: the first step's logged loss is the loss at the initial weights
+  assert cli.main(["train", "--config", "configs/retriever.py:tiny"] + [f"--config.{k}={v}" for k, v in over]) == 0
+  first = json.loads(open(tmp_path / "r" / "metrics.jsonl").readline())
+  assert first["step"] == 1 and "target_margin" in first
+  np.testing.assert_allclose(first["loss"], want, rtol=2e-4)
+  # tuples without teacher scores are refused, naming the file and line
+  plain = tmp_path / "plain.jsonl"
+  plain.write_text("".join(json.dumps({k: v for k, v in t.items() if k != "ce_pos"}) + "\n" for t in tuples))
+  with pytest.raises(InputError, match=r"plain.jsonl:1, field 'ce_pos': .*mining.store_scores"):
+    setup_retriever(build_config("configs/retriever.py:tiny", over + [("data.train", str(plain))]))
+  with pytest.raises(ConfigError, match="needs num_negatives >= 1"):
+    setup_retriever(build_config("configs/retriever.py:tiny", over + [("num_negatives", "0")]))

@@ -12,6 +12,8 @@ makes XLA all-gather the candidate embeddings across devices (no per-device-only
 A candidate that is the same document as query i's positive (another query of the same
 document, or a mined negative equal to it) is masked out of row i, so it never counts as a
 negative. Towers: `shared` (one encoder) or separate query / document encoders.
+`config.loss = "margin_mse"` replaces InfoNCE by GPL's MarginMSE on the mined negatives, against
+the reranker's scores stored by `qgjax mine` (qgjax.train.margin_mse).
 
   qgjax train --config configs/retriever.py:tiny
   qgjax train --config configs/retriever.py --config.data.train=runs/nfcorpus/mine \
@@ -33,6 +35,7 @@ import numpy as np
 
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
+from qgjax.train.margin_mse import margin_mse_loss, retriever_loss_name, teacher_columns, teacher_scores
 
 MASKED = -1e9
 
@@ -87,8 +90,10 @@ class Towers:
     return self.module.apply({"params": p}, tokens, mask)
 
 
-def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0):
-  """(params, frozen, batch) -> (loss, metrics) for `loop.fit`."""
+def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
+                      loss: str = "infonce"):
+  """(params, frozen, batch) -> (loss, metrics) for `loop.fit`; loss "infonce" or "margin_mse"
+  (the batch then carries the teacher's ce_pos / ce_neg{h})."""
 
   def loss_fn(params, frozen, batch):
     del frozen
@@ -106,6 +111,9 @@ def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, se
       b = q.shape[0]
       neg = n.reshape(num_negatives, b, -1).swapaxes(0, 1)                                  # [B, H, D]
       neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
+    if loss == "margin_mse":
+      ce_pos, ce_neg = teacher_scores(batch, num_negatives)
+      return margin_mse_loss(q, p, neg, ce_pos, ce_neg, weight=batch["weight"])
     return infonce_loss(q, p, neg, temperature=temperature, pos_key=batch["pos_key"], neg_key=neg_key,
                         weight=batch["weight"])
 
@@ -244,6 +252,9 @@ def setup_retriever(config: Any):
   max_q, max_d = int(d.query_max_len), int(min(d.doc_max_len, info["max_seq_length"]))
   cols = build_columns(tuples, corpus, tokenizer, num_negatives=h, query_max_len=max_q, doc_max_len=max_d,
                        source=d.train, where=where)
+  loss = retriever_loss_name(config, h)
+  if loss == "margin_mse":
+    cols.update(teacher_columns(tuples, h, where))
   seed = int(config.get("seed", 0))
   train_idx, eval_idx = _split(len(tuples), float(d.get("eval_fraction", 0.0)), seed)
   take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
@@ -261,9 +272,11 @@ def setup_retriever(config: Any):
   fp = {"task": config.task, "model": str(m.name), "towers": config.towers, "batch_size": int(config.batch_size),
         "num_negatives": h, "temperature": float(config.temperature), "similarity": similarity, "seed": seed,
         "train": os.path.abspath(d.train)}
+  if loss != "infonce":
+    fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
            "truncated": train.truncated, "towers": config.towers}
-  return TaskSetup(trainable, {}, abstract, {}, retriever_loss_fn(towers, h, float(config.temperature), seed),
+  return TaskSetup(trainable, {}, abstract, {}, retriever_loss_fn(towers, h, float(config.temperature), seed, loss),
                    train, evals, export, fp, extra)
 
 

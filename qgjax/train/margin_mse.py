@@ -8,7 +8,9 @@ dense retriever so that its margin matches the teacher's (Hofstaetter et al. 202
                                                     with mining.store_scores (ce_pos, ce_neg)
   loss = sum_i w_i sum_h (m_ih - t_ih)^2 / (H * sum_i w_i)
 
-With similarity="cos" the outputs are L2-normalised, so |m| <= 2: GPL pairs MarginMSE with dot
+In the retriever task (qgjax.train.infonce, `config.loss = "margin_mse"`) the teacher's scores
+are the scalar columns ce_pos and ce_neg{h} of each batch (`teacher_columns`), mined negatives
+cycled as the token columns are. With similarity="cos" the outputs are L2-normalised, so |m| <= 2: GPL pairs MarginMSE with dot
 product (similarity="dot") when the teacher's margins are cross-encoder logits. Each row needs
 only its own documents (no in-batch negatives), so a batch sharded over devices needs no
 communication besides the mean.
@@ -16,8 +18,14 @@ communication besides the mean.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import jax
 import jax.numpy as jnp
+
+from qgjax.errors import ConfigError, InputError
+
+LOSSES = ("infonce", "margin_mse")
 
 
 def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Array, ce_neg: jax.Array, *,
@@ -39,3 +47,37 @@ def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Ar
              "hardest_neg_score": mean(hardest), "margin": mean(jnp.mean(margin, -1)),
              "target_margin": mean(jnp.mean(target, -1))}
   return mean(per_row), metrics
+
+
+def retriever_loss_name(config: Any, num_negatives: int) -> str:
+  """config.loss, checked: "infonce" or "margin_mse" (which needs mined negatives)."""
+  loss = config.loss
+  if loss not in LOSSES:
+    raise ConfigError(f"config.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+  if loss == "margin_mse" and num_negatives < 1:
+    raise ConfigError("loss=margin_mse needs num_negatives >= 1: its targets are the reranker's scores of "
+                      "the mined negatives")
+  return loss
+
+
+def teacher_columns(tuples: Sequence[Mapping], num_negatives: int, where: Sequence[tuple[str, int]]
+                    ) -> dict[str, list[float]]:
+  """Tuples with the reranker's ce_pos / ce_neg (qgjax mine, mining.store_scores) -> scalar columns
+  ce_pos and ce_neg{h} (h < num_negatives; an example's negatives cycle as in build_columns)."""
+  for t, (path, line) in zip(tuples, where):
+    if "ce_pos" not in t or "ce_neg" not in t:
+      raise InputError("loss=margin_mse needs the reranker's scores of each tuple: mine with "
+                       "mining.store_scores=True and a reranker", path=path, line=line,
+                       field="ce_pos" if "ce_pos" not in t else "ce_neg")
+    if len(t["ce_neg"]) != len(t.get("neg_ids", [])):
+      raise InputError(f"{len(t['ce_neg'])} scores for {len(t.get('neg_ids', []))} negatives", path=path,
+                       line=line, field="ce_neg")
+  cols = {"ce_pos": [float(t["ce_pos"]) for t in tuples]}
+  for h in range(num_negatives):
+    cols[f"ce_neg{h}"] = [float(t["ce_neg"][h % len(t["ce_neg"])]) for t in tuples]
+  return cols
+
+
+def teacher_scores(batch: Mapping[str, jax.Array], num_negatives: int) -> tuple[jax.Array, jax.Array]:
+  """A batch's teacher columns -> (ce_pos f32[B], ce_neg f32[B, H])."""
+  return batch["ce_pos"], jnp.stack([batch[f"ce_neg{h}"] for h in range(num_negatives)], axis=1)
