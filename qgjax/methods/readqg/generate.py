@@ -9,8 +9,13 @@ is [P_inst ; r P_true + (1 - r) P_false ; document tokens + EOS]; the decoder-on
 [P_inst ; r P_true + (1 - r) P_false ; document tokens ; separator] (qgjax.methods.readqg.decoder,
 sampled with the shared-prompt KV cache of qgjax.sampling.decoder). Documents are cut to the
 export's max_doc_tokens, as in training, and `sampling` decodes num_samples queries (num_beams >
-1: beam search); outputs are cleaned as `qgjax generate` cleans them (strip, first line). Output in `output_dir` (sharded JSONL,
-resumable like `qgjax generate`): {doc_id, query, r, sample_idx, logprob, num_tokens, model}, and
+1: beam search); outputs are cleaned as `qgjax generate` cleans them (strip, first line).
+
+Output in `output_dir`, through the loop `qgjax generate` uses (qgjax.sampling.generation_loop:
+resumable, each of P processes takes documents i, i + P, ... and writes `output_dir/process-<i>`
+when P > 1): sharded JSONL {doc_id, query, r, sample_idx, logprob, num_tokens, model}
+(sample_idx = relevance index * num_samples + j; within a batch, the records of the first
+relevance come first), and, written by the main process once every process is done,
 `ce_pairs.jsonl`: {doc_id, chosen, rejected} joining the i-th query of the first relevance (r=1)
 with the i-th of the second (r=0), what configs/cross_encoder.py trains on.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import pathlib
 import time
@@ -27,6 +33,9 @@ import numpy as np
 
 from qgjax.config import require
 from qgjax.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+PAIRS_FILE = "ce_pairs.jsonl"
 
 
 def _soft_generate(kind: str, model, sampling, r: float, params, tokens, mask, keys):
@@ -98,29 +107,57 @@ def _longest_input(kind: str, tokenizer, meta: dict) -> int:
 
 
 def _pairs(out_dir: pathlib.Path, relevances: list[float]) -> int:
-  from qgjax.data.sharded_writer import iter_sharded
+  """Writes `out_dir`/ce_pairs.jsonl from every process's records; returns its rows."""
+  from qgjax.data.records import iter_records
 
   by: dict[str, dict[float, list[tuple[int, str]]]] = {}
-  for rec in iter_sharded(out_dir, require_complete=True):
+  for _, _, rec in iter_records(out_dir, require_complete=True):
     by.setdefault(rec["doc_id"], {}).setdefault(float(rec["r"]), []).append((int(rec["sample_idx"]), rec["query"]))
   rows = []
   for doc_id in sorted(by):
     pos = [q for _, q in sorted(by[doc_id].get(relevances[0], []))]
     neg = [q for _, q in sorted(by[doc_id].get(relevances[1], []))]
     rows += [{"doc_id": doc_id, "chosen": p, "rejected": n} for p, n in zip(pos, neg)]
-  tmp = out_dir / "ce_pairs.jsonl.tmp"
+  tmp = out_dir / (PAIRS_FILE + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  os.replace(tmp, out_dir / "ce_pairs.jsonl")
+  os.replace(tmp, out_dir / PAIRS_FILE)
   return len(rows)
 
 
-def run(config) -> dict:
-  from qgjax.data.sharded_writer import ShardedJsonlWriter
-  from qgjax.jobs.generate import _DoneLog, _corpus, read_done, sampling_params
-  from qgjax.sampling.batching import bucketed
-  from qgjax.sampling.engine import Sampler, local_data_mesh
+def _count_lines(path: pathlib.Path) -> int:
+  with open(path, "rb") as f:
+    return sum(1 for line in f if line.strip())
+
+
+def _records(relevances: list[float], n: int, tokenizer, config):
+  """(documents, one SampleBatch per relevance) -> (records, relevance-major within the batch;
+  tokens generated per document, both relevances)."""
   from qgjax.sampling.postprocess import clean_text, select
+
+  def build(items, batches) -> tuple[list[dict], list[int]]:
+    records, tokens = [], [0] * len(items)
+    for ri, (r, batch) in enumerate(zip(relevances, batches)):
+      for i, item in enumerate(items):
+        cands = []
+        for j in range(batch.lengths.shape[1]):
+          ids, lps = batch.sequence(i, j)
+          tokens[i] += len(ids)
+          cands.append({"query": clean_text(tokenizer.decode(ids, skip_special_tokens=True), config.postprocess),
+                        "logprob": float(np.sum(lps)), "num_tokens": len(ids), "sample_idx": ri * n + j})
+        records += [{"doc_id": item.item_id, "query": c["query"], "r": r, "sample_idx": c["sample_idx"],
+                     "logprob": round(c["logprob"], 6), "num_tokens": c["num_tokens"], "model": config.model.name}
+                    for c in select(cands, item.source_text, config.postprocess)]
+    return records, tokens
+  return build
+
+
+def run(config) -> dict:
+  from qgjax.parallel.distributed import barrier, is_main_process
+  from qgjax.sampling.engine import Sampler, local_data_mesh
+  from qgjax.sampling.generation_loop import Item, Output, PromptSource, run_generation
+  from qgjax.sampling.settings import sampling_params
+  from qgjax.sampling.sources import document_entries, open_corpus
 
   require(config, "model.name", "data.corpus", "output_dir", "batch_size", "buckets", "relevances")
   relevances = [float(r) for r in config.relevances]
@@ -134,13 +171,10 @@ def run(config) -> dict:
     raise ConfigError(f"the largest bucket ({max(config.buckets)}) is below the longest input of the export "
                       f"({longest} tokens: max_doc_tokens{' + separator' if kind == 'decoder' else ''}); "
                       f"add a bucket of at least {longest}")
-  out_dir = pathlib.Path(config.output_dir)
-  writer = ShardedJsonlWriter(out_dir, key=("doc_id", "sample_idx"), shard_size=int(config.get("shard_size", 10_000)),
-                              meta={"stage": "readqg_generate", "model": config.model.name, "relevances": relevances,
-                                    "sampling": config.sampling.to_dict(), "limit": int(config.data.limit)})
-  corpus = _corpus(config.data.corpus)
   limit = int(config.data.limit or 0)
-  total = min(len(corpus), limit) if limit else len(corpus)
+  total, docs = document_entries(open_corpus(config.data.corpus), 0, limit)
+  source = PromptSource(docs, total, item_id=lambda d: d.doc_id,
+                        prepare=lambda d: Item(d.doc_id, d.contents, _prompts(kind, tokenizer, meta, [d.contents])[0]))
   mesh = local_data_mesh(int(config.get("num_devices", 0) or 0))
   params = {"model": lm, "soft": {k: np.asarray(v, np.float32) for k, v in soft.items()}}
   pad = model.config.pad_token_id
@@ -148,38 +182,21 @@ def run(config) -> dict:
                       batch_size=int(config.batch_size), pad_id=0 if pad is None else pad,
                       pad_side="left" if kind == "decoder" else "right", seed=int(config.sampling.seed), mesh=mesh)
               for r in relevances]
-  n = int(sampling.num_samples)  # sample_idx = relevance index * n + j
-  tokens_out = 0
-  try:
-    done = read_done(out_dir)
-    docs = [d for i, d in enumerate(corpus) if i < total and d.doc_id not in done]
-    items = list(zip(docs, _prompts(kind, tokenizer, meta, [d.contents for d in docs]))) if docs else []
-    log = _DoneLog(out_dir)
-    t_gen = time.perf_counter()
-    try:
-      for bucket, group in bucketed(items, lambda it: len(it[1]), config.buckets, int(config.batch_size)):
-        for ri, (r, sampler) in enumerate(zip(relevances, samplers)):
-          batch = sampler.run([ids for _, ids in group], [f"{d.doc_id}|r={r}" for d, _ in group], bucket)
-          for i, (doc, _) in enumerate(group):
-            cands = []
-            for j in range(batch.lengths.shape[1]):
-              ids, lps = batch.sequence(i, j)
-              tokens_out += len(ids)
-              cands.append({"query": clean_text(tokenizer.decode(ids, skip_special_tokens=True), config.postprocess),
-                            "logprob": float(np.sum(lps)), "num_tokens": len(ids), "sample_idx": ri * n + j})
-            for c in select(cands, doc.contents, config.postprocess):
-              writer.write({"doc_id": doc.doc_id, "query": c["query"], "r": r, "sample_idx": c["sample_idx"],
-                            "logprob": round(c["logprob"], 6), "num_tokens": c["num_tokens"],
-                            "model": config.model.name})
-        writer.flush()
-        log.add([d.doc_id for d, _ in group])
-        print(f"readqg generate: {len(read_done(out_dir))}/{total} documents", flush=True)
-    finally:
-      log.close()
-    summary = writer.finish(items=total, generated_tokens=tokens_out)
-  finally:
-    writer.close()
-  pairs = _pairs(out_dir, relevances)
-  return {**summary, "documents": total, "ce_pairs": pairs, "generated_tokens": tokens_out,
-          "generation_s": round(time.perf_counter() - t_gen, 1), "total_s": round(time.perf_counter() - t0, 1),
+  # the keys of relevance r fold in "<doc_id>|r=<r>", so its samples differ from the other relevance's
+  sample = lambda items, bucket: [s.run([it.prompt for it in items], [f"{it.item_id}|r={r}" for it in items], bucket)
+                                  for r, s in zip(relevances, samplers)]
+  output = Output(config.output_dir, ("doc_id", "sample_idx"), shard_size=int(config.get("shard_size", 10_000)),
+                  meta={"stage": "readqg_generate", "model": config.model.name, "relevances": relevances,
+                        "sampling": config.sampling.to_dict(), "limit": int(config.data.limit)})
+  result = run_generation(source, sample, _records(relevances, int(sampling.num_samples), tokenizer, config), output,
+                          buckets=config.buckets, batch_size=int(config.batch_size), unit="doc",
+                          desc="readqg generate", log_every_s=float(config.get("log_every_s", 10.0)))
+  out_dir = pathlib.Path(config.output_dir)
+  barrier("readqg_generate:records")   # every process's part is complete before the pairs join them
+  if is_main_process():
+    log.info("%s: %d pairs", out_dir / PAIRS_FILE, _pairs(out_dir, relevances))
+  barrier("readqg_generate:pairs")
+  return {**result.summary, "documents": total, "ce_pairs": _count_lines(out_dir / PAIRS_FILE),
+          "generated_tokens": result.generated_tokens, "tokens_this_run": result.tokens_this_run,
+          "generation_s": result.generation_s, "total_s": round(time.perf_counter() - t0, 1),
           "compiled_programs": sum(s.num_compiles for s in samplers)}
