@@ -142,7 +142,7 @@ def test_soft_prefix_greedy_sampling_matches_full_forward_argmax(tiny, shared_pr
   from qgjax.methods.readqg.generate import _soft_generate
   from qgjax.sampling.engine import Sampler, local_data_mesh
   from qgjax.sampling.logits import SamplingParams
-  from qgjax.sampling.shared_prefix import unrolled
+  from qgjax.models.decoder import unrolled
 
   model, params, soft = tiny
   n_new, eos = 6, 30   # the second prompt stops at EOS after 4 tokens

@@ -7,6 +7,15 @@
   logits, cache = model.apply({"params": params}, tokens, positions, kv_mask, cache, 0)  # prefill
   logits, cache = model.apply({"params": params}, next_tok, pos, kv_mask, cache, t)     # decode
 
+Shared-prompt decoding (n samples of each prompt against ONE copy of its cache; the layout is
+qgjax.models.shared_prompt), on unrolled layers:
+  model, params = unrolled(model, params)
+  logits, cache = model.apply({"params": params}, tokens, positions, kv_mask, cache, 0, return_last_only=True)
+  prompt = PromptCache.from_prefill(cache, mask)
+  new = init_sample_cache(config, R, max_new)
+  logits, new = model.apply({"params": params}, tok int32[R], pos int32[R], prompt, new, t,
+                            method=DecoderLM.decode_shared_prompt)
+
 Shapes: tokens/positions int32[B, T]; kv_mask bool[B, S] (S = T without a cache, S = max_len
 with one); logits f32[B, T, V]. With a cache the T new tokens' keys/values are written to slots
 [cache_index, cache_index + T) and attention runs over all S slots, masked by kv_mask AND
@@ -40,6 +49,7 @@ from qgjax.errors import ConfigError
 from qgjax.models.attention_ops import causal_blocked_attention, head_major_attention
 from qgjax.models.layers import (Linear, RMSNorm, apply_rope, as_dtype, logical_constraint, rope_cos_sin,
                                  rope_inv_freq)
+from qgjax.models.shared_prompt import PromptCache, SampleCache, shared_prompt_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # Logical axis names of KVCache.k / .v, for sharding rules.
@@ -201,20 +211,31 @@ class LMHead(nn.Module):
 
 
 class Attention(nn.Module):
-  """Grouped-query self-attention with RoPE and an optional in-place KV cache (one layer)."""
+  """Grouped-query self-attention with RoPE (one layer), over one of two cache layouts:
+  `__call__` an in-place KVCache (or none), `shared_prompt_step` the shared-prompt layout."""
   config: DecoderConfig
 
-  @nn.compact
-  def __call__(self, x, cos, sin, mask, cache_k, cache_v, layer_idx, cache_index):
+  def setup(self):
     c = self.config
     dt, pdt = as_dtype(c.dtype), as_dtype(c.param_dtype)
+    self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, ("embed", "heads"), c.attention_bias, dt, pdt)
+    self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, dt, pdt)
+    self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, dt, pdt)
+    self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, ("heads", "embed"), c.attention_out_bias, dt, pdt)
+
+  def _qkv(self, x, cos, sin):
+    """x [B, T, D] -> q [B, T, N, Dh], k/v [B, T, KVH, Dh] (q and k rotated)."""
+    c = self.config
     b, t, _ = x.shape
-    q = Linear(c.hidden_size, c.num_heads * c.head_dim, ("embed", "heads"), c.attention_bias, dt, pdt, name="q_proj")(x)
-    k = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, dt, pdt, name="k_proj")(x)
-    v = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), c.attention_bias, dt, pdt, name="v_proj")(x)
-    q = apply_rope(q.reshape(b, t, c.num_heads, c.head_dim), cos, sin)
-    k = apply_rope(k.reshape(b, t, c.num_kv_heads, c.head_dim), cos, sin)
-    v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
+    q = apply_rope(self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim), cos, sin)
+    k = apply_rope(self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim), cos, sin)
+    return q, k, self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+
+  def __call__(self, x, cos, sin, mask, cache_k, cache_v, layer_idx, cache_index):
+    c = self.config
+    dt = as_dtype(c.dtype)
+    b, t, _ = x.shape
+    q, k, v = self._qkv(x, cos, sin)
     if cache_k is not None:
       # Write the T new entries into this layer's slots [cache_index, cache_index + T).
       kc, vc = k.astype(cache_k.dtype), v.astype(cache_v.dtype)
@@ -232,10 +253,21 @@ class Attention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim ** -0.5,
                                          implementation=c.attention_impl)
-    out = out.reshape(b, t, c.num_heads * c.head_dim)
-    out = Linear(c.num_heads * c.head_dim, c.hidden_size, ("heads", "embed"), c.attention_out_bias, dt, pdt,
-                 name="o_proj")(out)
+    out = self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim))
     return out, cache_k, cache_v
+
+  def shared_prompt_step(self, x, cos, sin, prompt_k, prompt_v, prompt_mask, new_k, new_v, t):
+    """One new token per row (token t) in the shared-prompt layout (qgjax.models.shared_prompt).
+
+    x [R, 1, D]; prompt_k/prompt_v/prompt_mask: this layer's PromptCache entries; new_k/new_v:
+    this layer's SampleCache entries. -> (out [R, 1, D], new_k, new_v).
+    """
+    c = self.config
+    rows = x.shape[0]
+    q, k, v = self._qkv(x, cos, sin)
+    out, new_k, new_v = shared_prompt_attention(q, k, v, prompt_k, prompt_v, prompt_mask, new_k, new_v, t)
+    out = self.o_proj(out.reshape(rows, 1, c.num_heads * c.head_dim).astype(as_dtype(c.dtype)))
+    return out, new_k, new_v
 
 
 class MLP(nn.Module):
@@ -256,18 +288,28 @@ class DecoderBlock(nn.Module):
   """Pre-norm transformer layer; carry = (x [B, T, D], cache_k | None, cache_v | None)."""
   config: DecoderConfig
 
-  @nn.compact
-  def __call__(self, carry, layer_idx, cos, sin, mask, cache_index):
+  def setup(self):
     c = self.config
-    x, cache_k, cache_v = carry
     dt, pdt = as_dtype(c.dtype), as_dtype(c.param_dtype)
-    h = RMSNorm(c.hidden_size, c.rms_norm_eps, dt, pdt, name="input_layernorm")(x)
-    a, cache_k, cache_v = Attention(c, name="attn")(h, cos, sin, mask, cache_k, cache_v, layer_idx, cache_index)
-    x = x + a
-    h = RMSNorm(c.hidden_size, c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
-    x = x + MLP(c, name="mlp")(h)
-    x = logical_constraint(x, ("batch", "length", "embed"))
-    return (x, cache_k, cache_v), None
+    self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, dt, pdt)
+    self.attn = Attention(c)
+    self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, dt, pdt)
+    self.mlp = MLP(c)
+
+  def _mlp_residual(self, x):
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return logical_constraint(x, ("batch", "length", "embed"))
+
+  def __call__(self, carry, layer_idx, cos, sin, mask, cache_index):
+    x, cache_k, cache_v = carry
+    a, cache_k, cache_v = self.attn(self.input_layernorm(x), cos, sin, mask, cache_k, cache_v, layer_idx, cache_index)
+    return (self._mlp_residual(x + a), cache_k, cache_v), None
+
+  def shared_prompt_step(self, x, cos, sin, prompt_k, prompt_v, prompt_mask, new_k, new_v, t):
+    """`Attention.shared_prompt_step` in the layer: x [R, 1, D] -> (x, new_k, new_v)."""
+    a, new_k, new_v = self.attn.shared_prompt_step(self.input_layernorm(x), cos, sin, prompt_k, prompt_v,
+                                                   prompt_mask, new_k, new_v, t)
+    return self._mlp_residual(x + a), new_k, new_v
 
 
 def attention_mask(kv_mask: jax.Array, t: int, cache_index: jax.Array | int | None) -> jax.Array:
@@ -282,7 +324,8 @@ def attention_mask(kv_mask: jax.Array, t: int, cache_index: jax.Array | int | No
 
 
 class DecoderLM(nn.Module):
-  """Causal LM; `__call__` -> (logits f32[B, T, V], new_cache) [+ hidden [B, T, D] if return_hidden]."""
+  """Causal LM; `__call__` -> (logits f32[B, T, V], new_cache) [+ hidden [B, T, D] if return_hidden];
+  `decode_shared_prompt` -> one decode step in the shared-prompt cache layout."""
   config: DecoderConfig
 
   def setup(self):
@@ -314,7 +357,8 @@ class DecoderLM(nn.Module):
     return self.lm_head(hidden)
 
   def __call__(self, tokens, positions, kv_mask=None, cache: KVCache | None = None, cache_index=0,
-               embeds=None, return_hidden: bool = False):
+               embeds=None, return_hidden: bool = False, return_last_only: bool = False):
+    """return_last_only: the LM head runs on the last position only (logits [B, 1, V]; a prefill)."""
     c = self.config
     x = self.embed(tokens) if embeds is None else embeds.astype(as_dtype(c.dtype))
     b, t = x.shape[:2]
@@ -331,8 +375,40 @@ class DecoderLM(nn.Module):
         carry, _ = layer(carry, i, cos, sin, mask, cache_index)
     x, new_k, new_v = carry
     hidden = self.final_norm(x)
-    logits = self.logits(hidden)
+    logits = self.logits(hidden[:, -1:] if return_last_only else hidden)
     new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
     if return_hidden:
       return logits, new_cache, hidden
     return logits, new_cache
+
+  def decode_shared_prompt(self, tokens: jax.Array, positions: jax.Array, prompt: PromptCache, new: SampleCache,
+                           t: jax.Array | int) -> tuple[jax.Array, SampleCache]:
+    """Feeds one token per row, new-token index t, attending to ONE shared copy of each prompt's
+    keys/values (qgjax.models.shared_prompt; rows prompt-major, R = B * n).
+
+    tokens/positions int32[R] (positions: RoPE positions) -> (logits f32[R, V], the sample cache
+    with slot t written). Needs unrolled layers (`unrolled(model, params)`): the layout keeps one
+    array per layer.
+    """
+    c = self.config
+    if c.scan_layers:
+      raise ValueError("decode_shared_prompt needs an unrolled model: use unrolled(model, params)")
+    x = logical_constraint(self.embed(tokens[:, None]), ("batch", "length", "embed"))
+    cos, sin = rope_cos_sin(positions[:, None], self._inv_freq, self._rope_factor, c.max_position_embeddings)
+    ks, vs = list(new.k), list(new.v)
+    for i, layer in enumerate(self.layers):
+      x, ks[i], vs[i] = layer.shared_prompt_step(x, cos, sin, prompt.k[i], prompt.v[i], prompt.mask, ks[i], vs[i], t)
+    logits = self.logits(self.final_norm(x))
+    return logits[:, 0], SampleCache(tuple(ks), tuple(vs))
+
+
+def unrolled(model: DecoderLM, params: Any) -> tuple[DecoderLM, Any]:
+  """A scanned DecoderLM and its params -> the same model with layers_0..layers_{L-1} (no copy
+  of anything but the per-layer slices; identity when the model is already unrolled)."""
+  c = model.config
+  if not c.scan_layers:
+    return model, params
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(c.num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return DecoderLM(c.replace(scan_layers=False)), out

@@ -1,7 +1,8 @@
 """Sampling from decoder-only LMs (qgjax.models.decoder.DecoderLM): prefill once, decode in a loop.
 
 Each prompt is prefilled ONCE and its n samples (or beams) decode against that one copy of its
-KV cache (shared_prefix.py; HF `generate` copies the prompt n times and prefills and caches
+KV cache (the model's own shared-prompt mode, `DecoderLM.decode_shared_prompt` over the layout
+of qgjax.models.shared_prompt; HF `generate` copies the prompt n times and prefills and caches
 every copy). Only the last prompt position goes through the LM head during the prefill.
 
   generate_decoder(model, params, tokens int32[B, P], mask bool[B, P], keys[B], sampling)
@@ -19,25 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qgjax.models.decoder import DecoderLM, KVCache, init_cache, positions_from_mask
+from qgjax.models.decoder import DecoderLM, KVCache, init_cache, positions_from_mask, unrolled
 from qgjax.models.layers import as_dtype
+from qgjax.models.shared_prompt import PromptCache, gather_rows, init_sample_cache
 from qgjax.sampling.beam import beam_loop
 from qgjax.sampling.keys import sample_keys
 from qgjax.sampling.logits import SamplingParams
 from qgjax.sampling.loop import Samples, sample_loop
-from qgjax.sampling.shared_prefix import PromptCache, decode_step, gather_rows, init_new_cache, unrolled
-
-
-def _only_last_position(next_fun, args, kwargs, context):
-  """Method interceptor: DecoderLM.logits sees only the last position's hidden state."""
-  if isinstance(context.module, DecoderLM) and context.method_name == "logits":
-    hidden = args[0]
-    return next_fun(hidden[:, -1:], *args[1:], **kwargs)
-  return next_fun(*args, **kwargs)
 
 
 def prefill(model: DecoderLM, params: Any, tokens: jax.Array | None, mask: jax.Array,
@@ -51,9 +43,8 @@ def prefill(model: DecoderLM, params: Any, tokens: jax.Array | None, mask: jax.A
   b, p = mask.shape
   cache = init_cache(model.config, b, cache_len or p)
   kv_mask = mask if cache_len is None else jnp.pad(mask, ((0, 0), (0, cache_len - p)))
-  with nn.intercept_methods(_only_last_position):
-    logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0,
-                                embeds=embeds)
+  logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0,
+                              embeds=embeds, return_last_only=True)
   return logits[:, -1], cache
 
 
@@ -132,7 +123,7 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
   """Samples (or beam-searches) continuations of B left-padded prompts; see the module docstring.
 
   keys: typed keys [B], one per prompt (from keys.prompt_keys); unused for greedy and beam search.
-  shared_prompt: decode against one copy of each prompt's cache (shared_prefix.py); False
+  shared_prompt: decode against one copy of each prompt's cache (DecoderLM.decode_shared_prompt); False
   broadcasts the cache to every sample and uses the model's own attention (the reference path).
   prefix: soft-prompt embeddings [B, K, D] put before the prompts (ReadQG), always attended.
   prefill_chunk_tokens / devices: with the shared prompt, prefill in groups of about this many
@@ -161,10 +152,10 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
   first_logits = jnp.repeat(last_logits, copies, axis=0)
 
   if shared_prompt:
-    cache = init_new_cache(model.config, b * copies, n_new, prompt.k[0].dtype)
+    cache = init_sample_cache(model.config, b * copies, n_new, prompt.k[0].dtype)
 
     def step(new, tok, t):
-      return decode_step(model, params, prompt, new, tok, prompt_len + t, t)
+      return model.apply({"params": params}, tok, prompt_len + t, prompt, new, t, method=DecoderLM.decode_shared_prompt)
 
     gather = gather_rows
   else:

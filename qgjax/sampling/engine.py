@@ -95,7 +95,7 @@ class Sampler:
     tokens per device (0 = all at once). Default: 1024 on CPU, where a group's activations
     then stay in cache, and 0 on accelerators."""
     if shared_prompt:
-      from qgjax.sampling.shared_prefix import unrolled
+      from qgjax.models.decoder import unrolled
 
       model, params = unrolled(model, params)
     pad = kwargs.pop("pad_id", None)
