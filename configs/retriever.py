@@ -1,6 +1,8 @@
-"""Bi-encoder (retriever) training with InfoNCE on mined tuples, from all-MiniLM-L6-v2 (offline).
+"""Bi-encoder (retriever) training with InfoNCE on mined tuples, from all-MiniLM-L6-v2 (offline)
+or, with family=decoder, from a decoder-only LM (SmolLM2-135M-Instruct; LoRA, last-token pooling).
 
   qgjax mine --config configs/mine.py:tiny && qgjax train --config configs/retriever.py:tiny
+  qgjax train --config configs/retriever.py:tiny,family=decoder --config.model.name=<decoder dir>
   qgjax train --config configs/retriever.py --config.data.train=runs/nfcorpus/mine/tuples \
       --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/retriever
 
@@ -15,7 +17,12 @@ mining.store_scores (GPL pairs it with similarity=dot and a cross-encoder rerank
   qgjax mine --config configs/mine.py:tiny --config.reranker.kind=bi_encoder --config.mining.store_scores=True
   qgjax train --config configs/retriever.py:tiny --config.loss=margin_mse
 Export: <workdir>/export, a sentence-transformers directory (separate: export/query, export/doc).
-Arguments: tiny (the tuples of `qgjax mine --config configs/mine.py:tiny`, batch 8, 4 steps).
+Decoder family (qgjax.train.decoder_retriever): model.name is a registry name, GGUF or HF dir;
+model.pooling lasttoken | mean; model.query_prefix an instruction prepended to every query (saved
+as the export's "query" prompt); train_mode lora (adapters on `lora.targets`, merged in the
+export) | full. The export is a sentence-transformers directory over the HF decoder.
+Arguments: tiny (the tuples of `qgjax mine --config configs/mine.py:tiny`, batch 8, 4 steps),
+family=bert|decoder.
 """
 
 from __future__ import annotations
@@ -26,12 +33,17 @@ from qgjax.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, tiny=False, towers="shared")
+  a = parse_arg(arg, tiny=False, towers="shared", family="bert")
+  decoder = a.family == "decoder"
   c = ml_collections.ConfigDict()
   c.task = "retriever"
   c.workdir = "runs/retriever"
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(name="all-minilm-l6-v2", dtype="auto", dropout=False, remat=False))
+  c.model = ml_collections.ConfigDict(dict(
+      name="smollm2-135m-instruct" if decoder else "all-minilm-l6-v2", family=a.family, dtype="auto", dropout=False,
+      remat=False, pooling="lasttoken" if decoder else "", query_prefix=""))
+  c.train_mode = "lora" if decoder else "full"     # lora: decoder family only
+  c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj"))
   c.towers = a.towers
   c.temperature = 0.05            # sentence-transformers' MultipleNegativesRankingLoss scale 20
   c.similarity = "cos"            # cos (MNRL's cos_sim: the exported model normalises) or dot (as the model is)
@@ -45,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_steps = 0
   c.num_epochs = 1.0
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", lr=2e-5, schedule="linear", warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.01,
+      name="adamw", lr=1e-4 if decoder else 2e-5, schedule="linear", warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.01,
       b1=0.9, b2=0.999, eps=1e-6, momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   c.num_devices = 0

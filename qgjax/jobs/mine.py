@@ -113,7 +113,8 @@ def run(config: Any) -> dict:
     bar = progress(total=total, desc="mine", unit="query", initial=writer.num_records)
     for batch in _batches(_pending(config.input, corpus, writer.done_keys, config.query_field),
                           int(config.batch_size)):
-      q = encoder.encode([b["query"] for b in batch], batch_size=int(e.batch_size), max_len=int(e.query_max_len))
+      q = encoder.encode_queries([b["query"] for b in batch], batch_size=int(e.batch_size),
+                                 max_len=int(e.query_max_len))
       _, rows = index.search(q, top_k)
       retrieved = [[doc_ids[r] for r in row if r >= 0] for row in rows]
       examples = [{"key": f"{b['doc_id']}\t{b['sample_idx']}", "pos_id": b["doc_id"], **b} for b in batch]

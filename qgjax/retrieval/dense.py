@@ -36,7 +36,12 @@ SCANN_MIN_ROWS = 200_000
 
 @dataclasses.dataclass
 class DenseEncoder:
-  """A BiEncoder with its params and tokenizer; `encode(texts)` -> np.float32[N, D]."""
+  """A bi-encoder with its params and tokenizer; `encode(texts)` -> np.float32[N, D].
+
+  Either family: a BERT-family BiEncoder or a decoder LM's DecoderEncoder (detected from the
+  model: qgjax.models.decoder_encoder.encoder_family). `encode_queries` prepends the model's
+  query instruction (info["query_prefix"], the export's "query" prompt; "" for BERT models).
+  """
   module: Any
   params: Any
   tokenizer: Any
@@ -44,9 +49,17 @@ class DenseEncoder:
 
   @classmethod
   def load(cls, name_or_path: str, dtype: str = "float32") -> DenseEncoder:
+    from qgjax.models.decoder_encoder import encoder_family, load_decoder_encoder
+    if encoder_family(name_or_path) == "decoder":
+      return cls(*load_decoder_encoder(name_or_path, dtype=dtype))
     from qgjax.models.bert import load_bi_encoder
     module, params, tokenizer, info = load_bi_encoder(name_or_path, dtype=dtype)
     return cls(module, params, tokenizer, info)
+
+  def encode_queries(self, queries: Sequence[str], **kwargs) -> np.ndarray:
+    """`encode` of the queries with the model's query instruction in front."""
+    prefix = str(self.info.get("query_prefix", ""))
+    return self.encode([prefix + q for q in queries] if prefix else queries, **kwargs)
 
   @property
   def dim(self) -> int:
@@ -217,7 +230,7 @@ class BiEncoderPairScorer:
     self.batch_size = batch_size
 
   def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-    q = self.encoder.encode(queries, batch_size=self.batch_size, max_len=self.query_max_len).astype(np.float64)
+    q = self.encoder.encode_queries(queries, batch_size=self.batch_size, max_len=self.query_max_len).astype(np.float64)
     d = self.encoder.encode(docs, batch_size=self.batch_size, max_len=self.doc_max_len).astype(np.float64)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
@@ -293,7 +306,8 @@ def evaluation_run(config, data, queries: Mapping[str, str], previous=None) -> d
   ids, emb = embed_corpus(corpus_path, store, d_enc,
                           batch_size=int(cfg.batch_size), max_len=max_len, corpus=data.corpus)
   qids = list(queries)
-  q_emb = q_enc.encode([queries[q] for q in qids], batch_size=int(cfg.batch_size), max_len=int(cfg.query_max_len))
+  q_emb = q_enc.encode_queries([queries[q] for q in qids], batch_size=int(cfg.batch_size),
+                               max_len=int(cfg.query_max_len))
   if previous is None:
     index_cfg = cfg.index.to_dict() if hasattr(cfg.index, "to_dict") else dict(cfg.index)
     index = build_index(emb, index_cfg, report=lambda m: log.info(m))

@@ -136,8 +136,8 @@ class DenseScorer:
     self.depth, self.transform = int(depth), transform
 
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
-    q = self.encoder.encode(batch.texts, batch_size=int(self.cfg.batch_size),
-                            max_len=min(int(self.cfg.max_len), int(self.cfg.query_max_len)))
+    q = self.encoder.encode_queries(batch.texts, batch_size=int(self.cfg.batch_size),
+                                    max_len=min(int(self.cfg.max_len), int(self.cfg.query_max_len)))
     ranks, dots = self.index.ranks_and_scores(q, batch.targets, self.depth)
     q_norm = np.linalg.norm(q.astype(np.float64), axis=1)
     cos = []

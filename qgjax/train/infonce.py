@@ -27,7 +27,8 @@ Data: the tuples of `qgjax mine` ({query, pos_id, neg_ids, ...}; a sharded outpu
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,16 +79,22 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
 
 
 class Towers:
-  """Query / document encoders over one BiEncoder module: params {"query": p} or {"query": p, "doc": p}."""
+  """Query / document encoders over one bi-encoder module: params {"query": p} or {"query": p, "doc": p}.
+
+  With a non-empty `frozen` tree (LoRA: the base weights) a tower's p are adapters, passed to the
+  module as its "lora" collection over `frozen` (qgjax.models.decoder_encoder.DecoderEncoder).
+  """
 
   def __init__(self, module: Any, shared: bool, dropout: bool = False):
     self.module, self.shared, self.dropout = module, shared, dropout
 
-  def encode(self, params: Any, tower: str, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+  def encode(self, params: Any, tower: str, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None,
+             frozen: Any = None) -> jax.Array:
     p = params["query"] if self.shared or tower == "query" else params["doc"]
+    variables = {"params": frozen, "lora": p} if frozen else {"params": p}
     if self.dropout and rng is not None:
-      return self.module.apply({"params": p}, tokens, mask, deterministic=False, rngs={"dropout": rng})
-    return self.module.apply({"params": p}, tokens, mask)
+      return self.module.apply(variables, tokens, mask, deterministic=False, rngs={"dropout": rng})
+    return self.module.apply(variables, tokens, mask)
 
 
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
@@ -96,18 +103,17 @@ def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, se
   (the batch then carries the teacher's ce_pos / ce_neg{h})."""
 
   def loss_fn(params, frozen, batch):
-    del frozen
     rng = None
     if towers.dropout:
       rng = jax.random.fold_in(jax.random.key(seed), batch["step"][0].astype(jnp.int32))
     keys = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-    q = towers.encode(params, "query", batch["query"], batch["query_mask"], keys[0])
-    p = towers.encode(params, "doc", batch["pos"], batch["pos_mask"], keys[1])
+    q = towers.encode(params, "query", batch["query"], batch["query_mask"], keys[0], frozen)
+    p = towers.encode(params, "doc", batch["pos"], batch["pos_mask"], keys[1], frozen)
     neg = neg_key = None
     if num_negatives:
       toks = jnp.concatenate([batch[f"neg{h}"] for h in range(num_negatives)], axis=0)   # [H * B, L]
       mask = jnp.concatenate([batch[f"neg{h}_mask"] for h in range(num_negatives)], axis=0)
-      n = towers.encode(params, "doc", toks, mask, keys[2])
+      n = towers.encode(params, "doc", toks, mask, keys[2], frozen)
       b = q.shape[0]
       neg = n.reshape(num_negatives, b, -1).swapaxes(0, 1)                                  # [B, H, D]
       neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
@@ -204,13 +210,69 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
 
 
-def setup_retriever(config: Any):
-  """config -> loop.TaskSetup for the bi-encoder."""
-  import dataclasses
+@dataclasses.dataclass
+class RetrieverModel:
+  """One encoder family's part of the retriever task: what trains, how it encodes, how it exports."""
+  towers: Towers
+  trainable: Any                 # {"query": p} or {"query": p, "doc": p} (LoRA: adapters)
+  frozen: Any                    # {} or the LoRA base weights
+  abstract_trainable: Any
+  abstract_frozen: Any
+  tokenizer: Any
+  max_seq_length: int
+  export: Callable               # (params, frozen, out_dir, max_seq_length) -> out_dir | {tower: dir}
+  fingerprint: dict = dataclasses.field(default_factory=dict)
+  query_prefix: str = ""         # instruction prepended to every query (decoder family)
 
-  from qgjax.data.beir import Corpus
+
+def similarity_normalizes(config: Any, model_normalizes: bool) -> bool:
+  """cos (MultipleNegativesRankingLoss' cos_sim): the encoder L2-normalises, in training and in
+  the export (a Normalize module is added when the model had none); dot: the model's own output."""
+  similarity = config.similarity
+  if similarity not in ("cos", "dot"):
+    raise ConfigError(f"config.similarity must be 'cos' or 'dot', got {similarity!r}")
+  return True if similarity == "cos" else bool(model_normalizes)
+
+
+def check_towers(config: Any) -> bool:
+  """config.towers -> shared?"""
+  if config.towers not in ("shared", "separate"):
+    raise ConfigError(f"config.towers must be 'shared' or 'separate', got {config.towers!r}")
+  return config.towers == "shared"
+
+
+def bert_retriever_model(config: Any) -> RetrieverModel:
+  """The BERT-family bi-encoder of `config.model` (a sentence-transformers / HF dir or name)."""
   from qgjax.models.bert import BiEncoder, load_bi_encoder
   from qgjax.parallel.backend import compute_dtype
+
+  m = config.model
+  if config.train_mode != "full" or m.pooling or m.query_prefix:
+    raise ConfigError("train_mode=lora, model.pooling and model.query_prefix are for model.family=decoder; "
+                      "a BERT-family retriever trains fully with the checkpoint's pooling")
+  module, params, tokenizer, info = load_bi_encoder(m.name, dtype="float32")
+  overrides = {"dtype": str(compute_dtype(None, m.get("dtype", "auto")))}
+  if m.get("remat", False):
+    overrides["remat"] = True
+  normalize = similarity_normalizes(config, module.normalize)
+  module = BiEncoder(dataclasses.replace(info["config"], **overrides), pooling=module.pooling, normalize=normalize)
+  towers = Towers(module, shared=check_towers(config), dropout=bool(m.get("dropout", False)))
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  trainable = {"query": params} if towers.shared else {"query": params, "doc": jax.tree.map(np.copy, params)}
+  abstract_one = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
+                                jnp.ones((1, 2), bool))["params"]
+  abstract = {"query": abstract_one} if towers.shared else {"query": abstract_one, "doc": abstract_one}
+
+  def export(p, frozen, out_dir, max_seq_length):
+    return export_towers(p, module, tokenizer, out_dir, max_seq_length=max_seq_length,
+                         passthrough=info.get("passthrough"))
+
+  return RetrieverModel(towers, trainable, {}, abstract, {}, tokenizer, int(info["max_seq_length"]), export)
+
+
+def setup_retriever(config: Any):
+  """config -> loop.TaskSetup for the bi-encoder (config.model.family: bert | decoder)."""
+  from qgjax.data.beir import Corpus
   from qgjax.train.loop import TaskSetup
 
   d, m = config.data, config.model
@@ -221,35 +283,24 @@ def setup_retriever(config: Any):
     raise ConfigError("config.data.train must name the mined tuples (qgjax mine's output)")
   if not d.get("corpus", ""):
     raise ConfigError("config.data.corpus must name the BEIR corpus the tuples point into")
-  module, params, tokenizer, info = load_bi_encoder(m.name, dtype="float32")
-  dtype = compute_dtype(None, m.get("dtype", "auto"))
-  cfg = info["config"]
-  overrides = {"dtype": str(dtype)}
-  if m.get("remat", False):
-    overrides["remat"] = True
-  similarity = config.get("similarity", "cos")
-  if similarity not in ("cos", "dot"):
-    raise ConfigError(f"config.similarity must be 'cos' or 'dot', got {similarity!r}")
-  # cos (MultipleNegativesRankingLoss' cos_sim): the encoder L2-normalises, in training and in the
-  # export (a Normalize module is added when the model had none); dot: the model's own output
-  normalize = True if similarity == "cos" else module.normalize
-  module = BiEncoder(dataclasses.replace(cfg, **overrides), pooling=module.pooling, normalize=normalize)
-  towers = Towers(module, shared=config.towers == "shared", dropout=bool(m.get("dropout", False)))
-  if config.towers not in ("shared", "separate"):
-    raise ConfigError(f"config.towers must be 'shared' or 'separate', got {config.towers!r}")
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  trainable = {"query": params} if towers.shared else {"query": params, "doc": jax.tree.map(np.copy, params)}
-  abstract_one = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
-                                jnp.ones((1, 2), bool))["params"]
-  abstract = {"query": abstract_one} if towers.shared else {"query": abstract_one, "doc": abstract_one}
+  if m.family == "bert":
+    model = bert_retriever_model(config)
+  elif m.family == "decoder":
+    from qgjax.train.decoder_retriever import decoder_retriever_model
+    model = decoder_retriever_model(config)
+  else:
+    raise ConfigError(f"config.model.family must be 'bert' or 'decoder', got {m.family!r}")
+  towers, tokenizer, similarity = model.towers, model.tokenizer, config.similarity
 
   corpus_path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
   corpus = Corpus(corpus_path)
   tuples, where = read_tuples(d.train)
   if not tuples:
     raise InputError("no training tuples", path=d.train)
+  if model.query_prefix:
+    tuples = [{**t, "query": model.query_prefix + str(t["query"])} if "query" in t else t for t in tuples]
   h = int(config.num_negatives)
-  max_q, max_d = int(d.query_max_len), int(min(d.doc_max_len, info["max_seq_length"]))
+  max_q, max_d = int(d.query_max_len), int(min(d.doc_max_len, model.max_seq_length))
   cols = build_columns(tuples, corpus, tokenizer, num_negatives=h, query_max_len=max_q, doc_max_len=max_d,
                        source=d.train, where=where)
   loss = retriever_loss_name(config, h)
@@ -267,16 +318,17 @@ def setup_retriever(config: Any):
   evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
 
   def export(p, frozen, out_dir):
-    return export_towers(p, module, tokenizer, out_dir, max_seq_length=max_d, passthrough=info.get("passthrough"))
+    return model.export(p, frozen, out_dir, max_d)
 
   fp = {"task": config.task, "model": str(m.name), "towers": config.towers, "batch_size": int(config.batch_size),
         "num_negatives": h, "temperature": float(config.temperature), "similarity": similarity, "seed": seed,
-        "train": os.path.abspath(d.train)}
+        "train": os.path.abspath(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
            "truncated": train.truncated, "towers": config.towers}
-  return TaskSetup(trainable, {}, abstract, {}, retriever_loss_fn(towers, h, float(config.temperature), seed, loss),
+  return TaskSetup(model.trainable, model.frozen, model.abstract_trainable, model.abstract_frozen,
+                   retriever_loss_fn(towers, h, float(config.temperature), seed, loss),
                    train, evals, export, fp, extra)
 
 
