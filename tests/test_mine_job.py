@@ -132,3 +132,12 @@ def test_cli_gecko_positive_relabelling_and_stored_scores(tmp_path, capsys):
     assert r["pos_id"] not in r["neg_ids"] and r["ce_pos"] >= max(r["ce_neg"]) - 1e-6
     if r["relabelled"]:
       assert r["pos_id"] != r["doc_id"] and r["orig_pos_id"] == r["doc_id"]
+  # the stored scores are what the retriever's MarginMSE loss reads (a tiny random bi-encoder, 1 step)
+  from tiny_lm import make_tiny_bert
+
+  assert cli.main(["train", "--config", "configs/retriever.py:tiny", f"--config.workdir={tmp_path / 'r'}",
+                   f"--config.data.train={tmp_path / 'tuples'}", f"--config.model.name={make_tiny_bert(str(tmp_path / 'b'))}",
+                   "--config.loss=margin_mse", "--config.num_negatives=2", "--config.num_steps=1",
+                   "--config.export.enabled=False"]) == 0
+  first = json.loads(open(tmp_path / "r" / "metrics.jsonl").readline())
+  assert np.isfinite(first["loss"]) and np.isfinite(first["target_margin"])
