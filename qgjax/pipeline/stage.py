@@ -18,6 +18,7 @@ import pathlib
 from typing import Any, Callable
 
 from qgjax.data.sharded_writer import is_complete
+from qgjax.train.export import is_complete_export
 
 Wiring = dict[str, Any]  # dotted stage-config key -> value
 At = Callable[[str], str]  # stage name ("self": this stage) -> its directory
@@ -56,8 +57,9 @@ def has_sharded(rel: str = "") -> Callable[[pathlib.Path], bool]:
 
 
 def has_export(rel: str = "export") -> Callable[[pathlib.Path], bool]:
-  """A finished model export in `<stage dir>/<rel>`."""
-  return lambda d: (d / rel).is_dir() and any((d / rel).iterdir())
+  """A finished model export in `<stage dir>/<rel>`: its marker, written last, is there
+  (`qgjax.train.export`); a directory left by a kill in the middle of the export is not done."""
+  return lambda d: is_complete_export(d / rel)
 
 
 def depends_on(stage: Stage, name: str, stages: dict[str, Stage]) -> bool:

@@ -13,17 +13,75 @@ directory and renames it), so a run killed mid-save resumes from the previous st
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from qgjax.errors import CheckpointMismatchError
+from qgjax.data.settings_diff import changed_settings
+from qgjax.errors import CheckpointMismatchError, QgjaxError
 
 from qgjax.train.step import TrainState
+
+
+_DISK_FULL = ("No space left on device", "os_error_code='28'", "Disk quota exceeded", "os_error_code='122'")
+
+
+def _disk_full(exc: BaseException) -> bool:
+  """Whether `exc` (or an exception it was raised from) is a full disk: an OSError ENOSPC/EDQUOT, or
+  orbax/tensorstore's RESOURCE_EXHAUSTED text that carries the OS error."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(s in str(exc) for s in _DISK_FULL):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+class _DropDiskFullReports(logging.Filter):
+  """Drops orbax's per-thread ERROR reports (each with a traceback) of a full disk: the save is
+  reported once, as a QgjaxError, by `Checkpointer`."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(s in text for s in _DISK_FULL)
+
+
+_closed_loop_reports = [0]   # reports dropped by the hook below
+
+
+def _quiet_closed_loop_reports() -> None:
+  """Drops the "Event loop is closed" reports of orbax's writes (counted in _closed_loop_reports).
+
+  After a failed save (a full disk), tensorstore completes the writes orbax stopped awaiting and
+  reports each on a closed asyncio loop, a traceback apiece: hundreds, which bury the one line
+  that says what happened. They carry nothing that error does not; everything else goes through.
+  """
+  import sys
+
+  previous = sys.unraisablehook
+  if getattr(previous, "__name__", "") == "_qgjax_quiet_hook":
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+      _closed_loop_reports[0] += 1
+      return
+    previous(unraisable)
+
+  hook.__name__ = "_qgjax_quiet_hook"
+  sys.unraisablehook = hook
 
 
 def _saved(state: TrainState) -> dict:
@@ -52,6 +110,22 @@ class Checkpointer:
         enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
+    self._log_filter = _DropDiskFullReports()
+    logging.getLogger("absl").addFilter(self._log_filter)
+    _quiet_closed_loop_reports()
+
+  @contextlib.contextmanager
+  def _writing(self, what: str) -> Iterator[None]:
+    """A full disk while orbax writes (here or in its background threads) -> one QgjaxError line."""
+    try:
+      yield
+    except Exception as e:
+      if _disk_full(e):
+        with contextlib.suppress(Exception):   # stop orbax's threads now
+          self.manager.close()
+        raise QgjaxError(f"disk full while {what} in {self.directory}: free space and run the same command "
+                         "again (it resumes from the last complete checkpoint)") from None
+      raise
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -74,6 +148,10 @@ class Checkpointer:
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     if self.best_metric and self.best_metric not in metrics:
       metrics = None  # kept by LatestN only; never ranked as "best"
+    with self._writing(f"saving checkpoint {int(step)}"):
+      return self._save(step, state, metrics, force)
+
+  def _save(self, step: int, state: TrainState, metrics: dict | None, force: bool) -> bool:
     return self.manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)),
                                            meta=ocp.args.JsonSave({"fingerprint": self.fingerprint,
@@ -84,11 +162,11 @@ class Checkpointer:
     """Restores `step` into the structure, dtypes and shardings of `state`."""
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     saved_fp = (meta or {}).get("fingerprint", {})
-    diff = {k: (saved_fp.get(k), v) for k, v in self.fingerprint.items() if saved_fp.get(k) != v}
-    if diff:
-      lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+    changed = changed_settings({k: saved_fp.get(k) for k in self.fingerprint}, self.fingerprint)
+    if changed:
+      lines = "; ".join(changed)
       raise CheckpointMismatchError(
-          f"{self.directory}/{step} was written by a different run ({lines}); "
+          f"{self.directory}/{step} was written by a different run (checkpoint -> config: {lines}); "
           f"use a new workdir or restore the old settings")
     target = _saved(state)
     target_shardings = {"step": shardings.step, "params": shardings.params, "opt_state": shardings.opt_state}
@@ -129,16 +207,23 @@ class Checkpointer:
     return state if step is None else self.restore(step, state, shardings)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing("finishing a checkpoint"):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with self._writing("finishing a checkpoint"):
+        self.manager.wait_until_finished()
+        self.manager.close()
+    finally:
+      logging.getLogger("absl").removeFilter(self._log_filter)
 
 
 def write_json(path: str, obj: Any) -> None:
   """Atomic small-JSON write (temp file + rename), for run summaries beside the checkpoints."""
+  from qgjax.data.safe_files import open_no_follow
+
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with open_no_follow(tmp, "w") as f:
     json.dump(obj, f, indent=2, default=str)
   os.replace(tmp, path)

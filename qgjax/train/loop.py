@@ -21,11 +21,14 @@ import jax
 import numpy as np
 
 from qgjax.data.progress import progress
+from qgjax.data.safe_files import open_no_follow
+from qgjax.data.workdir_lock import lock_workdir
 from qgjax.parallel.distributed import is_main_process
 from qgjax.parallel.mesh import mesh_from_config
 from qgjax.parallel.sharding import batch_devices, put_batch, rules_for
 from qgjax.train.checkpoint import Checkpointer, write_json
 from qgjax.train.data import StepLoader
+from qgjax.train.export import is_complete_export, write_export
 from qgjax.train.optim import make_optimizer
 from qgjax.train.step import create_state, make_eval_step, make_train_step, state_shardings
 
@@ -61,16 +64,42 @@ def _trim_metrics(path: str, start: int) -> None:
       if step <= start:
         kept.append(line if line.endswith("\n") else line + "\n")
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with open_no_follow(tmp, "w") as f:
     f.writelines(kept)
   os.replace(tmp, path)
 
 
 def total_steps(config: Any, loader: StepLoader) -> int:
+  """num_steps when > 0, else num_epochs x steps per epoch; ConfigError when that is no step at all."""
   steps = int(config.get("num_steps", 0) or 0)
-  if steps <= 0:
-    steps = int(round(float(config.get("num_epochs", 1)) * loader.steps_per_epoch))
-  return max(1, steps)
+  if steps < 0:
+    raise ConfigError(f"config.num_steps must be >= 0 (0: use num_epochs); got {steps}")
+  if steps == 0:
+    epochs = float(config.get("num_epochs", 1))
+    steps = int(round(epochs * loader.steps_per_epoch))
+    if steps < 1:
+      raise ConfigError(f"config.num_epochs={epochs} x {loader.steps_per_epoch} steps per epoch is no step; "
+                        "set num_epochs > 0 or num_steps")
+  return steps
+
+
+def optimizer_settings(config: Any) -> dict:
+  """The settings a resumed run must share with its checkpoint beyond the task's own: the optimizer
+  (config.optim, all of it: the schedule and state depend on every key) and gradient accumulation."""
+  optim = config.get("optim", None)
+  optim = optim.to_dict() if hasattr(optim, "to_dict") else dict(optim or {})
+  return {"optim": json.loads(json.dumps(optim, default=str)), "accum_steps": int(config.get("accum_steps", 1) or 1)}
+
+
+def fit(setup: TaskSetup, config: Any) -> dict:
+  """Trains to `num_steps` (or `num_epochs`), resuming from `config.workdir`; returns a summary.
+
+  Holds the workdir's one-writer lock (process 0) for the whole run: a second run on the same
+  workdir stops at once with the pid of the first.
+  """
+  workdir = os.path.abspath(config.workdir)
+  with lock_workdir(workdir, "train", enabled=is_main_process()):
+    return _fit(setup, config, workdir)
 
 
 def _host(metrics: dict) -> dict:
@@ -94,10 +123,7 @@ def evaluate(eval_step, state, loader: StepLoader, mesh, rules) -> dict:
   return {f"eval/{k}": v / max(total, 1e-9) for k, v in sums.items()}
 
 
-def fit(setup: TaskSetup, config: Any) -> dict:
-  """Trains to `num_steps` (or `num_epochs`), resuming from `config.workdir`; returns a summary."""
-  workdir = os.path.abspath(config.workdir)
-  os.makedirs(workdir, exist_ok=True)
+def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   mesh = mesh_from_config(config)
   rules = rules_for(mesh, config.get("sharding_rules", None))
   loader = setup.train
@@ -114,7 +140,7 @@ def fit(setup: TaskSetup, config: Any) -> dict:
   state = create_state(setup.trainable, setup.frozen, shardings, tx, mesh, rules)
 
   ck_cfg = config.get("checkpoint", None) or {}
-  fingerprint = dict(setup.fingerprint, num_steps=steps)
+  fingerprint = dict(setup.fingerprint, num_steps=steps, **optimizer_settings(config))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 3)),
                       best_metric=ck_cfg.get("best_metric", None) if setup.eval is not None else None,
                       best_mode=ck_cfg.get("best_mode", "min"), fingerprint=fingerprint,
@@ -134,7 +160,7 @@ def fit(setup: TaskSetup, config: Any) -> dict:
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if main:
     _trim_metrics(metrics_path, start)
-  log = open(metrics_path, "a") if main else None
+  log = open_no_follow(metrics_path, "a") if main else None
   history: list[dict] = []
   last_eval: dict = {}
   t0 = time.perf_counter()
@@ -175,9 +201,11 @@ def fit(setup: TaskSetup, config: Any) -> dict:
              "final": history[-1] if history else {}, **setup.info}
   if setup.export is not None and config.get("export", None) and config.export.get("enabled", True):
     out = config.export.get("dir", "") or os.path.join(workdir, "export")
-    if steps > start or not os.path.isfile(os.path.join(out, "config.json")):
-      # Every process takes part (the parameters are gathered across hosts); process 0 writes.
-      summary["export"] = setup.export(state.params, state.frozen, out)
+    if steps > start or not is_complete_export(out):
+      # Every process takes part (the parameters are gathered across hosts); process 0 writes,
+      # into <out>.partial, renamed into place, then the marker (see qgjax.train.export).
+      summary["export"] = write_export(lambda d: setup.export(state.params, state.frozen, d), out,
+                                       info={"task": config.get("task", ""), "step": steps}, main=main)
   ckpt.close()
   if main:
     write_json(os.path.join(workdir, "summary.json"), summary)
