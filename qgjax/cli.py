@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import NamedTuple
 
@@ -131,6 +132,14 @@ def parse_args(argv: list[str]) -> Command:
   return Command(stage, spec, overrides, print_config, verbose)
 
 
+def _print_out(text: str) -> None:
+  """`text` on stdout; a reader that went away (`qgjax --help | head`) is not an error."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet too
+
+
 def main(argv: list[str] | None = None) -> int:
   if argv is None:  # a real process: QGJAX_HUGE_PAGES=1 asks for the glibc tunable, read at start
     from qgjax.host_allocator import reexec_with_huge_pages
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     log.error("%s", e)
     return 2
   if cmd.help is not None:
-    print(cmd.help)
+    _print_out(cmd.help)
     return 0
   if cmd.stage is None:
     print(usage(), file=sys.stderr)
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from qgjax.config import build_config
     config = build_config(cmd.spec, cmd.overrides)
     if cmd.print_config:
-      print(config)
+      _print_out(str(config))
       return 0
     from qgjax.parallel.distributed import maybe_initialize
     maybe_initialize()  # joins a multi-host run when a launcher set QGJAX_* variables
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     log.warning("interrupted; run the same command again to resume")
     return 130
   if result:
-    print(json.dumps(result, indent=2, default=str))
+    _print_out(json.dumps(result, indent=2, default=str))
   return 0
 
 
