@@ -103,8 +103,10 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "qgjax") -> Non
   Scores are written with `repr`, so reading the file back gives the same floats and ranks.
   Written to a temp file and renamed, so an interrupted write leaves no partial run.
   """
+  from qgjax.data.safe_files import open_no_follow
+
   tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with open_no_follow(tmp, "w") as f:
     for qid in run:
       scores = run[qid]
       for rank, did in enumerate(rank_documents(scores), start=1):

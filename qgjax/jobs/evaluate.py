@@ -77,6 +77,16 @@ def _safe(name: str) -> str:
 
 
 def run(config: Any) -> dict:
+  """Holds `config.workdir`'s one-writer lock (`qgjax.data.workdir_lock`) for the whole job."""
+  from qgjax.data.workdir_lock import lock_workdir
+  from qgjax.parallel.distributed import is_main_process
+
+  require(config, "workdir")
+  with lock_workdir(config.workdir, "evaluate", enabled=is_main_process()):
+    return _run(config)
+
+
+def _run(config: Any) -> dict:
   require(config, "workdir", "retriever", "split", "depth", "measures")
   measures = list(config.measures)
   for m in measures:
@@ -132,9 +142,8 @@ def run(config: Any) -> dict:
       "seconds": timings, "run_files": run_files, "reports": reports, "identical_ids_removed": removed,
       "config": json.loads(config.to_json()),
   }
-  tmp = workdir / "metrics.json.tmp"
-  tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-  os.replace(tmp, workdir / "metrics.json")
+  from qgjax.data.safe_files import write_json_atomic
+  write_json_atomic(workdir / "metrics.json", metrics, sort_keys=False)
   print(f"{pathlib.Path(data_dir).name} ({config.split}): {len(queries)} queries, "
         f"{len(data.corpus)} documents")
   print(ir_metrics.format_table(results, measures))

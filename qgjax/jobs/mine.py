@@ -80,6 +80,16 @@ def _batches(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
 
 
 def run(config: Any) -> dict:
+  """Holds `config.workdir`'s one-writer lock (`qgjax.data.workdir_lock`) for the whole job."""
+  from qgjax.data.workdir_lock import lock_workdir
+  from qgjax.parallel.distributed import is_main_process
+
+  require(config, "workdir")
+  with lock_workdir(config.workdir, "mine", enabled=is_main_process()):
+    return _run(config)
+
+
+def _run(config: Any) -> dict:
   require(config, "input", "workdir")
   data_dir = pathlib.Path(config.data_dir or demo_dir())
   corpus_path = str(data_dir / "corpus.jsonl")

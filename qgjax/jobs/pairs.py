@@ -27,6 +27,7 @@ import numpy as np
 
 from qgjax.config import require
 from qgjax.data.records import fingerprint, iter_records
+from qgjax.data.safe_files import open_no_follow, write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.preference.pairs import STRATEGIES, Candidate, best_of_n, make_pairs
 
@@ -111,7 +112,7 @@ def rsft_record(mode, group, sources, cand: Candidate, reward: str) -> dict:
 
 def _write_jsonl(path: pathlib.Path, records: list[dict]) -> None:
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  with open_no_follow(tmp, "w") as f:
     for r in records:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
   os.replace(tmp, path)
@@ -122,6 +123,16 @@ def _mean(values) -> float | None:
 
 
 def run(config: Any) -> dict:
+  """Holds `config.workdir`'s one-writer lock (`qgjax.data.workdir_lock`) for the whole job."""
+  from qgjax.data.workdir_lock import lock_workdir
+  from qgjax.parallel.distributed import is_main_process
+
+  require(config, "workdir")
+  with lock_workdir(config.workdir, "pairs", enabled=is_main_process()):
+    return _run(config)
+
+
+def _run(config: Any) -> dict:
   require(config, "input", "workdir", "reward", "strategy")
   if config.strategy not in STRATEGIES:
     raise ConfigError(f"unknown config.strategy '{config.strategy}'; choose one of {', '.join(STRATEGIES)}")
@@ -167,7 +178,5 @@ def run(config: Any) -> dict:
       "pairs_file": str(workdir / "pairs.jsonl"), "rsft_file": str(workdir / "rsft.jsonl"),
       "settings": settings,
   }
-  tmp = summary_path.with_name("summary.json.tmp")
-  tmp.write_text(json.dumps(summary, indent=1) + "\n")
-  os.replace(tmp, summary_path)
+  write_json_atomic(summary_path, summary, sort_keys=False)
   return summary

@@ -128,6 +128,16 @@ def summarize(scored_dir: pathlib.Path, names, ks) -> dict:
 
 
 def run(config: Any) -> dict:
+  """Holds `config.workdir`'s one-writer lock (`qgjax.data.workdir_lock`) for the whole job."""
+  from qgjax.data.workdir_lock import lock_workdir
+  from qgjax.parallel.distributed import is_main_process
+
+  require(config, "workdir")
+  with lock_workdir(config.workdir, "score", enabled=is_main_process()):
+    return _run(config)
+
+
+def _run(config: Any) -> dict:
   require(config, "input", "workdir", "rewards", "reward")
   names = list(config.rewards)
   if config.reward not in names:

@@ -10,6 +10,7 @@ Qwen2 GGUFs are stored unpermuted.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -105,14 +106,36 @@ def hf_config_from_gguf(reader, tensor_names: set[str] | None = None) -> dict[st
   return cfg
 
 
+def open_gguf(path: str):
+  """`gguf.GGUFReader(path)`, with a cut or foreign file reported as CheckpointMismatchError.
+
+  The reader fails on a truncated file with IndexError / "cannot reshape array" (its header or
+  tensor table runs past the end), or succeeds while the last tensors' data lie past the end;
+  both are reported as a truncated file with its size.
+  """
+  import gguf
+
+  size = os.path.getsize(path)
+  try:
+    reader = gguf.GGUFReader(path)
+  except (OSError, ValueError, IndexError, KeyError, OverflowError) as e:
+    with open(path, "rb") as f:
+      magic = f.read(4)
+    if magic != b"GGUF":
+      raise CheckpointMismatchError(f"{path} is not a GGUF file (magic {magic!r}): {e}") from None
+    raise CheckpointMismatchError(f"{path} is truncated or corrupt ({size:,} bytes; the GGUF header or tensor "
+                                  f"table runs past the end: {e})") from None
+  end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+  if end > size:
+    raise CheckpointMismatchError(f"{path} is truncated: {size:,} bytes, its tensors need {end:,}")
+  return reader
+
+
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Reads and dequantizes a GGUF file -> (HF config dict, {hf_name: f32 ndarray [out, in]})."""
   import gguf
 
-  try:
-    reader = gguf.GGUFReader(path)
-  except (OSError, ValueError) as e:
-    raise CheckpointMismatchError(f"cannot read GGUF file {path}: {e}") from e
+  reader = open_gguf(path)
   names = {t.name for t in reader.tensors}
   cfg = hf_config_from_gguf(reader, names)
   tensors: dict[str, np.ndarray] = {}

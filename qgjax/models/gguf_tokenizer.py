@@ -16,9 +16,9 @@ from qgjax.errors import ConfigError
 
 def read_tokenizer_metadata(path: str) -> dict[str, Any]:
   """`general.architecture` and every `tokenizer.*` key of a GGUF file as Python values."""
-  import gguf
+  from qgjax.models.gguf_loader import open_gguf
 
-  reader = gguf.GGUFReader(path)
+  reader = open_gguf(path)
   meta = {key: field.contents() for key, field in reader.fields.items()
           if key.startswith("tokenizer.") or key == "general.architecture"}
   if "tokenizer.ggml.tokens" not in meta:

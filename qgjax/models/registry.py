@@ -122,10 +122,8 @@ def load_decoder_config(name_or_path: str, **overrides):
 
   path = resolve(name_or_path)
   if path.endswith(".gguf"):
-    import gguf
-
-    from qgjax.models.gguf_loader import hf_config_from_gguf
-    return DecoderConfig.from_hf(hf_config_from_gguf(gguf.GGUFReader(path)), **overrides)
+    from qgjax.models.gguf_loader import hf_config_from_gguf, open_gguf
+    return DecoderConfig.from_hf(hf_config_from_gguf(open_gguf(path)), **overrides)
   return DecoderConfig.from_hf(_read_config_json(path), **overrides)
 
 
