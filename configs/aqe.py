@@ -6,7 +6,9 @@ r"""Aligned Query Expansion (arXiv 2507.11042) end to end: `qgjax pipeline` with
 
 Stages (qgjax.recipes.aqe): split -> generate_train (n expansions per training query) ->
 score_train (-BM25 rank of the gold document for query + expansion) -> pairs (best vs worst,
-best-of-n) -> align (`method`: rsft | dpo | rsft_dpo) -> generate_base / generate_aligned (one
+best-of-n) -> align (`method`: rsft | dpo | rsft_dpo (one joint loss, DPO + w x NLL) |
+rsft_then_dpo (align_rsft: RSFT, then align: DPO starting from the RSFT weights, which are also its
+reference)) -> generate_base / generate_aligned (one
 greedy expansion per test query) and generate_sampled + select (best of n_test by a qrels-free
 filter) -> evaluate_* (BM25 over query + expansion: nDCG@10, Recall@100, top-1/5/20 accuracy) ->
 score_base / score_aligned -> <workdir>/report. Test-time stages run in their own process and
@@ -15,7 +17,7 @@ report wall time and peak RSS.
 Training queries: the collection's `train` split (NFCorpus: queries_train.jsonl + qrels/train.tsv);
 a collection without one (the demo, Cranfield) is split by a seeded hash of the query id into
 disjoint train / test halves (split.set.how=hash, test_fraction). split.set.max_train / max_test
-cap the query counts. Arguments: tiny, method=rsft|dpo|rsft_dpo, n=<expansions per training
+cap the query counts. Arguments: tiny, method=rsft|dpo|rsft_dpo|rsft_then_dpo, n=<expansions per training
 query> (the paper: 50), n_test=<samples per test query for best of N> (default n), generator=.
 """
 
@@ -28,7 +30,8 @@ import ml_collections
 from qgjax.config import parse_arg
 
 ConfigDict = ml_collections.ConfigDict
-ALIGN = {"rsft": "rsft.py", "dpo": "dpo.py", "rsft_dpo": "rsft_dpo.py"}
+# method -> the align stage's config; rsft_then_dpo runs align_rsft (rsft.py) first, then DPO from its weights
+ALIGN = {"rsft": "rsft.py", "dpo": "dpo.py", "rsft_dpo": "rsft_dpo.py", "rsft_then_dpo": "dpo.py"}
 
 
 def _group(spec: str, **values) -> ConfigDict:
@@ -63,8 +66,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # (the -rank reward of a miss is -(depth + 1) for every expansion: nothing to learn from)
     c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
                      rsft=dict(n_best=1, min_reward=-1000.0))
-    c.align = _group(f"{ALIGN[a.method]}:prompt=expansion", num_epochs=1.0, batch_size=8,
-                     data=dict(prompt_buckets=(128, 192, 256), completion_buckets=(64, 80)))
+    align = dict(num_epochs=1.0, batch_size=8, data=dict(prompt_buckets=(128, 192, 256), completion_buckets=(64, 80)))
+    c.align = _group(f"{ALIGN[a.method]}:prompt=expansion", **align)
+    c.align_rsft = _group("rsft.py:prompt=expansion", **align)   # only method=rsft_then_dpo runs it
     c.evaluate = _group("evaluate.py", depth=1000, measures=measures)
     return c
 
@@ -76,7 +80,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
   c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
                    rsft=dict(n_best=1, min_reward=-100.0))
-  c.align = _group(f"{ALIGN[a.method]}:tiny,prompt=expansion", batch_size=4, num_steps=4, eval_every=4,
-                   log_every=1, checkpoint=dict(every=4), data=dict(prompt_buckets=(64,), completion_buckets=(16,)))
+  align = dict(batch_size=4, num_steps=4, eval_every=4, log_every=1, checkpoint=dict(every=4),
+               data=dict(prompt_buckets=(64,), completion_buckets=(16,)))
+  c.align = _group(f"{ALIGN[a.method]}:tiny,prompt=expansion", **align)
+  c.align_rsft = _group("rsft.py:tiny,prompt=expansion", **align)
   c.evaluate = _group("evaluate.py:tiny", max_queries=0, depth=100, measures=measures)
   return c

@@ -60,15 +60,43 @@ def test_select_criteria():
   assert likelihood_scores([{"logprob": -4.0, "num_tokens": 2}, {"logprob": -3.0, "num_tokens": 1}]) == [-2.0, -3.0]
 
 
-def test_tiny_aqe_recipe(models, tmp_path):
+def test_aqe_methods_wire_their_align_stages(models, tmp_path):
+  """rsft_then_dpo adds align_rsft (RSFT on rsft.jsonl) and starts DPO from its export (DPO's reference
+  is the model it starts from); the other methods align the generator itself in one stage."""
+  from qgjax.pipeline.runner import stage_configs
   from qgjax.recipes.aqe import STAGES
 
-  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny"
+  for method, task, train in (("dpo", "dpo", "pairs.jsonl"), ("rsft", "rsft", "rsft.jsonl"),
+                              ("rsft_dpo", "rsft_dpo", "pairs.jsonl"), ("rsft_then_dpo", "dpo", "pairs.jsonl")):
+    spec = os.path.join(REPO, "configs", "aqe.py") + f":tiny,method={method}"
+    work = tmp_path / method
+    _, configs = stage_configs(build_config(spec, [("workdir", str(work)), ("generator", models[0])]), STAGES)
+    by = {s.name: c for s, c in configs}
+    assert (by["align"].task, os.path.basename(by["align"].data.train)) == (task, train)
+    if method == "rsft_then_dpo":
+      assert (by["align_rsft"].task, os.path.basename(by["align_rsft"].data.train)) == ("rsft", "rsft.jsonl")
+      assert by["align_rsft"].model.name == models[0]
+      assert by["align"].model.name == str(work / "align_rsft" / "export")
+      assert by["align"].dpo.reference == "precomputed"   # reference log-probs of the model it starts from
+    else:
+      assert "align_rsft" not in by and by["align"].model.name == models[0]
+
+
+def test_tiny_aqe_recipe(models, tmp_path):
+  """The tiny AQE recipe with method=rsft_then_dpo through the CLI (RSFT, then DPO from the RSFT weights)."""
+  from qgjax.recipes.aqe import STAGES
+
+  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny,method=rsft_then_dpo"
   work = tmp_path / "aqe"
   over = [("workdir", str(work)), ("generator", models[0])]
   names = [s.name for s in STAGES]
   first = _cli(spec, over)
   assert first["ran"] == names and first["skipped"] == []
+  rsft = json.loads((work / "align_rsft" / "STAGE_DONE.json").read_text())
+  dpo = json.loads((work / "align" / "STAGE_DONE.json").read_text())
+  assert rsft["config"]["task"] == "rsft" and rsft["result"]["steps"] == 4
+  assert dpo["config"]["task"] == "dpo" and dpo["config"]["model"]["name"] == str(work / "align_rsft" / "export")
+  assert set(dpo["needs"]) == {"pairs", "align_rsft"}
 
   # split: disjoint training / test halves of the demo's judged queries, each with its qrels
   data = work / "split" / "data"
@@ -265,7 +293,8 @@ def test_tiny_readqg_decoder_recipe(models, tmp_path):
   export = work / "align" / "export"
   meta = json.loads((export / "readqg.json").read_text())
   assert meta["kind"] == "decoder" and meta["generator"] == os.path.abspath(models[0])
-  assert sorted(os.listdir(export)) == ["readqg.json", "soft_prompt.safetensors"]   # the base LM is not copied
+  from qgjax.train.export import EXPORT_MARKER
+  assert sorted(os.listdir(export)) == sorted(["readqg.json", "soft_prompt.safetensors", EXPORT_MARKER])  # no base LM
   gen = _records(work / "generate")
   assert gen and {r["r"] for r in gen} <= {0.0, 1.0} and len({r["doc_id"] for r in gen}) <= 24
   assert all(r["query"] and "\n" not in r["query"] and r["num_tokens"] >= 1 for r in gen)

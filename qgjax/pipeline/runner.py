@@ -97,11 +97,11 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
 
 
 def stage_configs(config, stages: tuple[Stage, ...]) -> tuple[pathlib.Path, list[tuple[Stage, Any]]]:
-  """(workdir, [(stage, its ConfigDict)]): every stage's config built before any runs, so a config
-  error stops the pipeline before it starts."""
+  """(workdir, [(stage, its ConfigDict)]) of the stages `config` runs (`stage.when`): every stage's
+  config built before any runs, so a config error stops the pipeline before it starts."""
   workdir = pathlib.Path(config.workdir).resolve()
   at = lambda name: str(workdir / name)
-  return workdir, [(stage, stage_config(config, stage, at)) for stage in stages]
+  return workdir, [(stage, stage_config(config, stage, at)) for stage in stages if stage.when(config)]
 
 
 def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated: frozenset[str] = frozenset(),
@@ -116,7 +116,7 @@ def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated
   by_name = {s.name: s for s, _ in configs}
   status, results, fps = {}, {}, {}
   for i, (stage, cfg) in enumerate(configs):
-    needs = {n: fps[n] for n in stage.needs}
+    needs = {n: fps[n] for n in stage.needs if n in by_name}   # a stage `when` left out is not read
     later = [s.name for s, _ in configs[i + 1:] if depends_on(s, stage.name, by_name)]
     execute = run_isolated if own and stage.name in isolated else run_here
     status[stage.name], results[stage.name], fps[stage.name] = run_stage(

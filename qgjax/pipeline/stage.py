@@ -6,8 +6,10 @@
 
 `job` is a module with `run(config) -> dict`; `wire(pipeline_config, at)` returns the stage
 config keys the recipe sets (`at(name)` is stage `name`'s directory, `at("self")` this stage's);
-`complete(stage_dir)` says whether the output there is whole. Every stage writes under
-`<workdir>/<stage name>/`. Recipes build their stage lists from these pieces only.
+`complete(stage_dir)` says whether the output there is whole; `when(pipeline_config)` whether the
+recipe runs the stage at all with these settings (e.g. a first RSFT stage only for
+method=rsft_then_dpo). Every stage writes under `<workdir>/<stage name>/`. Recipes build their
+stage lists from these pieces only.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ class Stage:
   name: str
   job: str                                   # module path of the job: <job>.run(config) -> dict
   groups: tuple[str, ...]                    # pipeline config groups; the first names the config file
-  needs: tuple[str, ...]                     # stages whose outputs this one reads
+  needs: tuple[str, ...]                     # stages whose outputs this one reads (when they run)
   wire: Callable[[Any, At], Wiring]          # (pipeline config, at) -> wiring
   complete: Callable[[pathlib.Path], bool]   # is the output in this stage dir whole?
+  when: Callable[[Any], bool] = lambda p: True   # does the recipe run this stage with config p?
 
 
 def data_dir(p) -> str:
@@ -69,7 +72,7 @@ def depends_on(stage: Stage, name: str, stages: dict[str, Stage]) -> bool:
     n = todo.pop()
     if n == name:
       return True
-    if n not in seen:
+    if n not in seen and n in stages:
       seen.add(n)
       todo += list(stages[n].needs)
   return False

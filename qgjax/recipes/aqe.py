@@ -6,7 +6,7 @@ r"""The Aligned Query Expansion recipe (arXiv 2507.11042) as pipeline stages: `r
 split (training / test queries, qgjax.jobs.split) -> generate_train (N expansions per
 training query, sampled) -> score_train (reward: -BM25 rank of the best gold document when
 searching query + expansion) -> pairs (best vs worst; best-of-N for RSFT) -> align (RSFT, DPO or
-RSFT+DPO: `method`) -> at test time, in their own processes (wall time + peak RSS each):
+RSFT+DPO as one joint loss, or RSFT then DPO from the RSFT weights: `method`) -> at test time, in their own processes (wall time + peak RSS each):
 generate_base / generate_aligned (one greedy expansion per test query, unaligned and aligned
 generator), generate_sampled + select (best of N by a qrels-free criterion, qgjax.methods.aqe.select)
 -> evaluate_bm25 / _base / _best_of_n / _aligned (BM25 over query [+ expansion]) ->
@@ -28,7 +28,10 @@ from qgjax.pipeline.wiring import group_config
 from qgjax.recipes import jobs
 from qgjax.recipes.split import SPLIT, split_data
 
-METHODS = {"rsft": "rsft.jsonl", "dpo": "pairs.jsonl", "rsft_dpo": "pairs.jsonl"}
+# method -> (the align stage's training file, its task); rsft_then_dpo first runs align_rsft (RSFT
+# on rsft.jsonl), then DPO starting from the RSFT weights, which are also DPO's reference model
+METHODS = {"rsft": ("rsft.jsonl", "rsft"), "dpo": ("pairs.jsonl", "dpo"), "rsft_dpo": ("pairs.jsonl", "rsft_dpo"),
+           "rsft_then_dpo": ("pairs.jsonl", "dpo")}
 SYSTEMS = (System("bm25", "BM25 (query only)", "evaluate_bm25", "bm25"),
            System("base", "BM25 + unaligned greedy expansion", "evaluate_base", "aqe"),
            System("best_of_n", "BM25 + best of N (filter: {criterion})", "evaluate_best_of_n", "aqe"),
@@ -57,12 +60,20 @@ def _pairs(p, at):
   return {"input": os.path.join(at("score_train"), "scored"), "workdir": at("self")}
 
 
-def _align(p, at):
-  if p.method not in METHODS:
-    raise ConfigError(f"aqe: config.method must be one of {', '.join(METHODS)}; got {p.method!r}")
-  return {"data.train": os.path.join(at("pairs"), METHODS[p.method]), "data.corpus": split_data(at),
-          "model.name": p.generator, "workdir": at("self"), "export.enabled": True,
-          "export.dir": os.path.join(at("self"), "export"), "prompt": group_config(p, "generate").prompt}
+def _align_with(train_file, model):
+  def wire(p, at):
+    if p.method not in METHODS:
+      raise ConfigError(f"aqe: config.method must be one of {', '.join(METHODS)}; got {p.method!r}")
+    return {"data.train": os.path.join(at("pairs"), train_file(p)), "data.corpus": split_data(at),
+            "model.name": model(p, at), "workdir": at("self"), "export.enabled": True,
+            "export.dir": os.path.join(at("self"), "export"), "prompt": group_config(p, "generate").prompt}
+  return wire
+
+
+_sequential = lambda p: p.method == "rsft_then_dpo"
+_align_start = lambda p, at: os.path.join(at("align_rsft"), "export") if _sequential(p) else p.generator
+_align_rsft = _align_with(lambda p: "rsft.jsonl", lambda p, at: p.generator)
+_align = _align_with(lambda p: METHODS[p.method][0], _align_start)
 
 
 def _select(p, at):
@@ -90,7 +101,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("score_train", jobs.SCORE, ("score",), ("generate_train",), _score("generate_train", "train"),
           has_sharded("scored")),
     Stage("pairs", jobs.PAIRS, ("pairs",), ("score_train",), _pairs, has_file("pairs.jsonl")),
-    Stage("align", jobs.TRAIN, ("align",), ("pairs",), _align, has_export()),
+    Stage("align_rsft", jobs.TRAIN, ("align_rsft",), ("pairs",), _align_rsft, has_export(), when=_sequential),
+    Stage("align", jobs.TRAIN, ("align",), ("pairs", "align_rsft"), _align, has_export()),
     Stage("generate_base", jobs.GENERATE, _GREEDY, ("split",), _generate("test", _base), has_sharded()),
     Stage("generate_aligned", jobs.GENERATE, _GREEDY, ("split", "align"), _generate("test", _aligned), has_sharded()),
     Stage("generate_sampled", jobs.GENERATE, _SAMPLED, ("split",), _generate("test", _base), has_sharded()),
@@ -113,9 +125,13 @@ def _check(config, by: dict) -> None:
   if by["generate_train"].prompt.mode != "expansion":
     raise ConfigError(f"aqe: the generate group must use prompt mode 'expansion' (got "
                       f"{by['generate_train'].prompt.mode!r}); e.g. generate.config='generate.py:mode=expansion'")
-  if by["align"].task != config.method:
+  task = METHODS[config.method][1]
+  if by["align"].task != task:
     raise ConfigError(f"aqe: method={config.method!r} but the align config trains task {by['align'].task!r}; "
-                      f"set align.config to configs/{config.method}.py")
+                      f"set align.config to configs/{task}.py")
+  if "align_rsft" in by and by["align_rsft"].task != "rsft":
+    raise ConfigError(f"aqe: method=rsft_then_dpo needs align_rsft.config = configs/rsft.py (it trains task "
+                      f"{by['align_rsft'].task!r})")
   for name in ("generate_base", "generate_aligned"):
     s = by[name].sampling
     if not (s.temperature == 0.0 and s.num_samples == 1 and s.num_beams == 1):
