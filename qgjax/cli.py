@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
       raise
     # a full disk is the user's to fix, not a bug: one line; outputs are resumable where they stopped
-    print(f"qgjax: error: disk full ({e.strerror}) writing {e.filename or 'an output'}: free space and run "
-          "the same command again to resume", file=sys.stderr)
+    log.error("disk full (%s) writing %s: free space and run the same command again to resume", e.strerror,
+              e.filename or "an output")
     return 2
   except OSError as e:
     import errno
