@@ -5,6 +5,10 @@ an unbroken run, each once; the process split covers every item exactly once."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -146,3 +150,83 @@ def test_process_split_covers_every_item_once(tiny, tmp_path):
   two = sorted((r for _, _, r in iter_records(tmp_path / "two")), key=_key)
   assert two == one and len(two) == len({_key(r) for r in two}) == 18
   assert json.loads(json.dumps(two[0]))["n_prompt"] >= 6  # the item's extra fields reach its records
+
+
+# ------------------------------------------------------------------------------------------------
+# ReadQG generation through the loop on 2 real JAX processes (localhost coordinator).
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READQG_WORKER = """
+import json, sys
+from qgjax.parallel.distributed import maybe_initialize
+maybe_initialize()
+from qgjax.config import build_config
+from qgjax.methods.readqg import generate
+config, export, out = sys.argv[1:4]
+c = build_config(config, [("model.name", export), ("data.corpus", sys.argv[4]), ("data.limit", "7"),
+                          ("output_dir", out), ("batch_size", "2"), ("sampling.num_samples", "2"),
+                          ("shard_size", "3"), ("num_devices", "1"), ("buckets", "[64]")])
+print("RESULT " + json.dumps(generate.run(c)))
+"""
+
+
+def _readqg_export(path: str, tiny_lm: str) -> str:
+  """A ReadQG decoder export: random soft prompts (3 instruction, 2 true, 2 false vectors) on the tiny LM."""
+  from qgjax.methods.readqg.objective import save_soft_prompt
+
+  rng = np.random.default_rng(5)
+  soft = {k: rng.normal(0, 0.5, (n, 32)).astype(np.float32) for k, n in (("instruction", 3), ("true", 2), ("false", 2))}
+  save_soft_prompt(soft, path, {"kind": "decoder", "generator": tiny_lm, "max_doc_tokens": 40, "separator": "query :"})
+  return path
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_readqg_generation_two_processes_equal_one(tmp_path):
+  from qgjax.data import demo_dir
+  from qgjax.pipeline.stage import has_sharded
+
+  export = _readqg_export(str(tmp_path / "export"), make_tiny_lm(str(tmp_path / "tiny_lm")))
+  config = os.path.join(REPO, "configs", "readqg_generate.py") + ":tiny,decoder"
+  port = _free_port()
+  procs = []
+  for run, index, count in (("one", 0, 1), ("two", 0, 2), ("two", 1, 2)):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGJAX_")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0",
+               PYTHONPATH=REPO)
+    if count > 1:
+      env.update(QGJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", QGJAX_NUM_PROCESSES=str(count),
+                 QGJAX_PROCESS_ID=str(index))
+    procs.append(subprocess.Popen([sys.executable, "-c", READQG_WORKER, config, export, str(tmp_path / run),
+                                   str(demo_dir())], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  try:
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  results = [json.loads(log[log.index("RESULT ") + 7:].splitlines()[0]) for log in logs]
+  key = lambda r: (r["doc_id"], r["sample_idx"])
+  one = sorted((r for _, _, r in iter_records(tmp_path / "one")), key=key)
+  two = sorted((r for _, _, r in iter_records(tmp_path / "two")), key=key)
+  assert sorted(os.listdir(tmp_path / "two")) == ["ce_pairs.jsonl", "process-00000", "process-00001"]
+  assert two == one and len(one) == len({key(r) for r in one}) and {r["r"] for r in one} == {0.0, 1.0}
+  from qgjax.data.beir import Corpus
+
+  first = [d.doc_id for d in list(Corpus(demo_dir() / "corpus.jsonl"))[:7]]
+  for i in range(2):  # process i took documents i, i + 2, ...
+    part = tmp_path / "two" / f"process-0000{i}"
+    assert {r["doc_id"] for r in iter_sharded(part)} == set(first[i::2]) == done_ids(read_done_entries(part))
+    assert read_manifest(part)["meta"]["process"] == [i, 2]
+  pairs = (tmp_path / "one" / "ce_pairs.jsonl").read_text()
+  assert (tmp_path / "two" / "ce_pairs.jsonl").read_text() == pairs and pairs.count("\n") > 0
+  assert [r["ce_pairs"] for r in results] == [pairs.count("\n")] * 3   # both processes report the joined file
+  assert [r["documents"] for r in results] == [7, 7, 7] and [r["records"] for r in results[1:]] != [0, 0]
+  assert has_sharded()(tmp_path / "two") and has_sharded()(tmp_path / "one")
