@@ -24,23 +24,23 @@ _POSITIVE_INTS = ("batch_size", "shard_size", "shard_rows", "depth")
 
 def _as_int(value: Any, key: str) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-    raise ConfigError(f"config key '{key}' must be an integer; got {value!r}")
+    raise ConfigError(f"config.{key} must be an integer; got {value!r}")
   try:
     as_float = float(value)
   except ValueError:
-    raise ConfigError(f"config key '{key}' must be an integer; got {value!r}") from None
+    raise ConfigError(f"config.{key} must be an integer; got {value!r}") from None
   if as_float != int(as_float):
-    raise ConfigError(f"config key '{key}' must be an integer; got {value!r}")
+    raise ConfigError(f"config.{key} must be an integer; got {value!r}")
   return int(as_float)
 
 
 def _as_number(value: Any, key: str) -> float:
   if isinstance(value, bool):
-    raise ConfigError(f"config key '{key}' must be a number; got {value!r}")
+    raise ConfigError(f"config.{key} must be a number; got {value!r}")
   try:
     return float(value)
   except (TypeError, ValueError):
-    raise ConfigError(f"config key '{key}' must be a number; got {value!r}") from None
+    raise ConfigError(f"config.{key} must be a number; got {value!r}") from None
 
 
 def _check_node(node: ml_collections.ConfigDict, prefix: str) -> None:
@@ -55,22 +55,22 @@ def _check_node(node: ml_collections.ConfigDict, prefix: str) -> None:
       continue
     if name in _POSITIVE_INTS:
       if _as_int(value, key) < 1:
-        raise ConfigError(f"config key '{key}' must be >= 1; got {value!r}")
+        raise ConfigError(f"config.{key} must be >= 1; got {value!r}")
     elif name == "buckets" or name.endswith("_buckets"):
       items = value if isinstance(value, (list, tuple)) else [value]
       for item in items:
         if _as_int(item, key) < 1:
-          raise ConfigError(f"config key '{key}' must list lengths >= 1; got {list(items)!r}")
+          raise ConfigError(f"config.{key} must list lengths >= 1; got {list(items)!r}")
     elif name in ("num_steps", "num_epochs"):
       if _as_number(value, key) < 0:
-        raise ConfigError(f"config key '{key}' must be >= 0; got {value!r}")
+        raise ConfigError(f"config.{key} must be >= 0; got {value!r}")
     elif name in ("output_dir", "workdir") and isinstance(value, str) and value:
       if os.path.exists(value) and not os.path.isdir(value):
-        raise ConfigError(f"config key '{key}' = {value!r} is an existing file, not a directory")
+        raise ConfigError(f"config.{key} = {value!r} is an existing file, not a directory")
   if "num_steps" in keys and "num_epochs" in keys:
     steps, epochs = node["num_steps"], node["num_epochs"]
     if steps is not None and epochs is not None and float(steps) <= 0 and float(epochs) <= 0:
-      raise ConfigError(f"config keys '{prefix}num_steps' and '{prefix}num_epochs' are both 0: set one "
+      raise ConfigError(f"config.{prefix}num_steps and config.{prefix}num_epochs are both 0: set one "
                         "of them to how long to train")
 
 

@@ -91,6 +91,16 @@ def optimizer_settings(config: Any) -> dict:
   return {"optim": json.loads(json.dumps(optim, default=str)), "accum_steps": int(config.get("accum_steps", 1) or 1)}
 
 
+def model_settings(config: Any) -> dict:
+  """The model group (name, dtype, init, overrides, ...) a resumed run must share with its checkpoint:
+  a LoRA or soft-prompt checkpoint restores onto any base of the same shapes, so another base model
+  or dtype would otherwise resume silently. `remat` is left out (it changes memory, not results)."""
+  model = config.get("model", None)
+  if model is None or not hasattr(model, "to_dict"):
+    return {}
+  return {"model": json.loads(json.dumps({k: v for k, v in model.to_dict().items() if k != "remat"}, default=str))}
+
+
 def fit(setup: TaskSetup, config: Any) -> dict:
   """Trains to `num_steps` (or `num_epochs`), resuming from `config.workdir`; returns a summary.
 
@@ -140,7 +150,7 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   state = create_state(setup.trainable, setup.frozen, shardings, tx, mesh, rules)
 
   ck_cfg = config.get("checkpoint", None) or {}
-  fingerprint = dict(setup.fingerprint, num_steps=steps, **optimizer_settings(config))
+  fingerprint = dict(setup.fingerprint, num_steps=steps, **optimizer_settings(config), **model_settings(config))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 3)),
                       best_metric=ck_cfg.get("best_metric", None) if setup.eval is not None else None,
                       best_mode=ck_cfg.get("best_mode", "min"), fingerprint=fingerprint,
