@@ -50,6 +50,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       name="adamw", lr=5e-4 if arg.lora else 5e-6, schedule="cosine", warmup_steps=10, end_lr_ratio=0.1,
       weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.sharding_rules = []   # (logical axis, mesh axes) pairs placed before qgjax.parallel.sharding.DEFAULT_RULES
   c.num_devices = 0
   c.log_every = 10
   c.eval_every = 50
@@ -83,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(
       beta=0.1, label_smoothing=0.0, loss_type=a.loss, reference="precomputed", share_prompt=True,
       sft_weight=0.0))
+  c.reference_batch_size = 0   # pairs per step of the one-off reference pass (dpo.reference=precomputed); 0 = batch_size
   if a.tiny:
     c.data.train = demo_path("pairs")
   return c

@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                            end_lr_ratio=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                                            momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.sharding_rules = []   # (logical axis, mesh axes) pairs placed before qgjax.parallel.sharding.DEFAULT_RULES
   c.num_devices = 0
   c.log_every = 10
   c.eval_every = 100

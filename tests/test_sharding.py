@@ -6,7 +6,6 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -119,7 +118,8 @@ def _run_cached(mode, reference, n_devices, mesh_spec, accum=1):
   """Each configuration compiles and runs once per session (tests share the 8-device LoRA run)."""
   key = (mode, reference, n_devices, tuple(mesh_spec), accum)
   if key not in _RUNS:
-    dpo = ml_collections.ConfigDict(dict(beta=0.5, reference=reference, share_prompt=True))
+    dpo = build_config(os.path.join(REPO, "configs", "dpo.py")).dpo
+    dpo.update(beta=0.5, reference=reference, share_prompt=True)
     _RUNS[key] = _run(_generator(mode), jax.devices()[:n_devices], mesh_spec, dpo, accum)
   return _RUNS[key]
 

@@ -176,9 +176,9 @@ def _train(loss_fn, trainable, frozen, abstract_trainable, abstract_frozen, batc
 
 def bench_dpo(args, module, params, abstract, mesh) -> dict:
   import jax
-  import ml_collections
   import numpy as np
 
+  from qgjax.config import build_config
   from qgjax.models.lora import LoraConfig, init_lora
   from qgjax.train import lm_tasks
   from qgjax.train.generator import Generator, _abstract_adapters
@@ -197,7 +197,8 @@ def bench_dpo(args, module, params, abstract, mesh) -> dict:
                     "chosen": rng.integers(1, vocab, (b, tc)).astype(np.int32), "chosen_mask": cm,
                     "rejected": rng.integers(1, vocab, (b, tc)).astype(np.int32), "rejected_mask": rm,
                     "weight": np.ones(b, np.float32)})
-  dpo = ml_collections.ConfigDict(dict(beta=0.5, reference="adapters_off", share_prompt=True))
+  dpo = build_config(os.path.join(REPO, "configs", "dpo.py")).dpo
+  dpo.update(beta=0.5, reference="adapters_off", share_prompt=True)
   out = _train(lm_tasks.dpo_loss_fn(gen, dpo), gen.trainable, gen.frozen, gen.abstract_trainable,
                gen.abstract_frozen, batches, mesh, args.steps)
   return {"pairs_per_s": b / out["seconds_per_step"], **out}

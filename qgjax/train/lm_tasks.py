@@ -51,21 +51,19 @@ def _loader(columns: dict, spec: dict, config: Any, *, shuffle: bool, batch_size
   d = config.data
   return StepLoader(columns, spec, batch_size=batch_size or int(config.batch_size),
                     buckets={"prompt": tuple(d.prompt_buckets), "completion": tuple(d.completion_buckets)},
-                    pad_id=0, seed=int(config.get("seed", 0)), bucket_window=int(d.get("bucket_window", 8)),
+                    pad_id=0, seed=int(config.seed), bucket_window=int(d.bucket_window),
                     shuffle=shuffle, process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def _prompts(gen: Generator, config: Any) -> ex.RecordPrompts:
-  """Prompts as `qgjax generate` renders them (config.prompt; defaults: plain mode)."""
-  from qgjax.sampling.prompts import default_prompt_config
-
+  """Prompts as `qgjax generate` renders them (config.prompt)."""
   d = config.data
   corpus = None
-  if d.get("corpus", ""):
+  if d.corpus:
     from qgjax.data.beir import Corpus
     path = d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl")
     corpus = Corpus(path)
-  return ex.RecordPrompts(config.get("prompt", None) or default_prompt_config("plain"), gen.tokenizer, corpus)
+  return ex.RecordPrompts(config.prompt, gen.tokenizer, corpus)
 
 
 def _read_json(path: str) -> Any:
@@ -83,17 +81,16 @@ def _take(columns: dict, idx: np.ndarray) -> dict:
 def _inputs(config: Any) -> dict:
   """What the training sequences are made of: the model (and dtype), the pairs file, the prompt
   that turns a record into a prompt, and the corpus its doc_ids point into."""
-  prompt = config.get("prompt", None)
-  corpus = config.data.get("corpus", "")
-  return {"model": str(config.model.name), "dtype": str(config.model.get("dtype", "auto")),
+  corpus = config.data.corpus
+  return {"model": str(config.model.name), "dtype": str(config.model.dtype),
           "train_file": os.path.abspath(config.data.train),
-          "prompt": json.loads(prompt.to_json()) if hasattr(prompt, "to_json") else (prompt or "plain"),
+          "prompt": json.loads(config.prompt.to_json()),
           "corpus": os.path.abspath(corpus) if corpus else ""}
 
 
 def _fingerprint(config: Any, gen: Generator) -> dict:
   fp = {"task": config.task, "train_mode": gen.mode, "batch_size": int(config.batch_size),
-        "seed": int(config.get("seed", 0)), **_inputs(config)}
+        "seed": int(config.seed), **_inputs(config)}
   if gen.mode == "lora":
     fp["lora"] = {k: config.lora[k] for k in sorted(config.lora.keys())}
   return fp
@@ -116,8 +113,7 @@ def sft_loss_fn(gen: Generator):
 def setup_sft(config: Any) -> TaskSetup:
   gen = load_generator(config)
   texts = ex.load_sft(config.data.train, _prompts(gen, config))
-  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.get("eval_fraction", 0.0)),
-                                    int(config.get("seed", 0)))
+  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.eval_fraction), int(config.seed))
   cols = {"prompt": texts["prompt"], "completion": ex.tokenize_completions(gen.tokenizer, texts["completion"])}
   train = _loader(_take(cols, train_idx), SFT_SPEC, config, shuffle=True)
   evals = _loader(_take(cols, eval_idx), SFT_SPEC, config, shuffle=False) if len(eval_idx) else None
@@ -139,10 +135,10 @@ run_rsft = run_sft
 
 
 def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0):
-  reference = dpo.get("reference", "precomputed")
-  loss_type = dpo.get("loss_type", "sigmoid")
-  share = bool(dpo.get("share_prompt", True))
-  beta, ls = float(dpo.get("beta", 0.1)), float(dpo.get("label_smoothing", 0.0))
+  reference = dpo.reference
+  loss_type = dpo.loss_type
+  share = bool(dpo.share_prompt)
+  beta, ls = float(dpo.beta), float(dpo.label_smoothing)
 
   def loss_fn(params, frozen, batch):
     args = (batch["prompt"], batch["prompt_mask"], batch["chosen"], batch["chosen_mask"], batch["rejected"],
@@ -174,7 +170,7 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
   from qgjax.data.progress import progress
 
   mesh = mesh_from_config(config)
-  rules = rules_for(mesh, config.get("sharding_rules", None))
+  rules = rules_for(mesh, config.sharding_rules)
   if gen.mode == "lora":
     params, abstract = gen.frozen, gen.abstract_frozen
     fns_of = lambda p: gen.fns({}, p, adapters=False)
@@ -182,8 +178,8 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
     params, abstract = gen.trainable, gen.abstract_trainable
     fns_of = lambda p: gen.fns(p, {})
   params = put_on_mesh(params, tree_shardings(abstract, mesh, rules))
-  share = bool(config.dpo.get("share_prompt", True))
-  batch_size = int(config.get("reference_batch_size", 0) or config.batch_size)
+  share = bool(config.dpo.share_prompt)
+  batch_size = int(config.reference_batch_size or config.batch_size)
   loader = _loader(columns, PAIR_SPEC, config, shuffle=False, batch_size=batch_size)
 
   @jax.jit
@@ -211,7 +207,7 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
 def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
   gen = load_generator(config)
   dpo = config.dpo
-  reference = dpo.get("reference", "precomputed")
+  reference = dpo.reference
   if reference not in ("precomputed", "adapters_off"):
     raise ConfigError(f"dpo.reference={reference!r}; expected 'precomputed' or 'adapters_off'")
   if reference == "adapters_off" and gen.mode != "lora":
@@ -245,11 +241,10 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
   else:
     info["reference"] = "base model with adapters off"
-  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.get("eval_fraction", 0.0)),
-                                    int(config.get("seed", 0)))
+  train_idx, eval_idx = _split_eval(texts["group"], float(config.data.eval_fraction), int(config.seed))
   train = _loader(_take(cols, train_idx), PAIR_SPEC, config, shuffle=True)
   evals = _loader(_take(cols, eval_idx), PAIR_SPEC, config, shuffle=False) if len(eval_idx) else None
-  weight = float(dpo.get("sft_weight", 0.0)) if sft_weight is None else sft_weight
+  weight = float(dpo.sft_weight) if sft_weight is None else sft_weight
   info.update(train_pairs=int(len(train_idx)), eval_pairs=int(len(eval_idx)), truncated=train.truncated)
   fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys())})
   return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen,
@@ -261,7 +256,7 @@ def run_dpo(config: Any) -> dict:
 
 
 def run_rsft_dpo(config: Any) -> dict:
-  weight = float(config.dpo.get("sft_weight", 1.0))
+  weight = float(config.dpo.sft_weight)
   if weight <= 0:
     raise ConfigError("task rsft_dpo needs dpo.sft_weight > 0 (the weight of the RSFT term)")
   return fit(setup_dpo(config, sft_weight=weight), config)
