@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from qgjax.errors import QgjaxError
+from qgjax.log import LEVEL_ENV, LOGGER, resolve_level, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,10 @@ def run_in_process(job: str, config) -> dict:
     with open(cfg_path, "w") as f:
       f.write(config.to_json())
     start = time.perf_counter()
-    # the child's stdout goes to our stderr: our stdout is the CLI's result
+    # the child's stdout goes to our stderr: our stdout is the CLI's result; it logs at our level
+    env = dict(os.environ, **{LEVEL_ENV: str(logging.getLogger(LOGGER).getEffectiveLevel())})
     proc = subprocess.run([sys.executable, "-m", "qgjax.pipeline.process", job, cfg_path, out_path],
-                          stdout=sys.stderr.fileno())
+                          stdout=sys.stderr.fileno(), env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
       raise QgjaxError(f"{job} (in its own process) failed with exit code {proc.returncode}; "
@@ -63,11 +65,11 @@ def main(argv: list[str]) -> int:
     config = ml_collections.ConfigDict(json.load(f))
   from qgjax.parallel.compile_cache import enable_compilation_cache
   enable_compilation_cache()
-  logging.basicConfig(level=logging.INFO, format="qgjax: %(message)s")
+  setup_logging(resolve_level())
   try:
     result = importlib.import_module(job).run(config) or {}
   except QgjaxError as e:
-    print(f"qgjax: error: {e}", file=sys.stderr)
+    logging.getLogger(LOGGER).error("%s", e)
     return 2
   result = {**result, "peak_rss_mb": round(peak_rss_mb(), 1)}
   tmp = out_path + ".tmp"
