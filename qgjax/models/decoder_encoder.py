@@ -17,7 +17,10 @@ safetensors dir (`save_decoder_hf`; sentence-transformers' `Transformer` loads i
 + modules.json + 1_Pooling/config.json (`pooling_mode_lasttoken` / `pooling_mode_mean_tokens`)
 [+ 2_Normalize] + sentence_bert_config.json + config_sentence_transformers.json (the query
 instruction as the prompt named "query", which `SentenceTransformer.encode_query` prepends).
-The tokenizer is saved right-padded with a pad token (the EOS when it has none).
+The tokenizer is saved right-padded with a pad token (the EOS when it has none). Texts are
+encoded as plain text, never through the chat template: sentence_bert_config.json carries no
+`modality_config`, so sentence-transformers 6 loads the Transformer for plain text too (built by
+hand on a tokenizer with a chat template it would render messages unless pinned to "text").
 """
 
 from __future__ import annotations
@@ -76,10 +79,6 @@ class DecoderEncoder:
   @property
   def lm(self) -> DecoderLM:
     return DecoderLM(self.config)
-
-  def init(self, rng: jax.Array, tokens: jax.Array, mask: jax.Array) -> dict:
-    """{"params": the DecoderLM's (boxed) params} for inputs like `apply`'s."""
-    return {"params": self.lm.init(rng, tokens, positions_from_mask(mask), mask)["params"]}
 
   def apply(self, variables: Mapping[str, Any], tokens: jax.Array, mask: jax.Array,
             token_type_ids: jax.Array | None = None, deterministic: bool = True, rngs: Any = None) -> jax.Array:

@@ -3,7 +3,7 @@ same InfoNCE step as the BERT retriever (qgjax.train.infonce).
 
   qgjax train --config configs/retriever.py:tiny,family=decoder --config.model.name=<decoder>
 
-config.model: name (registry name, GGUF or HF dir), pooling (lasttoken | mean), query_prefix
+config.model: name (registry name, GGUF or HF dir), pooling (lasttoken | mean; "" = lasttoken), query_prefix
 (an instruction prepended to every query), dtype, remat, scan_layers; config.train_mode:
 full | lora (config.lora: rank, alpha, targets; the base stays frozen, adapters run unmerged).
 The export (qgjax.models.decoder_encoder.save_decoder_encoder_st) is a sentence-transformers
@@ -31,7 +31,7 @@ def decoder_retriever_model(config: Any) -> RetrieverModel:
     raise ConfigError("model.dropout: the decoder family has no dropout layers")
   gen = load_generator(config)
   tokenizer = prepare_tokenizer(gen.tokenizer)
-  module = DecoderEncoder(gen.config, pooling=m.pooling, normalize=similarity_normalizes(config, False),
+  module = DecoderEncoder(gen.config, pooling=m.pooling or "lasttoken", normalize=similarity_normalizes(config, False),
                           lora_scale=gen.lora.scale if gen.mode == "lora" else 0.0)
   towers = Towers(module, shared=check_towers(config))
   copy = lambda tree: jax.tree.map(np.copy, tree)
