@@ -172,3 +172,20 @@ def test_remat_layers_give_the_same_gradients():
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   g1, g2 = grad(params, model.config), grad(params, model.config.replace(remat=True))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+
+
+def test_unmerged_adapter_on_the_untied_lm_head_equals_merged():
+  """The decoder's own layers carry the low-rank path: Linear and the untied LM head alike."""
+  cfg = DecoderConfig(**{**TINY, "tie_word_embeddings": False})
+  model = DecoderLM(cfg)
+  _, _, inputs = _model(True)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(5), *inputs))["params"]
+  params = jax.tree.map(lambda x: x * 10 if x.ndim >= 2 else x, params)
+  spec = LoraConfig(rank=2, alpha=4.0, targets="lm_head|up_proj")
+  lora = _randomize_b(init_lora(jax.random.key(6), params, spec), jax.random.key(7))
+  assert "lm_head/a" in flatten_tree(lora)
+  base, _ = model.apply({"params": params}, *inputs)
+  merged, _ = model.apply({"params": merge_lora(params, lora, spec.scale)}, *inputs)
+  unmerged, _ = apply_unmerged(model, params, lora, spec.scale, *inputs)
+  assert np.abs(np.asarray(merged) - np.asarray(base)).max() > 0.1
+  np.testing.assert_allclose(np.asarray(unmerged), np.asarray(merged), atol=1e-4, rtol=1e-4)

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from qgjax.errors import ConfigError
 from qgjax.models.attention_ops import causal_blocked_attention, head_major_attention
-from qgjax.models.layers import (Linear, RMSNorm, apply_rope, as_dtype, logical_constraint, rope_cos_sin,
+from qgjax.models.layers import (Linear, RMSNorm, add_lora, apply_rope, as_dtype, logical_constraint, rope_cos_sin,
                                  rope_inv_freq)
 from qgjax.models.shared_prompt import PromptCache, SampleCache, shared_prompt_attention
 
@@ -207,7 +207,7 @@ class LMHead(nn.Module):
   def __call__(self, h: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab")),
                         (self.features, self.vocab_size), self.param_dtype)
-    return jnp.einsum("btd,dv->btv", h, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+    return add_lora(self, h, jnp.einsum("btd,dv->btv", h, kernel.astype(self.dtype), preferred_element_type=jnp.float32))
 
 
 class Attention(nn.Module):

@@ -26,8 +26,23 @@ def as_dtype(name: str | Dtype) -> Dtype:
   return jnp.dtype(name) if not isinstance(name, str) else jnp.dtype({"f32": "float32", "bf16": "bfloat16"}.get(name, name))
 
 
+# Variable collection of unmerged LoRA adapters (qgjax.models.lora.apply_unmerged): a module whose
+# scope holds lora/a [in, r] and lora/b [r, out] (b already times the LoRA scale) adds x @ a @ b.
+LORA_COLLECTION = "lora"
+
+
+def add_lora(module: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """y + (x @ a) @ b when `module` holds LoRA adapters a, b (in x's dtype), else y unchanged."""
+  if not (module.has_variable(LORA_COLLECTION, "a") and module.has_variable(LORA_COLLECTION, "b")):
+    return y
+  a = module.get_variable(LORA_COLLECTION, "a").astype(x.dtype)
+  b = module.get_variable(LORA_COLLECTION, "b").astype(x.dtype)
+  return y + ((x @ a) @ b).astype(y.dtype)
+
+
 class Linear(nn.Module):
-  """y = x @ kernel (+ bias); kernel [in, out] with logical `axes` = (in_axis, out_axis)."""
+  """y = x @ kernel (+ bias) [+ x @ a @ b with LoRA adapters]; kernel [in, out] with logical
+  `axes` = (in_axis, out_axis)."""
   features_in: int
   features_out: int
   axes: tuple[str, str]
@@ -45,7 +60,7 @@ class Linear(nn.Module):
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
                         (self.features_out,), self.param_dtype)
       y = y + bias.astype(self.dtype)
-    return y
+    return add_lora(self, x, y)
 
 
 class RMSNorm(nn.Module):

@@ -27,8 +27,7 @@ import jax.numpy as jnp
 
 from qgjax.errors import ConfigError
 from qgjax.models.hf_checkpoint import flatten_tree, unflatten_tree
-
-LORA_COLLECTION = "lora"
+from qgjax.models.layers import LORA_COLLECTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,24 +117,14 @@ def unmerge_lora(params: Mapping[str, Any], lora: Mapping[str, Any], scale: floa
 
 def apply_unmerged(model: nn.Module, params: Mapping[str, Any], lora: Mapping[str, Any], scale: float,
                    *args, method: Callable | str | None = None, **kwargs):
-  """`model.apply` with adapters computed on the fly: each adapted layer returns x@W + s*(x@a)@b.
+  """`model.apply` with adapters computed on the fly: each adapted layer returns x@W + (x@a)@(s*b).
 
-  The adapters travel as the "lora" variable collection (scanned along with the params), and a
-  method interceptor adds the low-rank path to every module that holds `lora/a` and `lora/b`.
+  The adapters travel as the "lora" variable collection (scanned along with the params; b
+  times the scale s), and the model's own layers (qgjax.models.layers.add_lora: Linear, the
+  decoder's LM head) add the low-rank path wherever the collection holds `a` and `b`.
   """
-  def interceptor(next_fun, call_args, call_kwargs, context):
-    module = context.module
-    if (context.method_name == "__call__" and module.has_variable(LORA_COLLECTION, "a")
-        and module.has_variable(LORA_COLLECTION, "b")):
-      y = next_fun(*call_args, **call_kwargs)
-      x = call_args[0]
-      a = module.get_variable(LORA_COLLECTION, "a").astype(x.dtype)
-      b = module.get_variable(LORA_COLLECTION, "b").astype(x.dtype)
-      return y + (scale * ((x @ a) @ b)).astype(y.dtype)
-    return next_fun(*call_args, **call_kwargs)
-
-  with nn.intercept_methods(interceptor):
-    return model.apply({"params": params, LORA_COLLECTION: lora}, *args, method=method, **kwargs)
+  scaled = {p: x * scale if p.rsplit("/", 1)[-1] == "b" else x for p, x in flatten_tree(lora).items()}
+  return model.apply({"params": params, LORA_COLLECTION: unflatten_tree(scaled)}, *args, method=method, **kwargs)
 
 
 def trainable_mask(tree: Mapping[str, Any], pattern: str) -> Any:
