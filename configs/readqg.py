@@ -31,9 +31,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(name="", kind="auto", init="pretrained", dtype="auto", tokenizer="", t5={}))
   # separator: decoder-only variant only, the text between the document and the query
+  # calibration: rank (hinge margin eps = calibration_margin) | margin (the authors' SLiC-style variant:
+  # margin gamma * sim, gamma = calibration_margin, sim = greedy-matching F1 of the forward and swapped
+  # decoder states summed over calibration_ngrams); see qgjax/methods/readqg/objective.py
   c.readqg = ml_collections.ConfigDict(dict(
       instruction="Generate a question for the passage with relevance label:", inst_len=20, rel_len=5,
-      tau=0.25, calibration_margin=1.0, contrastive_weight=1.0, calibration_weight=1.0, separator="\nQuery:"))
+      tau=0.25, calibration="rank", calibration_margin=1.0, calibration_ngrams=(1, 2), contrastive_weight=1.0,
+      calibration_weight=1.0, separator="\nQuery:"))
   c.data = ml_collections.ConfigDict(dict(train="", corpus="", max_doc_tokens=256, source_buckets=(128, 256),
                                           query_buckets=(16, 32), bucket_window=8, eval_fraction=0.05))
   c.batch_size = 8

@@ -10,7 +10,7 @@ import pytest
 from qgjax.train import logprobs as L
 from qgjax.train import losses
 from qgjax.train.data import Column, StepLoader
-from readqg_reference import check_readqg_metrics
+from readqg_reference import check_readqg_metrics, greedy_f1
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -96,6 +96,66 @@ def test_readqg_losses_match_numpy():
   fw, rev = rng.normal(-2, 1, 6).astype(np.float32), rng.normal(-2, 1, 6).astype(np.float32)
   np.testing.assert_allclose(losses.calibration_hinge(jnp.asarray(fw), jnp.asarray(rev), 0.5),
                              np.mean(np.maximum(0, 0.5 - fw + rev)), rtol=1e-6)
+
+
+def _padded(rows, width, d, rng):
+  """Unpadded [L_i, D] arrays -> right-padded f32[N, width, D] (random garbage in the padding) + mask."""
+  out = rng.normal(size=(len(rows), width, d)).astype(np.float32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    out[i, :len(r)], mask[i, :len(r)] = r, True
+  return out, mask
+
+
+def test_greedy_match_f1_hand_example():
+  # a: e1, e2, -e1 (a negative cosine counts as 0); b: 2 e1. Unigrams: p = 1 (b's token matches e1),
+  # r = (1 + 0 + 0) / 3. Bigrams: b is shorter than 2, one window (best 1): p = 1; a's windows
+  # {e1, e2} -> 1 and {e2, -e1} -> 0: r = 1/2.
+  a = [np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])]
+  b = [np.array([[2.0, 0.0]])]
+  rng = np.random.default_rng(0)
+  (pa, ma), (pb, mb) = _padded(a, 4, 2, rng), _padded(b, 4, 2, rng)
+  hand = {(1,): 2 * (1 / 3) / (4 / 3 + 1e-5), (2,): 2 * 0.5 / (1.5 + 1e-5)}
+  hand[(1, 2)] = hand[(1,)] + hand[(2,)]
+  for ngrams, want in hand.items():
+    got = losses.greedy_match_f1(jnp.asarray(pa), jnp.asarray(ma), jnp.asarray(pb), jnp.asarray(mb), ngrams)
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    np.testing.assert_allclose(greedy_f1(a[0], b[0], ngrams), want, rtol=1e-12)   # the reference agrees
+  np.testing.assert_allclose(hand[(1, 2)], 0.5 + 2 / 3, rtol=1e-4)
+
+
+def test_greedy_match_f1_matches_float64_reference():
+  rng = np.random.default_rng(11)
+  d, n = 6, 5
+  lens_a, lens_b = [5, 1, 3, 2, 0], [2, 4, 3, 1, 0]   # shorter than the n-gram, equal, empty
+  a = [rng.normal(size=(k, d)) for k in lens_a]
+  b = [rng.normal(size=(k, d)) for k in lens_b]
+  b[2] = a[2] + 0.05 * rng.normal(size=(3, d))          # a near copy: F1 close to len(ngrams)
+  for ngrams in ((1,), (1, 2), (1, 2, 3)):
+    want = [greedy_f1(a[i], b[i], ngrams) if lens_a[i] and lens_b[i] else 0.0 for i in range(n)]
+    for width in (5, 8):   # the padding length does not matter
+      (pa, ma), (pb, mb) = _padded(a, width, d, rng), _padded(b, width, d, rng)
+      got = losses.greedy_match_f1(jnp.asarray(pa), jnp.asarray(ma), jnp.asarray(pb), jnp.asarray(mb), ngrams)
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+      swapped = losses.greedy_match_f1(jnp.asarray(pb), jnp.asarray(mb), jnp.asarray(pa), jnp.asarray(ma), ngrams)
+      np.testing.assert_allclose(swapped, got, rtol=1e-6)
+  assert greedy_f1(a[2], b[2], (1, 2)) > 1.9
+
+
+def test_calibration_margin_hinge_matches_numpy_and_holds_sim_constant():
+  rng = np.random.default_rng(12)
+  fw, rev = rng.normal(-2, 0.5, 6), rng.normal(-2, 0.5, 6)
+  sim = rng.uniform(0, 2, 6)
+  want = np.mean(np.maximum(0, 0.7 * sim - fw + rev))
+  f = lambda fw, rev, sim: losses.calibration_margin_hinge(fw, rev, sim, 0.7)
+  args = [jnp.asarray(x, jnp.float32) for x in (fw, rev, sim)]
+  np.testing.assert_allclose(f(*args), want, rtol=1e-6)
+  assert 0 < want and (0.7 * sim - fw + rev < 0).any()           # both sides of the hinge are exercised
+  g_fw, g_rev, g_sim = jax.grad(f, argnums=(0, 1, 2))(*args)
+  active = (0.7 * sim - fw + rev > 0) / 6
+  np.testing.assert_allclose(g_fw, -active, atol=1e-7)
+  np.testing.assert_allclose(g_rev, active, atol=1e-7)
+  np.testing.assert_array_equal(g_sim, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,17 +343,20 @@ def test_schedule_warmup_longer_than_run_is_cut(caplog):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _t5_row(model, params, soft, src, r, dec_in):
-  """One unpadded row through T5Model.__call__ with prefix embeddings (the reference path)."""
+  """One unpadded row through T5Model.__call__ with prefix embeddings (the reference path) -> (encoder
+  states, logits, the decoder's final-norm states captured as that module's output)."""
   from qgjax.models.soft_prompt import build_prefix, prepend
   from qgjax.models.t5 import T5Model
 
   emb = model.apply({"params": params}, src, method=T5Model.embed)
   x, mask = prepend(build_prefix(soft, r[None]), emb, jnp.ones(src.shape, bool))
   enc = model.apply({"params": params}, None, mask, embeds=x, method=T5Model.encode)
-  return enc, model.apply({"params": params}, None, mask, dec_in, embeds=x)
+  logits, state = model.apply({"params": params}, None, mask, dec_in, embeds=x, capture_intermediates=True)
+  return enc, logits, state["intermediates"]["decoder"]["final_norm"]["__call__"][0]
 
 
-def test_readqg_loss_matches_per_row_numpy_reference():
+@pytest.mark.parametrize("calibration", ["rank", "margin"])
+def test_readqg_loss_matches_per_row_numpy_reference(calibration):
   import ml_collections
 
   from qgjax.models.t5 import T5Config, T5Model, init_params
@@ -312,7 +375,8 @@ def test_readqg_loss_matches_per_row_numpy_reference():
            "r_positive": np.array([1.0, 0.8, 1.0], np.float32), "r_negative": np.array([0.0, 0.1, 0.0], np.float32),
            "weight": np.ones(b, np.float32)}
   batch["source"][2] = batch["source"][0]
-  rq = ml_collections.ConfigDict(dict(tau=0.5, calibration_margin=0.7, contrastive_weight=0.3, calibration_weight=2.0))
+  rq = ml_collections.ConfigDict(dict(tau=0.5, calibration=calibration, calibration_margin=0.7,
+                                      calibration_ngrams=(1, 2), contrastive_weight=0.3, calibration_weight=2.0))
   loss, m = jax.jit(readqg_loss_fn(model, rq))(soft, params, batch)
   t5_row = jax.jit(lambda src, r, dec_in: _t5_row(model, params, soft, src, r, dec_in))
 
@@ -321,25 +385,28 @@ def test_readqg_loss_matches_per_row_numpy_reference():
     n = batch["source_mask"][i].sum()
     k = qm.sum()
     dec_in = np.concatenate([[cfg.decoder_start_token_id], q[: k - 1]])[None]
-    enc, logits = t5_row(batch["source"][i:i + 1, :n], np.float32(r), dec_in)
+    enc, logits, states = t5_row(batch["source"][i:i + 1, :n], np.float32(r), dec_in)
     lp = _log_softmax(np.asarray(logits[0], np.float64))
-    return np.array([lp[j, q[j]] for j in range(k)]), np.asarray(enc[0], np.float64).mean(0)
+    return (np.array([lp[j, q[j]] for j in range(k)]), np.asarray(enc[0], np.float64).mean(0),
+            np.asarray(states[0], np.float64))
 
-  fw_tok, fw_mean, rev_mean, pooled, keys = [], [], [], [], []
+  fw_tok, fw_mean, rev_mean, pooled, keys, sim = [], [], [], [], [], []
   for kind in ("pos", "neg"):
     for i in range(b):
       r = batch["r_positive"][i] if kind == "pos" else batch["r_negative"][i]
       keys.append((tuple(batch["source"][i][batch["source_mask"][i]]), float(r)))
       q, qm = (batch["positive"][i], batch["positive_mask"][i]) if kind == "pos" else (batch["negative"][i], batch["negative_mask"][i])
       q2, qm2 = (batch["negative"][i], batch["negative_mask"][i]) if kind == "pos" else (batch["positive"][i], batch["positive_mask"][i])
-      tok, pool = row(i, r, q, qm)
-      tok_rev, _ = row(i, r, q2, qm2)
+      tok, pool, states = row(i, r, q, qm)
+      tok_rev, _, states_rev = row(i, r, q2, qm2)
+      sim.append(greedy_f1(states, states_rev, (1, 2)))
       fw_tok.append(tok)
       fw_mean.append(tok.mean())
       rev_mean.append(tok_rev.mean())
       pooled.append(pool)
   assert keys[0] == keys[2] and keys[3] == keys[5]
   check_readqg_metrics(m, loss, fw_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0,
-                       keys=keys)
+                       keys=keys, sim=sim if calibration == "margin" else None)
+  assert ("calibration/similarity" in m) == (calibration == "margin")
   g = jax.jit(jax.grad(lambda s: readqg_loss_fn(model, rq)(s, params, batch)[0]))(soft)
   assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))   # every soft prompt part learns

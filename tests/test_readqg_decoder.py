@@ -16,7 +16,7 @@ import pytest
 from qgjax.config import build_config
 from qgjax.models.decoder import DecoderConfig, DecoderLM
 from qgjax.models.soft_prompt import build_prefix
-from readqg_reference import check_readqg_metrics, log_softmax as _log_softmax
+from readqg_reference import check_readqg_metrics, greedy_f1, log_softmax as _log_softmax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,8 @@ def _right(rows, width):
   return out, mask
 
 
-def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
+@pytest.mark.parametrize("calibration", ["rank", "margin"])
+def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny, calibration):
   from qgjax.parallel import sharding
   from qgjax.parallel.mesh import make_mesh
   from qgjax.train.optim import make_optimizer
@@ -83,12 +84,14 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
   batch["negative"], batch["negative_mask"] = _right(neg, 5)
   batch.update(r_positive=np.array([1.0, 0.7], np.float32), r_negative=np.array([0.0, 0.2], np.float32),
                weight=np.array([1.0, 0.0], np.float32))   # row 1 fills the batch: no MLE tokens of its own
-  rq = ml_collections.ConfigDict(dict(tau=0.5, calibration_margin=0.7, contrastive_weight=0.3, calibration_weight=2.0))
+  rq = ml_collections.ConfigDict(dict(tau=0.5, calibration=calibration, calibration_margin=0.7,
+                                      calibration_ngrams=(1, 2), contrastive_weight=0.3, calibration_weight=2.0))
   loss_fn = readqg_decoder_loss_fn(model, rq, n_sep)
   loss, m = jax.jit(loss_fn)(soft, params, batch)
 
   def row(i, r, q):
-    """One unpadded sequence [prefix(r) ; prompt ; q] through the plain forward."""
+    """One unpadded sequence [prefix(r) ; prompt ; q] through the plain forward -> (token log-probs,
+    pooled prefix + document states, the final-norm states at the columns that predict q)."""
     prefix = np.asarray(build_prefix(soft, jnp.asarray([r], jnp.float32))[0])
     x = np.concatenate([prefix, _embed(params, prompts[i]), _embed(params, q)])[None]
     logits, hidden = _full(model, params, jnp.asarray(x))
@@ -96,22 +99,25 @@ def test_decoder_readqg_loss_matches_per_row_numpy_reference(tiny):
     start = len(prefix) + len(prompts[i]) - 1                       # this column predicts q[0]
     tok = np.array([lp[start + j, q[j]] for j in range(len(q))])
     pooled = np.asarray(hidden[0, :len(prefix) + len(prompts[i]) - n_sep], np.float64).mean(0)
-    return tok, pooled
+    return tok, pooled, np.asarray(hidden[0, start:start + len(q)], np.float64)
 
-  mle_tok, fw_mean, rev_mean, pooled, keys = [], [], [], [], []
+  mle_tok, fw_mean, rev_mean, pooled, keys, sim = [], [], [], [], [], []
   for kind in ("pos", "neg"):
     for i in range(2):
       r = batch["r_positive"][i] if kind == "pos" else batch["r_negative"][i]
       keys.append((tuple(prompts[i]), float(r)))
       q, q_rev = (pos[i], neg[i]) if kind == "pos" else (neg[i], pos[i])
-      tok, pool = row(i, r, q)
+      tok, pool, states = row(i, r, q)
+      tok_rev, _, states_rev = row(i, r, q_rev)
       if batch["weight"][i]:
         mle_tok.append(tok)
       fw_mean.append(tok.mean())
-      rev_mean.append(row(i, r, q_rev)[0].mean())
+      rev_mean.append(tok_rev.mean())
+      sim.append(greedy_f1(states, states_rev, (1, 2)))
       pooled.append(pool)
   check_readqg_metrics(m, loss, mle_tok, fw_mean, rev_mean, pooled, margin=0.7, tau=0.5, w_con=0.3, w_cal=2.0,
-                       keys=keys)
+                       keys=keys, sim=sim if calibration == "margin" else None)
+  assert ("calibration/similarity" in m) == (calibration == "margin")
   np.testing.assert_allclose(m["logp/neg_given_pos"], np.mean(rev_mean[:2]), rtol=1e-4)
 
   # every soft prompt part gets a gradient; one optimizer step moves them and nothing else

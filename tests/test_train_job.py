@@ -138,6 +138,27 @@ def test_readqg_job(tiny_lm, tmp_path):
   assert os.path.isfile(os.path.join(s["export"], "config.json"))
 
 
+def test_readqg_margin_calibration_job(tiny_lm, tmp_path, capsys):
+  """readqg.calibration=margin through the CLI: finite losses, the margin term and its similarity logged;
+  an unknown variant is a config error."""
+  work = str(tmp_path / "readqg_margin")
+  assert _train("readqg.py:tiny", work, f"--config.model.tokenizer={tiny_lm}", "--config.num_steps=2",
+                "--config.eval_every=2", "--config.readqg.calibration=margin",
+                "--config.readqg.calibration_ngrams=(1,2,3)",
+                "--config.export.enabled=false") == 0
+  s = _summary(work)
+  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
+  train = [r for r in rows if "calibration" in r]
+  assert s["steps"] == 2 and len(train) == 2
+  for r in train:
+    assert np.isfinite(r["loss"]) and np.isfinite(r["calibration"]) and r["calibration"] >= 0
+    assert 0 < r["calibration/similarity"] <= 3            # a sum of 3 F1 values
+  assert {"eval/calibration", "eval/calibration/similarity"} <= set(s["final"])
+  assert _train("readqg.py:tiny", str(tmp_path / "bad"), f"--config.model.tokenizer={tiny_lm}",
+                "--config.readqg.calibration=slic") == 2
+  assert "readqg.calibration='slic'" in capsys.readouterr().err
+
+
 def test_user_errors_exit_2(tiny_lm, tmp_path, capsys):
   work = str(tmp_path / "err")
   assert _train("dpo.py:tiny", work, "--config.task=dpx") == 2

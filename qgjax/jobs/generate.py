@@ -280,7 +280,7 @@ def run(config) -> dict:
                   shard_size=int(config.get("shard_size", 10_000)))
   result = run_generation(source, sample, records, output, buckets=config.buckets, batch_size=sampler.batch_size,
                           unit="query" if expansion else "doc", desc="generate",
-                          log_every_s=float(config.get("log_every_s", 10.0)),
+                          log_every_s=float(config.get("log_every_s", 10.0)), logger=log,
                           keep_examples=int(config.get("print_examples", 0) or 0))
   for rec in result.examples:
     log.info("%s\t%s", rec["query_id"] if expansion else rec["doc_id"], rec["expansion"] if expansion else rec["query"])

@@ -364,8 +364,8 @@ class T5Model(nn.Module):
 
   def decode(self, dec_tokens: jax.Array, enc: jax.Array | None, enc_mask: jax.Array, cache: T5Cache | None = None,
              cache_index: jax.Array | int = 0, dec_positions: jax.Array | None = None,
-             dec_mask: jax.Array | None = None, deterministic: bool = True):
-    """-> (logits f32[B, T, V], new_cache | None).
+             dec_mask: jax.Array | None = None, deterministic: bool = True, return_hidden: bool = False):
+    """-> (logits f32[B, T, V], new_cache | None) [+ the final-norm decoder states [B, T, D] if return_hidden].
 
     Without a cache: a full causal pass over dec_tokens (dec_mask bool[B, T] masks padded keys).
     With one: the T tokens sit at slots cache_index + t (or `dec_positions` int[B, T]) and see
@@ -386,6 +386,8 @@ class T5Model(nn.Module):
       q_pos = dec_positions.astype(jnp.int32)
     h, new_cache = self.decoder.decode(x, q_pos, key_mask, cross_k, cross_v, enc_mask, cache, cache_index,
                                        deterministic)
+    if return_hidden:
+      return self.logits(h), new_cache, h
     return self.logits(h), new_cache
 
   def __call__(self, tokens: jax.Array, mask: jax.Array, dec_tokens: jax.Array, dec_mask: jax.Array | None = None,

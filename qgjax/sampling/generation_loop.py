@@ -21,8 +21,8 @@ What the loop owns, so every job that generates behaves alike:
   back) and the writer drops records it already holds: a job killed at any moment ends with each
   record exactly once;
 - batching by prompt-length bucket (`qgjax.sampling.batching.bucketed`), in stream order;
-- progress (a tqdm bar on stderr when `qgjax.data.progress` shows bars, else a log line every
-  `log_every_s`: items, items/s, tokens/s, ETA) and the summary (`LoopResult`).
+- progress (a tqdm bar on stderr when `qgjax.data.progress` shows bars, else a line every
+  `log_every_s` on the job's logger: items, items/s, tokens/s, ETA) and the summary (`LoopResult`).
 """
 
 from __future__ import annotations
@@ -133,13 +133,15 @@ def per_item(build: Callable[[Item, Any, int], tuple[list[dict], int]]) -> Build
 
 
 class Progress:
-  """Items/s, tokens/s and ETA: a tqdm bar on stderr when bars are shown, else a log line every
-  `every_s` seconds (and at the end)."""
+  """Items/s, tokens/s and ETA: a tqdm bar on stderr when bars are shown, else a line on `logger`
+  every `every_s` seconds (and at the end)."""
 
-  def __init__(self, total: int, initial: int, unit: str, desc: str, every_s: float):
+  def __init__(self, total: int, initial: int, unit: str, desc: str, every_s: float,
+               logger: logging.Logger | None = None):
     from qgjax.data.progress import progress, progress_enabled
 
-    self.total, self.done, self.unit, self.desc, self.every_s = total, initial, unit, desc, every_s
+    self.total, self.done, self.unit, self.every_s = total, initial, unit, every_s
+    self.log = logger or log
     self.bar = progress(total=total, desc=desc, unit=unit, initial=initial) if progress_enabled() else None
     self.start = self.last = time.perf_counter()
     self.items = 0
@@ -155,7 +157,7 @@ class Progress:
       self.bar.update(items)
     elif now - self.last >= self.every_s or self.done >= self.total:
       self.last = now
-      log.info("%s", self.line())
+      self.log.info("%s", self.line())
 
   def rates(self) -> tuple[float, float]:
     """(items/s, tokens/s) of this run."""
@@ -167,7 +169,7 @@ class Progress:
     left = self.total - self.done
     eta = left / ips if ips > 0 else float("inf")
     eta_s = "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta))
-    return (f"{self.desc}: {self.done}/{self.total} {self.unit}s, {ips:.2f} {self.unit}s/s, {tps:.0f} tokens/s, "
+    return (f"{self.done}/{self.total} {self.unit}s, {ips:.2f} {self.unit}s/s, {tps:.0f} tokens/s, "
             f"ETA {eta_s}")
 
   def close(self) -> None:
@@ -177,10 +179,11 @@ class Progress:
 
 def run_generation(source: PromptSource, sample: Sample, build_records: BuildRecords, output: Output, *,
                    buckets: Sequence[int], batch_size: int, unit: str = "item", desc: str = "generate",
-                   log_every_s: float = 10.0, keep_examples: int = 0,
+                   log_every_s: float = 10.0, logger: logging.Logger | None = None, keep_examples: int = 0,
                    process: tuple[int, int] | None = None) -> LoopResult:
   """Generates the records of this process's items not done yet and marks the output complete.
 
+  desc names the progress bar; progress lines go to `logger` (the job's; default this module's).
   process: (index, count); default: this JAX process. keep_examples: the first records
   written by this run, returned in `examples`.
   """
@@ -197,7 +200,7 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
     done = done_ids(entries)
     total, items = pending_items(source, done, index, count)
     done_log = DoneLog(out_dir)
-    bar = Progress(total, len(done), unit, desc, float(log_every_s))
+    bar = Progress(total, len(done), unit, desc, float(log_every_s), logger)
     t_gen = time.perf_counter()
     try:
       for bucket, group in bucketed(items, lambda it: len(it.prompt), buckets, int(batch_size)):

@@ -13,11 +13,14 @@ Decoder-only:
       batch that attends to the cached prompt. The first completion token is scored from the
       prompt pass's last position. Cost: B*Tp + kB*Tc token-passes instead of kB*(Tp + Tc).
       prompt_embeds [B, Tp, D] replaces the prompt's token embeddings (soft prompts, ReadQG);
-      also returns the prompt's final-norm hidden states [B, Tp, D].
+      also returns the prompt's final-norm hidden states [B, Tp, D]; with_states=True also the
+      states that predict each completion token [kB, Tc, D] (ReadQG's margin calibration).
   pair_logprobs(fns, prompt, pmask, chosen, cmask_c, rejected, cmask_r, share_prompt=True)
       DPO's chosen and rejected share the prompt (shared_prompt_logprobs with k = 2);
       share_prompt=False packs [prompt; completion] for both (the reference for the test).
 Encoder-decoder:
+  encdec_decode_logprobs(fns, enc, smask, completion, cmask, with_states=False)  teacher-force
+      against encoder states; with_states=True also returns the decoder's final-norm states [B, Tc, D]
   encdec_completion_logprobs(fns, src, smask, completion, cmask)  encode, teacher-force
   encdec_pair_logprobs(...)    encode the prompt once, decode chosen and rejected against it
 
@@ -129,13 +132,15 @@ def completion_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Arr
 
 
 def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mask: jax.Array, completions: jax.Array,
-                           completion_mask: jax.Array, *,
-                           prompt_embeds: jax.Array | None = None) -> tuple[SeqLogprobs, jax.Array]:
+                           completion_mask: jax.Array, *, prompt_embeds: jax.Array | None = None,
+                           with_states: bool = False) -> tuple:
   """log p(completion_j | prompt_{j mod B}) for k*B completions of B prompts, the prompt run once.
 
   prompt int32[B, Tp] left-padded (None when prompt_embeds [B, Tp, D] is given), prompt_mask
   bool[B, Tp], completions int32[kB, Tc] right-padded -> (SeqLogprobs [kB], the prompt's
-  final-norm hidden states [B, Tp, D]).
+  final-norm hidden states [B, Tp, D]) [+ with_states: the final-norm states [kB, Tc, D] that
+  predict each completion token, i.e. [the prompt's last ; completion[:-1]], as a teacher-forced
+  encoder-decoder's decoder states].
   """
   b, tp = prompt_mask.shape
   rows, tc = completions.shape
@@ -155,7 +160,11 @@ def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mas
   hidden_c, _ = fns.forward(completions, positions, kv, cache, tp)
   first = token_logprobs(jnp.concatenate([first_logits] * k), completions[:, :1])
   rest = token_logprobs(fns.logits(hidden_c[:, :-1]), completions[:, 1:])
-  return _seq(jnp.concatenate([first, rest], axis=1), cmask), hidden_p
+  lp = _seq(jnp.concatenate([first, rest], axis=1), cmask)
+  if with_states:
+    states = jnp.concatenate([jnp.concatenate([hidden_p[:, -1:]] * k), hidden_c[:, :-1]], axis=1)
+    return lp, hidden_p, states
+  return lp, hidden_p
 
 
 def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, chosen: jax.Array,
@@ -188,10 +197,12 @@ class EncDecFns:
   encode(src, src_mask) -> enc [B, S, D]
   decode(enc, src_mask, dec_inputs, dec_mask) -> f32 logits [B, T, V] (teacher forcing)
   decoder_start_id: first decoder input (T5: the pad id 0)
+  decode_states(enc, src_mask, dec_inputs, dec_mask) -> (logits, final-norm decoder states [B, T, D])
   """
   encode: Callable[[jax.Array, jax.Array], jax.Array]
   decode: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
   decoder_start_id: int = 0
+  decode_states: Callable[..., tuple[jax.Array, jax.Array]] | None = None
 
 
 def shift_right(targets: jax.Array, start_id: int) -> jax.Array:
@@ -201,10 +212,16 @@ def shift_right(targets: jax.Array, start_id: int) -> jax.Array:
 
 
 def encdec_decode_logprobs(fns: EncDecFns, enc: jax.Array, src_mask: jax.Array, completion: jax.Array,
-                           completion_mask: jax.Array) -> SeqLogprobs:
-  """log p(completion | encoder states) by teacher forcing."""
+                           completion_mask: jax.Array, with_states: bool = False):
+  """log p(completion | encoder states) by teacher forcing -> SeqLogprobs [+ with_states: the decoder's
+  final-norm states [B, Tc, D], position t predicting completion token t]."""
   dec_in = shift_right(completion, fns.decoder_start_id)
   dec_mask = shift_right(completion_mask.astype(jnp.int32), 1).astype(bool)
+  if with_states:
+    if fns.decode_states is None:
+      raise ValueError("with_states=True needs EncDecFns.decode_states")
+    logits, states = fns.decode_states(enc, src_mask, dec_in, dec_mask)
+    return _seq(token_logprobs(logits, completion), completion_mask), states
   logits = fns.decode(enc, src_mask, dec_in, dec_mask)
   return _seq(token_logprobs(logits, completion), completion_mask)
 
@@ -246,4 +263,9 @@ def t5_fns(module: Any, variables: Any, prefix: Callable[[jax.Array, jax.Array],
     logits, _ = module.apply(variables, dec_in, enc, enc_mask, dec_mask=dec_mask, method=T5Model.decode)
     return logits
 
-  return EncDecFns(encode, decode, int(module.config.decoder_start_token_id))
+  def decode_states(enc, enc_mask, dec_in, dec_mask):
+    logits, _, states = module.apply(variables, dec_in, enc, enc_mask, dec_mask=dec_mask, return_hidden=True,
+                                     method=T5Model.decode)
+    return logits, states
+
+  return EncDecFns(encode, decode, int(module.config.decoder_start_token_id), decode_states)

@@ -6,7 +6,9 @@
   mean_pool(states, mask)                           [B, S, D] -> [B, D] over valid positions
   self_contrastive_loss(pooled, tau, same_input)    ReadQG in-batch self-contrastive loss
   same_inputs(tokens, mask, r)                      [N, N] rows with identical (input, r)
-  calibration_hinge(logp_fw, logp_rev, eps)         ReadQG calibration max(0, eps - fw + rev)
+  calibration_hinge(logp_fw, logp_rev, eps)         ReadQG calibration max(0, eps - fw + rev)   ("rank")
+  greedy_match_f1(a, mask_a, b, mask_b, ngrams)     BERTScore-style greedy-matching F1 of two state sequences
+  calibration_margin_hinge(fw, rev, sim, gamma)     ReadQG calibration max(0, gamma * sim - fw + rev) ("margin")
 
 All inputs are f32; sequence log-probs are sums over completion tokens unless a caller passes
 length-normalised ones (IPO and the calibration hinge use per-token means).
@@ -124,3 +126,56 @@ def calibration_hinge(logp_forward: jax.Array, logp_reversed: jax.Array, eps: fl
   contradicted query (log P(q- | d, r+) and log P(q+ | d, r-)).
   """
   return jnp.mean(jnp.maximum(0.0, eps - logp_forward + logp_reversed))
+
+
+def _window_mean(best: jax.Array, length: jax.Array, n: int) -> jax.Array:
+  """best f32[N, T] (>= 0, 0 past `length` int[N]) -> f32[N]: the mean over the windows of n
+  consecutive positions inside [0, length) of each window's max; a row shorter than n is one
+  window; an empty row gives 0."""
+  t = best.shape[1]
+  padded = jnp.pad(best, ((0, 0), (0, n - 1)))
+  windows = padded[:, :t]
+  for s in range(1, n):
+    windows = jnp.maximum(windows, padded[:, s:s + t])
+  count = jnp.where(length > 0, jnp.maximum(length - n + 1, 1), 0)
+  valid = jnp.arange(t)[None, :] < count[:, None]
+  return jnp.sum(jnp.where(valid, windows, 0.0), axis=1) / jnp.maximum(count, 1)
+
+
+def greedy_match_f1(a: jax.Array, mask_a: jax.Array, b: jax.Array, mask_b: jax.Array,
+                    ngrams: tuple[int, ...] = (1, 2)) -> jax.Array:
+  """BERTScore-style greedy-matching F1 between two state sequences, summed over n-gram sizes.
+
+  a f32[N, Ta, D], b f32[N, Tb, D], masks bool[N, T] RIGHT-padded (valid positions first).
+  States are L2-normalised; s_ij = max(0, cos(b_i, a_j)) over valid pairs (a cosine below 0
+  counts as no match). For each n: precision p_n = the mean over the windows of n consecutive
+  valid positions of b of the best s_ij in the window (any j); recall r_n the same over a;
+  F1_n = 2 p_n r_n / (p_n + r_n + 1e-5). -> f32[N] = sum_n F1_n, in [0, len(ngrams)];
+  symmetric in (a, b); padding does not change it. (ReadQG's authors max-pool the zero-filled
+  [Tb, Ta] matrix and average over the padded length; here only valid windows count.)
+  """
+  a = a.astype(jnp.float32)
+  b = b.astype(jnp.float32)
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+  valid = mask_b.astype(bool)[:, :, None] & mask_a.astype(bool)[:, None, :]
+  s = jnp.where(valid, jnp.maximum(jnp.einsum("nid,njd->nij", b, a), 0.0), 0.0)   # [N, Tb, Ta]
+  len_a = jnp.sum(mask_a.astype(jnp.int32), axis=1)
+  len_b = jnp.sum(mask_b.astype(jnp.int32), axis=1)
+  f1 = jnp.zeros(a.shape[0], jnp.float32)
+  for n in ngrams:
+    p = _window_mean(jnp.max(s, axis=2), len_b, int(n))
+    r = _window_mean(jnp.max(s, axis=1), len_a, int(n))
+    f1 = f1 + 2.0 * p * r / (p + r + 1e-5)
+  return f1
+
+
+def calibration_margin_hinge(logp_forward: jax.Array, logp_reversed: jax.Array, sim: jax.Array,
+                             gamma: float = 1.0) -> jax.Array:
+  """ReadQG calibration, SLiC-style margin variant: mean(max(0, gamma * sim - logp_fw + logp_rev)).
+
+  As `calibration_hinge` with a per-row margin gamma * sim f32[N] (e.g. `greedy_match_f1` of the
+  forward and swapped decoder states); sim is held constant (stop_gradient).
+  """
+  margin = gamma * jax.lax.stop_gradient(sim)
+  return jnp.mean(jnp.maximum(0.0, margin - logp_forward + logp_reversed))

@@ -33,7 +33,8 @@ from qgjax.train.data import Column
 from qgjax.train.logprobs import decoder_fns, shared_prompt_logprobs
 from qgjax.train.loop import TaskSetup
 from qgjax.train.losses import mean_pool, same_inputs
-from qgjax.methods.readqg.objective import fingerprint, loaders, readqg_objective, save_soft_prompt, split_rows, train_texts
+from qgjax.methods.readqg.objective import (calibration_variant, fingerprint, loaders, readqg_objective,
+                                            save_soft_prompt, split_rows, train_texts)
 
 SPEC = {"prompt": Column("source", "left"), "positive": Column("query", "right"),
         "negative": Column("query", "right")}
@@ -64,7 +65,10 @@ def prefixed_inputs(fns: Any, soft: Any, r: jax.Array, tokens: jax.Array, mask: 
 
 def readqg_decoder_loss_fn(module: Any, rq: Any, n_sep: int):
   """(soft_params, lm_params, batch) -> (loss, metrics); batch: prompt [B, S] (left-padded doc +
-  separator), positive / negative [B, Tc] (right-padded, EOS), r_positive / r_negative f32[B], weight."""
+  separator), positive / negative [B, Tc] (right-padded, EOS), r_positive / r_negative f32[B], weight.
+  The states that predict the query tokens come out only for readqg.calibration = "margin"."""
+  with_states = calibration_variant(rq) == "margin"
+
   def loss_fn(soft, lm, batch):
     b = batch["prompt"].shape[0]
     fns = decoder_fns(module, {"params": lm})
@@ -75,10 +79,13 @@ def readqg_decoder_loss_fn(module: Any, rq: Any, n_sep: int):
     q = jnp.concatenate([batch["positive"], batch["negative"], batch["negative"], batch["positive"]])
     qm = jnp.concatenate([batch["positive_mask"], batch["negative_mask"], batch["negative_mask"],
                           batch["positive_mask"]])
-    lp, hidden = shared_prompt_logprobs(fns, None, mask, q, qm, prompt_embeds=embeds)   # 4B rows, [2B, P+S, D]
+    out = shared_prompt_logprobs(fns, None, mask, q, qm, prompt_embeds=embeds, with_states=with_states)
+    lp, hidden = out[:2]                                                # 4B rows, [2B, P+S, D]
     fw, rev = split_rows(lp, 2 * b)
+    states = (out[2][:2 * b], out[2][2 * b:]) if with_states else None   # [2B, Tc, D] each
     pooled = mean_pool(hidden, mask.at[:, mask.shape[1] - n_sep:].set(False))   # prefix + document
-    return readqg_objective(fw, rev, pooled, batch["weight"], rq, same_inputs(tokens, prompt_mask, r))
+    return readqg_objective(fw, rev, pooled, batch["weight"], rq, same_inputs(tokens, prompt_mask, r),
+                            states=states)
   return loss_fn
 
 

@@ -190,7 +190,8 @@ def run(config) -> dict:
                         "sampling": config.sampling.to_dict(), "limit": int(config.data.limit)})
   result = run_generation(source, sample, _records(relevances, int(sampling.num_samples), tokenizer, config), output,
                           buckets=config.buckets, batch_size=int(config.batch_size), unit="doc",
-                          desc="readqg generate", log_every_s=float(config.get("log_every_s", 10.0)))
+                          desc="readqg generate", log_every_s=float(config.get("log_every_s", 10.0)),
+                          logger=log)
   out_dir = pathlib.Path(config.output_dir)
   barrier("readqg_generate:records")   # every process's part is complete before the pairs join them
   if is_main_process():

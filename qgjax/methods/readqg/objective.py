@@ -12,9 +12,16 @@ query q+ (relevance r+, 1 by default) and a contradicted one q- (r-, 0):
   contrastive  in-batch self-contrastive loss over the mean-pooled encoder states of all
                2B (document, relevance prompt) inputs, temperature tau: each must be nearest to
                itself, so different documents and different relevance prompts stay apart
-  calibration  max(0, eps - log P_fw + log P_rev): the decoder inputs swapped between the
-               entailed and the contradicted query, P_fw = P(q+ | r+), P(q- | r-) and
-               P_rev = P(q- | r+), P(q+ | r-) (per-token mean log-probs)
+  calibration  readqg.calibration = "rank": max(0, eps - log P_fw + log P_rev): the decoder
+               inputs swapped between the entailed and the contradicted query, P_fw = P(q+ | r+),
+               P(q- | r-) and P_rev = P(q- | r+), P(q+ | r-) (per-token mean log-probs),
+               eps = readqg.calibration_margin.
+               "margin" (the authors' SLiC-style variant): max(0, gamma * sim - log P_fw + log P_rev)
+               with gamma = readqg.calibration_margin and sim the greedy-matching F1 (summed over
+               readqg.calibration_ngrams, qgjax.train.losses.greedy_match_f1) between the decoder's
+               final-norm states of the forward and of the swapped teacher-forced query, held
+               constant. The log-probs are the same per-token means in both variants (the authors
+               use summed NLL / padded length), so eps and gamma are in nats per token.
   loss = MLE + readqg.contrastive_weight * contrastive + readqg.calibration_weight * calibration
 
 Records (JSONL): {"document" | "doc_id", "positive", "negative", "r_positive"?, "r_negative"?}
@@ -41,7 +48,21 @@ from qgjax.errors import ConfigError, InputError
 from qgjax.train import examples as ex
 from qgjax.train.data import StepLoader
 from qgjax.train.logprobs import SeqLogprobs
-from qgjax.train.losses import calibration_hinge, masked_nll, self_contrastive_loss
+from qgjax.train.losses import (calibration_hinge, calibration_margin_hinge, greedy_match_f1, masked_nll,
+                                self_contrastive_loss)
+
+CALIBRATIONS = ("rank", "margin")
+
+
+def calibration_variant(rq: Any) -> str:
+  """readqg.calibration checked: "rank" | "margin" (ConfigError otherwise, and for bad ngram sizes)."""
+  kind = str(rq.calibration)
+  if kind not in CALIBRATIONS:
+    raise ConfigError(f"readqg.calibration={kind!r}; expected one of {CALIBRATIONS}")
+  ngrams = tuple(rq.calibration_ngrams)
+  if kind == "margin" and (not ngrams or any(int(n) != n or n < 1 for n in ngrams)):
+    raise ConfigError(f"readqg.calibration_ngrams={ngrams}: positive integers expected (e.g. (1, 2))")
+  return kind
 
 
 def rescale(scores: list[float]) -> list[float]:
@@ -98,14 +119,17 @@ def load_readqg(path: str, corpus: Any = None) -> dict[str, list]:
 
 
 def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weight: jax.Array, rq: Any,
-                     same_input: jax.Array | None = None):
+                     same_input: jax.Array | None = None, states: tuple[jax.Array, jax.Array] | None = None):
   """The ReadQG loss from per-row log-probs; shared by the T5 and the decoder-only variant.
 
   fw: the 2B forward rows [q+ | r+ ; q- | r-]; rev: the 2B swapped rows [q- | r+ ; q+ | r-];
   pooled f32[2B, D]: mean-pooled states of the 2B (prefix + document) inputs; weight f32[B]
   (0 on the rows that only fill an eval batch) weights the MLE tokens; same_input bool[2B, 2B]:
-  rows with the same document and r, no negatives of each other. -> (loss, metrics)
+  rows with the same document and r, no negatives of each other; states (calibration "margin"
+  only): the decoder states that predict each query token, ([2B, Tc, D] forward, [2B, Tc, D]
+  swapped), masked by fw.mask / rev.mask. -> (loss, metrics)
   """
+  kind = calibration_variant(rq)
   tau = float(rq.get("tau", 0.25))
   eps = float(rq.get("calibration_margin", 1.0))
   w_con = float(rq.get("contrastive_weight", 1.0))
@@ -114,9 +138,18 @@ def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weigh
   con = self_contrastive_loss(pooled, tau, same_input=same_input)
   mle = masked_nll(fw.token, fw.mask * jnp.concatenate([weight] * 2)[:, None])
   fw_mean, rev_mean = fw.mean, rev.mean
-  cal = calibration_hinge(fw_mean, rev_mean, eps)
+  extra = {}
+  if kind == "margin":
+    if states is None:
+      raise ValueError("readqg.calibration='margin' needs the decoder states of the forward and swapped queries")
+    sim = jax.lax.stop_gradient(greedy_match_f1(states[0], fw.mask, states[1], rev.mask,
+                                                tuple(int(n) for n in rq.calibration_ngrams)))
+    cal = calibration_margin_hinge(fw_mean, rev_mean, sim, eps)
+    extra = {"calibration/similarity": jnp.mean(sim)}
+  else:
+    cal = calibration_hinge(fw_mean, rev_mean, eps)
   loss = mle + w_con * con + w_cal * cal
-  metrics = {"mle": mle, "contrastive": con, "calibration": cal,
+  metrics = {"mle": mle, "contrastive": con, "calibration": cal, **extra,
              "logp/pos_given_pos": jnp.mean(fw_mean[:b]), "logp/neg_given_neg": jnp.mean(fw_mean[b:]),
              "logp/neg_given_pos": jnp.mean(rev_mean[:b]), "logp/pos_given_neg": jnp.mean(rev_mean[b:]),
              "calibration/accuracy": jnp.mean((fw_mean > rev_mean).astype(jnp.float32))}

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import ConfigError
-from qgjax.methods.readqg.objective import (fingerprint, loaders, readqg_objective, save_soft_prompt, split_rows,
-                                            train_texts)
+from qgjax.methods.readqg.objective import (calibration_variant, fingerprint, loaders, readqg_objective,
+                                            save_soft_prompt, split_rows, train_texts)
 from qgjax.train import examples as ex
 from qgjax.train.data import Column
 from qgjax.train.logprobs import encdec_decode_logprobs, t5_fns
@@ -27,8 +27,11 @@ SPEC = {"source": Column("source", "right"), "positive": Column("query", "right"
 
 
 def readqg_loss_fn(module: Any, rq: Any):
-  """(soft_params, t5_params, batch) -> (loss, metrics); see the module docstring."""
+  """(soft_params, t5_params, batch) -> (loss, metrics); see the module docstring. The decoder states
+  come out of the teacher-forced decode only for readqg.calibration = "margin"."""
   from qgjax.models.soft_prompt import build_prefix, prepend
+
+  with_states = calibration_variant(rq) == "margin"
 
   def loss_fn(soft, t5, batch):
     b = batch["source"].shape[0]
@@ -43,10 +46,14 @@ def readqg_loss_fn(module: Any, rq: Any):
     m_fw = jnp.concatenate([batch["positive_mask"], batch["negative_mask"]])
     q_rev = jnp.concatenate([batch["negative"], batch["positive"]])
     m_rev = jnp.concatenate([batch["negative_mask"], batch["positive_mask"]])
-    lp = encdec_decode_logprobs(fns, jnp.concatenate([enc, enc]), jnp.concatenate([enc_mask, enc_mask]),
-                                jnp.concatenate([q_fw, q_rev]), jnp.concatenate([m_fw, m_rev]))
+    out = encdec_decode_logprobs(fns, jnp.concatenate([enc, enc]), jnp.concatenate([enc_mask, enc_mask]),
+                                 jnp.concatenate([q_fw, q_rev]), jnp.concatenate([m_fw, m_rev]),
+                                 with_states=with_states)
+    lp, states = out if with_states else (out, None)
     fw, rev = split_rows(lp, 2 * b)
-    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq, same_inputs(src, smask, r))
+    states = (states[:2 * b], states[2 * b:]) if with_states else None
+    return readqg_objective(fw, rev, mean_pool(enc, enc_mask), batch["weight"], rq, same_inputs(src, smask, r),
+                            states=states)
   return loss_fn
 
 
