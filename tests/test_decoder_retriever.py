@@ -156,9 +156,10 @@ def test_cli_trains_a_lora_decoder_retriever_that_sentence_transformers_loads(tm
 
 
 @pytest.mark.slow
-def test_lora_separate_towers_loss_equals_infonce_of_merged_encoders(tmp_path, tiny_lm):
-  """The task's loss (adapters unmerged over the frozen base, two towers) equals infonce_loss of
-  embeddings from each tower's merged weights; both towers' adapters get gradients."""
+@pytest.mark.parametrize("train_mode", ["lora", "full"])
+def test_separate_towers_loss_equals_infonce_of_each_encoder(tmp_path, tiny_lm, train_mode):
+  """The task's loss (LoRA: adapters unmerged over the frozen base) with two towers equals
+  infonce_loss of embeddings from each tower's (merged) weights; both towers get gradients."""
   import jax
   import jax.numpy as jnp
 
@@ -170,19 +171,20 @@ def test_lora_separate_towers_loss_equals_infonce_of_merged_encoders(tmp_path, t
   from test_retriever_train import _tuples
 
   over = [("workdir", str(tmp_path / "r")), ("data.train", _tuples(tmp_path / "t.jsonl")), ("model.name", tiny_lm),
-          ("towers", "separate"), ("num_negatives", "2")]
+          ("towers", "separate"), ("num_negatives", "2"), ("train_mode", train_mode)]
   setup = setup_retriever(build_config("configs/retriever.py:tiny,family=decoder", over))
-  assert set(setup.trainable) == {"query", "doc"} and setup.fingerprint["train_mode"] == "lora"
+  assert set(setup.trainable) == {"query", "doc"} and setup.fingerprint["train_mode"] == train_mode
+  assert bool(setup.frozen) == (train_mode == "lora")
   rng = np.random.default_rng(1)
-  # non-zero b so the two towers and the adapters matter
+  # LoRA: non-zero b so the two towers and the adapters matter
   params = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(np.float32), setup.trainable)
   batch = jax.tree.map(jnp.asarray, setup.train.batch(0))
   (loss, _), grads = jax.jit(jax.value_and_grad(setup.loss_fn, has_aux=True))(params, setup.frozen, batch)
   scale = 16.0 / 8
   from qgjax.models.registry import load_decoder_config
   enc = DecoderEncoder(load_decoder_config(tiny_lm), pooling="lasttoken", normalize=True)
-  emb = lambda tower, name: enc.apply({"params": merge_lora(setup.frozen, params[tower], scale)}, batch[name],
-                                      batch[name + "_mask"])
+  weights = lambda tower: merge_lora(setup.frozen, params[tower], scale) if train_mode == "lora" else params[tower]
+  emb = lambda tower, name: enc.apply({"params": weights(tower)}, batch[name], batch[name + "_mask"])
   q, pos = emb("query", "query"), emb("doc", "pos")
   neg = jnp.stack([emb("doc", f"neg{h}") for h in range(2)], axis=1)
   ref, _ = infonce_loss(q, pos, neg, temperature=0.05, pos_key=batch["pos_key"],
