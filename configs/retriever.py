@@ -58,8 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_epochs = 1.0
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4 if decoder else 2e-5, schedule="linear", warmup_steps=10, end_lr_ratio=0.0,
-      weight_decay=0.01,
-      b1=0.9, b2=0.999, eps=1e-6, momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
+      weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, momentum=0.0, grad_clip=1.0, freeze=[]))  # momentum: sgd only
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   c.sharding_rules = []   # (logical axis, mesh axes) pairs placed before qgjax.parallel.sharding.DEFAULT_RULES
   c.num_devices = 0
