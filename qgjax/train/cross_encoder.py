@@ -180,13 +180,13 @@ def setup_cross_encoder(config: Any):
   from qgjax.train.loop import TaskSetup
 
   d, m = config.data, config.model
-  if not d.get("train", "") or not d.get("corpus", ""):
+  if not d.train or not d.corpus:
     raise ConfigError("config.data.train (query pairs) and config.data.corpus (BEIR dir) must be set")
-  if int(config.get("accum_steps", 1) or 1) != 1:
+  if int(config.accum_steps or 1) != 1:
     raise ConfigError("cross-encoder training needs accum_steps=1 (the hardest negative is mined in the batch)")
-  module, params, tokenizer, info = load_cross_encoder(m.name, num_labels=1, new_head=bool(m.get("new_head", True)),
-                                                       seed=int(config.get("seed", 0)))
-  dtype = compute_dtype(None, m.get("dtype", "auto"))
+  module, params, tokenizer, info = load_cross_encoder(m.name, num_labels=1, new_head=bool(m.new_head),
+                                                       seed=int(config.seed))
+  dtype = compute_dtype(None, m.dtype)
   module = CrossEncoder(dataclasses.replace(module.config, dtype=str(dtype)))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
@@ -201,7 +201,7 @@ def setup_cross_encoder(config: Any):
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   pad_id = int(tokenizer.pad_token_id or 0)
   train = StepLoader(cols, SPEC, batch_size=int(config.batch_size), buckets=buckets, pad_id=pad_id,
-                     seed=int(config.get("seed", 0)), bucket_window=int(d.get("bucket_window", 8)), shuffle=True,
+                     seed=int(config.seed), bucket_window=int(d.bucket_window), shuffle=True,
                      process_index=jax.process_index(), process_count=jax.process_count())
   c = config.loss
   loss_fn = ce_loss_fn(module, pool=int(c.hard_negative_pool), margin=float(c.margin),
@@ -216,7 +216,7 @@ def setup_cross_encoder(config: Any):
     return out_dir
 
   fp = {"task": config.task, "model": str(m.name), "batch_size": int(config.batch_size),
-        "seed": int(config.get("seed", 0)), "train": os.path.abspath(d.train), "loss": c.to_dict()}
+        "seed": int(config.seed), "train": os.path.abspath(d.train), "loss": c.to_dict()}
   extra = {"train_examples": len(records), "with_negative_query": int(sum(cols["has_qneg"])),
            "initialised": info.get("initialised", []), "truncated": train.truncated}
   return TaskSetup(params, {}, abstract, {}, loss_fn, train, None, export, fp, extra)
