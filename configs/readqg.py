@@ -29,7 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = "readqg"
   c.workdir = "runs/readqg"
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(name="", kind="auto", init="pretrained", dtype="auto", tokenizer="", t5={}))
+  # kind: auto | t5 | decoder; tokenizer: init=random only; t5: T5Config fields of a random T5;
+  # scan_layers / remat / overrides: the decoder-only variant's LM (as in configs/dpo.py)
+  c.model = ml_collections.ConfigDict(dict(name="", kind="auto", init="pretrained", dtype="auto", tokenizer="", t5={},
+                                           scan_layers=True, remat=False, overrides={}))
+  c.train_mode = "full"   # the generator stays frozen (only the soft prompts train); nothing else is accepted
   # separator: decoder-only variant only, the text between the document and the query
   # calibration: rank (hinge margin eps = calibration_margin) | margin (the authors' SLiC-style variant:
   # margin gamma * sim, gamma = calibration_margin, sim = greedy-matching F1 of the forward and swapped

@@ -101,18 +101,18 @@ def setup_readqg_decoder(config: Any) -> TaskSetup:
   from qgjax.train.generator import load_generator
 
   m = config.model
-  if not m.get("name", ""):
+  if not m.name:
     raise ConfigError("model.name is empty: the decoder ReadQG variant needs a decoder-only LM "
                       "(e.g. smollm2-135m-instruct or a local HF dir)")
-  if m.get("init", "pretrained") != "pretrained":
+  if m.init != "pretrained":
     raise ConfigError(f"model.init={m.init!r}: the decoder ReadQG variant trains on a pretrained LM (model.name)")
-  if config.get("train_mode", "full") != "full":
+  if config.train_mode != "full":
     raise ConfigError("train_mode: the ReadQG generator is frozen (only the soft prompts train); leave it 'full'")
   gen = load_generator(config)   # trainable = the LM's params, used here as the frozen tree
   tokenizer, rq = gen.tokenizer, config.readqg
-  separator = str(rq.get("separator", DEFAULT_SEPARATOR))
+  separator = str(rq.separator)
   sep = separator_ids(tokenizer, separator)
-  max_doc = int(config.data.get("max_doc_tokens", 256))
+  max_doc = int(config.data.max_doc_tokens)
   if max(config.data.source_buckets) < max_doc + len(sep):
     raise ConfigError(f"data.source_buckets {tuple(config.data.source_buckets)}: the largest must hold "
                       f"max_doc_tokens + the separator ({max_doc} + {len(sep)} tokens)")

@@ -130,10 +130,10 @@ def readqg_objective(fw: SeqLogprobs, rev: SeqLogprobs, pooled: jax.Array, weigh
   swapped), masked by fw.mask / rev.mask. -> (loss, metrics)
   """
   kind = calibration_variant(rq)
-  tau = float(rq.get("tau", 0.25))
-  eps = float(rq.get("calibration_margin", 1.0))
-  w_con = float(rq.get("contrastive_weight", 1.0))
-  w_cal = float(rq.get("calibration_weight", 1.0))
+  tau = float(rq.tau)
+  eps = float(rq.calibration_margin)
+  w_con = float(rq.contrastive_weight)
+  w_cal = float(rq.calibration_weight)
   b = weight.shape[0]
   con = self_contrastive_loss(pooled, tau, same_input=same_input)
   mle = masked_nll(fw.token, fw.mask * jnp.concatenate([weight] * 2)[:, None])
@@ -182,14 +182,14 @@ def load_soft_prompt(out_dir: str) -> tuple[dict, dict]:
 def generator_kind(m: Any) -> str:
   """config.model -> "t5" | "decoder": model.kind, or with kind="auto" what model.name holds
   (init="random" builds a tiny T5)."""
-  kind = m.get("kind", "auto")
+  kind = m.kind
   if kind in ("t5", "decoder"):
     return kind
   if kind != "auto":
     raise ConfigError(f"model.kind={kind!r}; expected 'auto', 't5' or 'decoder'")
-  if m.get("init", "pretrained") == "random":
+  if m.init == "random":
     return "t5"
-  if not m.get("name", ""):
+  if not m.name:
     raise ConfigError("model.name is empty: a local HF T5 dir, or a decoder-only LM (e.g. smollm2-135m-instruct)")
   from qgjax.models.registry import model_kind
   return model_kind(m.name, "auto")
@@ -198,7 +198,7 @@ def generator_kind(m: Any) -> str:
 def train_texts(config: Any) -> dict[str, list]:
   """config.data.train (+ data.corpus for doc_id records) -> load_readqg's columns."""
   corpus = None
-  if config.data.get("corpus", ""):
+  if config.data.corpus:
     from qgjax.data.beir import Corpus
     c = config.data.corpus
     corpus = Corpus(c if c.endswith(".jsonl") else os.path.join(c, "corpus.jsonl"))
@@ -207,8 +207,8 @@ def train_texts(config: Any) -> dict[str, list]:
 
 def loaders(cols: dict, spec: dict, groups: list[str], config: Any, pad_id: int) -> tuple[StepLoader, Any]:
   """(train loader, eval loader | None): documents hashed into the eval split by data.eval_fraction."""
-  frac = float(config.data.get("eval_fraction", 0.0))
-  h = np.asarray([zlib.crc32(f"{config.get('seed', 0)}:{g}".encode()) / 2**32 for g in groups])
+  frac = float(config.data.eval_fraction)
+  h = np.asarray([zlib.crc32(f"{config.seed}:{g}".encode()) / 2**32 for g in groups])
   train_idx, eval_idx = np.nonzero(h >= frac)[0], np.nonzero(h < frac)[0]
   if not len(train_idx):
     raise ConfigError(f"data.eval_fraction={frac} leaves no training documents in {config.data.train}")
@@ -217,15 +217,15 @@ def loaders(cols: dict, spec: dict, groups: list[str], config: Any, pad_id: int)
 
   def loader(idx, shuffle):
     return StepLoader({k: [v[i] for i in idx] for k, v in cols.items()}, spec, batch_size=int(config.batch_size),
-                      buckets=buckets, pad_id=pad_id, seed=int(config.get("seed", 0)),
-                      bucket_window=int(config.data.get("bucket_window", 8)), shuffle=shuffle,
+                      buckets=buckets, pad_id=pad_id, seed=int(config.seed),
+                      bucket_window=int(config.data.bucket_window), shuffle=shuffle,
                       process_index=jax.process_index(), process_count=jax.process_count())
   return loader(train_idx, True), (loader(eval_idx, False) if len(eval_idx) else None)
 
 
 def fingerprint(config: Any, kind: str) -> dict:
   rq = config.readqg
-  fp = {"task": "readqg", "model": str(config.model.name or config.model.get("tokenizer", "")),
-        "batch_size": int(config.batch_size), "seed": int(config.get("seed", 0)),
+  fp = {"task": "readqg", "model": str(config.model.name or config.model.tokenizer),
+        "batch_size": int(config.batch_size), "seed": int(config.seed),
         "train_file": os.path.abspath(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
   return fp if kind == "t5" else dict(fp, kind=kind)   # T5 runs keep their earlier fingerprint

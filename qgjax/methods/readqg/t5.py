@@ -68,21 +68,21 @@ def _load_t5(config: Any):
   from qgjax.models.registry import load_tokenizer, resolve
 
   m = config.model
-  dtype = str(compute_dtype(None, m.get("dtype", "auto")))
-  if m.get("init", "pretrained") == "pretrained":
+  dtype = str(compute_dtype(None, m.dtype))
+  if m.init == "pretrained":
     module, params, tokenizer = load_t5(resolve(m.name), dtype="float32")
     if tokenizer is None:
       raise ConfigError(f"{m.name} has no tokenizer files (tokenizer.json / spiece.model)")
     module = T5Model(module.config.replace(dtype=dtype))
     return module, jax.tree.map(lambda x: np.asarray(x, np.float32), params), tokenizer
-  if m.get("init") != "random":
+  if m.init != "random":
     raise ConfigError(f"model.init={m.init!r}; expected 'pretrained' or 'random'")
   tokenizer = load_tokenizer(resolve(m.tokenizer))
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   cfg = T5Config(vocab_size=len(tokenizer), pad_token_id=int(pad), eos_token_id=int(tokenizer.eos_token_id),
-                 decoder_start_token_id=int(pad), dtype=dtype, dropout_rate=0.0, **_as_dict(m.get("t5", None)))
+                 decoder_start_token_id=int(pad), dtype=dtype, dropout_rate=0.0, **_as_dict(m.t5))
   module = T5Model(cfg)
-  return module, jax.tree.map(lambda x: np.asarray(x, np.float32), init_params(module, int(config.get("seed", 0)))), tokenizer
+  return module, jax.tree.map(lambda x: np.asarray(x, np.float32), init_params(module, int(config.seed))), tokenizer
 
 
 def setup_readqg_t5(config: Any) -> TaskSetup:
@@ -92,7 +92,7 @@ def setup_readqg_t5(config: Any) -> TaskSetup:
   module, t5_params, tokenizer = _load_t5(config)
   rq = config.readqg
   texts = train_texts(config)
-  max_doc = int(config.data.get("max_doc_tokens", 256))
+  max_doc = int(config.data.max_doc_tokens)
   eos = int(tokenizer.eos_token_id)
   docs = [list(x[:max_doc - 1]) + [eos] for x in tokenizer(texts["document"], add_special_tokens=False)["input_ids"]]
   cols = {"source": docs, "positive": ex.tokenize_completions(tokenizer, texts["positive"]),
