@@ -58,8 +58,8 @@ def make_mesh(spec: Sequence[Sequence] | None = None, devices: Sequence[jax.Devi
 
 
 def mesh_from_config(config) -> Mesh:
-  """`config.mesh` (absent = all devices on "data") -> Mesh; `config.num_devices` caps the count."""
-  spec = config.get("mesh", None) or DEFAULT_MESH
-  n = int(config.get("num_devices", 0) or 0)
+  """`config.mesh` (empty = all devices on "data") -> Mesh; `config.num_devices` (0 = all) caps the count."""
+  spec = config.mesh or DEFAULT_MESH
+  n = int(config.num_devices or 0)
   devices = jax.devices()[:n] if n else None
   return make_mesh(spec, devices)

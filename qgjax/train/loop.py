@@ -71,11 +71,11 @@ def _trim_metrics(path: str, start: int) -> None:
 
 def total_steps(config: Any, loader: StepLoader) -> int:
   """num_steps when > 0, else num_epochs x steps per epoch; ConfigError when that is no step at all."""
-  steps = int(config.get("num_steps", 0) or 0)
+  steps = int(config.num_steps or 0)
   if steps < 0:
     raise ConfigError(f"config.num_steps must be >= 0 (0: use num_epochs); got {steps}")
   if steps == 0:
-    epochs = float(config.get("num_epochs", 1))
+    epochs = float(config.num_epochs)
     steps = int(round(epochs * loader.steps_per_epoch))
     if steps < 1:
       raise ConfigError(f"config.num_epochs={epochs} x {loader.steps_per_epoch} steps per epoch is no step; "
@@ -86,19 +86,16 @@ def total_steps(config: Any, loader: StepLoader) -> int:
 def optimizer_settings(config: Any) -> dict:
   """The settings a resumed run must share with its checkpoint beyond the task's own: the optimizer
   (config.optim, all of it: the schedule and state depend on every key) and gradient accumulation."""
-  optim = config.get("optim", None)
-  optim = optim.to_dict() if hasattr(optim, "to_dict") else dict(optim or {})
-  return {"optim": json.loads(json.dumps(optim, default=str)), "accum_steps": int(config.get("accum_steps", 1) or 1)}
+  optim = config.optim.to_dict()
+  return {"optim": json.loads(json.dumps(optim, default=str)), "accum_steps": int(config.accum_steps or 1)}
 
 
 def model_settings(config: Any) -> dict:
   """The model group (name, dtype, init, overrides, ...) a resumed run must share with its checkpoint:
   a LoRA or soft-prompt checkpoint restores onto any base of the same shapes, so another base model
   or dtype would otherwise resume silently. `remat` is left out (it changes memory, not results)."""
-  model = config.get("model", None)
-  if model is None or not hasattr(model, "to_dict"):
-    return {}
-  return {"model": json.loads(json.dumps({k: v for k, v in model.to_dict().items() if k != "remat"}, default=str))}
+  model = config.model.to_dict()
+  return {"model": json.loads(json.dumps({k: v for k, v in model.items() if k != "remat"}, default=str))}
 
 
 def fit(setup: TaskSetup, config: Any) -> dict:
@@ -135,12 +132,12 @@ def evaluate(eval_step, state, loader: StepLoader, mesh, rules) -> dict:
 
 def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   mesh = mesh_from_config(config)
-  rules = rules_for(mesh, config.get("sharding_rules", None))
+  rules = rules_for(mesh, config.sharding_rules)
   loader = setup.train
   if loader.batch_size % batch_devices(mesh, rules):
     raise ConfigError(f"batch_size {loader.batch_size} must divide by the {batch_devices(mesh, rules)} "
                       f"devices the batch is split over (mesh {dict(mesh.shape)})")
-  accum = int(config.get("accum_steps", 1) or 1)
+  accum = int(config.accum_steps or 1)
   if loader.batch_size % (accum * batch_devices(mesh, rules)):
     raise ConfigError(f"batch_size {loader.batch_size} must divide by accum_steps x batch devices "
                       f"= {accum * batch_devices(mesh, rules)}")
@@ -149,12 +146,12 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   shardings = state_shardings(setup.abstract_trainable, setup.abstract_frozen, tx, mesh, rules)
   state = create_state(setup.trainable, setup.frozen, shardings, tx, mesh, rules)
 
-  ck_cfg = config.get("checkpoint", None) or {}
+  ck_cfg = config.checkpoint
   fingerprint = dict(setup.fingerprint, num_steps=steps, **optimizer_settings(config), **model_settings(config))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.get("keep", 3)),
-                      best_metric=ck_cfg.get("best_metric", None) if setup.eval is not None else None,
-                      best_mode=ck_cfg.get("best_mode", "min"), fingerprint=fingerprint,
-                      async_save=bool(ck_cfg.get("async_save", True)))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ck_cfg.keep),
+                      best_metric=ck_cfg.best_metric if setup.eval is not None else None,
+                      best_mode=ck_cfg.best_mode, fingerprint=fingerprint,
+                      async_save=bool(ck_cfg.async_save))
   state = ckpt.restore_or(state, shardings)
   start = int(jax.device_get(state.step))
 
@@ -163,9 +160,9 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
                                example_batch=example, accum_steps=accum)
   eval_step = (make_eval_step(setup.loss_fn, mesh=mesh, rules=rules, shardings=shardings,
                               example_batch=setup.eval.batch(0)) if setup.eval is not None else None)
-  log_every = max(1, int(config.get("log_every", 10)))
-  eval_every = int(config.get("eval_every", 0) or 0)
-  save_every = max(1, int(ck_cfg.get("every", 100)))
+  log_every = max(1, int(config.log_every))
+  eval_every = int(config.eval_every or 0)
+  save_every = max(1, int(ck_cfg.every))
   main = is_main_process()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if main:
@@ -174,7 +171,7 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   history: list[dict] = []
   last_eval: dict = {}
   t0 = time.perf_counter()
-  bar = progress(total=steps, desc=f"train {config.get('task', '')}", unit="step", initial=start)
+  bar = progress(total=steps, desc=f"train {config.task}", unit="step", initial=start)
   try:
     for step in range(start, steps):
       batch = put_batch(loader.batch(step), mesh, rules)
@@ -204,18 +201,18 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
     if log is not None:
       log.close()
   elapsed = time.perf_counter() - t0
-  summary = {"task": config.get("task", ""), "workdir": workdir, "steps": steps, "resumed_from": start,
+  summary = {"task": config.task, "workdir": workdir, "steps": steps, "resumed_from": start,
              "mesh": dict(mesh.shape), "checkpoints": ckpt.all_steps(), "best_step": ckpt.best_step(),
              "seconds": round(elapsed, 2),
              "examples_per_s": round((steps - start) * loader.batch_size / max(elapsed, 1e-9), 3),
              "final": history[-1] if history else {}, **setup.info}
-  if setup.export is not None and config.get("export", None) and config.export.get("enabled", True):
-    out = config.export.get("dir", "") or os.path.join(workdir, "export")
+  if setup.export is not None and config.export.enabled:
+    out = config.export.dir or os.path.join(workdir, "export")
     if steps > start or not is_complete_export(out):
       # Every process takes part (the parameters are gathered across hosts); process 0 writes,
       # into <out>.partial, renamed into place, then the marker (see qgjax.train.export).
       summary["export"] = write_export(lambda d: setup.export(state.params, state.frozen, d), out,
-                                       info={"task": config.get("task", ""), "step": steps}, main=main)
+                                       info={"task": config.task, "step": steps}, main=main)
   ckpt.close()
   if main:
     write_json(os.path.join(workdir, "summary.json"), summary)
