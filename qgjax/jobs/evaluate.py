@@ -121,7 +121,7 @@ def _run(config: Any) -> dict:
       if prefix not in cache:
         cache[prefix] = stage_fns[stages[i]](config, data, queries, previous)
       previous = cache[prefix]
-    if config.get("ignore_identical_ids", True):
+    if config.ignore_identical_ids:
       removed[name] = sum(q in docs for q, docs in previous.items())
       previous = {q: {d: sc for d, sc in docs.items() if d != q} for q, docs in previous.items()}
     runs[name] = previous

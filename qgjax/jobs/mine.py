@@ -100,7 +100,7 @@ def _run(config: Any) -> dict:
   e = config.encoder
 
   encoder = DenseEncoder.load(e.model)
-  store = (corpus_store_dir(e.cache_dir, corpus_path, encoder, int(e.max_len)) if e.get("cache_dir", "")
+  store = (corpus_store_dir(e.cache_dir, corpus_path, encoder, int(e.max_len)) if e.cache_dir
            else str(workdir / "embeddings"))
   doc_ids, emb = embed_corpus(corpus_path, store, encoder, batch_size=int(e.batch_size),
                               max_len=int(e.max_len), shard_rows=int(e.shard_rows), corpus=corpus)

@@ -301,7 +301,7 @@ def evaluation_run(config, data, queries: Mapping[str, str], previous=None) -> d
   d_enc = q_enc if d_model == q_model else DenseEncoder.load(d_model)
   corpus_path = str(data.corpus.path)
   max_len = int(cfg.max_len)
-  store = corpus_store_dir(cfg.get("cache_dir", "") or os.path.join(config.workdir, "dense_cache"), corpus_path,
+  store = corpus_store_dir(cfg.cache_dir or os.path.join(config.workdir, "dense_cache"), corpus_path,
                            d_enc, max_len)
   ids, emb = embed_corpus(corpus_path, store, d_enc,
                           batch_size=int(cfg.batch_size), max_len=max_len, corpus=data.corpus)
