@@ -5,8 +5,12 @@ r"""The whole DPO-aligned query-generation recipe, end to end, each stage cached
       --config.generate.set.data.limit=500 --config.align.set.num_epochs=2
   qgjax pipeline --config configs/pipeline.py:tiny                              # demo corpus, CPU-sized
   qgjax pipeline --config configs/pipeline.py:tiny --config.generator=<tiny HF decoder dir>
+  qgjax pipeline --config configs/pipeline.py --config.generate.config=generate.py:mode=contrastive,n=5 \
+      --config.align.config=dpo.py:prompt=contrastive --config.contrastive.negatives=bm25 --config.contrastive.sft=True
 
-Stages (outputs in <workdir>/<stage>/, see qgjax.recipes.dpo_qg): generate (n queries/doc with
+Stages (outputs in <workdir>/<stage>/, see qgjax.recipes.dpo_qg): [negatives (contrastive.negatives:
+each document's mined nearest other document for the contrastive prompt); triples + sft
+(contrastive.sft: SFT on (document, hard negative, training query) triples)] generate (n queries/doc with
 `generator`) -> score -> pairs -> align (DPO) -> generate_unaligned / generate_aligned (1 query/doc,
 base and aligned generator, same sampling) -> score_* -> mine_* -> retriever_* (MiniLM InfoNCE) ->
 evaluate_bm25 / _base / _unaligned / _aligned on the collection's `split` queries + qrels ->
@@ -47,7 +51,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.split = "test"                      # evaluation queries + qrels/<split>.tsv (never used in training)
   c.generator = a.generator or "smollm2-135m-instruct"
   c.encoder = "all-minilm-l6-v2"
+  # the retriever trained on each generator's queries: "" = `encoder`; a decoder LM (e.g.
+  # smollm2-135m-instruct with --config.retriever.config=retriever.py:family=decoder) trains the
+  # decoder-only bi-encoder of qgjax.models.decoder_encoder while `encoder` still scores and mines
+  c.retriever_model = ""
   c.report = ConfigDict(dict(bins=30))
+  # the paper's contrastive prompt (needs generate's prompt mode "contrastive"): negatives = random |
+  # bm25 | dense (each document's mined nearest other document); sft = first fine-tune the generator on
+  # (document, mined hard negative, training query) triples of the collection's train split
+  c.contrastive = ConfigDict(dict(negatives="random", sft=False))
+  c.negatives = _group("negatives.py:source=documents")
+  c.triples = _group("negatives.py:source=queries", split="train")
   if not a.tiny:
     c.generate = _group("generate.py:mode=few_shot,n=5", batch_size=16, data=dict(limit=0),
                         sampling=dict(num_samples=5, seed=0))
@@ -58,6 +72,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.score = _group("score.py", rewards=("bm25_rank", "dense_rank"), reward="bm25_rank")
     c.pairs = _group("pairs.py", margin=0.0, max_pairs_per_doc=4)
     c.align = _group("dpo.py:prompt=few_shot", num_epochs=1.0, batch_size=16)
+    c.sft = _group("rsft.py:prompt=contrastive", num_epochs=1.0, batch_size=16)
     c.mine = _group("mine.py")
     c.retriever = _group("retriever.py", num_epochs=1.0, batch_size=64)
     c.evaluate = _group("evaluate.py", measures=("nDCG@10", "RR@100", "R@100", "R@1000"))
@@ -73,6 +88,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.pairs = _group("pairs.py", margin=0.0, max_pairs_per_doc=2)
   c.align = _group("dpo.py:tiny,prompt=plain", batch_size=8, num_steps=4, eval_every=4, log_every=1,
                    checkpoint=dict(every=4), data=dict(prompt_buckets=(192,), completion_buckets=(16,)))
+  c.sft = _group("rsft.py:tiny,prompt=contrastive", batch_size=8, num_steps=4, eval_every=4, log_every=1,
+                 checkpoint=dict(every=4), data=dict(prompt_buckets=(192,), completion_buckets=(16,)))
   c.mine = _group("mine.py:tiny")
   c.retriever = _group("retriever.py:tiny", batch_size=8, num_steps=4, checkpoint=dict(every=4))
   c.evaluate = _group("evaluate.py:tiny", max_queries=0, depth=100, measures=("nDCG@10", "RR@100", "R@100"))

@@ -85,6 +85,24 @@ def resolve_level(verbose: bool = False, environ: Mapping[str, str] | None = Non
   return level
 
 
+class _NotQgjax(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.name == LOGGER or record.name.startswith(LOGGER + "."))
+
+
+def _third_party_handler() -> None:
+  """Other libraries' warnings on stderr through a root handler that skips qgjax's own records
+  (they have the qgjax handler). Without it absl's first log call (orbax logs at import) runs
+  `logging.basicConfig()`, whose root handler then prints every qgjax record a second time."""
+  if any(isinstance(h, _StderrHandler) for h in logging.root.handlers):
+    return
+  handler = _StderrHandler()
+  handler.setLevel(logging.WARNING)
+  handler.addFilter(_NotQgjax())
+  handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+  logging.root.addHandler(handler)
+
+
 def setup_logging(level: int = logging.INFO) -> int:
   """Shows qgjax's records at `level` and up on stderr; returns `level`."""
   logger = logging.getLogger(LOGGER)
@@ -93,6 +111,7 @@ def setup_logging(level: int = logging.INFO) -> int:
     handler.setFormatter(_Formatter())
     logger.addHandler(handler)
   logger.setLevel(level)
+  _third_party_handler()
   quiet = level > logging.DEBUG
   for name in QUIET_LIBRARIES:
     logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.NOTSET)

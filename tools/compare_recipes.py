@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 RECIPES = {"dpo_qg": "pipeline.py:tiny", "aqe": "aqe.py:tiny", "readqg": "readqg_recipe.py:tiny"}
+USES_ENCODER = {"dpo_qg", "readqg"}
 VOLATILE = {"seconds", "finished_at", "cost", "wall_s", "generation_s", "tokens_per_s", "docs_per_s", "workdir",
             "paths", "report", "data_dir", "source", "export", "output_dir", "elapsed_s", "peak_rss_mb"}
 
@@ -27,30 +28,38 @@ def _run(checkout: pathlib.Path, spec: str, workdir: pathlib.Path, models: tuple
   env = dict(os.environ, PYTHONPATH=str(checkout), XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0", QGJAX_COMPILATION_CACHE="0")
   cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", str(checkout / "configs" / spec),
-         f"--config.workdir={workdir}", f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
+         f"--config.workdir={workdir}", f"--config.generator={models[0]}"]
+  if workdir.name in USES_ENCODER:
+    cmd.append(f"--config.encoder={models[1]}")
   proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
   if proc.returncode:
     raise SystemExit(f"{checkout}: {spec} failed:\n{proc.stderr[-3000:]}")
 
 
-def _strip(x):
+def _strip(x, roots: dict[str, str]):
+  """x without volatile keys, with the run's own directories (workdir, checkout) as placeholders."""
   if isinstance(x, dict):
-    return {k: _strip(v) for k, v in x.items() if k not in VOLATILE}
+    return {k: _strip(v, roots) for k, v in x.items() if k not in VOLATILE}
   if isinstance(x, list):
-    return [_strip(v) for v in x]
+    return [_strip(v, roots) for v in x]
+  if isinstance(x, str):
+    for root, name in roots.items():
+      x = x.replace(root, name)
   return x
 
 
-def _outputs(workdir: pathlib.Path) -> dict[str, object]:
-  out = {"report": _strip(json.loads((workdir / "report" / "report.json").read_text()))}
+def _outputs(workdir: pathlib.Path, checkout: pathlib.Path) -> dict[str, object]:
+  roots = {str(workdir): "<workdir>", str(checkout): "<checkout>"}
+  out = {"report": _strip(json.loads((workdir / "report" / "report.json").read_text()), roots)}
   for shard in sorted(workdir.rglob("shard-*.jsonl")):
     rel = str(shard.relative_to(workdir))
-    out[rel] = [_strip(json.loads(line)) for line in shard.read_text().splitlines() if line.strip()]
+    out[rel] = [_strip(json.loads(line), roots) for line in shard.read_text().splitlines() if line.strip()]
   for name in ("pairs.jsonl", "rsft.jsonl", "selected.jsonl", "ce_pairs.jsonl", "metrics.json"):
     for f in sorted(workdir.rglob(name)):
       text = f.read_text()
-      out[str(f.relative_to(workdir))] = (_strip(json.loads(text)) if name.endswith(".json") else
-                                          [_strip(json.loads(line)) for line in text.splitlines() if line.strip()])
+      out[str(f.relative_to(workdir))] = (_strip(json.loads(text), roots) if name.endswith(".json") else
+                                          [_strip(json.loads(line), roots) for line in text.splitlines()
+                                           if line.strip()])
   return out
 
 
@@ -70,8 +79,10 @@ def main() -> int:
     results = {}
     for side in ("old", "new"):
       work = out / side / name
-      _run(pathlib.Path(getattr(a, side)).resolve(), RECIPES[name], work, models)
-      results[side] = _outputs(work)
+      checkout = pathlib.Path(getattr(a, side)).resolve()
+      if not (work / "report" / "report.json").is_file():   # a finished run is reused
+        _run(checkout, RECIPES[name], work, models)
+      results[side] = _outputs(work, checkout)
     old, new = results["old"], results["new"]
     diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     records = sum(len(v) for k, v in new.items() if isinstance(v, list))

@@ -8,15 +8,16 @@ of a qgjax module, at module level or inside a function. Layers, lowest first (a
 import its own layer or lower ones):
 
   0 base        qgjax.errors, qgjax.config, qgjax.log, qgjax.host_allocator, qgjax.paths
-  1 data        qgjax.data, qgjax.models
-  2 parallel    qgjax.parallel, qgjax.retrieval
-  3 kernels     qgjax.sampling, qgjax.rewards, qgjax.evaluation, qgjax.preference
-  4 train       qgjax.train
-  5 methods     qgjax.methods (method-specific models, losses and jobs)
-  6 jobs        qgjax.jobs (one stage each: run(config))
-  7 pipeline    qgjax.pipeline (the engine)
-  8 recipes     qgjax.recipes
-  9 cli         qgjax.cli, qgjax.__main__
+  1 data        qgjax.data, qgjax.parallel (readers and writers; mesh, sharding rules, multi-host)
+  2 models      qgjax.models (Flax modules and loaders that place parameters onto the mesh)
+  3 retrieval   qgjax.retrieval
+  4 kernels     qgjax.sampling, qgjax.rewards, qgjax.evaluation, qgjax.preference
+  5 train       qgjax.train
+  6 methods     qgjax.methods (method-specific models, losses and jobs)
+  7 jobs        qgjax.jobs (one stage each: run(config))
+  8 pipeline    qgjax.pipeline (the engine)
+  9 recipes     qgjax.recipes
+  10 cli        qgjax.cli, qgjax.__main__
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = [
     ("base", ("qgjax.errors", "qgjax.config", "qgjax.log", "qgjax.host_allocator", "qgjax.paths", "qgjax")),
-    ("data", ("qgjax.data", "qgjax.models")),
-    ("parallel", ("qgjax.parallel", "qgjax.retrieval")),
+    ("data", ("qgjax.data", "qgjax.parallel")),
+    ("models", ("qgjax.models",)),
+    ("retrieval", ("qgjax.retrieval",)),
     ("kernels", ("qgjax.sampling", "qgjax.rewards", "qgjax.evaluation", "qgjax.preference")),
     ("train", ("qgjax.train",)),
     ("methods", ("qgjax.methods",)),

@@ -48,7 +48,8 @@ def _reward_of(record: dict, name: str, path: str, line: int) -> float:
 
 
 def load_groups(source: str, reward: str) -> tuple[str, dict[str, list[Candidate]], dict[str, str]]:
-  """Scored records -> (mode, {group id: candidates}, {group id: AQE source query})."""
+  """Scored records -> (mode, {group id: candidates}, {group id: AQE source query | the document's
+  contrastive-prompt negative_id})."""
   groups: dict[str, list[Candidate]] = {}
   sources: dict[str, str] = {}
   mode = None
@@ -75,6 +76,12 @@ def load_groups(source: str, reward: str) -> tuple[str, dict[str, list[Candidate
     groups.setdefault(group, []).append(Candidate(idx, text, _reward_of(rec, reward, path, line), rec))
     if mode == "aqe" and "query" in rec:
       sources[group] = rec["query"]
+    elif mode == "qg" and "negative_id" in rec:   # contrastive prompts: the pairs keep their negative
+      negative = str(rec["negative_id"])
+      if sources.setdefault(group, negative) != negative:
+        raise InputError(f"document '{group}' has samples with different negative_id ({sources[group]!r}, "
+                         f"{negative!r}); one generation run gives every sample of a document the same",
+                         path=path, line=line, field="negative_id")
   if mode is None:
     raise InputError("no records", path=str(source))
   for cands in groups.values():
@@ -85,7 +92,7 @@ def load_groups(source: str, reward: str) -> tuple[str, dict[str, list[Candidate
 def _group_fields(mode: str, group: str, sources: dict[str, str]) -> dict:
   if mode == "aqe":
     return {"query_id": group, **({"source_query": sources[group]} if group in sources else {})}
-  return {"doc_id": group}
+  return {"doc_id": group, **({"negative_id": sources[group]} if group in sources else {})}
 
 
 def pair_record(mode, group, sources, chosen: Candidate, rejected: Candidate, reward: str) -> dict:

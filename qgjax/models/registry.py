@@ -21,6 +21,7 @@ import tempfile
 from typing import Any
 
 from qgjax.errors import CheckpointMismatchError, ConfigError
+from qgjax.paths import cache_root
 
 # name -> (package holding the files, path inside the package)
 KNOWN_MODELS: dict[str, tuple[str, str]] = {
@@ -71,11 +72,6 @@ def files_fingerprint(path: str) -> str:
     st = os.stat(path)
     h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
   return h.hexdigest()[:16]
-
-
-def cache_root() -> str:
-  """qgjax's cache directory: $QGJAX_CACHE_DIR, else ~/.cache/qgjax (tokenizers, XLA programs)."""
-  return os.environ.get("QGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "qgjax")
 
 
 def load_tokenizer(path: str, *, use_cache: bool = True) -> Any:

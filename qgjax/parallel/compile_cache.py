@@ -27,7 +27,7 @@ _OFF = ("0", "off", "false", "no", "none")
 
 
 def default_dir() -> str:
-  from qgjax.models.registry import cache_root
+  from qgjax.paths import cache_root
   return os.path.join(cache_root(), "xla")
 
 

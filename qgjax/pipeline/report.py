@@ -12,17 +12,33 @@ import json
 import pathlib
 from typing import Any
 
-from qgjax.data.sharded_writer import iter_sharded
+from qgjax.data.records import iter_records
 
 
 def scored_rewards(scored_dir: pathlib.Path) -> list[float]:
-  """The `reward` of every record of a score stage's sharded output."""
-  return [float(r["reward"]) for r in iter_sharded(scored_dir, require_complete=True)]
+  """The `reward` of every record of a score stage's sharded output (all processes' parts)."""
+  return [float(r["reward"]) for _, _, r in iter_records(scored_dir)]
 
 
 def stage_metrics(workdir: pathlib.Path, stage: str) -> dict:
   """An evaluate stage's metrics.json."""
   return json.loads((workdir / stage / "metrics.json").read_text())
+
+
+def stage_times(workdir: pathlib.Path, stages: list[str]) -> dict:
+  """A report table: each stage's wall seconds as its STAGE_DONE.json recorded them (the run that made
+  it; a skipped stage keeps the time it took when it ran) and their sum."""
+  from qgjax.pipeline.markers import read_marker
+
+  rows, total = [], 0.0
+  for name in stages:
+    marker = read_marker(workdir / name) or {}
+    seconds = float(marker.get("seconds", 0.0))
+    total += seconds
+    rows.append([name, f"{seconds:.1f}", marker.get("finished_at", "-")])
+  rows.append(["total", f"{total:.1f}", ""])
+  return {"title": "Stage times", "columns": ["stage", "seconds", "finished at"], "rows": rows,
+          "note": "wall time of the run that made each stage's output (STAGE_DONE.json)"}
 
 
 def write_recipe_report(recipe, config, workdir: pathlib.Path, results: dict[str, dict], reward_name: str
@@ -35,6 +51,7 @@ def write_recipe_report(recipe, config, workdir: pathlib.Path, results: dict[str
           for s in recipe.systems]
   measures = metrics[recipe.systems[0].stage]["measures"]
   report = build_report(rows, measures, recipe.rewards(workdir), reward_name=reward_name,
-                        info=recipe.info(config, results), tables=recipe.tables(config, workdir, results, metrics),
+                        info=recipe.info(config, results),
+                        tables=list(recipe.tables(config, workdir, results, metrics)) + [stage_times(workdir, list(results))],
                         title=recipe.title)
   return {"paths": write_report(workdir / "report", report, bins=int(config.report.bins)), "report": report}

@@ -7,6 +7,16 @@ corpus -> generate (n/doc) -> score -> pairs -> align (DPO, `qgjax train`) -> ge
 with the base and with the aligned generator -> score both -> mine both -> train a MiniLM
 retriever on each -> evaluate BM25, base MiniLM and both trained retrievers on the `split`
 queries + qrels (training uses the corpus only) -> <workdir>/report/report.{md,json,png}.
+
+The paper's contrastive prompt (document + negative document -> query), with the generate
+group's prompt mode "contrastive":
+  contrastive.negatives = bm25 | dense   the `negatives` stage mines each document's nearest other
+                                         document (qgjax.jobs.negatives) for every generate stage
+                                         ("random": a random other document, no stage)
+  contrastive.sft = True                 first fine-tune the generator on contrastive triples
+                                         (document, mined hard negative, training query) of the
+                                         collection's `triples.set.split` queries (`triples`, `sft`);
+                                         the SFT model is then the base generator of every stage
 """
 
 from __future__ import annotations
@@ -22,10 +32,32 @@ from qgjax.pipeline.wiring import group_config
 from qgjax.recipes import jobs
 
 
+_mined_negatives = lambda p: p.contrastive.negatives in ("bm25", "dense")
+_contrastive_sft = lambda p: bool(p.contrastive.sft)
+
+
 def _generate(model):
   def wire(p, at):
-    return {"model.name": model(p, at), "data.corpus": data_dir(p), "output_dir": at("self")}
+    out = {"model.name": model(p, at), "data.corpus": data_dir(p), "output_dir": at("self")}
+    if _mined_negatives(p):
+      out["prompt.negative"] = os.path.join(at("negatives"), "negatives.jsonl")
+    return out
   return wire
+
+
+def _negatives(p, at):
+  return {"data_dir": data_dir(p), "workdir": at("self"), "source": "documents", "method": p.contrastive.negatives,
+          "dense.cache_dir": _embeddings(at)}
+
+
+def _triples(p, at):
+  return {"data_dir": data_dir(p), "workdir": at("self"), "source": "queries", "dense.cache_dir": _embeddings(at)}
+
+
+def _sft(p, at):
+  return {"task": "sft", "data.train": os.path.join(at("triples"), "negatives.jsonl"), "data.corpus": data_dir(p),
+          "model.name": p.generator, "workdir": at("self"), "export.enabled": True,
+          "export.dir": os.path.join(at("self"), "export"), "prompt": group_config(p, "generate").prompt}
 
 
 def _embeddings(at) -> str:
@@ -47,7 +79,7 @@ def _pairs(p, at):
 
 def _align(p, at):
   return {"data.train": os.path.join(at("pairs"), "pairs.jsonl"), "data.corpus": data_dir(p),
-          "model.name": p.generator, "workdir": at("self"), "export.enabled": True,
+          "model.name": _base_generator(p, at), "workdir": at("self"), "export.enabled": True,
           "export.dir": os.path.join(at("self"), "export"),
           "prompt": group_config(p, "generate").prompt}  # DPO scores the prompts the queries were sampled from
 
@@ -62,7 +94,8 @@ def _mine(source: str):
 def _retriever(source: str):
   def wire(p, at):
     return {"data.train": os.path.join(at(source), "tuples"), "data.corpus": data_dir(p), "workdir": at("self"),
-            "model.name": p.encoder, "export.enabled": True, "export.dir": os.path.join(at("self"), "export")}
+            "model.name": p.retriever_model or p.encoder, "export.enabled": True,
+            "export.dir": os.path.join(at("self"), "export")}
   return wire
 
 
@@ -76,21 +109,27 @@ def _evaluate(retriever: str, model=None):
   return wire
 
 
-_base_generator = lambda p, at: p.generator
+_base_generator = lambda p, at: os.path.join(at("sft"), "export") if _contrastive_sft(p) else p.generator
 _aligned_generator = lambda p, at: os.path.join(at("align"), "export")
-_encoder = lambda p, at: p.encoder
+_encoder = lambda p, at: p.retriever_model or p.encoder   # the base of the trained retrievers
 _trained = lambda stage: (lambda p, at: os.path.join(at(stage), "export"))
 _FINAL = ("generate", "generate_final")
+_BASE = ("sft", "negatives")   # what every generate stage reads when those stages run
 GENERATE, SCORE, PAIRS, TRAIN, MINE, EVALUATE = (jobs.GENERATE, jobs.SCORE, jobs.PAIRS, jobs.TRAIN, jobs.MINE,
                                                  jobs.EVALUATE)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("generate", GENERATE, ("generate",), (), _generate(_base_generator), has_sharded()),
+    Stage("negatives", jobs.NEGATIVES, ("negatives",), (), _negatives, has_file("negatives.jsonl"),
+          when=_mined_negatives),
+    Stage("triples", jobs.NEGATIVES, ("triples",), (), _triples, has_file("negatives.jsonl"), when=_contrastive_sft),
+    Stage("sft", TRAIN, ("sft",), ("triples",), _sft, has_export(), when=_contrastive_sft),
+    Stage("generate", GENERATE, ("generate",), _BASE, _generate(_base_generator), has_sharded()),
     Stage("score", SCORE, ("score",), ("generate",), _score("generate"), has_sharded("scored")),
     Stage("pairs", PAIRS, ("pairs",), ("score",), _pairs, has_file("pairs.jsonl")),
-    Stage("align", TRAIN, ("align",), ("pairs",), _align, has_export()),
-    Stage("generate_unaligned", GENERATE, _FINAL, (), _generate(_base_generator), has_sharded()),
-    Stage("generate_aligned", GENERATE, _FINAL, ("align",), _generate(_aligned_generator), has_sharded()),
+    Stage("align", TRAIN, ("align",), ("pairs", "sft"), _align, has_export()),
+    Stage("generate_unaligned", GENERATE, _FINAL, _BASE, _generate(_base_generator), has_sharded()),
+    Stage("generate_aligned", GENERATE, _FINAL, ("align", "negatives"), _generate(_aligned_generator),
+          has_sharded()),
     Stage("score_unaligned", SCORE, ("score",), ("generate_unaligned",), _score("generate_unaligned"),
           has_sharded("scored")),
     Stage("score_aligned", SCORE, ("score",), ("generate_aligned",), _score("generate_aligned"),
@@ -110,14 +149,30 @@ STAGES: tuple[Stage, ...] = (
 )
 
 SYSTEMS = (System("bm25", "BM25", "evaluate_bm25", "bm25"),
-           System("base", "MiniLM (base)", "evaluate_base", "dense"),
-           System("unaligned", "MiniLM + unaligned queries", "evaluate_unaligned", "dense"),
-           System("aligned", "MiniLM + aligned queries", "evaluate_aligned", "dense"))
+           System("base", "{retriever} (base)", "evaluate_base", "dense"),
+           System("unaligned", "{retriever} + unaligned queries", "evaluate_unaligned", "dense"),
+           System("aligned", "{retriever} + aligned queries", "evaluate_aligned", "dense"))
+
+
+def _label_args(config, results: dict) -> dict:
+  return {"retriever": os.path.basename(config.retriever_model.rstrip("/")) if config.retriever_model else "MiniLM"}
 
 
 def _rewards(workdir: pathlib.Path) -> dict[str, list[float]]:
   return {"unaligned": scored_rewards(workdir / "score_unaligned" / "scored"),
           "aligned": scored_rewards(workdir / "score_aligned" / "scored")}
+
+
+def _check(config, by: dict) -> None:
+  from qgjax.errors import ConfigError
+
+  if config.contrastive.negatives not in ("random", "bm25", "dense"):
+    raise ConfigError(f"contrastive.negatives must be random, bm25 or dense; got {config.contrastive.negatives!r}")
+  mode = by["generate"].prompt.mode
+  if (_mined_negatives(config) or _contrastive_sft(config)) and mode != "contrastive":
+    raise ConfigError(f"contrastive.negatives={config.contrastive.negatives!r} / contrastive.sft="
+                      f"{config.contrastive.sft} need the generate group's prompt mode 'contrastive' (it is "
+                      f"{mode!r}; e.g. generate.config='generate.py:mode=contrastive')")
 
 
 def _info(config, results: dict) -> dict:
@@ -127,6 +182,11 @@ def _info(config, results: dict) -> dict:
           "queries generated (n/doc)": results.get("generate", {}).get("records"),
           "preference pairs": results.get("pairs", {}).get("pairs"),
           "DPO final loss": final.get("loss"), "DPO eval reward accuracy": final.get("eval/rewards/accuracy")}
+  if "sft" in results:
+    info["contrastive SFT"] = (f"{results['triples'].get('rows')} triples ({results['triples'].get('method')} "
+                               f"negatives), final loss {results['sft'].get('final', {}).get('loss')}")
+  if "negatives" in results:
+    info["prompt negatives"] = f"{results['negatives'].get('method')}-mined nearest other document"
   for which in ("unaligned", "aligned"):  # how much each trained MiniLM saw (a 1-step run barely moves)
     summary = pathlib.Path(config.workdir).resolve() / f"retriever_{which}" / "summary.json"
     if summary.is_file():
@@ -137,4 +197,6 @@ def _info(config, results: dict) -> dict:
 
 
 RECIPE = Recipe(name="dpo_qg", title="qgjax pipeline report", stages=STAGES, systems=SYSTEMS,
-                required=("generator", "encoder", "split"), reward_name=lambda stage_configs: stage_configs["score_aligned"].reward, rewards=_rewards, info=_info)
+                required=("generator", "encoder", "split"),
+                reward_name=lambda stage_configs: stage_configs["score_aligned"].reward,
+                rewards=_rewards, info=_info, check=_check, label_args=_label_args)

@@ -83,10 +83,11 @@ STAGES: tuple[Stage, ...] = (
 
 
 def _mean_token_logprobs(out_dir: pathlib.Path) -> dict[str, list[float]]:
-  from qgjax.data.sharded_writer import iter_sharded
+  """Per relevance r, each generated query's mean token log-prob (all processes' parts)."""
+  from qgjax.data.records import iter_records
 
   out: dict[str, list[float]] = {}
-  for rec in iter_sharded(out_dir, require_complete=True):
+  for _, _, rec in iter_records(out_dir):
     out.setdefault(f"r={float(rec['r']):g}", []).append(float(rec["logprob"]) / max(int(rec["num_tokens"]), 1))
   return out
 
