@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.num_devices = 0
   c.shard_size = 10_000
+  c.log_every_s = 10.0           # seconds between progress lines
   c.output_dir = "runs/readqg_generate"
   if a.tiny:
     c.sampling.max_new_tokens = 8

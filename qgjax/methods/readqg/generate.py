@@ -164,7 +164,7 @@ def run(config) -> dict:
   if len(relevances) != 2 or not all(0.0 <= r <= 1.0 for r in relevances):
     raise ConfigError(f"relevances must be two values in [0, 1] (positive first, e.g. (1.0, 0.0)); got {relevances}")
   t0 = time.perf_counter()
-  kind, model, lm, tokenizer, soft, meta = load_readqg_export(config.model.name, config.model.get("dtype", "float32"))
+  kind, model, lm, tokenizer, soft, meta = load_readqg_export(config.model.name, config.model.dtype)
   sampling = sampling_params(config, kind, model, tokenizer)
   longest = _longest_input(kind, tokenizer, meta)
   if max(config.buckets) < longest:
@@ -175,7 +175,7 @@ def run(config) -> dict:
   total, docs = document_entries(open_corpus(config.data.corpus), 0, limit)
   source = PromptSource(docs, total, item_id=lambda d: d.doc_id,
                         prepare=lambda d: Item(d.doc_id, d.contents, _prompts(kind, tokenizer, meta, [d.contents])[0]))
-  mesh = local_data_mesh(int(config.get("num_devices", 0) or 0))
+  mesh = local_data_mesh(int(config.num_devices or 0))
   params = {"model": lm, "soft": {k: np.asarray(v, np.float32) for k, v in soft.items()}}
   pad = model.config.pad_token_id
   samplers = [Sampler(functools.partial(_soft_generate, kind, model, sampling, r), params, sampling,
@@ -185,12 +185,12 @@ def run(config) -> dict:
   # the keys of relevance r fold in "<doc_id>|r=<r>", so its samples differ from the other relevance's
   sample = lambda items, bucket: [s.run([it.prompt for it in items], [f"{it.item_id}|r={r}" for it in items], bucket)
                                   for r, s in zip(relevances, samplers)]
-  output = Output(config.output_dir, ("doc_id", "sample_idx"), shard_size=int(config.get("shard_size", 10_000)),
+  output = Output(config.output_dir, ("doc_id", "sample_idx"), shard_size=int(config.shard_size),
                   meta={"stage": "readqg_generate", "model": config.model.name, "relevances": relevances,
                         "sampling": config.sampling.to_dict(), "limit": int(config.data.limit)})
   result = run_generation(source, sample, _records(relevances, int(sampling.num_samples), tokenizer, config), output,
                           buckets=config.buckets, batch_size=int(config.batch_size), unit="doc",
-                          desc="readqg generate", log_every_s=float(config.get("log_every_s", 10.0)),
+                          desc="readqg generate", log_every_s=float(config.log_every_s),
                           logger=log)
   out_dir = pathlib.Path(config.output_dir)
   barrier("readqg_generate:records")   # every process's part is complete before the pairs join them
