@@ -45,6 +45,13 @@ def _row_blocks(rows: np.ndarray, row_bytes: int) -> list[np.ndarray]:
   return [rows[i:i + per] for i in range(0, len(rows), per)]
 
 
+def _cut_columns(block: np.ndarray, cols: Any) -> np.ndarray:
+  """block[:, cols] as its own array, so the (larger) row block it came from can be freed."""
+  if block.ndim < 2 or cols == slice(None):
+    return block
+  return np.ascontiguousarray(block[:, cols])
+
+
 def _as_rows(index: Any, n: int) -> np.ndarray:
   return np.arange(n)[index] if not isinstance(index, np.ndarray) else index
 
@@ -88,7 +95,7 @@ class SafetensorsSource:
         else:
           x = np.stack([np.frombuffer(os.pread(fd, row_bytes, offset + int(r) * row_bytes), dtype)
                         .reshape(shape[1:]) for r in block]) if len(block) else np.zeros((0,) + shape[1:], dtype)
-        parts.append(x[:, cols] if len(shape) > 1 else x)
+        parts.append(_cut_columns(x, cols))
     return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
 
@@ -137,7 +144,7 @@ class GGUFSource:
       raw = t.data[block] if not (len(block) and np.all(np.diff(block) == 1)) else t.data[block[0]:block[-1] + 1]
       x = np.asarray(gguf.quants.dequantize(raw, t.tensor_type), dtype=np.float32)
       x = x.reshape((len(block),) + shape[1:])
-      parts.append(x[:, cols] if len(shape) > 1 else x)
+      parts.append(_cut_columns(x, cols))
     return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
 
@@ -186,16 +193,23 @@ def place_decoder_params(source, config, mesh, rules: Sequence, *, check: bool =
   flat = {}
   for path, (names, transposed) in layout.items():
     stacked = config.scan_layers and path.startswith("layers/")
-    done: dict[str, np.ndarray] = {}  # devices holding the same slice (replicated axes) share one read
+    shape = tuple(shapes[path].shape)
+    # Devices holding the same slice (replicated mesh axes) share one read, kept only until the
+    # last of them has taken it.
+    waiting: dict[str, int] = {}
+    for index in shardings[path].addressable_devices_indices_map(shape).values():
+      waiting[str(index)] = waiting.get(str(index), 0) + 1
+    done: dict[str, np.ndarray] = {}
 
-    def read(index, n=names, t=transposed, s=stacked, done=done):
+    def read(index, n=names, t=transposed, s=stacked, done=done, waiting=waiting):
       key = str(index)
-      if key not in done:
-        done[key] = _read_param(source, n, t, s, index, pdt)
-      return done[key]
+      x = done.pop(key) if key in done else _read_param(source, n, t, s, index, pdt)
+      waiting[key] -= 1
+      if waiting[key] > 0:
+        done[key] = x
+      return x
 
-    flat[path] = jax.make_array_from_callback(tuple(shapes[path].shape), shardings[path], read)
-    done.clear()
+    flat[path] = jax.make_array_from_callback(shape, shardings[path], read)
   return unflatten_tree(flat)
 
 
