@@ -8,6 +8,9 @@ Pairs come from `qgjax pairs` (records: doc_id, chosen, rejected, rewards); docu
 up in `data.corpus` and formatted with the same prompt as `qgjax generate`. The reference
 log-probs are precomputed once into <workdir>/pairs_with_ref.jsonl (dpo.reference=precomputed)
 or taken from the base model with adapters off (dpo.reference=adapters_off).
+The generator may be decoder-only or T5 / Flan-T5 (a local HF dir, --config.model.name=<dir>):
+the same tasks, losses and step; for T5 the prompt is the encoder input and the query the decoder
+target, and the export is a T5ForConditionalGeneration directory.
 Arguments: tiny (demo pairs, 8 steps, CPU-sized), loss=sigmoid|ipo, lora=true|false,
 prompt=few_shot|plain|contrastive|expansion (must match the generate config, whose default is
 few_shot; expansion = AQE).
@@ -21,7 +24,7 @@ from qgjax.config import parse_arg
 
 
 def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Fields shared by the decoder-only alignment configs (sft, rsft, dpo, rsft_dpo)."""
+  """Fields shared by the alignment configs (sft, rsft, dpo, rsft_dpo), decoder-only or T5."""
   from qgjax.sampling.prompts import default_prompt_config
   from qgjax.train.demo import DEMO_BEIR
 
@@ -29,11 +32,14 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.task = "dpo"
   c.workdir = "runs/dpo"
   c.seed = 0
+  # kind: auto (T5 / Flan-T5 when the dir's config.json says so, else decoder-only) | decoder | t5
   c.model = ml_collections.ConfigDict(dict(
-      name="smollm2-135m-instruct", init="pretrained", dtype="auto", scan_layers=True, remat=False,
+      name="smollm2-135m-instruct", kind="auto", init="pretrained", dtype="auto", scan_layers=True, remat=False,
       overrides={}))
   c.train_mode = "lora" if arg.lora else "full"
-  c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj"))
+  # targets: every projection of a decoder (q..down_proj) or of T5 (self/cross attention q, k, v, o; mlp wi*, wo)
+  c.lora = ml_collections.ConfigDict(dict(
+      rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj|_attn/[qkvo]/|mlp/w[io]"))
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", prompt_buckets=(256, 384, 448, 512), completion_buckets=(32, 64), bucket_window=8,
       eval_fraction=0.05))

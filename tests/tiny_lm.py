@@ -1,5 +1,6 @@
 """Tiny random models for tests: a Llama in HF layout (config.json + safetensors + a real word-level
-tokenizer) and a BERT bi-encoder in sentence-transformers layout (make_tiny_bert).
+tokenizer), a Flan-T5-shaped T5 in HF layout (make_tiny_t5) and a BERT bi-encoder in
+sentence-transformers layout (make_tiny_bert).
 
 The tokenizer is a `tokenizers` WordLevel model over the words of the demo collection plus
 ChatML special tokens and a chat template, so the whole text pipeline (templating, truncation,
@@ -69,6 +70,50 @@ def make_tiny_lm(out_dir: str, *, hidden: int = 32, layers: int = 2, heads: int 
   write_safetensors_dir(t, out_dir, cfg)
   with open(os.path.join(out_dir, "generation_config.json"), "w") as fh:
     json.dump({"eos_token_id": cfg["eos_token_id"]}, fh)
+  return out_dir
+
+
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]   # ids 0, 1, 2 as in T5's sentencepiece vocabulary
+
+
+def make_tiny_t5(out_dir: str, *, d_model: int = 32, layers: int = 2, heads: int = 4, seed: int = 0) -> str:
+  """A random T5 v1.1 / Flan-T5-shaped model (gated-GELU, untied LM head, no output rescale) as
+  T5ForConditionalGeneration writes it, with a word-level tokenizer over the demo words that, like
+  T5's, appends </s> to every encoded text (pad 0, EOS 1, no chat template). Reused when present."""
+  if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
+    return out_dir
+  import torch
+  import transformers
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+  from qgjax.models.hf_checkpoint import write_safetensors_dir
+
+  vocab = {t: i for i, t in enumerate(T5_SPECIALS + _demo_words())}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                     special_tokens=[("</s>", vocab["</s>"])])
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                              unk_token="<unk>")
+  os.makedirs(out_dir, exist_ok=True)
+  fast.save_pretrained(out_dir)
+  cfg = transformers.T5Config(
+      vocab_size=len(vocab), d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model, num_layers=layers,
+      num_decoder_layers=layers, num_heads=heads, relative_attention_num_buckets=8,
+      relative_attention_max_distance=20, dropout_rate=0.1, feed_forward_proj="gated-gelu", pad_token_id=0,
+      eos_token_id=1, decoder_start_token_id=0)
+  torch.manual_seed(seed)
+  model = transformers.T5ForConditionalGeneration(cfg)
+  # transformers 5 always ties T5's head: write the hub's Flan-T5 layout (own lm_head.weight) by hand.
+  tensors = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
+             if not k.endswith("embed_tokens.weight")}
+  rng = np.random.default_rng(seed)
+  tensors["lm_head.weight"] = (0.3 * rng.standard_normal(tensors["shared.weight"].shape)).astype(np.float32)
+  config = model.config.to_dict()
+  config.pop("scale_decoder_outputs", None)
+  config["tie_word_embeddings"] = False
+  write_safetensors_dir(tensors, out_dir, config)
   return out_dir
 
 

@@ -1,4 +1,4 @@
-"""SFT, RSFT, DPO and RSFT+DPO on a decoder-only generator: config -> TaskSetup -> `loop.fit`.
+"""SFT, RSFT, DPO and RSFT+DPO on the generator (decoder-only or T5): config -> TaskSetup -> `loop.fit`.
 
   sft       masked token NLL of the query given the prompt (data: SFT records)
   rsft      the same objective on best-of-n records (the `pairs` stage's RSFT output)
@@ -11,6 +11,11 @@ DPO's reference log-probs (`config.dpo.reference`):
                  summed log-probs); nothing of the reference stays in memory while training.
                  Pairs that already carry ref_chosen / ref_rejected are used as they are.
   "adapters_off" (LoRA only) the frozen base model without the adapters, run in the step.
+
+The generator's kind (`config.model.kind`: auto | decoder | t5) only changes how log-probs are
+computed (`Generator.completion_logprobs` / `pair_logprobs`): a decoder continues the prompt,
+T5 encodes it and decodes the query. Batches (prompts left-padded, completions right-padded
+ending in EOS), losses, the reference pass and the jitted step are the same for both.
 """
 
 from __future__ import annotations
@@ -29,13 +34,19 @@ from qgjax.train import examples as ex
 from qgjax.train.checkpoint import write_json
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.generator import Generator, load_generator
-from qgjax.train.logprobs import completion_logprobs, pair_logprobs
 from qgjax.train.loop import TaskSetup, fit
 from qgjax.train.losses import dpo_loss, masked_nll, rsft_dpo_loss
 
 PAIR_SPEC = {"prompt": Column("prompt", "left"), "chosen": Column("completion", "right"),
              "rejected": Column("completion", "right")}
 SFT_SPEC = {"prompt": Column("prompt", "left"), "completion": Column("completion", "right")}
+
+
+def _load(config: Any) -> Generator:
+  """The generator of config.model, its kind resolved (auto: from the model dir's config.json)."""
+  from qgjax.models.registry import model_kind
+
+  return load_generator(config, kind=model_kind(config.model.name, config.model.kind))
 
 
 def _split_eval(doc_ids: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +113,8 @@ def _fingerprint(config: Any, gen: Generator) -> dict:
 
 def sft_loss_fn(gen: Generator):
   def loss_fn(params, frozen, batch):
-    lp = completion_logprobs(gen.fns(params, frozen), batch["prompt"], batch["prompt_mask"],
-                             batch["completion"], batch["completion_mask"])
+    lp = gen.completion_logprobs(params, frozen, batch["prompt"], batch["prompt_mask"], batch["completion"],
+                                 batch["completion_mask"])
     mask = lp.mask * batch["weight"][:, None]
     nll = masked_nll(lp.token, mask)
     return nll, {"nll": nll, "tokens": jnp.sum(mask)}
@@ -111,7 +122,7 @@ def sft_loss_fn(gen: Generator):
 
 
 def setup_sft(config: Any) -> TaskSetup:
-  gen = load_generator(config)
+  gen = _load(config)
   texts = ex.load_sft(config.data.train, _prompts(gen, config))
   train_idx, eval_idx = _split_eval(texts["group"], float(config.data.eval_fraction), int(config.seed))
   cols = {"prompt": texts["prompt"], "completion": ex.tokenize_completions(gen.tokenizer, texts["completion"])}
@@ -143,11 +154,11 @@ def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0):
   def loss_fn(params, frozen, batch):
     args = (batch["prompt"], batch["prompt_mask"], batch["chosen"], batch["chosen_mask"], batch["rejected"],
             batch["rejected_mask"])
-    c, r = pair_logprobs(gen.fns(params, frozen), *args, share_prompt=share)
+    c, r = gen.pair_logprobs(params, frozen, *args, share_prompt=share)
     if reference == "precomputed":
       ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
     else:
-      rc, rr = pair_logprobs(gen.fns(params, frozen, adapters=False), *args, share_prompt=share)
+      rc, rr = gen.pair_logprobs(params, frozen, *args, share_prompt=share, adapters=False)
       ref_c, ref_r = jax.lax.stop_gradient(rc.total), jax.lax.stop_gradient(rr.total)
     if loss_type == "ipo":  # IPO compares per-token mean log-probs
       pi_c, pi_r = c.mean, r.mean
@@ -173,10 +184,10 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
   rules = rules_for(mesh, config.sharding_rules)
   if gen.mode == "lora":
     params, abstract = gen.frozen, gen.abstract_frozen
-    fns_of = lambda p: gen.fns({}, p, adapters=False)
+    logprobs_of = lambda p, *a, **k: gen.pair_logprobs({}, p, *a, adapters=False, **k)
   else:
     params, abstract = gen.trainable, gen.abstract_trainable
-    fns_of = lambda p: gen.fns(p, {})
+    logprobs_of = lambda p, *a, **k: gen.pair_logprobs(p, {}, *a, **k)
   params = put_on_mesh(params, tree_shardings(abstract, mesh, rules))
   share = bool(config.dpo.share_prompt)
   batch_size = int(config.reference_batch_size or config.batch_size)
@@ -184,8 +195,8 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
 
   @jax.jit
   def ref_step(p, b):
-    c, r = pair_logprobs(fns_of(p), b["prompt"], b["prompt_mask"], b["chosen"], b["chosen_mask"], b["rejected"],
-                         b["rejected_mask"], share_prompt=share)
+    c, r = logprobs_of(p, b["prompt"], b["prompt_mask"], b["chosen"], b["chosen_mask"], b["rejected"],
+                       b["rejected_mask"], share_prompt=share)
     return c.total, r.total
 
   out_c = np.zeros(loader.num_examples, np.float64)
@@ -205,7 +216,7 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
 
 
 def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
-  gen = load_generator(config)
+  gen = _load(config)
   dpo = config.dpo
   reference = dpo.reference
   if reference not in ("precomputed", "adapters_off"):
