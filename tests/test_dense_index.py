@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qgjax.errors import ConfigError, InputError
-from qgjax.retrieval.dense import build_index, choose_index_kind
+from qgjax.retrieval.dense import build_index, choose_index_kind, default_index_config
 from qgjax.retrieval.embeddings_store import EmbeddingStoreWriter, is_complete, load_embeddings
 from qgjax.retrieval.exact import ExactIndex, brute_force_numpy
 from qgjax.retrieval.scann_index import ScannIndex, ScannParams
@@ -99,20 +99,19 @@ def test_index_policy(tmp_path, clustered_set):
     choose_index_kind(10, "faiss")
   said = []
   corpus, _ = clustered_set
-  idx = build_index(corpus[:5000], {"kind": "auto", "scann_min_rows": 10_000}, report=said.append)
+  exact = default_index_config()
+  exact.update(kind="auto", scann_min_rows=10_000)
+  idx = build_index(corpus[:5000], exact.to_dict(), report=said.append)
   assert idx.kind == "exact" and "exact" in said[-1]
-  idx = build_index(corpus[:5000], {"kind": "auto", "scann_min_rows": 1000,
-                                    "scann": {"num_leaves": 50, "leaves_to_search": 10}},
-                    cache_dir=str(tmp_path / "scann"), report=said.append)
+  scann = default_index_config()
+  scann.update(kind="auto", scann_min_rows=1000)
+  scann.scann.update(num_leaves=50, leaves_to_search=10)
+  idx = build_index(corpus[:5000], scann.to_dict(), cache_dir=str(tmp_path / "scann"), report=said.append)
   assert idx.kind == "scann" and "built" in said[-1]
-  idx = build_index(corpus[:5000], {"kind": "auto", "scann_min_rows": 1000,
-                                    "scann": {"num_leaves": 50, "leaves_to_search": 10}},
-                    cache_dir=str(tmp_path / "scann"), report=said.append)
+  idx = build_index(corpus[:5000], scann.to_dict(), cache_dir=str(tmp_path / "scann"), report=said.append)
   assert "loaded" in said[-1]
   # other vectors with the same shape (a re-trained encoder): built again, not the stale index
-  idx = build_index(corpus[5000:10000], {"kind": "auto", "scann_min_rows": 1000,
-                                         "scann": {"num_leaves": 50, "leaves_to_search": 10}},
-                    cache_dir=str(tmp_path / "scann"), report=said.append)
+  idx = build_index(corpus[5000:10000], scann.to_dict(), cache_dir=str(tmp_path / "scann"), report=said.append)
   assert "built" in said[-1]
 
 

@@ -152,23 +152,22 @@ def choose_index_kind(num_rows: int, kind: str = "auto", scann_min_rows: int = S
   return "scann", f"{num_rows} rows >= scann_min_rows={scann_min_rows}"
 
 
-def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any] | None = None, *, cache_dir: str | None = None,
+def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any], *, cache_dir: str | None = None,
                 report: Callable[[str], None] | None = None):
   """The dense index over emb f32[N, D] that `index_cfg` asks for; says which and why.
 
-  index_cfg: {"kind": auto|exact|scann, "scann_min_rows": int, "scann": {ScannParams fields},
+  index_cfg: every key of `default_index_config()` (a config's `index` group, as a dict):
+  {"kind": auto|exact|scann, "scann_min_rows": int, "scann": {ScannParams fields},
   "corpus_chunk": int, "query_block": int}. A ScaNN index is saved under `cache_dir` and loaded
   from there next time (when its row count, settings and vectors match).
   """
-  cfg = dict(index_cfg or {})
-  kind, reason = choose_index_kind(emb.shape[0], cfg.get("kind", "auto"),
-                                   int(cfg.get("scann_min_rows", SCANN_MIN_ROWS)))
+  cfg = dict(index_cfg)
+  kind, reason = choose_index_kind(emb.shape[0], cfg["kind"], int(cfg["scann_min_rows"]))
   say = report or (lambda msg: log.info(msg))
   if kind == "exact":
     say(f"index: exact search (jitted matmul + top_k) over {emb.shape[0]} x {emb.shape[1]}; {reason}")
-    return ExactIndex(emb, corpus_chunk=int(cfg.get("corpus_chunk", 16384)),
-                      query_block=int(cfg.get("query_block", 256)))
-  params = ScannParams.from_config(cfg.get("scann")).resolved(emb.shape[0])
+    return ExactIndex(emb, corpus_chunk=int(cfg["corpus_chunk"]), query_block=int(cfg["query_block"]))
+  params = ScannParams.from_config(cfg["scann"]).resolved(emb.shape[0])
   digest = vectors_digest(emb) if cache_dir else ""
   if cache_dir and ScannIndex.is_saved(cache_dir):
     index = ScannIndex.load(cache_dir)
@@ -238,26 +237,25 @@ class BiEncoderPairScorer:
 
 
 def load_pair_scorer(cfg: Mapping[str, Any], encoder: DenseEncoder | None = None):
-  """cfg {"kind": none|cross_encoder|bi_encoder, "model", "max_len", "batch_size"} -> scorer or None.
+  """cfg {"kind": none|cross_encoder|bi_encoder, "model", "max_len", "batch_size"} (every key: a
+  config's reranker / scorer group) -> scorer or None.
 
   bi_encoder with an empty model reuses `encoder`.
   """
-  kind = cfg.get("kind", "none")
+  kind = cfg["kind"]
   if kind in ("none", "", None):
     return None
   if kind == "cross_encoder":
-    if not cfg.get("model"):
+    if not cfg["model"]:
       raise ConfigError("reranker.kind=cross_encoder needs reranker.model: a local HF "
                         "*ForSequenceClassification directory (e.g. one `qgjax train --config "
                         "configs/cross_encoder.py` exported)")
-    return CrossEncoderPairScorer(cfg["model"], max_len=int(cfg.get("max_len", 512)),
-                                  batch_size=int(cfg.get("batch_size", 32)))
+    return CrossEncoderPairScorer(cfg["model"], max_len=int(cfg["max_len"]), batch_size=int(cfg["batch_size"]))
   if kind == "bi_encoder":
-    enc = DenseEncoder.load(cfg["model"]) if cfg.get("model") else encoder
+    enc = DenseEncoder.load(cfg["model"]) if cfg["model"] else encoder
     if enc is None:
       raise ConfigError("reranker.kind=bi_encoder needs reranker.model")
-    return BiEncoderPairScorer(enc, doc_max_len=int(cfg.get("max_len", 256)),
-                               batch_size=int(cfg.get("batch_size", 64)))
+    return BiEncoderPairScorer(enc, doc_max_len=int(cfg["max_len"]), batch_size=int(cfg["batch_size"]))
   raise ConfigError(f"reranker.kind must be none, cross_encoder or bi_encoder; got {kind!r}")
 
 
