@@ -249,7 +249,7 @@ def test_encode_texts_buckets_shapes_and_keeps_order(tmp_path):
   want = module.apply({"params": params}, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"], bool))
   np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
   from qgjax.models.text_encoding import jitted_apply
-  assert jitted_apply(module)._cache_size() == 3  # one compiled shape per bucket: 4, 8, 16
+  assert jitted_apply(module).compiled_shapes() == 3  # one compiled shape per bucket: 4, 8, 16
 
 
 def test_cross_encoder_from_plain_encoder_needs_new_head(tmp_path):

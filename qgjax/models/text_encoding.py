@@ -2,7 +2,10 @@
 
 Texts are tokenised once, sorted by length and packed into batches of a fixed `batch_size`
 whose length is the smallest bucket that fits, so only `len(length_buckets)` shapes compile
-(padding rows fill the last batch of a bucket). Results come back in input order as numpy.
+(padding rows fill the last batch of a bucket). Each batch runs data-parallel over a ("data",)
+mesh of every device of every process (`qgjax.parallel.data_parallel.RowParallel`: rows padded
+to a multiple of the device count; every process passes the same texts and gets every output).
+Results come back in input order as numpy.
 
   encode_texts(bi_encoder, params, tokenizer, texts, ...)        -> f32[N, D]
   score_pairs(cross_encoder, params, tokenizer, queries, docs)   -> f32[N, num_labels]
@@ -39,19 +42,29 @@ def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_apply(module) -> Any:
-  """jit(params, tokens, mask, token_type_ids) -> module output; one per (hashable) module."""
+def _row_parallel(module, mesh) -> Any:
+  from qgjax.parallel.data_parallel import RowParallel
+
   def apply(params, tokens, mask, token_type_ids):
     return module.apply({"params": params}, tokens, mask, token_type_ids)
-  return jax.jit(apply)
+  return RowParallel(apply, mesh)
+
+
+def jitted_apply(module, mesh=None) -> Any:
+  """RowParallel(params, tokens, mask, token_type_ids) -> module output, one per (hashable) module
+  and mesh (default: every device, `qgjax.parallel.data_parallel.data_mesh()`)."""
+  from qgjax.parallel.data_parallel import data_mesh
+  return _row_parallel(module, mesh if mesh is not None else data_mesh())
 
 
 def _run(module, params, encoded: dict[str, list[list[int]]], pad_id: int, batch_size: int, max_len: int,
-         length_buckets: Sequence[int], sharding, progress: bool, desc: str) -> np.ndarray:
+         length_buckets: Sequence[int], mesh, progress: bool, desc: str) -> np.ndarray:
+  from qgjax.parallel.data_parallel import replicate
   ids = encoded["input_ids"]
   types = encoded.get("token_type_ids")
   n = len(ids)
-  fn = jitted_apply(module)
+  fn = jitted_apply(module, mesh)
+  params = replicate(params, fn.mesh)  # a no-op for params placed at load
   plan = plan_batches([len(x) for x in ids], batch_size, bucket_lengths(max_len, length_buckets))
   outputs = []
   bar = None
@@ -68,17 +81,14 @@ def _run(module, params, encoded: dict[str, list[list[int]]], pad_id: int, batch
       mask[j, :len(seq)] = True
       if tt is not None:
         tt[j, :len(seq)] = types[r][:length]
-    args = (tokens, mask, tt)
-    if sharding is not None:
-      args = tuple(None if a is None else jax.device_put(a, sharding) for a in args)
-    outputs.append((rows, fn(params, *args)))
+    outputs.append((rows, fn.submit(params, tokens, mask, tt)))
     if bar is not None:
       bar.update(len(rows))
   if bar is not None:
     bar.close()
   result = None
-  for rows, out in outputs:
-    out = np.asarray(jax.device_get(out), np.float32)
+  for rows, pending in outputs:
+    out = np.asarray(fn.fetch(pending), np.float32)
     if result is None:
       result = np.zeros((n,) + out.shape[1:], np.float32)
     result[rows] = out[:len(rows)]
@@ -86,28 +96,28 @@ def _run(module, params, encoded: dict[str, list[list[int]]], pad_id: int, batch
 
 
 def encode_texts(module, params, tokenizer, texts: Sequence[str], batch_size: int = 64, max_len: int = 256,
-                 length_buckets: Sequence[int] = DEFAULT_BUCKETS, *, sharding=None,
+                 length_buckets: Sequence[int] = DEFAULT_BUCKETS, *, mesh=None,
                  progress: bool = False) -> np.ndarray:
-  """Embeds `texts` with a BiEncoder -> np.float32[N, D] (input order).
+  """Embeds `texts` with a BiEncoder (or DecoderEncoder) -> np.float32[N, D] (input order).
 
-  Texts are truncated to `max_len` tokens (special tokens included). `sharding` (optional) places
-  each [batch_size, L] input batch, e.g. NamedSharding(mesh, P("data")) for data parallelism.
+  Texts are truncated to `max_len` tokens (special tokens included). `mesh`: the ("data",) mesh
+  each [batch_size, L] batch is split over (default: every device).
   """
   texts = list(texts)
   if not texts:
     raise ValueError("encode_texts needs at least one text")
   enc = tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_token_type_ids=False)
   return _run(module, params, {"input_ids": enc["input_ids"]}, tokenizer.pad_token_id, batch_size, max_len,
-              length_buckets, sharding, progress, "encode")
+              length_buckets, mesh, progress, "encode")
 
 
 def score_pairs(module, params, tokenizer, queries: Sequence[str], docs: Sequence[str], batch_size: int = 64,
-                max_len: int = 512, length_buckets: Sequence[int] = DEFAULT_BUCKETS, *, sharding=None,
+                max_len: int = 512, length_buckets: Sequence[int] = DEFAULT_BUCKETS, *, mesh=None,
                 progress: bool = False) -> np.ndarray:
   """Scores (query, doc) pairs with a CrossEncoder -> np.float32[N, num_labels] (input order).
 
   Pairs are tokenised as `[CLS] q [SEP] d [SEP]` (tokenizer's pair template, longest-first
-  truncation to `max_len`, as sentence-transformers' CrossEncoder does).
+  truncation to `max_len`, as sentence-transformers' CrossEncoder does). `mesh`: as `encode_texts`.
   """
   queries, docs = list(queries), list(docs)
   if len(queries) != len(docs) or not queries:
@@ -116,5 +126,5 @@ def score_pairs(module, params, tokenizer, queries: Sequence[str], docs: Sequenc
   encoded = {"input_ids": enc["input_ids"]}
   if "token_type_ids" in enc:
     encoded["token_type_ids"] = enc["token_type_ids"]
-  return _run(module, params, encoded, tokenizer.pad_token_id, batch_size, max_len, length_buckets, sharding,
+  return _run(module, params, encoded, tokenizer.pad_token_id, batch_size, max_len, length_buckets, mesh,
               progress, "score")

@@ -3,6 +3,8 @@
   backend.py      detect_backend (TPU -> GPU -> CPU), compute_dtype, attention_impl
   mesh.py         make_mesh / mesh_from_config from `config.mesh = [("data", -1), ...]`
   sharding.py     logical rules -> NamedSharding, sharded_init, put_on_mesh, put_batch
+  data_parallel.py  RowParallel: batched inference (encoders, cross-encoders, LM judges) split by
+                  rows over a ("data",) mesh of every device of every process
   distributed.py  jax.distributed.initialize from QGJAX_* variables, is_main_process
 """
 

@@ -81,8 +81,11 @@ class DenseEncoder:
 
   def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_len: int | None = None,
              progress_bar: bool = False) -> np.ndarray:
+    """np.float32[N, D], batches split over every device (params replicated there once, kept)."""
     from qgjax.models.bert import encode_texts
+    from qgjax.parallel.data_parallel import data_mesh, replicate
     max_len = self.max_len_for(max_len)
+    self.params = replicate(self.params, data_mesh())
     return encode_texts(self.module, self.params, self.tokenizer, list(texts), batch_size=batch_size,
                         max_len=max_len, progress=progress_bar)
 
@@ -209,7 +212,9 @@ class CrossEncoderPairScorer:
 
   def __init__(self, path: str, *, max_len: int = 512, batch_size: int = 32):
     from qgjax.models.bert import load_cross_encoder
-    self.module, self.params, self.tokenizer, self.info = load_cross_encoder(path)
+    from qgjax.parallel.data_parallel import data_mesh, replicate
+    self.module, params, self.tokenizer, self.info = load_cross_encoder(path)
+    self.params = replicate(params, data_mesh())  # batches run data-parallel over every device
     self.max_len = int(min(max_len, self.info["max_seq_length"]))
     self.batch_size = int(batch_size)
 

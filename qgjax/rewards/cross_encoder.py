@@ -4,7 +4,7 @@ reward `cross_encoder`: the logit of a one-label cross-encoder (sentence-transfo
 convention), or log P(last label) of a multi-label one; for several targets (AQE gold
 documents) the best. The model is any HF `*ForSequenceClassification` directory that
 `qgjax.models.bert.load_cross_encoder` loads (BERT, MiniLM, RoBERTa, XLM-R); scoring runs
-through the jitted, length-bucketed `score_pairs`.
+through the jitted, length-bucketed `score_pairs`, each batch split over every device.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, best_ove
 class CrossEncoderScorer:
 
   def __init__(self, model, corpus, cfg):
-    self.module, self.params, self.tokenizer, self.info = model
+    from qgjax.parallel.data_parallel import data_mesh, replicate
+    self.module, params, self.tokenizer, self.info = model
+    self.params = replicate(params, data_mesh())  # once: score_pairs finds them placed
     self.corpus, self.cfg = corpus, cfg
     self.max_len = min(int(cfg.max_len), int(self.info["max_seq_length"]))
 

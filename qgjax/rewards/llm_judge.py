@@ -15,18 +15,16 @@ tokens carry a leading space (" Yes" / " No").
 
 Batching and sharding: prompts are sorted by length into length buckets (one compiled program
 per bucket), left-padded to `batch_size` rows, and each batch is split by rows over a 1-D
-("data",) mesh of this process's devices (parameters replicated); one jitted forward per batch
-runs the LM head on the last position only.
+("data",) mesh of every device of every process (`qgjax.parallel.data_parallel.RowParallel`:
+rows padded to a multiple of the device count, parameters replicated); one jitted forward per
+batch runs the LM head on the last position only.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
-import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from qgjax.errors import ConfigError
 from qgjax.rewards.base import RewardBatch, RewardContext, ScoreOutput, best_over_targets
@@ -97,7 +95,7 @@ class LLMJudgeScorer:
   """Scores (text, target documents) with the judge; `num_compiles` counts compiled programs."""
 
   def __init__(self, model: tuple[Any, Any, Any], corpus: Any, cfg: Any):
-    from qgjax.sampling.engine import local_data_mesh
+    from qgjax.parallel.data_parallel import RowParallel, data_mesh, replicate
 
     self.module, params, self.tokenizer = model
     self.corpus, self.cfg = corpus, cfg
@@ -106,9 +104,6 @@ class LLMJudgeScorer:
     self.batch_size, self.max_len = int(cfg.batch_size), int(cfg.max_len)
     self.buckets = sorted({b for b in LENGTH_BUCKETS if b < self.max_len} | {self.max_len})
     self.pad_id = int(self.module.config.pad_token_id or 0)
-    mesh = local_data_mesh(math.gcd(self.batch_size, jax.local_device_count()))
-    self._rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    self.params = jax.device_put(params, replicated)
     self.num_compiles = 0
     fn = judge_logits_fn(self.module, self.answer_ids)
 
@@ -116,7 +111,8 @@ class LLMJudgeScorer:
       self.num_compiles += 1   # runs once per trace
       return fn(*args)
 
-    self._jitted = jax.jit(counted, in_shardings=(replicated, self._rows, self._rows), out_shardings=self._rows)
+    self._forward = RowParallel(counted, data_mesh())
+    self.params = replicate(params, self._forward.mesh)
 
   def pair_logits(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
     """Prompts (token ids) -> f32[N, 2] (yes, no) logits, in input order."""
@@ -130,8 +126,7 @@ class LLMJudgeScorer:
     out = np.zeros((len(token_lists), 2), np.float32)
     for length, rows in plan_batches(lengths, self.batch_size, self.buckets):
       batch = pad_prompts([token_lists[r] for r in rows], length, self.batch_size, self.pad_id, "left")
-      put = lambda x: jax.device_put(x, self._rows)
-      out[rows] = np.asarray(jax.device_get(self._jitted(self.params, put(batch.tokens), put(batch.mask))))[:len(rows)]
+      out[rows] = self._forward(self.params, batch.tokens, batch.mask)[:len(rows)]
     return out
 
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
