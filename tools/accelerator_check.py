@@ -199,10 +199,11 @@ def sampling(model_dir: str, out_dir: str, tiny: bool, roof: dict) -> dict:
   param_bytes = 4 * (cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
                      + cfg.num_layers * (2 * cfg.hidden_size * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim
                                          + 3 * cfg.hidden_size * cfg.intermediate_size))
-  weight_bytes_s = batches * s["new_tokens"] * param_bytes / r["qgjax_s"]
+  seconds = s["generated_tokens"] / r["qgjax_tok_s"]  # unrounded (qgjax_s has 2 decimals)
+  weight_bytes_s = batches * s["new_tokens"] * param_bytes / seconds
   useful = r["qgjax_useful_gflop_s"] * 1e9
   return {"qgjax_tok_s": r["qgjax_tok_s"], "hf_generate_tok_s": r.get("peer_tok_s"), "ratio_hf_s_over_qgjax_s": r.get("ratio"),
-          "hf_device": s.get("hf_device"), "generated_tokens": s["generated_tokens"], "qgjax_s": r["qgjax_s"],
+          "hf_device": s.get("hf_device"), "generated_tokens": s["generated_tokens"], "qgjax_s": seconds,
           "useful_tflop_s": useful / 1e12, "mfu_f32": useful / (roof["matmul_f32_tflop_s"] * 1e12),
           "weight_read_gb_s": weight_bytes_s / 1e9, "hbm_roofline_fraction": weight_bytes_s / (roof["copy_gb_s"] * 1e9),
           "report": out_json}
