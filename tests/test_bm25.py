@@ -99,6 +99,28 @@ def test_ranks_of_batched_depth_and_unmatched():
   assert empty_ids == [[], []] and all(s.size == 0 for s in empty_scores)
 
 
+def test_batched_ranks_equal_the_per_query_ranks():
+  """ranks_of (the batch's scores from one np.add.at over its postings, every target ranked at
+  once; also in blocks of 3 queries and pair blocks) equals ranking each query's bm25s
+  get_scores_from_ids vector with rank_from_scores, on a corpus of few words (many exact ties),
+  with several targets per query, repeated query words, unknown words and every depth cut."""
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(12)]
+  docs = [Document(f"doc{i:03d}", "", " ".join(rng.choice(words, size=int(rng.integers(1, 6)))))
+          for i in range(300)]
+  retriever = build_bm25(docs)
+  queries = [" ".join(rng.choice(words + ["zzz"], size=int(rng.integers(1, 5)))) for _ in range(60)] + ["", "zzz"]
+  targets = [[docs[j].doc_id for j in rng.choice(300, size=int(rng.integers(1, 4)), replace=False)] for _ in queries]
+  for depth in (1, 5, 40, 1000):
+    want = []
+    for q, t in zip(queries, targets):
+      scores = retriever._scores(q)
+      want.append(min(bm25.rank_from_scores(scores, retriever._index_of[d], depth, retriever._tie_rank) for d in t))
+    assert retriever.ranks_of(queries, targets, depth=depth).tolist() == want
+    assert retriever.ranks_of(queries, targets, depth=depth, max_block=900).tolist() == want
+  assert len(set(retriever.ranks_of(queries, targets, depth=1000).tolist())) > 10   # the ranks really vary
+
+
 def test_save_load_and_cache(tmp_path, monkeypatch):
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   queries = ["how do vaccines work", "black hole event horizon", "sourdough starter"]

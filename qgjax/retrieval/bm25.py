@@ -133,6 +133,45 @@ def rank_from_scores(scores: np.ndarray, index: int, depth: int, tie_rank: np.nd
   return rank if rank <= depth else depth + 1
 
 
+def expand_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+  """Concatenation of arange(starts[i], ends[i]) over i, without a Python loop."""
+  counts = ends - starts
+  total = int(counts.sum())
+  if total == 0:
+    return np.zeros(0, np.int64)
+  shift = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+  return shift + np.arange(total)
+
+
+def batch_scores(postings: dict, query_tokens: Sequence[Sequence[int]], dtype=np.float32) -> np.ndarray:
+  """[B, N] BM25 scores of a batch of queries from bm25s's term-major index (`model.scores`:
+  data, indices, indptr, num_docs), in one `np.add.at` over the batch's postings.
+
+  Each score sums its terms' weights from 0 in `dtype` in query-token order, as bm25s's
+  `get_scores_from_ids` does query by query, so the floats (and their ties) are the same.
+  """
+  data, indices, indptr = postings["data"], postings["indices"], postings["indptr"]
+  num_docs = int(postings["num_docs"])
+  lengths = np.array([len(t) for t in query_tokens], np.int64)
+  tokens = np.concatenate([np.asarray(t, np.int64) for t in query_tokens] + [np.zeros(0, np.int64)])
+  starts, ends = indptr[tokens].astype(np.int64), indptr[tokens + 1].astype(np.int64)
+  pos = expand_ranges(starts, ends)
+  rows = np.repeat(np.repeat(np.arange(len(query_tokens), dtype=np.int64), lengths), ends - starts)
+  scores = np.zeros(len(query_tokens) * num_docs, dtype)
+  np.add.at(scores, rows * num_docs + indices[pos], data[pos].astype(dtype))  # sequential: token order
+  return scores.reshape(len(query_tokens), num_docs)
+
+
+def ranks_in_scores(scores: np.ndarray, rows: np.ndarray, docs: np.ndarray, depth: int,
+                    tie_rank: np.ndarray) -> np.ndarray:
+  """`rank_from_scores` of every (row, doc) target at once: scores [B, N], rows / docs int[P]."""
+  target = scores[rows, docs]
+  block = scores[rows]                                       # [P, N]
+  ahead = (block > target[:, None]) | ((block == target[:, None]) & (tie_rank[None, :] < tie_rank[docs][:, None]))
+  ranks = 1 + np.count_nonzero(ahead, axis=1)
+  return np.where((target > 0) & (ranks <= depth), ranks, depth + 1)
+
+
 class BM25Retriever:
   """The interface both backends implement."""
   backend: str
@@ -221,13 +260,32 @@ class Bm25sRetriever(BM25Retriever):
     return SearchResults(out_ids, out_scores)
 
   def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
-               depth: int = 1000) -> np.ndarray:
-    ranks = []
-    for q, targets in zip(queries, self._target_sets(queries, doc_ids)):
-      scores = self._scores(q)
-      ranks.append(min(rank_from_scores(scores, self._index_of[d], depth, self._tie_rank)
-                       for d in targets))
-    return np.array(ranks, np.int32)
+               depth: int = 1000, max_block: int = 1 << 22) -> np.ndarray:
+    """Vectorised over the batch: the scores of up to `max_block` // N queries come from one
+    `np.add.at` over their terms' postings (`batch_scores`) and every target is ranked in one
+    comparison against its query's row (`ranks_in_scores`); per query that is the work of the
+    search itself (bm25s builds the same N-vector), with no Python loop over queries or documents.
+    Variants that add a non-occurrence score to every document (bm25l, bm25+) go query by query."""
+    sets = self._target_sets(queries, doc_ids)
+    rows = np.repeat(np.arange(len(sets)), [len(t) for t in sets])
+    docs = np.array([self._index_of[d] for t in sets for d in t], np.int64)
+    per_target = np.empty(len(docs), np.int64)
+    if getattr(self.model, "nonoccurrence_array", None) is not None:
+      for i, (r, d) in enumerate(zip(rows, docs)):
+        per_target[i] = rank_from_scores(self._scores(queries[r]), d, depth, self._tie_rank)
+    else:
+      n = len(self.doc_ids)
+      step = max(1, max_block // n)
+      dtype = np.dtype(self.model.dtype)
+      for lo in range(0, len(sets), step):
+        tokens = [self.model.get_tokens_ids(self.analyzer(q)) for q in queries[lo:lo + step]]
+        scores = batch_scores(self.model.scores, tokens, dtype)
+        at = np.flatnonzero((rows >= lo) & (rows < lo + step))
+        for part in np.array_split(at, max(1, -(-len(at) * n // max_block))):  # [P, N] blocks <= max_block
+          per_target[part] = ranks_in_scores(scores, rows[part] - lo, docs[part], depth, self._tie_rank)
+    best = np.full(len(sets), depth + 1, np.int64)
+    np.minimum.at(best, rows, per_target)
+    return best.astype(np.int32)
 
   def save(self, index_dir: str | os.PathLike) -> None:
     index_dir = pathlib.Path(index_dir)

@@ -2,7 +2,9 @@
 
 reward `bm25_rank` = -rank (or 1 / rank with `rank_reward="reciprocal"`); rank `bm25`.
 Uses the project's BM25 (`config.bm25`: bm25s by default, Pyserini optional), ranked with
-the trec_eval tie order; documents below `config.depth` get rank depth + 1.
+the trec_eval tie order; documents below `config.depth` get rank depth + 1. With bm25s a batch
+is ranked at once (`Bm25sRetriever.ranks_of`: its scores from one pass over its terms' postings,
+every target compared against its query's row), no Python loop over queries or documents.
 """
 
 from __future__ import annotations
