@@ -39,7 +39,8 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train_mode = "lora" if arg.lora else "full"
   # targets: every projection of a decoder (q..down_proj) or of T5 (self/cross attention q, k, v, o; mlp wi*, wo)
   c.lora = ml_collections.ConfigDict(dict(
-      rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj|_attn/[qkvo]/|mlp/w[io]"))
+      rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj|_attn/[qkvo]/|mlp/w[io]",
+      a_init="kaiming_uniform"))   # a_init: kaiming_uniform | normal (B starts at 0)
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", prompt_buckets=(256, 384, 448, 512), completion_buckets=(32, 64), bucket_window=8,
       eval_fraction=0.05))

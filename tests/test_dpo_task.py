@@ -5,18 +5,21 @@ then -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) and the reward metri
 the batch's pair weights. A task that scored chosen as rejected (or vice versa) fails here."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from qgjax.config import build_config
 from qgjax.models.hf_checkpoint import flatten_tree, unflatten_tree
 from qgjax.train import examples as ex
 from qgjax.train import lm_tasks
 from qgjax.train.data import StepLoader
 from tiny_lm import make_tiny_lm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROMPTS = ["write one short search query that this document answers",
            "document : vitamin d and bone health in older adults",
@@ -36,10 +39,10 @@ def tiny_lm(tmp_path_factory):
 def _generator(path: str, mode: str):
   from qgjax.train.generator import load_generator
 
-  cfg = ml_collections.ConfigDict(dict(
-      seed=0, train_mode=mode,
-      model=dict(name=path, init="pretrained", dtype="float32", scan_layers=True, remat=False, overrides={}),
-      lora=dict(rank=4, alpha=8.0, targets=r"(q|v|up|down)_proj")))
+  cfg = build_config(os.path.join(REPO, "configs", "dpo.py"))
+  cfg.update(seed=0, train_mode=mode)
+  cfg.model.update(name=path, init="pretrained", dtype="float32", scan_layers=True, remat=False)
+  cfg.lora.update(rank=4, alpha=8.0, targets=r"(q|v|up|down)_proj")
   return load_generator(cfg)
 
 
@@ -114,8 +117,9 @@ def test_dpo_task_loss_matches_numpy(tiny_lm, mode, reference, sft_weight):
   ref_r, _ = _numpy_logprobs(gen.module, base, prompts, rejected)
 
   beta = 0.5
-  dpo = ml_collections.ConfigDict(dict(beta=beta, label_smoothing=0.0, loss_type="sigmoid", reference=reference,
-                                       share_prompt=True, sft_weight=sft_weight))
+  dpo = build_config(os.path.join(REPO, "configs", "dpo.py")).dpo
+  dpo.update(beta=beta, label_smoothing=0.0, loss_type="sigmoid", reference=reference, share_prompt=True,
+             sft_weight=sft_weight)
   loss_fn = jax.jit(lm_tasks.dpo_loss_fn(gen, dpo, sft_weight=sft_weight))
   columns = {"prompt": prompts, "chosen": chosen, "rejected": rejected}
   if reference == "precomputed":

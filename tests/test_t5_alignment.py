@@ -64,12 +64,10 @@ def _dpo_defaults():
 def _generator(path: str, mode: str):
   from qgjax.train.generator import load_generator
 
-  defaults = _dpo_defaults()
-  cfg = ml_collections.ConfigDict(dict(
-      seed=0, train_mode=mode,
-      model=dict(name=path, kind="auto", init="pretrained", dtype="float32", scan_layers=True, remat=False,
-                 overrides={}),
-      lora=dict(rank=4, alpha=8.0, targets=defaults.lora.targets)))   # the configs' targets find T5's kernels
+  cfg = _dpo_defaults()   # every key load_generator reads; the configs' lora targets find T5's kernels
+  cfg.update(seed=0, train_mode=mode)
+  cfg.model.update(name=path, kind="auto", init="pretrained", dtype="float32", scan_layers=True, remat=False)
+  cfg.lora.update(rank=4, alpha=8.0)
   gen = load_generator(cfg, kind="t5")
   assert gen.kind == "t5" and isinstance(gen.module, t5.T5Model)
   return gen

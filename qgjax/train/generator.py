@@ -206,35 +206,35 @@ def load_generator(config: Any, kind: str = "decoder") -> Generator:
   if kind not in KINDS:
     raise ConfigError(f"model kind {kind!r}; expected one of {', '.join(KINDS)}")
   m = config.model
-  dtype = compute_dtype(None, m.get("dtype", "auto"))
-  overrides = dict(m.get("overrides", None) or {})
-  overrides.update(scan_layers=bool(m.get("scan_layers", True)), remat=bool(m.get("remat", False)))
+  dtype = compute_dtype(None, m.dtype)
+  overrides = dict(m.overrides or {})
+  overrides.update(scan_layers=bool(m.scan_layers), remat=bool(m.remat))
   if kind == "t5":
     module, params, tokenizer = _load_t5(config, dtype)
-  elif m.get("init", "pretrained") == "random":
+  elif m.init == "random":
     # A randomly initialised model of the named architecture (tests, smoke runs); the tokenizer is real.
     cfg = load_decoder_config(m.name, **overrides)
     tokenizer = load_tokenizer(resolve(m.name))
     if cfg.pad_token_id is None and tokenizer.pad_token_id is not None:
       cfg = cfg.replace(pad_token_id=int(tokenizer.pad_token_id))
     module = DecoderLM(cfg.replace(dtype=str(dtype), param_dtype="float32"))
-    params = _random_params(module, int(config.get("seed", 0)))
-  elif m.get("init", "pretrained") == "pretrained":
+    params = _random_params(module, int(config.seed))
+  elif m.init == "pretrained":
     module, params, tokenizer = load_decoder(m.name, dtype="float32", **overrides)
     module = DecoderLM(module.config.replace(dtype=str(dtype)))
   else:
     raise ConfigError(f"model.init={m.init!r}; expected 'pretrained' or 'random'")
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   abstract = _abstract_params(module)
-  mode = config.get("train_mode", "full")
+  mode = config.train_mode
   if mode == "full":
     return Generator(module, tokenizer, params, {}, abstract, {}, mode, kind=kind)
   if mode == "lora":
     from qgjax.models.lora import LoraConfig, init_lora
 
     spec = LoraConfig(rank=int(config.lora.rank), alpha=float(config.lora.alpha), targets=str(config.lora.targets),
-                      a_init=config.lora.get("a_init", "kaiming_uniform"))
-    adapters = jax.device_get(init_lora(jax.random.key(int(config.get("seed", 0)) + 1), params, spec))
+                      a_init=config.lora.a_init)
+    adapters = jax.device_get(init_lora(jax.random.key(int(config.seed) + 1), params, spec))
     return Generator(module, tokenizer, adapters, params, _abstract_adapters(adapters, abstract), abstract,
                      mode, spec, kind)
   raise ConfigError(f"train_mode={mode!r}; expected 'full' or 'lora'")
