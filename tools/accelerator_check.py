@@ -79,13 +79,14 @@ def roofline(tiny: bool) -> dict:
   import jax
   import jax.numpy as jnp
 
-  n = 512 if tiny else 8192
+  on_cpu = jax.devices()[0].platform == "cpu"
+  n = 512 if tiny else (2048 if on_cpu else 8192)
   out = {"matmul_n": n}
   for name, dt in (("bf16", jnp.bfloat16), ("f32", jnp.float32)):
     a = jax.random.normal(jax.random.key(0), (n, n), dt)
     f = jax.jit(jnp.matmul)
     out[f"matmul_{name}_tflop_s"] = 2 * n**3 / _best_time(lambda: f(a, a).block_until_ready()) / 1e12
-  size = (4 << 20) if tiny else (256 << 20)  # f32 elements: 16 MiB / 1 GiB
+  size = (4 << 20) if tiny or on_cpu else (256 << 20)  # f32 elements: 16 MiB / 1 GiB
   x = jnp.ones((size,), jnp.float32)
   g = jax.jit(lambda v: v * 2.0)
   out["copy_gb_s"] = 2 * 4 * size / _best_time(lambda: g(x).block_until_ready()) / 1e9
