@@ -1,7 +1,8 @@
 """qgjax's internal import graph: cycles, upward imports across layers, and imports of `_private` names.
 
-  python tools/import_graph.py            # summary + every offending edge; exit 1 if any
-  python tools/import_graph.py --json     # the same as JSON
+  python tools/import_graph.py                    # summary + every offending edge; exit 1 if any
+  python tools/import_graph.py --json             # the same as JSON
+  python tools/import_graph.py --root /tmp/old    # another checkout (e.g. a `git worktree` of an old commit)
 
 Reads the source with `ast` (nothing is imported), counting every `import` / `from ... import`
 of a qgjax module, at module level or inside a function. Layers, lowest first (a module may
@@ -52,10 +53,10 @@ def layer_of(module: str) -> int:
   return best
 
 
-def modules() -> dict[str, pathlib.Path]:
+def modules(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
   out = {}
-  for path in sorted((ROOT / "qgjax").rglob("*.py")):
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+  for path in sorted((root / "qgjax").rglob("*.py")):
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
       parts = parts[:-1]
     out[".".join(parts)] = path
@@ -128,7 +129,8 @@ def cycles(mods, es) -> list[list[str]]:
 
 
 def main(argv: list[str]) -> int:
-  mods = modules()
+  root = pathlib.Path(argv[argv.index("--root") + 1]).resolve() if "--root" in argv else ROOT
+  mods = modules(root)
   es = edges(mods)
   upward = sorted({(a, b, n) for a, b, _, _, n in
                    ((a, b, names, top, line) for a, b, names, top, line in es)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from qgjax.errors import ConfigError
-from qgjax.train.infonce import RetrieverModel, Towers, check_towers, similarity_normalizes
+from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, similarity_normalizes
 
 
 def decoder_retriever_model(config: Any) -> RetrieverModel:

@@ -36,6 +36,7 @@ import numpy as np
 
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
+from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, similarity_normalizes
 from qgjax.train.margin_mse import margin_mse_loss, retriever_loss_name, teacher_columns, teacher_scores
 
 MASKED = -1e9
@@ -76,25 +77,6 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
 
 # ------------------------------------------------------------------------------------------------
 # The task: towers, data, loss, export.
-
-
-class Towers:
-  """Query / document encoders over one bi-encoder module: params {"query": p} or {"query": p, "doc": p}.
-
-  With a non-empty `frozen` tree (LoRA: the base weights) a tower's p are adapters, passed to the
-  module as its "lora" collection over `frozen` (qgjax.models.decoder_encoder.DecoderEncoder).
-  """
-
-  def __init__(self, module: Any, shared: bool, dropout: bool = False):
-    self.module, self.shared, self.dropout = module, shared, dropout
-
-  def encode(self, params: Any, tower: str, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None,
-             frozen: Any = None) -> jax.Array:
-    p = params["query"] if self.shared or tower == "query" else params["doc"]
-    variables = {"params": frozen, "lora": p} if frozen else {"params": p}
-    if self.dropout and rng is not None:
-      return self.module.apply(variables, tokens, mask, deterministic=False, rngs={"dropout": rng})
-    return self.module.apply(variables, tokens, mask)
 
 
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
@@ -208,37 +190,6 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng([seed, 7])
   is_eval = rng.random(n) < fraction
   return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
-
-
-@dataclasses.dataclass
-class RetrieverModel:
-  """One encoder family's part of the retriever task: what trains, how it encodes, how it exports."""
-  towers: Towers
-  trainable: Any                 # {"query": p} or {"query": p, "doc": p} (LoRA: adapters)
-  frozen: Any                    # {} or the LoRA base weights
-  abstract_trainable: Any
-  abstract_frozen: Any
-  tokenizer: Any
-  max_seq_length: int
-  export: Callable               # (params, frozen, out_dir, max_seq_length) -> out_dir | {tower: dir}
-  fingerprint: dict = dataclasses.field(default_factory=dict)
-  query_prefix: str = ""         # instruction prepended to every query (decoder family)
-
-
-def similarity_normalizes(config: Any, model_normalizes: bool) -> bool:
-  """cos (MultipleNegativesRankingLoss' cos_sim): the encoder L2-normalises, in training and in
-  the export (a Normalize module is added when the model had none); dot: the model's own output."""
-  similarity = config.similarity
-  if similarity not in ("cos", "dot"):
-    raise ConfigError(f"config.similarity must be 'cos' or 'dot', got {similarity!r}")
-  return True if similarity == "cos" else bool(model_normalizes)
-
-
-def check_towers(config: Any) -> bool:
-  """config.towers -> shared?"""
-  if config.towers not in ("shared", "separate"):
-    raise ConfigError(f"config.towers must be 'shared' or 'separate', got {config.towers!r}")
-  return config.towers == "shared"
 
 
 def bert_retriever_model(config: Any) -> RetrieverModel:
