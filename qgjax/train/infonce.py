@@ -202,12 +202,12 @@ def bert_retriever_model(config: Any) -> RetrieverModel:
     raise ConfigError("train_mode=lora, model.pooling and model.query_prefix are for model.family=decoder; "
                       "a BERT-family retriever trains fully with the checkpoint's pooling")
   module, params, tokenizer, info = load_bi_encoder(m.name, dtype="float32")
-  overrides = {"dtype": str(compute_dtype(None, m.get("dtype", "auto")))}
-  if m.get("remat", False):
+  overrides = {"dtype": str(compute_dtype(None, m.dtype))}
+  if m.remat:
     overrides["remat"] = True
   normalize = similarity_normalizes(config, module.normalize)
   module = BiEncoder(dataclasses.replace(info["config"], **overrides), pooling=module.pooling, normalize=normalize)
-  towers = Towers(module, shared=check_towers(config), dropout=bool(m.get("dropout", False)))
+  towers = Towers(module, shared=check_towers(config), dropout=bool(m.dropout))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   trainable = {"query": params} if towers.shared else {"query": params, "doc": jax.tree.map(np.copy, params)}
   abstract_one = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
@@ -227,12 +227,12 @@ def setup_retriever(config: Any):
   from qgjax.train.loop import TaskSetup
 
   d, m = config.data, config.model
-  if int(config.get("accum_steps", 1) or 1) != 1:
+  if int(config.accum_steps or 1) != 1:
     raise ConfigError("retriever training needs accum_steps=1: accumulation would shrink the in-batch "
                       "negatives to one microbatch; use more devices or a smaller batch_size instead")
-  if not d.get("train", ""):
+  if not d.train:
     raise ConfigError("config.data.train must name the mined tuples (qgjax mine's output)")
-  if not d.get("corpus", ""):
+  if not d.corpus:
     raise ConfigError("config.data.corpus must name the BEIR corpus the tuples point into")
   if m.family == "bert":
     model = bert_retriever_model(config)
@@ -257,13 +257,13 @@ def setup_retriever(config: Any):
   loss = retriever_loss_name(config, h)
   if loss == "margin_mse":
     cols.update(teacher_columns(tuples, h, where))
-  seed = int(config.get("seed", 0))
-  train_idx, eval_idx = _split(len(tuples), float(d.get("eval_fraction", 0.0)), seed)
+  seed = int(config.seed)
+  train_idx, eval_idx = _split(len(tuples), float(d.eval_fraction), seed)
   take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   kw = dict(batch_size=int(config.batch_size), buckets=buckets, pad_id=int(tokenizer.pad_token_id or 0), seed=seed,
-            bucket_window=int(d.get("bucket_window", 8)), process_index=jax.process_index(),
+            bucket_window=int(d.bucket_window), process_index=jax.process_index(),
             process_count=jax.process_count())
   train = _StepColumn(take(train_idx), retriever_spec(h), shuffle=True, **kw)
   evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
