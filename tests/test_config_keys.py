@@ -86,6 +86,7 @@ READERS = [
     ("qgjax/train/lm_tasks.py", ["dpo_loss_fn"], {"dpo": "dpo"}, DPO),
     ("qgjax/train/generator.py", ["load_generator", "_load_t5"], {"config": ""},
      LM + _spec("retriever.py", args=("family=decoder", "tiny,family=decoder"))),
+    ("qgjax/train/infonce.py", ["bert_retriever_model", "setup_retriever"], {"config": ""}, _spec("retriever.py")),
     ("qgjax/train/cross_encoder.py", ["setup_cross_encoder"], {"config": ""}, _spec("cross_encoder.py")),
     ("qgjax/methods/readqg/objective.py", ["readqg_objective"], {"rq": "readqg"}, READQG),
     ("qgjax/methods/readqg/objective.py", ["generator_kind"], {"m": "model"}, READQG),
