@@ -7,8 +7,9 @@ Each parameter is created with `jax.make_array_from_callback(shape, sharding, re
 fetches only the rows and columns of the HF tensors under the device's index:
 
   SafetensorsSource  byte ranges of the rows (read with pread, in blocks of <= 16 MiB), bf16 kept
-  GGUFSource         the quantised rows of the tensor, dequantised block by block (llama q/k rows
-                     un-permuted by index), so no tensor is ever dequantised whole
+  GGUFSource         the quantised rows of the tensor, and of them the quantisation blocks that hold
+                     the columns, dequantised row block by row block (llama q/k rows un-permuted
+                     by index), so no tensor is ever dequantised whole
 
 Only addressable devices' callbacks run, so each process of a pod reads just its own slices.
 Beyond the device buffers the host holds one row block at a time. Values are bitwise those of
@@ -131,20 +132,31 @@ class GGUFSource:
     return {name: e[1] for name, e in self._entries.items()}
 
   def read(self, name: str, rows: Any, cols: Any = slice(None)) -> np.ndarray:
-    """f32 tensor[rows][:, cols], dequantising only the rows asked for."""
+    """f32 tensor[rows][:, cols], dequantising only the rows asked for and, of those, only the
+    quantisation blocks (32 or 256 values of a row, each with its own scale) that hold `cols`."""
     import gguf
 
     t, shape, perm = self._entries[name]
     idx = _as_rows(rows, shape[0])
     if perm is not None:
       idx = perm[idx]
-    width = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    raw_cols, inner, width = slice(None), cols, int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    if len(shape) == 2 and isinstance(cols, slice) and cols.step in (None, 1) and cols != slice(None):
+      c0, c1, _ = cols.indices(shape[1])
+      if t.data.dtype == np.uint8:  # quantised (or bf16) rows stored as bytes: cut at block boundaries
+        values, nbytes = gguf.GGML_QUANT_SIZES[t.tensor_type]
+        b0, b1 = c0 // values, -(-c1 // values)
+        raw_cols, inner, width = slice(b0 * nbytes, b1 * nbytes), slice(c0 - b0 * values, c1 - b0 * values), (b1 - b0) * values
+      else:  # f32 / f16: typed columns
+        raw_cols, inner, width = slice(c0, c1), slice(None), c1 - c0
     parts = []
     for block in _row_blocks(idx, width * 4):
       raw = t.data[block] if not (len(block) and np.all(np.diff(block) == 1)) else t.data[block[0]:block[-1] + 1]
+      if len(shape) == 2:
+        raw = raw[:, raw_cols]
       x = np.asarray(gguf.quants.dequantize(raw, t.tensor_type), dtype=np.float32)
-      x = x.reshape((len(block),) + shape[1:])
-      parts.append(_cut_columns(x, cols))
+      x = x.reshape((len(block), width) if len(shape) == 2 else (len(block),) + shape[1:])
+      parts.append(_cut_columns(x, inner if len(shape) == 2 else slice(None)))
     return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
 
