@@ -16,7 +16,7 @@ import pytest
 
 from qgjax.models.hf_checkpoint import flatten_tree, read_safetensors_dir, write_safetensors_dir
 from qgjax.models.registry import load_decoder
-from qgjax.models.sharded_load import GGUFSource, SafetensorsSource, load_decoder_sharded
+from qgjax.models.sharded_load import GGUFSource, SafetensorsSource
 from qgjax.parallel import mesh as mesh_lib, sharding
 from tiny_lm import make_tiny_lm
 
@@ -65,7 +65,7 @@ def _assert_same(sharded, reference):
 def _check(path, mesh_spec, dtype, **overrides):
   mesh = mesh_lib.make_mesh(mesh_spec)
   rules = sharding.rules_for(mesh)
-  model, params, _ = load_decoder_sharded(path, mesh, rules, dtype=dtype, tokenizer=False, **overrides)
+  model, params, _ = load_decoder(path, dtype=dtype, tokenizer=False, mesh=mesh, rules=rules, **overrides)
   ref_model, ref_params, _ = load_decoder(path, dtype=dtype, tokenizer=False, **overrides)
   assert model.config == ref_model.config
   abstract = jax.eval_shape(ref_model.init, jax.random.key(0), np.ones((1, 2), np.int32), np.zeros((1, 2), np.int32))
@@ -87,12 +87,15 @@ def test_safetensors_unscanned_layers(tiny_variant):
   _check(tiny_variant, MESHES[0], "float32", scan_layers=False)
 
 
-def test_load_decoder_with_mesh_is_sharded_load(tiny_variant):
+def test_load_decoder_with_mesh_default_rules_and_tokenizer(tiny_variant):
+  """Without `rules` the mesh's default rules apply; the tokenizer and config come as without a mesh."""
   mesh = mesh_lib.make_mesh(MESHES[1])
-  _, params, tok = load_decoder(tiny_variant, mesh=mesh)
-  _, ref, _ = load_decoder_sharded(tiny_variant, mesh, sharding.rules_for(mesh), tokenizer=False)
-  _assert_same(params, ref)
-  assert tok is not None
+  model, params, tok = load_decoder(tiny_variant, mesh=mesh)
+  ref_model, ref, ref_tok = load_decoder(tiny_variant)
+  assert model.config == ref_model.config and tok.get_vocab() == ref_tok.get_vocab()
+  abstract = jax.eval_shape(model.init, jax.random.key(0), np.ones((1, 2), np.int32), np.zeros((1, 2), np.int32))
+  _assert_same(params, sharding.put_on_mesh(ref, sharding.tree_shardings(abstract["params"], mesh,
+                                                                          sharding.rules_for(mesh))))
 
 
 def test_source_reads_slices(tiny_variant):

@@ -143,19 +143,28 @@ def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
     # GGUF lists dims fastest-first; numpy data is already [rows=out, cols=in] like torch.
     w = w.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
-    m = _BLOCK_RE.match(t.name)
-    if t.name in _GLOBAL_NAMES:
-      name = _GLOBAL_NAMES[t.name]
-    elif m and m.group(2) in _BLOCK_NAMES:
-      name = f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
-      if cfg["model_type"] == "llama" and m.group(2) in ("attn_q.weight", "attn_q.bias"):
-        w = unpermute_qk(w, cfg["num_attention_heads"])
-      elif cfg["model_type"] == "llama" and m.group(2) in ("attn_k.weight", "attn_k.bias"):
-        w = unpermute_qk(w, cfg["num_key_value_heads"])
-    else:
-      name = f"gguf:{t.name}"  # unknown: reported by the fit check as unexpected
-    tensors[name] = w
+    name, qk_heads = hf_tensor_name(t.name, cfg)
+    tensors[name] = w if qk_heads is None else unpermute_qk(w, qk_heads)
   return cfg, tensors
+
+
+def hf_tensor_name(gguf_name: str, hf_config: dict[str, Any]) -> tuple[str, int | None]:
+  """GGUF tensor name -> (HF name, heads to un-permute its rows by, or None).
+
+  Unknown tensors come back as "gguf:<name>" (the fit check reports them as unexpected); the
+  heads are set for llama q/k weights and biases (`unpermute_qk`).
+  """
+  m = _BLOCK_RE.match(gguf_name)
+  if gguf_name in _GLOBAL_NAMES:
+    return _GLOBAL_NAMES[gguf_name], None
+  if not (m and m.group(2) in _BLOCK_NAMES):
+    return f"gguf:{gguf_name}", None
+  name = f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
+  if hf_config["model_type"] == "llama" and m.group(2) in ("attn_q.weight", "attn_q.bias"):
+    return name, hf_config["num_attention_heads"]
+  if hf_config["model_type"] == "llama" and m.group(2) in ("attn_k.weight", "attn_k.bias"):
+    return name, hf_config["num_key_value_heads"]
+  return name, None
 
 
 def load_gguf_decoder(path: str, *, dtype: str = "float32", **config_overrides):

@@ -141,19 +141,21 @@ def load_decoder(name_or_path: str, *, dtype: str = "float32", tokenizer: bool =
   With a `mesh` (and its `rules`), params are global jax.Arrays read slice by slice straight
   into their shardings, with no full host copy (qgjax.models.sharded_load).
   """
-  if mesh is not None:
-    from qgjax.models.sharded_load import load_decoder_sharded
-    from qgjax.parallel.sharding import rules_for
-
-    return load_decoder_sharded(name_or_path, mesh, rules if rules is not None else rules_for(mesh), dtype=dtype,
-                                tokenizer=tokenizer, **config_overrides)
   from qgjax.models.decoder import DecoderConfig, DecoderLM
   from qgjax.models.decoder_hf import params_from_hf
   from qgjax.models.gguf_loader import load_gguf_decoder
   from qgjax.models.hf_checkpoint import read_safetensors_dir
 
   path = resolve(name_or_path)
-  if path.endswith(".gguf"):
+  if mesh is not None:
+    from qgjax.models.sharded_load import GGUFSource, open_source, place_decoder_params
+    from qgjax.parallel.sharding import rules_for
+
+    source = open_source(path)
+    hf_cfg = source.hf_config if isinstance(source, GGUFSource) else _read_config_json(path)
+    config = DecoderConfig.from_hf(hf_cfg, **{"dtype": dtype, "param_dtype": dtype, **config_overrides})
+    params = place_decoder_params(source, config, mesh, rules if rules is not None else rules_for(mesh))
+  elif path.endswith(".gguf"):
     config, params = load_gguf_decoder(path, dtype=dtype, **config_overrides)
   else:
     overrides = {"dtype": dtype, "param_dtype": dtype, **config_overrides}

@@ -1,6 +1,7 @@
 """Decoder checkpoints placed straight onto a mesh, one slice per device, never as a full host copy.
 
-  model, params, tokenizer = load_decoder_sharded("smollm2-135m-instruct", mesh, rules, dtype="bfloat16")
+  model, params, tokenizer = load_decoder("smollm2-135m-instruct", mesh=mesh, rules=rules)   # qgjax.models.registry
+  params = place_decoder_params(open_source(path), config, mesh, rules)   # what it runs
   # params: global jax.Arrays, each in tree_shardings(abstract params, mesh, rules)
 
 Each parameter is created with `jax.make_array_from_callback(shape, sharding, read)`, and `read`
@@ -104,28 +105,16 @@ class GGUFSource:
   """The HF-named tensors of a GGUF file (qgjax.models.gguf_loader names), dequantised by row blocks."""
 
   def __init__(self, path: str):
-    from qgjax.models.gguf_loader import _BLOCK_NAMES, _BLOCK_RE, _GLOBAL_NAMES, hf_config_from_gguf, open_gguf
+    from qgjax.models.gguf_loader import hf_config_from_gguf, hf_tensor_name, open_gguf, unpermute_qk
 
     self.path = path
     self.reader = open_gguf(path)
     self.hf_config = hf_config_from_gguf(self.reader, {t.name for t in self.reader.tensors})
-    llama = self.hf_config["model_type"] == "llama"
     self._entries: dict[str, tuple[Any, tuple[int, ...], np.ndarray | None]] = {}
     for t in self.reader.tensors:
       shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-      m = _BLOCK_RE.match(t.name)
-      perm = None
-      if t.name in _GLOBAL_NAMES:
-        name = _GLOBAL_NAMES[t.name]
-      elif m and m.group(2) in _BLOCK_NAMES:
-        name = f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
-        kind = m.group(2).split(".")[0]
-        if llama and kind in ("attn_q", "attn_k"):
-          from qgjax.models.gguf_loader import unpermute_qk
-          heads = self.hf_config["num_attention_heads" if kind == "attn_q" else "num_key_value_heads"]
-          perm = unpermute_qk(np.arange(shape[0]), heads)  # HF row r is GGUF row perm[r]
-      else:
-        name = f"gguf:{t.name}"
+      name, qk_heads = hf_tensor_name(t.name, self.hf_config)
+      perm = None if qk_heads is None else unpermute_qk(np.arange(shape[0]), qk_heads)  # HF row r = GGUF row perm[r]
       self._entries[name] = (t, shape, perm)
 
   def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -223,24 +212,3 @@ def place_decoder_params(source, config, mesh, rules: Sequence, *, check: bool =
 
     flat[path] = jax.make_array_from_callback(shape, shardings[path], read)
   return unflatten_tree(flat)
-
-
-def load_decoder_sharded(name_or_path: str, mesh, rules: Sequence, *, dtype: str = "float32",
-                         tokenizer: bool = True, **config_overrides):
-  """-> (DecoderLM, params as global jax.Arrays sharded by `rules` on `mesh`, tokenizer | None).
-
-  Same model, config and values as `registry.load_decoder(name_or_path, dtype=dtype, ...)`
-  followed by `put_on_mesh`, without the full float32 host copy.
-  """
-  from qgjax.models.decoder import DecoderConfig, DecoderLM
-  from qgjax.models.registry import _read_config_json, load_tokenizer, resolve
-
-  path = resolve(name_or_path)
-  source = open_source(path)
-  hf_cfg = source.hf_config if isinstance(source, GGUFSource) else _read_config_json(path)
-  config = DecoderConfig.from_hf(hf_cfg, **{"dtype": dtype, "param_dtype": dtype, **config_overrides})
-  params = place_decoder_params(source, config, mesh, rules)
-  tok = load_tokenizer(path) if tokenizer else None
-  if tok is not None and config.pad_token_id is None and tok.pad_token_id is not None:
-    config = config.replace(pad_token_id=int(tok.pad_token_id))
-  return DecoderLM(config), params, tok
