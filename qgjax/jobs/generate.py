@@ -55,7 +55,7 @@ def load_generator(config) -> tuple[str, Any, Any, Any]:
   from qgjax.models.registry import model_kind
 
   m = config.model
-  kind = model_kind(m.name, m.get("kind", "auto"))
+  kind = model_kind(m.name, m.kind)
   if kind == "t5":
     from qgjax.models.registry import resolve
     from qgjax.models.t5 import load_t5
@@ -64,7 +64,7 @@ def load_generator(config) -> tuple[str, Any, Any, Any]:
   else:
     from qgjax.models.registry import load_decoder
 
-    model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=bool(m.get("scan_layers", True)))
+    model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=bool(m.scan_layers))
   if tokenizer is None:
     raise ConfigError(f"model {m.name!r} has no tokenizer files; generation needs one")
   return kind, model, params, tokenizer
@@ -85,7 +85,7 @@ def check_config(config) -> None:
   if not buckets or min(buckets) < 1:
     raise ConfigError(f"config.buckets must list prompt lengths >= 1; got {list(config.buckets)}")
   try:
-    compute_dtype(None, config.model.get("dtype", "auto"))
+    compute_dtype(None, config.model.dtype)
   except ConfigError as e:
     raise ConfigError(f"config.model.dtype: {e}") from None
 
@@ -96,11 +96,11 @@ def check_config(config) -> None:
 def _queries(config) -> dict[str, str]:
   from qgjax.data.beir import load_queries, queries_path
 
-  path = config.data.get("queries", "") or ""
+  path = config.data.queries or ""
   if not path:
-    if not config.data.get("corpus"):
+    if not config.data.corpus:
       raise ConfigError("prompt mode 'expansion' needs data.queries (a queries.jsonl) or data.corpus (a BEIR dir)")
-    path = str(queries_path(config.data.corpus, config.data.get("split") or None))
+    path = str(queries_path(config.data.corpus, config.data.split or None))
   if not os.path.isfile(path):
     raise InputError("queries file not found", path=path)
   return load_queries(path)
@@ -150,8 +150,8 @@ def prompt_source(config, tokenizer) -> PromptSource:
   from qgjax.sampling.prompts import PromptBuilder
 
   builder = PromptBuilder(config.prompt, tokenizer)
-  limit = int(config.data.get("limit", 0) or 0)
-  offset = int(config.data.get("offset", 0) or 0)
+  limit = int(config.data.limit or 0)
+  offset = int(config.data.offset or 0)
   if offset < 0 or limit < 0:
     raise ConfigError(f"data.offset and data.limit must be >= 0; got {offset} and {limit}")
   max_len = max(config.buckets)
@@ -175,7 +175,7 @@ def prompt_source(config, tokenizer) -> PromptSource:
   total, docs = document_entries(corpus, offset, limit)
   negative_of = None
   if mode == "contrastive":
-    source = config.prompt.get("negative", "random")
+    source = config.prompt.negative
     if source == "random":
       negative_of = _negative_picker(corpus, int(config.sampling.seed))
     else:
@@ -243,8 +243,7 @@ def _model_settings(config, kind: str) -> dict:
   from qgjax.parallel.backend import compute_dtype
 
   m = config.model
-  return {"kind": kind, "dtype": str(compute_dtype(None, m.get("dtype", "auto"))),
-          "scan_layers": bool(m.get("scan_layers", True))}
+  return {"kind": kind, "dtype": str(compute_dtype(None, m.dtype)), "scan_layers": bool(m.scan_layers)}
 
 
 def _meta(config, model_name: str, sampling, kind: str = "decoder") -> dict:
@@ -253,9 +252,8 @@ def _meta(config, model_name: str, sampling, kind: str = "decoder") -> dict:
           "prompt": config.prompt.to_dict(),
           "postprocess": config.postprocess.to_dict(), "sampling": dataclasses.asdict(sampling),
           "seed": int(config.sampling.seed), "buckets": list(config.buckets),
-          "data": {"corpus": str(config.data.get("corpus", "")), "queries": str(config.data.get("queries", "")),
-                   "limit": int(config.data.get("limit", 0) or 0),
-                   "offset": int(config.data.get("offset", 0) or 0)}}
+          "data": {"corpus": str(config.data.corpus), "queries": str(config.data.queries),
+                   "limit": int(config.data.limit or 0), "offset": int(config.data.offset or 0)}}
 
 
 def run(config) -> dict:
@@ -270,18 +268,18 @@ def run(config) -> dict:
   model_name = config.model.name
   expansion = config.prompt.mode == "expansion"
   source = prompt_source(config, tokenizer)
-  mesh = local_data_mesh(int(config.get("num_devices", 0) or 0))
+  mesh = local_data_mesh(int(config.num_devices or 0))
   make = Sampler.for_seq2seq if kind == "t5" else Sampler.for_decoder
   sampler = make(model, params, sampling, batch_size=int(config.batch_size), seed=int(config.sampling.seed), mesh=mesh)
   sample = lambda items, bucket: sampler.run([it.prompt for it in items], [it.item_id for it in items], bucket)
   records = per_item(lambda item, batch, i: _records(item, batch, i, tokenizer, config, model_name))
   key = ("query_id", "sample_idx") if expansion else ("doc_id", "sample_idx")
   output = Output(config.output_dir, key, _meta(config, model_name, sampling, kind),
-                  shard_size=int(config.get("shard_size", 10_000)))
+                  shard_size=int(config.shard_size))
   result = run_generation(source, sample, records, output, buckets=config.buckets, batch_size=sampler.batch_size,
                           unit="query" if expansion else "doc", desc="generate",
-                          log_every_s=float(config.get("log_every_s", 10.0)), logger=log,
-                          keep_examples=int(config.get("print_examples", 0) or 0))
+                          log_every_s=float(config.log_every_s), logger=log,
+                          keep_examples=int(config.print_examples or 0))
   for rec in result.examples:
     log.info("%s\t%s", rec["query_id"] if expansion else rec["doc_id"], rec["expansion"] if expansion else rec["query"])
   return {**result.summary, "prompt_mode": config.prompt.mode, "model": model_name, "inputs": result.items,
