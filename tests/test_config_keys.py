@@ -94,6 +94,7 @@ READERS = [
     ("qgjax/methods/readqg/t5.py", ["_load_t5", "setup_readqg_t5"], {"config": ""}, READQG_T5),
     ("qgjax/methods/readqg/decoder.py", ["setup_readqg_decoder"], {"config": ""}, READQG_DECODER),
     ("qgjax/methods/readqg/generate.py", None, {"config": ""}, _spec("readqg_generate.py")),
+    ("qgjax/jobs/generate.py", None, {"config": ""}, _spec("generate.py") + _spec("demo.py")),
     ("qgjax/jobs/evaluate.py", None, {"config": ""}, _spec("evaluate.py")),
     ("qgjax/jobs/mine.py", None, {"config": ""}, _spec("mine.py")),
 ]
