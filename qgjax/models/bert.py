@@ -325,54 +325,11 @@ def resolve_model_dir(name_or_path: str) -> str:
   return path
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _pooling_from_st(cfg: Mapping[str, Any], path: str) -> str:
-  """1_Pooling/config.json (legacy `pooling_mode_*` booleans or the newer `pooling_mode`) -> mode."""
-  if "pooling_mode" in cfg:
-    modes = cfg["pooling_mode"]
-    modes = [modes] if isinstance(modes, str) else list(modes)
-  else:
-    legacy = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-              "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-              "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
-    modes = [m for k, m in legacy.items() if cfg.get(k)] or ["mean"]
-  if len(modes) != 1 or modes[0] not in POOLING_MODES:
-    raise ConfigError(f"{path}: pooling {modes} is not supported; supported: one of {', '.join(POOLING_MODES)}")
-  return modes[0]
-
-
 def read_st_layout(path: str) -> dict[str, Any]:
-  """Reads a sentence-transformers directory (or a plain HF one: mean pooling, no normalisation).
-
-  Returns {"transformer_dir", "pooling", "normalize", "max_seq_length", "do_lower_case"}.
-  """
-  layout = {"transformer_dir": path, "pooling": "mean", "normalize": False, "max_seq_length": None,
-            "do_lower_case": False}
-  modules_file = os.path.join(path, "modules.json")
-  if not os.path.isfile(modules_file):
-    return layout
-  for mod in _read_json(modules_file):
-    kind = mod.get("type", "").rsplit(".", 1)[-1]
-    mod_dir = os.path.join(path, mod.get("path", ""))
-    if kind == "Transformer":
-      layout["transformer_dir"] = mod_dir
-      st_cfg = os.path.join(mod_dir, "sentence_bert_config.json")
-      if os.path.isfile(st_cfg):
-        c = _read_json(st_cfg)
-        layout["max_seq_length"] = c.get("max_seq_length")
-        layout["do_lower_case"] = bool(c.get("do_lower_case", False))
-    elif kind == "Pooling":
-      layout["pooling"] = _pooling_from_st(_read_json(os.path.join(mod_dir, "config.json")), mod_dir)
-    elif kind == "Normalize":
-      layout["normalize"] = True
-    else:
-      raise ConfigError(f"{modules_file}: sentence-transformers module {mod.get('type')!r} is not supported "
-                        "(supported: Transformer, Pooling, Normalize)")
-  return layout
+  """A sentence-transformers (or plain HF: mean pooling, no normalisation) directory's layout:
+  {"transformer_dir", "pooling", "normalize", "max_seq_length", "do_lower_case", ...}."""
+  from qgjax.models.st_layout import read_st_layout as read
+  return read(path, POOLING_MODES, "mean")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")

@@ -37,10 +37,6 @@ from qgjax.errors import ConfigError
 from qgjax.models.decoder import SUPPORTED_MODEL_TYPES, DecoderConfig, DecoderLM, positions_from_mask
 
 POOLING_MODES = ("lasttoken", "mean")
-_ST_POOLING_KEYS = {"pooling_mode_lasttoken": "lasttoken", "pooling_mode_mean_tokens": "mean",
-                    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens": "weightedmean"}
 
 
 def last_token_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -112,36 +108,9 @@ def _read_json(path: str) -> Any:
 
 def read_st_modules(path: str) -> dict[str, Any]:
   """A directory's modules.json (if any) -> {"transformer_dir", "pooling" (None if no Pooling
-  module), "normalize", "max_seq_length", "prompts"}."""
-  out = {"transformer_dir": path, "pooling": None, "normalize": False, "max_seq_length": None, "prompts": {}}
-  modules_file = os.path.join(path, "modules.json")
-  if not os.path.isfile(modules_file):
-    return out
-  for mod in _read_json(modules_file):
-    kind = mod.get("type", "").rsplit(".", 1)[-1]
-    mod_dir = os.path.join(path, mod.get("path", ""))
-    if kind == "Transformer":
-      out["transformer_dir"] = mod_dir
-      st_cfg = os.path.join(mod_dir, "sentence_bert_config.json")
-      if os.path.isfile(st_cfg):
-        out["max_seq_length"] = _read_json(st_cfg).get("max_seq_length")
-    elif kind == "Pooling":
-      cfg = _read_json(os.path.join(mod_dir, "config.json"))
-      modes = cfg.get("pooling_mode") or [m for k, m in _ST_POOLING_KEYS.items() if cfg.get(k)] or ["mean"]
-      modes = [modes] if isinstance(modes, str) else list(modes)
-      if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise ConfigError(f"{mod_dir}: pooling {modes} is not supported for a decoder; supported: "
-                          f"one of {', '.join(POOLING_MODES)}")
-      out["pooling"] = modes[0]
-    elif kind == "Normalize":
-      out["normalize"] = True
-    else:
-      raise ConfigError(f"{modules_file}: sentence-transformers module {mod.get('type')!r} is not supported "
-                        "(supported: Transformer, Pooling, Normalize)")
-  st_file = os.path.join(path, "config_sentence_transformers.json")
-  if os.path.isfile(st_file):
-    out["prompts"] = dict(_read_json(st_file).get("prompts") or {})
-  return out
+  module), "normalize", "max_seq_length", "prompts", ...} (qgjax.models.st_layout)."""
+  from qgjax.models.st_layout import read_st_layout
+  return read_st_layout(path, POOLING_MODES, None)
 
 
 def encoder_family(name_or_path: str) -> str:
