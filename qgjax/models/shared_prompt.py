@@ -13,7 +13,9 @@ transposed so both attention products are plain [M, K] x [K, N] matmuls):
   SampleCache.k[l]  [R, KVH, Dh, N]      SampleCache.v[l]  [R, KVH, N, Dh]     R = B * n
 
 `DecoderLM.decode_shared_prompt` (qgjax.models.decoder) runs a decode step in this layout;
-`shared_prompt_attention` is one layer's attention after the q/k/v projections.
+`shared_prompt_attention` is one layer's attention after the q/k/v projections. Under a mesh and
+logical rules (qgjax.parallel.sharding.activate) `constrain_cache` splits both caches' rows over
+"batch" and their kv heads over "kv_heads" (K_AXES / V_AXES); outside one it does nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from qgjax.models.layers import as_dtype
+from qgjax.models.layers import as_dtype, logical_constraint
 
 NEG = -1e30   # score of a masked key (finite: a fully masked prompt row still normalises)
+K_AXES = ("batch", "kv_heads", "head_dim", "length")   # logical axes of a (prompt or sample) key cache
+V_AXES = ("batch", "kv_heads", "length", "head_dim")   # ... and of a value cache
 
 
 class PromptCache(NamedTuple):
@@ -56,6 +60,16 @@ def init_sample_cache(config: Any, rows: int, max_new: int, dtype: Any = None) -
   k = tuple(jnp.zeros((rows, kvh, dh, max_new), dt) for _ in range(config.num_layers))
   v = tuple(jnp.zeros((rows, kvh, max_new, dh), dt) for _ in range(config.num_layers))
   return SampleCache(k=k, v=v)
+
+
+def constrain_cache(cache: Any) -> Any:
+  """A PromptCache or SampleCache with sharding constraints K_AXES / V_AXES (mask: "batch") on its
+  arrays; a no-op outside a mesh + logical rules context."""
+  k = tuple(logical_constraint(x, K_AXES) for x in cache.k)
+  v = tuple(logical_constraint(x, V_AXES) for x in cache.v)
+  if isinstance(cache, PromptCache):
+    return PromptCache(k, v, logical_constraint(cache.mask, ("batch", "length")))
+  return SampleCache(k, v)
 
 
 def gather_rows(cache: SampleCache, rows: jax.Array) -> SampleCache:

@@ -14,6 +14,10 @@ holds P + max_new_tokens slots: the prompt at [0, P), new token t at P + t.
 Soft prompts (ReadQG): `prefix` f32[B, K, D] goes before each prompt's embeddings
 ([prefix ; pad ; prompt], qgjax.models.soft_prompt.prepend), always attended; the prefill then
 runs on embeddings and the decode is unchanged (the prompt is K + P slots).
+
+Traced under a mesh and logical rules (qgjax.parallel.sharding.activate, as the Sampler does for a
+mesh with "fsdp" / "tensor" axes) the KV caches carry sharding constraints: rows over "batch",
+kv heads over "kv_heads" (KV_CACHE_AXES, shared_prompt.K_AXES / V_AXES). Outside one they are no-ops.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from qgjax.models.decoder import DecoderLM, KVCache, init_cache, positions_from_mask, unrolled
-from qgjax.models.layers import as_dtype
-from qgjax.models.shared_prompt import PromptCache, gather_rows, init_sample_cache
+from qgjax.models.decoder import KV_CACHE_AXES, DecoderLM, KVCache, init_cache, positions_from_mask, unrolled
+from qgjax.models.layers import as_dtype, logical_constraint
+from qgjax.models.shared_prompt import PromptCache, constrain_cache, gather_rows, init_sample_cache
 from qgjax.sampling.beam import beam_loop
 from qgjax.sampling.keys import sample_keys
 from qgjax.sampling.logits import SamplingParams
@@ -42,6 +46,7 @@ def prefill(model: DecoderLM, params: Any, tokens: jax.Array | None, mask: jax.A
   """
   b, p = mask.shape
   cache = init_cache(model.config, b, cache_len or p)
+  cache = KVCache(k=logical_constraint(cache.k, KV_CACHE_AXES), v=logical_constraint(cache.v, KV_CACHE_AXES))
   kv_mask = mask if cache_len is None else jnp.pad(mask, ((0, 0), (0, cache_len - p)))
   logits, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), kv_mask, cache, 0,
                               embeds=embeds, return_last_only=True)
@@ -145,6 +150,7 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
   if shared_prompt:
     chunks = prefill_chunk_count(b, p, prefill_chunk_tokens, devices)
     last_logits, prompt = prefill_prompt_cache(model, params, tokens, mask, chunks, embeds=embeds)
+    prompt = constrain_cache(prompt)
   else:
     last_logits, cache = prefill(model, params, tokens, mask, embeds=embeds)
   rows_mask = jnp.repeat(mask, copies, axis=0)
@@ -152,10 +158,12 @@ def generate_decoder(model: DecoderLM, params: Any, tokens: jax.Array, mask: jax
   first_logits = jnp.repeat(last_logits, copies, axis=0)
 
   if shared_prompt:
-    cache = init_sample_cache(model.config, b * copies, n_new, prompt.k[0].dtype)
+    cache = constrain_cache(init_sample_cache(model.config, b * copies, n_new, prompt.k[0].dtype))
 
     def step(new, tok, t):
-      return model.apply({"params": params}, tok, prompt_len + t, prompt, new, t, method=DecoderLM.decode_shared_prompt)
+      logits, new = model.apply({"params": params}, tok, prompt_len + t, prompt, new, t,
+                                method=DecoderLM.decode_shared_prompt)
+      return logits, constrain_cache(new)
 
     gather = gather_rows
   else:

@@ -5,10 +5,20 @@
   out.tokens[i, j], out.logprobs[i, j], out.lengths[i, j], out.scores[i, j]   # prompt i, sample j
   sampler.num_compiles                               # programs traced so far
 
-The batch axis is split over the "data" axis of a mesh of this process's devices (parameters
-replicated): generation needs no communication, so each process of a multi-host run samples
-its own share of the documents independently. Keys come from (seed, id of the prompt), so the
-samples of a prompt do not depend on the batch it lands in or the number of devices.
+By default the batch axis is split over the "data" axis of a mesh of this process's devices
+(parameters replicated): generation needs no communication, so each process of a multi-host run
+samples its own share of the documents independently. Keys come from (seed, id of the prompt), so
+the samples of a prompt do not depend on the batch it lands in or the number of devices.
+
+A mesh with "fsdp" / "tensor" axes larger than 1 (or explicit `rules`) shards the model too:
+
+  mesh = make_mesh([("data", 2), ("tensor", 4)])
+  sampler = Sampler.for_decoder(model, params, sampling, batch_size=16, mesh=mesh)
+
+Parameters are placed by their logical axes (qgjax.parallel.sharding rules; `rules` default
+`rules_for(mesh)`), rows go over the "batch" rule's mesh axes (data and fsdp), and the program is
+traced under those rules, so activations and the KV caches (rows over "batch", kv heads over
+"tensor") carry sharding constraints and GSPMD splits the matmuls. Same samples as one device.
 """
 
 from __future__ import annotations
@@ -61,20 +71,36 @@ class Sampler:
   """Compiles `generate(params, tokens, mask, keys) -> Samples` once per prompt length."""
 
   def __init__(self, generate: GenerateFn, params: Any, sampling: SamplingParams, *, batch_size: int,
-               pad_id: int, pad_side: str = "left", seed: int = 0, mesh: jax.sharding.Mesh | None = None):
+               pad_id: int, pad_side: str = "left", seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+               rules: Sequence | None = None, param_shardings: Any = None):
+    """rules: logical axis rules (model-sharded mode; see the module docstring). param_shardings:
+    a NamedSharding per leaf of `params` (default: replicated)."""
     self.sampling = sampling
     self.batch_size = int(batch_size)
     self.pad_id = int(pad_id)
     self.pad_side = pad_side
     self.seed = int(seed)
     self.mesh = mesh if mesh is not None else local_data_mesh()
-    n_dev = self.mesh.shape["data"]
+    self.rules = tuple(rules) if rules is not None else None
+    if self.rules is None:
+      rows_spec, n_dev, where = P("data"), self.mesh.shape["data"], "'data' mesh axis"
+    else:
+      from qgjax.parallel.sharding import batch_devices, batch_spec
+
+      rows_spec, n_dev = batch_spec(1, self.rules), batch_devices(self.mesh, self.rules)
+      where = f"mesh axes {rows_spec[0]!r} of the 'batch' rule"
     if self.batch_size % n_dev:
-      raise ConfigError(f"batch_size={self.batch_size} must be a multiple of the {n_dev} devices on the "
-                        f"'data' mesh axis")
-    self._rows = NamedSharding(self.mesh, P("data"))
+      raise ConfigError(f"batch_size={self.batch_size} must be a multiple of the {n_dev} devices on the {where}")
+    self.row_devices = n_dev
+    self._rows = NamedSharding(self.mesh, rows_spec)
     replicated = NamedSharding(self.mesh, P())
-    self.params = jax.device_put(params, replicated)
+    if param_shardings is None:
+      param_shardings = replicated
+      self.params = jax.device_put(params, replicated)
+    else:
+      from qgjax.parallel.sharding import put_on_mesh
+
+      self.params = put_on_mesh(params, param_shardings)
     self.num_compiles = 0
     self._generate = generate
 
@@ -82,7 +108,7 @@ class Sampler:
       self.num_compiles += 1  # Python side effect: runs once per trace, i.e. per compiled program
       return generate(params, tokens, mask, prompt_keys(seed, hashes))
 
-    self._jitted = jax.jit(run, in_shardings=(replicated, self._rows, self._rows, self._rows, replicated),
+    self._jitted = jax.jit(run, in_shardings=(param_shardings, self._rows, self._rows, self._rows, replicated),
                            out_shardings=self._rows)
 
   @classmethod
@@ -93,11 +119,21 @@ class Sampler:
 
     prefill_chunk_tokens: prefill the batch in sequential groups of about this many prompt
     tokens per device (0 = all at once). Default: 1024 on CPU, where a group's activations
-    then stay in cache, and 0 on accelerators."""
+    then stay in cache, and 0 on accelerators.
+
+    A mesh with an "fsdp" or "tensor" axis larger than 1, or explicit `rules`, shards the
+    parameters by their logical axes (rules default: `rules_for(mesh)`) and the batch over the
+    "batch" rule's axes; otherwise parameters are replicated and rows go over "data"."""
     if shared_prompt:
       from qgjax.models.decoder import unrolled
 
       model, params = unrolled(model, params)
+    if kwargs.get("mesh") is not None and kwargs.get("rules") is None and _model_axes(kwargs["mesh"]):
+      from qgjax.parallel.sharding import rules_for
+
+      kwargs["rules"] = rules_for(kwargs["mesh"])
+    if kwargs.get("rules") is not None and kwargs.get("param_shardings") is None:
+      kwargs["param_shardings"] = _decoder_param_shardings(model, params, kwargs["mesh"], kwargs["rules"])
     pad = kwargs.pop("pad_id", None)
     pad = model.config.pad_token_id if pad is None else pad
     if prefill_chunk_tokens is None:
@@ -107,7 +143,12 @@ class Sampler:
       prefill_chunk_tokens = CPU_PREFILL_CHUNK_TOKENS if on_cpu else 0
     if kwargs.get("mesh") is None:
       kwargs["mesh"] = local_data_mesh()
-    devices = kwargs["mesh"].shape["data"]
+    if kwargs.get("rules") is None:
+      devices = kwargs["mesh"].shape["data"]
+    else:
+      from qgjax.parallel.sharding import batch_devices
+
+      devices = batch_devices(kwargs["mesh"], kwargs["rules"])
     fn = functools.partial(_decoder_generate, model, sampling, shared_prompt, int(prefill_chunk_tokens), devices)
     return cls(fn, params, sampling, pad_id=0 if pad is None else pad, pad_side="left", **kwargs)
 
@@ -133,13 +174,39 @@ class Sampler:
     hashes[:len(ids)] = id_hashes(ids)
     # Explicit placement on this process's mesh: jit refuses sharded numpy inputs when process_count > 1.
     rows = lambda x: jax.device_put(x, self._rows)
-    out = self._jitted(self.params, rows(batch.tokens), rows(batch.mask), rows(hashes),
-                       np.uint32(self.seed if seed is None else seed))
+    args = (self.params, rows(batch.tokens), rows(batch.mask), rows(hashes),
+            np.uint32(self.seed if seed is None else seed))
+    if self.rules is None:
+      out = self._jitted(*args)
+    else:  # traced under the mesh and rules: the models' logical constraints take effect
+      from qgjax.parallel.sharding import activate
+
+      with activate(self.mesh, self.rules):
+        out = self._jitted(*args)
     out = jax.device_get(out)
     k = len(ids)
     per = out.tokens.shape[0] // self.batch_size
     shape = lambda x: np.asarray(x).reshape((self.batch_size, per) + x.shape[1:])[:k]
     return SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
+
+
+def _model_axes(mesh: jax.sharding.Mesh) -> list[str]:
+  """Mesh axes besides "data" that split something (size > 1): these shard the model."""
+  return [name for name, size in mesh.shape.items() if name != "data" and size > 1]
+
+
+def _decoder_param_shardings(model: Any, params: Any, mesh: jax.sharding.Mesh, rules: Sequence) -> Any:
+  """A NamedSharding per param of the DecoderLM `model`, from its logical axes (tree of `params`)."""
+  import jax.numpy as jnp
+
+  from qgjax.parallel.sharding import tree_shardings
+
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
+                            jnp.zeros((1, 2), jnp.int32))["params"]
+  shardings = tree_shardings(abstract, mesh, rules)
+  if jax.tree.structure(shardings) != jax.tree.structure(params):
+    raise ConfigError("the decoder params do not have the model's structure: cannot shard them by logical axes")
+  return shardings
 
 
 def _decoder_generate(model, sampling, shared_prompt, chunk_tokens, devices, params, tokens, mask, keys):
