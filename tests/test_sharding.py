@@ -1,5 +1,6 @@
 """Mesh from config, logical rules -> NamedSharding, sharded state creation, and the 8-device train
-step (data=2, fsdp=4) reproducing the 1-device losses (8 simulated CPU devices from conftest)."""
+step ((data=2, fsdp=4) and (data=2, tensor=4)) reproducing the 1-device losses (8 simulated CPU
+devices from conftest)."""
 
 import os
 
@@ -135,19 +136,20 @@ def _run(gen: Generator, devices, mesh_spec, dpo, accum=1):
   batches = _batches()
   step = make_train_step(lm_tasks.dpo_loss_fn(gen, dpo), tx, sched, mesh=mesh, rules=rules, shardings=shard,
                          example_batch=batches[0], accum_steps=accum)
-  losses, accs = [], []
+  losses, accs, grad_norms = [], [], []
   for b in batches:
     state, m = step(state, sharding.put_batch(b, mesh, rules))
     losses.append(float(m["loss"]))
     accs.append(float(m["rewards/accuracy"]))
-  return np.asarray(losses), accs, state
+    grad_norms.append(float(m["grad_norm"]))
+  return np.asarray(losses), accs, state, np.asarray(grad_norms)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,reference", [("lora", "adapters_off"), ("full", "precomputed")])
 def test_eight_devices_match_one_device(mode, reference):
-  one, acc1, s1 = _run_cached(mode, reference, 1, [("data", 1), ("fsdp", 1)])
-  eight, acc8, s8 = _run_cached(mode, reference, 8, [("data", 2), ("fsdp", 4)])
+  one, acc1, s1, _ = _run_cached(mode, reference, 1, [("data", 1), ("fsdp", 1)])
+  eight, acc8, s8, _ = _run_cached(mode, reference, 8, [("data", 2), ("fsdp", 4)])
   assert len(set(np.round(one, 4))) == 3, one        # the loss moves: the steps really train
   np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
   assert acc1 == acc8
@@ -164,9 +166,25 @@ def test_eight_devices_match_one_device(mode, reference):
 
 @pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch():
-  full, _, s_full = _run_cached("lora", "adapters_off", 8, [("data", 2), ("fsdp", 4)])
-  acc, _, s_acc = _run_cached("lora", "adapters_off", 8, [("data", 2), ("fsdp", 4)], accum=2)
+  full, _, s_full, _ = _run_cached("lora", "adapters_off", 8, [("data", 2), ("fsdp", 4)])
+  acc, _, s_acc, _ = _run_cached("lora", "adapters_off", 8, [("data", 2), ("fsdp", 4)], accum=2)
   # equal microbatches: the mean of microbatch means is the batch mean; the update is the same
   np.testing.assert_allclose(acc, full, atol=1e-5)
   for a, b in zip(jax.tree.leaves(s_full.params), jax.tree.leaves(s_acc.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,reference", [("lora", "adapters_off"), ("full", "precomputed")])
+def test_tensor_parallel_step_matches_one_device(mode, reference):
+  """(data=2, tensor=4): heads / kv heads / mlp / vocab split over "tensor" (Megatron), rows over data."""
+  one, acc1, _, gn1 = _run_cached(mode, reference, 1, [("data", 1), ("fsdp", 1)])
+  tp, acc_tp, s_tp, gn_tp = _run_cached(mode, reference, 8, [("data", 2), ("tensor", 4)])
+  assert len(set(np.round(one, 4))) == 3, one
+  np.testing.assert_allclose(tp, one, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(gn_tp, gn1, atol=1e-5, rtol=1e-5)
+  assert acc1 == acc_tp
+  base = s_tp.params if mode == "full" else s_tp.frozen
+  emb, q = base["embed_tokens"]["embedding"], base["layers"]["attn"]["q_proj"]["kernel"]
+  assert emb.sharding.spec == P("tensor", None) and emb.addressable_shards[0].data.shape == (16, 32)
+  assert q.sharding.spec == P(None, None, "tensor") and q.addressable_shards[0].data.shape == (2, 32, 8)
