@@ -39,11 +39,9 @@ def build_examples(data_dir: str, n: int, seed: int) -> tuple[list[dict], str]:
   from qgjax.data import demo_dir
   from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 
-  if not data_dir:
-    data_dir = str(demo_dir())
-    split = "test"
-  else:
-    split = "train"
+  data_dir = data_dir or str(demo_dir())
+  # a collection's training queries when it has them (NFCorpus), else its judged test queries (the demo)
+  split = "train" if os.path.isfile(os.path.join(data_dir, "qrels", "train.tsv")) else "test"
   corpus = Corpus(os.path.join(data_dir, "corpus.jsonl"))
   queries = load_queries(queries_path(data_dir, split))
   qrels = load_qrels(os.path.join(data_dir, "qrels", f"{split}.tsv"), doc_ids=corpus)
