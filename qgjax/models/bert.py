@@ -426,13 +426,6 @@ def load_cross_encoder(name_or_path: str, dtype: str = "float32", *, num_labels:
 # ----------------------------------------------------------------------------------------------
 # Saving.
 
-def _pooling_config(dim: int, mode: str) -> dict[str, Any]:
-  # Legacy boolean keys: read by every sentence-transformers release (2.x reads only these).
-  return {"word_embedding_dimension": dim, "pooling_mode_cls_token": mode == "cls",
-          "pooling_mode_mean_tokens": mode == "mean", "pooling_mode_max_tokens": mode == "max",
-          "pooling_mode_mean_sqrt_len_tokens": mode == "mean_sqrt_len_tokens"}
-
-
 def save_bi_encoder_st(params: Mapping[str, Any], module: BiEncoder, tokenizer, out_dir: str, *,
                        max_seq_length: int | None = None, passthrough: Mapping[str, Any] | None = None,
                        dtype: str | None = None) -> str:
@@ -448,16 +441,9 @@ def save_bi_encoder_st(params: Mapping[str, Any], module: BiEncoder, tokenizer, 
   write_safetensors_dir(tensors, out_dir, config.to_hf())
   if tokenizer is not None:
     tokenizer.save_pretrained(out_dir)
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  if module.normalize:
-    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
-  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
-  _write_json(os.path.join(out_dir, "modules.json"), modules)
-  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), _pooling_config(config.hidden_size, module.pooling))
-  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
-              {"max_seq_length": int(max_seq_length or _max_len(config, tokenizer, None)), "do_lower_case": False})
+  from qgjax.models.st_layout import pooling_config, write_st_modules
+  write_st_modules(out_dir, pooling_config(config.hidden_size, module.pooling, POOLING_MODES), module.normalize,
+                   max_seq_length or _max_len(config, tokenizer, None))
   return out_dir
 
 
@@ -472,11 +458,6 @@ def save_cross_encoder_hf(params: Mapping[str, Any], module: CrossEncoder, token
   if tokenizer is not None:
     tokenizer.save_pretrained(out_dir)
   return out_dir
-
-
-def _write_json(path: str, obj: Any) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
 
 
 def init_params(module: nn.Module, seed: int = 0) -> dict[str, Any]:

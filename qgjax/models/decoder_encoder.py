@@ -164,14 +164,6 @@ def load_decoder_encoder(name_or_path: str, dtype: str = "float32", *, pooling: 
   return module, params, tokenizer, info
 
 
-def _pooling_config(dim: int, mode: str) -> dict[str, Any]:
-  # Legacy boolean keys: sentence-transformers 2.x reads only these, 3+ converts them.
-  return {"word_embedding_dimension": dim, "pooling_mode_cls_token": False,
-          "pooling_mode_mean_tokens": mode == "mean", "pooling_mode_max_tokens": False,
-          "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-          "pooling_mode_lasttoken": mode == "lasttoken"}
-
-
 def save_decoder_encoder_st(params: Mapping[str, Any], module: DecoderEncoder, tokenizer: Any, out_dir: str, *,
                             max_seq_length: int | None = None, prompts: Mapping[str, str] | None = None) -> str:
   """Writes a sentence-transformers directory (`SentenceTransformer(out_dir)` loads it); params
@@ -182,16 +174,9 @@ def save_decoder_encoder_st(params: Mapping[str, Any], module: DecoderEncoder, t
   if tokenizer is not None:
     prepare_tokenizer(tokenizer)
   save_decoder_hf(params, config, tokenizer, out_dir)
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  if module.normalize:
-    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
-  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
-  _write_json(os.path.join(out_dir, "modules.json"), modules)
-  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), _pooling_config(config.hidden_size, module.pooling))
-  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
-              {"max_seq_length": int(max_seq_length or config.max_position_embeddings), "do_lower_case": False})
+  from qgjax.models.st_layout import LEGACY_POOLING_KEYS, pooling_config, write_st_modules
+  write_st_modules(out_dir, pooling_config(config.hidden_size, module.pooling, tuple(LEGACY_POOLING_KEYS.values())),
+                   module.normalize, max_seq_length or config.max_position_embeddings)
   prompts = {k: str(v) for k, v in (prompts or {}).items() if v}
   _write_json(os.path.join(out_dir, "config_sentence_transformers.json"),
               {"prompts": prompts, "default_prompt_name": None,

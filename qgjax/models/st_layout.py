@@ -68,3 +68,31 @@ def read_st_layout(path: str, supported: Sequence[str], default_pooling: str | N
   if os.path.isfile(st_file):
     layout["prompts"] = dict(_read_json(st_file).get("prompts") or {})
   return layout
+
+
+def pooling_config(dim: int, mode: str, modes: Sequence[str]) -> dict[str, Any]:
+  """1_Pooling/config.json in the legacy boolean form (every sentence-transformers release reads
+  it; 2.x reads only it): one `pooling_mode_*` key per name in `modes`, `mode`'s set."""
+  keys = {m: k for k, m in LEGACY_POOLING_KEYS.items()}
+  return {"word_embedding_dimension": dim, **{keys[m]: m == mode for m in modes}}
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2)
+
+
+def write_st_modules(out_dir: str, pooling: dict[str, Any], normalize: bool, max_seq_length: int) -> None:
+  """modules.json (Transformer at the top level, Pooling, Normalize if `normalize`),
+  1_Pooling/config.json (`pooling`, see pooling_config) and sentence_bert_config.json in `out_dir`,
+  beside the transformer's own files."""
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  if normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+  _write_json(os.path.join(out_dir, "modules.json"), modules)
+  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), pooling)
+  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
+              {"max_seq_length": int(max_seq_length), "do_lower_case": False})
