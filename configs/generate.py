@@ -49,7 +49,11 @@ def get_config(arg=None):
   # Prompt lengths are padded up to one of these sizes: one compiled program per bucket.
   c.buckets = (256, 384, 448, 512)
   c.batch_size = 16                 # prompts per step (x num_samples rows); a multiple of the devices
-  c.num_devices = 0                 # 0 = every local device, on a ("data",) mesh
+  c.num_devices = 0                 # 0 = every local device
+  # This process's devices: ("data", -1) replicates the model; add ("tensor", 4) or ("fsdp", 4)
+  # to shard a model too big for one device (read straight onto the mesh, no host copy).
+  c.mesh = [("data", -1)]
+  c.sharding_rules = []             # (logical axis, mesh axes) pairs before qgjax.parallel.sharding.DEFAULT_RULES
   c.output_dir = f"runs/generate/{a.mode}"
   c.shard_size = 10_000
   c.log_every_s = 10.0

@@ -119,6 +119,23 @@ def test_generate_writes_records_for_every_document(tiny_dir, tmp_path):
   assert again["inputs_this_run"] == 0 and _records(tmp_path / "out") == recs
 
 
+def test_mesh_with_a_tensor_axis_loads_sharded_and_samples_the_same(tiny_dir, tmp_path):
+  # 8 simulated devices as (data=2, tensor=4): the job reads the checkpoint straight onto the mesh
+  # and shards the sampler; the samples (random keys come from seed and document id) equal one device's
+  one = generate.run(_config(tiny_dir, tmp_path / "one", **{"data.limit": "4"}))
+  config = _config(tiny_dir, tmp_path / "tp", **{"data.limit": "4", "num_devices": "8",
+                                                 "mesh": "[('data', 2), ('tensor', 4)]"})
+  sharded = generate.run(config)
+  assert one["mesh"] == {"data": 1} and sharded["mesh"] == {"data": 2, "tensor": 4}
+  assert generate.model_sharding_rules(config, generate.generation_mesh(config)) is not None
+  ref = {(r["doc_id"], r["sample_idx"]): r for r in _records(tmp_path / "one")}
+  got = {(r["doc_id"], r["sample_idx"]): r for r in _records(tmp_path / "tp")}
+  assert got.keys() == ref.keys() and len(ref) > 0
+  for k, r in got.items():
+    assert (r["query"], r["num_tokens"]) == (ref[k]["query"], ref[k]["num_tokens"])
+    assert abs(r["logprob"] - ref[k]["logprob"]) < 1e-4
+
+
 def test_contrastive_and_expansion_modes(tiny_dir, tmp_path):
   generate.run(_config(tiny_dir, tmp_path / "c", arg="mode=contrastive", **{"data.limit": "4", "buckets": "[256]"}))
   recs = _records(tmp_path / "c")

@@ -50,8 +50,37 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # Model and sampling settings.
 
-def load_generator(config) -> tuple[str, Any, Any, Any]:
-  """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype)."""
+def generation_mesh(config):
+  """`config.mesh` over this process's devices (the first `config.num_devices` if > 0).
+
+  Generation splits the items over processes, so each process samples on a mesh of its own
+  devices: ("data", -1) replicates the model on every device; an "fsdp" or "tensor" axis > 1
+  shards it (a model bigger than one device), the rows going over the "batch" rule's axes."""
+  import jax
+
+  from qgjax.parallel.mesh import make_mesh
+
+  n = int(config.num_devices or 0)
+  devices = jax.local_devices()[:n] if n else jax.local_devices()
+  return make_mesh(list(config.mesh), devices)
+
+
+def model_sharding_rules(config, mesh):
+  """The logical-axis rules that shard the model over `mesh`, or None when every mesh axis but
+  "data" has size 1 (the model is then replicated)."""
+  from qgjax.parallel.sharding import rules_for
+
+  if all(size == 1 for name, size in mesh.shape.items() if name != "data"):
+    return None
+  return rules_for(mesh, list(config.sharding_rules))
+
+
+def load_generator(config, mesh=None, rules=None) -> tuple[str, Any, Any, Any]:
+  """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype).
+
+  With a `mesh` and model-sharding `rules`, a decoder's parameters are read slice by slice
+  straight onto the mesh (qgjax.models.sharded_load: no full host copy), layers unscanned as the
+  shared-prompt sampler runs them."""
   from qgjax.models.registry import model_kind
 
   m = config.model
@@ -64,7 +93,10 @@ def load_generator(config) -> tuple[str, Any, Any, Any]:
   else:
     from qgjax.models.registry import load_decoder
 
-    model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=bool(m.scan_layers))
+    if rules is not None:
+      model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=False, mesh=mesh, rules=rules)
+    else:
+      model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=bool(m.scan_layers))
   if tokenizer is None:
     raise ConfigError(f"model {m.name!r} has no tokenizer files; generation needs one")
   return kind, model, params, tokenizer
@@ -257,20 +289,26 @@ def _meta(config, model_name: str, sampling, kind: str = "decoder") -> dict:
 
 
 def run(config) -> dict:
-  from qgjax.sampling.engine import Sampler, local_data_mesh
+  from qgjax.sampling.engine import Sampler
   from qgjax.sampling.generation_loop import Output, per_item, run_generation
 
   require(config, "model.name", "output_dir", "batch_size", "buckets")
   check_config(config)
   t_start = time.perf_counter()
-  kind, model, params, tokenizer = load_generator(config)
+  mesh = generation_mesh(config)
+  rules = model_sharding_rules(config, mesh)
+  kind, model, params, tokenizer = load_generator(config, mesh, rules)
+  if kind == "t5" and rules is not None:
+    raise ConfigError(f"config.mesh {dict(mesh.shape)} shards the model, which the T5 sampler does not do; "
+                      "use [('data', -1)]")
   sampling = sampling_params(config, kind, model, tokenizer)
   model_name = config.model.name
   expansion = config.prompt.mode == "expansion"
   source = prompt_source(config, tokenizer)
-  mesh = local_data_mesh(int(config.num_devices or 0))
   make = Sampler.for_seq2seq if kind == "t5" else Sampler.for_decoder
-  sampler = make(model, params, sampling, batch_size=int(config.batch_size), seed=int(config.sampling.seed), mesh=mesh)
+  extra = {} if rules is None else {"rules": rules}
+  sampler = make(model, params, sampling, batch_size=int(config.batch_size), seed=int(config.sampling.seed),
+                 mesh=mesh, **extra)
   sample = lambda items, bucket: sampler.run([it.prompt for it in items], [it.item_id for it in items], bucket)
   records = per_item(lambda item, batch, i: _records(item, batch, i, tokenizer, config, model_name))
   key = ("query_id", "sample_idx") if expansion else ("doc_id", "sample_idx")
@@ -286,4 +324,4 @@ def run(config) -> dict:
           "inputs_this_run": result.items_this_run, "inputs_per_s": result.items_per_s,
           "tokens_per_s": result.tokens_per_s, "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
-          "devices": int(mesh.devices.size)}
+          "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()}}
