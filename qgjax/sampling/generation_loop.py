@@ -138,11 +138,13 @@ class Progress:
 
   def __init__(self, total: int, initial: int, unit: str, desc: str, every_s: float,
                logger: logging.Logger | None = None):
-    from qgjax.data.progress import progress, progress_enabled
+    from qgjax.data.progress import WorkEstimate, progress, progress_enabled
 
     self.total, self.done, self.unit, self.every_s = total, initial, unit, every_s
     self.log = logger or log
     self.bar = progress(total=total, desc=desc, unit=unit, initial=initial) if progress_enabled() else None
+    # the bar holds its own estimate; without one, the work and the estimated time go to the job's log
+    self.estimate = WorkEstimate(total, initial, desc, unit, logger=self.log) if self.bar is None else None
     self.start = self.last = time.perf_counter()
     self.items = 0
     self.tokens = 0
@@ -152,6 +154,8 @@ class Progress:
     self.tokens += tokens
     self.done += items
     now = time.perf_counter()
+    if self.estimate is not None:
+      self.estimate.update(items)
     if self.bar is not None:
       self.bar.set_postfix(tok_s=f"{self.tokens / max(now - self.start, 1e-9):.0f}", refresh=False)
       self.bar.update(items)
