@@ -322,6 +322,7 @@ def run(config) -> dict:
     log.info("%s\t%s", rec["query_id"] if expansion else rec["doc_id"], rec["expansion"] if expansion else rec["query"])
   return {**result.summary, "prompt_mode": config.prompt.mode, "model": model_name, "inputs": result.items,
           "inputs_this_run": result.items_this_run, "inputs_per_s": result.items_per_s,
-          "tokens_per_s": result.tokens_per_s, "generation_s": result.generation_s,
+          "tokens_this_run": result.tokens_this_run, "tokens_per_s": result.tokens_per_s,
+          "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
           "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()}}
