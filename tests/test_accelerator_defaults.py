@@ -6,6 +6,7 @@ to the f32 model's."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -97,7 +98,7 @@ def test_decoder_in_bf16_gives_f32_logprobs_and_dpo_loss_close_to_f32():
 
   cfg = DecoderConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=8)
-  params = DecoderLM(cfg).init(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32))
+  params = jax.jit(DecoderLM(cfg).init)(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32))
   rng = np.random.default_rng(1)
   prompt = rng.integers(1, 37, (3, 6)).astype(np.int32)
   pm = np.ones((3, 6), bool)
@@ -106,15 +107,15 @@ def test_decoder_in_bf16_gives_f32_logprobs_and_dpo_loss_close_to_f32():
   cm, rm = np.ones((3, 4), bool), np.ones((3, 4), bool)
   cm[1, 2:] = False
 
-  def run(dtype):
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(dtype, p):
     model = DecoderLM(cfg.replace(dtype=dtype))   # parameters stay f32 either way
-    (c, r) = jax.jit(lambda p: L.pair_logprobs(L.decoder_fns(model, p), prompt, pm, ch, cm, rj, rm))(params)
-    loss = dpo_loss(c.total, r.total, c.total - 1.0, r.total + 0.5, beta=0.1)
-    logits, _ = jax.jit(lambda p: model.apply(p, jnp.asarray(prompt), L.positions_from_mask(pm), pm))(params)
-    return c, r, loss, logits
+    c, r = L.pair_logprobs(L.decoder_fns(model, p), prompt, pm, ch, cm, rj, rm)
+    logits = model.apply(p, jnp.asarray(prompt), L.positions_from_mask(pm), pm)[0]
+    return c, r, dpo_loss(c.total, r.total, c.total - 1.0, r.total + 0.5, beta=0.1), logits
 
-  c32, r32, loss32, logits32 = run("float32")
-  c16, r16, loss16, logits16 = run("bfloat16")
+  c32, r32, loss32, logits32 = run("float32", params)
+  c16, r16, loss16, logits16 = run("bfloat16", params)
   for x in (c16.token, c16.total, r16.total, loss16.loss, logits16):
     assert x.dtype == jnp.float32
   _close(c16.token, c32.token, 0.02)
@@ -131,23 +132,23 @@ def test_t5_in_bf16_gives_f32_logits_and_logprobs_close_to_f32():
   from qgjax.models.t5 import T5Config, T5Model, init_params
   from qgjax.train import logprobs as L
 
-  for tied in (True, False):
-    cfg = T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                   dropout_rate=0.0, tie_word_embeddings=tied)
-    params = init_params(T5Model(cfg), 0)
-    rng = np.random.default_rng(2)
-    src, tgt = rng.integers(2, 40, (2, 7)).astype(np.int32), rng.integers(2, 40, (2, 5)).astype(np.int32)
-    smask, tmask = np.ones((2, 7), bool), np.ones((2, 5), bool)
-    smask[1, 5:] = False
+  # untied: the separate LM head (Flan-T5's), whose logits accumulate in f32
+  cfg = T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
+                 dropout_rate=0.0, tie_word_embeddings=False)
+  params = init_params(T5Model(cfg), 0)
+  rng = np.random.default_rng(2)
+  src, tgt = rng.integers(2, 40, (2, 7)).astype(np.int32), rng.integers(2, 40, (2, 5)).astype(np.int32)
+  smask, tmask = np.ones((2, 7), bool), np.ones((2, 5), bool)
+  smask[1, 5:] = False
 
-    def run(dtype):
-      model = T5Model(cfg.replace(dtype=dtype))
-      return jax.jit(lambda p: L.encdec_completion_logprobs(L.t5_fns(model, {"params": p}), src, smask, tgt,
-                                                            tmask))(params)
+  def run(dtype):
+    model = T5Model(cfg.replace(dtype=dtype))
+    return jax.jit(lambda p: L.encdec_completion_logprobs(L.t5_fns(model, {"params": p}), src, smask, tgt,
+                                                          tmask))(params)
 
-    lp32, lp16 = run("float32"), run("bfloat16")
-    assert lp16.token.dtype == jnp.float32 and lp16.total.dtype == jnp.float32
-    _close(lp16.token, lp32.token, 0.05)
+  lp32, lp16 = run("float32"), run("bfloat16")
+  assert lp16.token.dtype == jnp.float32 and lp16.total.dtype == jnp.float32
+  _close(lp16.token, lp32.token, 0.05)
 
 
 def test_bert_towers_in_bf16_give_f32_scores_and_losses_close_to_f32():
@@ -164,13 +165,15 @@ def test_bert_towers_in_bf16_give_f32_scores_and_losses_close_to_f32():
   bi_params = init_params(BiEncoder(cfg, normalize=True), 0)
   ce_params = init_params(CrossEncoder(cfg), 0)
 
-  def run(dtype):
-    c = dataclasses.replace(cfg, dtype=dtype)
+  @functools.partial(jax.jit, static_argnums=2)
+  def run_jit(bi_params, ce_params, c):
     emb = BiEncoder(c, normalize=True).apply({"params": bi_params}, tokens, mask)
     loss, _ = infonce_loss(emb[:3], emb[3:], temperature=0.05)
     scores = CrossEncoder(c).apply({"params": ce_params}, tokens, mask)[:, 0]
     ce, _ = readqg_ce_loss(scores[:2], scores[2:4], scores[4:])
     return emb, loss, scores, ce
+
+  run = lambda dtype: run_jit(bi_params, ce_params, dataclasses.replace(cfg, dtype=dtype))
 
   emb32, loss32, s32, ce32 = run("float32")
   emb16, loss16, s16, ce16 = run("bfloat16")
@@ -195,8 +198,8 @@ def test_generate_job_in_bf16_reports_it_and_keeps_f32_logprobs(tmp_path):
   runs = {}
   for dtype in ("float32", "bfloat16"):
     config = build_config(f"{config_path}:mode=plain", [
-        ("model.name", tiny), ("model.dtype", dtype), ("output_dir", str(tmp_path / dtype)), ("data.limit", "4"),
-        ("batch_size", "4"), ("buckets", "[160]"), ("sampling.num_samples", "1"), ("sampling.temperature", "0"),
+        ("model.name", tiny), ("model.dtype", dtype), ("output_dir", str(tmp_path / dtype)), ("data.limit", "3"),
+        ("batch_size", "3"), ("buckets", "[160]"), ("sampling.num_samples", "1"), ("sampling.temperature", "0"),
         ("sampling.max_new_tokens", "4"), ("sampling.stop_at_newline", "false"), ("postprocess.drop_copied", "false"),
         ("log_every_s", "0"), ("print_examples", "0"), ("num_devices", "1")])
     summary = generate.run(config)
