@@ -27,7 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   # new_head: initialise the head tensors the checkpoint lacks (a plain encoder such as MiniLM);
   # false: the checkpoint must hold a classification head
-  c.model = ml_collections.ConfigDict(dict(name="all-minilm-l6-v2", dtype="auto", new_head=True))
+  c.model = ml_collections.ConfigDict(dict(name="all-minilm-l6-v2", dtype="auto", attention_impl="auto",
+                                                new_head=True))
   c.loss = ml_collections.ConfigDict(dict(hard_negative_pool=7, margin=0.0, margin_weight=1.0))
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", pos_field="chosen", neg_field="rejected", query_max_len=64, doc_max_len=449,

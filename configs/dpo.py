@@ -34,8 +34,8 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.seed = 0
   # kind: auto (T5 / Flan-T5 when the dir's config.json says so, else decoder-only) | decoder | t5
   c.model = ml_collections.ConfigDict(dict(
-      name="smollm2-135m-instruct", kind="auto", init="pretrained", dtype="auto", scan_layers=True, remat=False,
-      overrides={}))
+      name="smollm2-135m-instruct", kind="auto", init="pretrained", dtype="auto", attention_impl="auto",
+      scan_layers=True, remat=False, overrides={}))   # dtype / attention_impl: see docs/accelerators.md
   c.train_mode = "lora" if arg.lora else "full"
   # targets: every projection of a decoder (q..down_proj) or of T5 (self/cross attention q, k, v, o; mlp wi*, wo)
   c.lora = ml_collections.ConfigDict(dict(

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # kind: auto | t5 | decoder; tokenizer: init=random only; t5: T5Config fields of a random T5;
   # scan_layers / remat / overrides: the decoder-only variant's LM (as in configs/dpo.py)
   c.model = ml_collections.ConfigDict(dict(name="", kind="auto", init="pretrained", dtype="auto", tokenizer="", t5={},
-                                           scan_layers=True, remat=False, overrides={}))
+                                           attention_impl="auto", scan_layers=True, remat=False, overrides={}))
   c.train_mode = "full"   # the generator stays frozen (only the soft prompts train); nothing else is accepted
   # separator: decoder-only variant only, the text between the document and the query
   # calibration: rank (hinge margin eps = calibration_margin) | margin (the authors' SLiC-style variant:

@@ -19,7 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   a = parse_arg(arg, tiny=False, decoder=False)
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(name="", dtype="float32"))  # a ReadQG export directory
+  # name: a ReadQG export directory; dtype / attention_impl: auto (bf16 + cuDNN on a GPU) | float32 | ...
+  c.model = ml_collections.ConfigDict(dict(name="", dtype="auto", attention_impl="auto"))
   c.data = ml_collections.ConfigDict(dict(corpus="", limit=0))
   c.relevances = (1.0, 0.0)      # the positive relevance first; ce_pairs joins them
   c.postprocess = default_postprocess_config()

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(
       name="smollm2-135m-instruct" if decoder else "all-minilm-l6-v2", family=a.family, dtype="auto", dropout=False,
-      remat=False, pooling="lasttoken" if decoder else "", query_prefix="",
+      attention_impl="auto", remat=False, pooling="lasttoken" if decoder else "", query_prefix="",
       init="pretrained", scan_layers=True, overrides={}))   # init / scan_layers / overrides: decoder family (as dpo.py)
   c.train_mode = "lora" if decoder else "full"     # lora: decoder family only
   c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj",

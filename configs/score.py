@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32))
   c.llm_judge = ml_collections.ConfigDict(dict(
       model="smollm2-135m-instruct",  # registry name, GGUF file or HF dir of an instruct decoder
-      dtype="float32", batch_size=16, max_len=512,  # prompts pad to length buckets up to max_len
+      dtype="auto", attention_impl="auto",  # auto: bfloat16 + cuDNN attention on a GPU, float32 + XLA on a CPU
+      batch_size=16, max_len=512,  # prompts pad to length buckets up to max_len
       template=JUDGE_TEMPLATE, system="",  # {query}, {document}; system "" = the chat template's default
       max_query_tokens=128, max_doc_tokens=320,
       yes="Yes", no="No",  # one token each; without a chat template use " Yes" / " No"

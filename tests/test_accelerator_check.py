@@ -36,6 +36,7 @@ def test_accelerator_check_tiny(tmp_path):
     assert p["max_abs_diff_f32"] == 0.0 and p["max_abs_diff_f32_highest"] == 0.0  # the same CPU program
     assert math.isfinite(p["max_abs_diff_bf16"]) and 0 < p["max_abs_diff_bf16"] < 0.05 * scale
   assert dec["top1_agree_f32"] == 1.0 and dec["top1_agree_bf16"] > 0.9
+  assert dec["attention_bf16"] == enc["attention_bf16"] == "xla"   # "auto" on a CPU host
   s = r["sampling"]
   assert s["qgjax_tok_s"] > 0 and s["generated_tokens"] == 4 * 2 * 8 and 0 < s["hbm_roofline_fraction"] < 1
   if importlib.util.find_spec("torch") is not None:

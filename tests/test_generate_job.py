@@ -98,6 +98,7 @@ def test_generate_writes_records_for_every_document(tiny_dir, tmp_path):
   recs = _records(tmp_path / "out")
   assert result["inputs"] == 10 and result["records"] == len(recs) > 0
   assert result["compiled_programs"] <= 3
+  assert (result["dtype"], result["attention"]) == ("float32", "xla")   # "auto" on a CPU host
   # every record is its own document's greedy query (text, logprob, length), computed alone
   ref = _greedy_reference(tiny_dir, config)
   for r in recs:

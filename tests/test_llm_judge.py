@@ -95,6 +95,8 @@ def test_score_job_with_the_llm_judge(tmp_path, tiny_lm, capsys):
   got = np.array([r["reward"] for r in records])
   assert np.all((got > 0) & (got < 1)) and all(r["rewards"]["llm_judge"] == r["reward"] for r in records)
   assert summary["mean_reward"]["llm_judge"] == pytest.approx(got.mean())
+  # the judge's numerics as "auto" resolves them on a CPU host (and no other neural reward model ran)
+  assert (summary["dtype"], summary["attention"]) == ({"llm_judge": "float32"}, {"llm_judge": "xla"})
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   config = build_config(f"{CONFIG}:tiny", [("llm_judge.model", tiny_lm)] + TINY)
   want = torch_judge(tiny_lm, config.llm_judge, [(r["query"], corpus[r["doc_id"]].contents) for r in records[:5]])

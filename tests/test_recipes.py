@@ -265,6 +265,8 @@ def test_tiny_readqg_recipe(models, tmp_path):
   assert ce and all(c["chosen"] and c["rejected"] for c in ce)
   for stage in ("ce_readqg", "ce_supervised"):
     assert (work / stage / "export" / "config.json").is_file()
+    summary = json.loads((work / stage / "summary.json").read_text())
+    assert (summary["dtype"], summary["attention"]) == ("float32", "xla")   # "auto" on a CPU host
 
   report = json.loads(open(first["report"]["json"]).read())
   assert [s["key"] for s in report["systems"]] == ["bm25", "supervised", "readqg"]

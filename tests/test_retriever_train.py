@@ -40,6 +40,7 @@ def test_train_resume_export_loads_in_sentence_transformers(tmp_path):
   cfg = build_config("configs/retriever.py:tiny", over)
   out = train.run(cfg)
   assert out["mesh"]["data"] == 8 and out["train_examples"] == 40 and out["checkpoints"] == [1, 2]
+  assert (out["dtype"], out["attention"]) == ("float32", "xla")   # "auto" on a CPU host
   again = train.run(build_config("configs/retriever.py:tiny", over))
   assert again["resumed_from"] == 2
   export = out["export"]

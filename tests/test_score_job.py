@@ -36,6 +36,7 @@ def test_bm25_rewards_and_retention(tmp_path, capsys):
   assert [r["ranks"]["bm25"] for r in records] == want
   assert all(r["reward"] == r["rewards"]["bm25_rank"] == -r["ranks"]["bm25"] for r in records)
   assert summary["records"] == 40 and summary["mean_reward"]["bm25_rank"] == pytest.approx(-np.mean(want))
+  assert summary["dtype"] == summary["attention"] == {}   # BM25 only: no neural reward model
   for k in (1, 10, 100):
     assert summary["retention"]["bm25"][f"retention@{k}"] == pytest.approx(np.mean(np.array(want) <= k))
 
@@ -128,6 +129,7 @@ def test_tiny_config_with_dense_rewards(tmp_path, capsys):
   assert cli.main(["score", "--config", f"{CONFIG}:tiny", f"--config.workdir={tmp_path}"]) == 0
   summary = json.loads(capsys.readouterr().out)
   assert set(summary["retention"]) == {"bm25", "dense"} and summary["records"] == 40
+  assert (summary["dtype"], summary["attention"]) == ({"dense": "float32"}, {"dense": "xla"})
   records = list(iter_sharded(tmp_path / "scored"))
   assert all(-1 <= r["rewards"]["dense_cosine"] <= 1 and r["ranks"]["dense"] >= 1 for r in records)
   # precise queries beat one-word ones on cosine, for every document of the demo file

@@ -51,6 +51,7 @@ def test_dpo_job_reference_pass_and_export(tiny_lm, tmp_path):
                 "--config.eval_every=3", "--config.checkpoint.every=3") == 0
   s = _summary(work)
   assert s["steps"] == 6 and s["mesh"] == {"data": 2, "fsdp": 4}
+  assert (s["dtype"], s["attention"]) == ("float32", "xla")   # "auto" on a CPU host
   assert s["reference"].startswith("computed into") and s["train_pairs"] + s["eval_pairs"] == 35
   assert 3 in s["checkpoints"] and 6 in s["checkpoints"]
   assert np.isfinite(s["final"]["loss"]) and "eval/rewards/accuracy" in s["final"]
@@ -118,6 +119,7 @@ def test_rsft_and_rsft_dpo_jobs(tiny_lm, tmp_path):
   s = _summary(work)
   losses = [json.loads(l)["loss"] for l in open(os.path.join(work, "metrics.jsonl"))]
   assert s["steps"] == 4 and losses[-1] < losses[0]              # the NLL goes down
+  assert (s["dtype"], s["attention"]) == ("float32", "xla")
   work = str(tmp_path / "rsft_dpo")
   assert _train("rsft_dpo.py:tiny,sft_weight=0.5", work, f"--config.model.name={tiny_lm}", "--config.num_steps=2",
                 "--config.export.enabled=false", "--config.dpo.reference=adapters_off") == 0

@@ -111,6 +111,24 @@ def _on_devices(fn, params, *args):
   return run(dev, params), run(cpu, params)
 
 
+def _on_device(fn, params, *args):
+  """fn(params, *args) jitted on jax.devices()[0] only: a bf16 model's "auto" attention resolves
+  for the host's backend (cuDNN on a GPU host), which arrays placed on the CPU could not run."""
+  import jax
+
+  dev = jax.devices()[0]
+  return np.asarray(jax.jit(fn)(jax.device_put(params, dev), *jax.device_put(args, dev)))
+
+
+def _attention(config) -> str:
+  """The attention implementation a model config's attention_impl resolves to on this host."""
+  import jax
+
+  from qgjax.parallel.backend import resolve_attention
+
+  return resolve_attention(config.attention_impl, jax.default_backend(), config.dtype)
+
+
 def decoder_parity(model_path: str, tok_texts: list[str]) -> dict:
   import jax
   import jax.numpy as jnp
@@ -132,10 +150,10 @@ def decoder_parity(model_path: str, tok_texts: list[str]) -> dict:
     f32_hi, _ = _on_devices(logits(model), params, tokens, positions)
   bf = DecoderLM(model.config.replace(dtype="bfloat16", param_dtype="bfloat16"))
   bf_params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), params)
-  bf16, _ = _on_devices(logits(bf), bf_params, tokens, positions)
+  bf16 = _on_device(logits(bf), bf_params, tokens, positions)
   return {"model": model_path, "tokens": list(tokens.shape), "logits_abs_max": float(np.abs(ref).max()),
           "max_abs_diff_f32": _max_abs(f32, ref), "max_abs_diff_f32_highest": _max_abs(f32_hi, ref),
-          "max_abs_diff_bf16": _max_abs(bf16, ref),
+          "max_abs_diff_bf16": _max_abs(bf16, ref), "attention_bf16": _attention(bf.config),
           "top1_agree_f32": float(np.mean(f32.argmax(-1) == ref.argmax(-1))),
           "top1_agree_bf16": float(np.mean(bf16.argmax(-1) == ref.argmax(-1)))}
 
@@ -160,10 +178,10 @@ def encoder_parity(model_path: str, texts: list[str], max_len: int = 128) -> dic
   cfg = dataclasses.replace(module.config, dtype="bfloat16", param_dtype="bfloat16")
   bf = BiEncoder(cfg, pooling=module.pooling, normalize=module.normalize)
   bf_params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), params)
-  bf16, _ = _on_devices(embed(bf), bf_params, tokens, mask)
+  bf16 = _on_device(embed(bf), bf_params, tokens, mask)
   return {"model": model_path, "tokens": list(tokens.shape), "embedding_abs_max": float(np.abs(ref).max()),
           "max_abs_diff_f32": _max_abs(f32, ref), "max_abs_diff_f32_highest": _max_abs(f32_hi, ref),
-          "max_abs_diff_bf16": _max_abs(bf16, ref)}
+          "max_abs_diff_bf16": _max_abs(bf16, ref), "attention_bf16": _attention(bf.config)}
 
 
 def _param_count(tree) -> int:

@@ -42,8 +42,8 @@ from qgjax.sampling.generation_loop import Item, PromptSource, pending_items
 from qgjax.sampling.settings import sampling_from_config as _sampling_from, sampling_params
 from qgjax.sampling.sources import document_entries, open_corpus as _corpus
 
-__all__ = ["DONE_FILE", "Item", "check_config", "iter_items", "load_generator", "prompt_source", "read_done",
-           "read_done_tokens", "run", "sampling_params"]
+__all__ = ["DONE_FILE", "Item", "check_config", "iter_items", "load_generator", "numerics", "prompt_source",
+           "read_done", "read_done_tokens", "run", "sampling_params"]
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +76,8 @@ def model_sharding_rules(config, mesh):
 
 
 def load_generator(config, mesh=None, rules=None) -> tuple[str, Any, Any, Any]:
-  """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype).
+  """-> (kind, model, params, tokenizer) for config.model (name/path, kind, dtype, attention_impl):
+  parameters in f32, the model computing in the resolved dtype with the resolved attention.
 
   With a `mesh` and model-sharding `rules`, a decoder's parameters are read slice by slice
   straight onto the mesh (qgjax.models.sharded_load: no full host copy), layers unscanned as the
@@ -85,27 +86,40 @@ def load_generator(config, mesh=None, rules=None) -> tuple[str, Any, Any, Any]:
 
   m = config.model
   kind = model_kind(m.name, m.kind)
+  dtype, attention = numerics(config)
   if kind == "t5":
     from qgjax.models.registry import resolve
-    from qgjax.models.t5 import load_t5
+    from qgjax.models.t5 import T5Model, load_t5
 
-    model, params, tokenizer = load_t5(resolve(m.name), dtype=m.dtype)
+    model, params, tokenizer = load_t5(resolve(m.name), dtype="float32", attention_impl=attention)
+    model = T5Model(model.config.replace(dtype=dtype))
   else:
+    from qgjax.models.decoder import DecoderLM
     from qgjax.models.registry import load_decoder
 
     if rules is not None:
-      model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=False, mesh=mesh, rules=rules)
+      model, params, tokenizer = load_decoder(m.name, dtype="float32", scan_layers=False, mesh=mesh, rules=rules,
+                                              attention_impl=attention)
     else:
-      model, params, tokenizer = load_decoder(m.name, dtype=m.dtype, scan_layers=bool(m.scan_layers))
+      model, params, tokenizer = load_decoder(m.name, dtype="float32", scan_layers=bool(m.scan_layers),
+                                              attention_impl=attention)
+    model = DecoderLM(model.config.replace(dtype=dtype))
   if tokenizer is None:
     raise ConfigError(f"model {m.name!r} has no tokenizer files; generation needs one")
   return kind, model, params, tokenizer
 
 
+def numerics(config) -> tuple[str, str]:
+  """(compute dtype, attention implementation) config.model.dtype / attention_impl resolve to on this
+  host ("auto": bfloat16 and cuDNN attention on a GPU, bfloat16 and XLA on a TPU, float32 and XLA
+  on a CPU)."""
+  from qgjax.parallel.backend import model_numerics
+
+  return model_numerics(config.model)
+
+
 def check_config(config) -> None:
   """Fails fast, before the model loads or an output is opened, on values the job cannot run with."""
-  from qgjax.parallel.backend import compute_dtype
-
   _sampling_from(config.sampling)
   try:
     batch_size, buckets = int(config.batch_size), [int(b) for b in config.buckets]
@@ -116,10 +130,7 @@ def check_config(config) -> None:
     raise ConfigError(f"config.batch_size must be >= 1; got {config.batch_size}")
   if not buckets or min(buckets) < 1:
     raise ConfigError(f"config.buckets must list prompt lengths >= 1; got {list(config.buckets)}")
-  try:
-    compute_dtype(None, config.model.dtype)
-  except ConfigError as e:
-    raise ConfigError(f"config.model.dtype: {e}") from None
+  numerics(config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,11 +282,9 @@ def _records(item: Item, batch, i: int, tokenizer, config, model_name: str) -> t
 
 def _model_settings(config, kind: str) -> dict:
   """The model settings that change the samples besides its name: kind, compute dtype (resolved:
-  "auto" differs between a CPU and a GPU host), layer scan."""
-  from qgjax.parallel.backend import compute_dtype
-
-  m = config.model
-  return {"kind": kind, "dtype": str(compute_dtype(None, m.dtype)), "scan_layers": bool(m.scan_layers)}
+  "auto" differs between a CPU and a GPU host), layer scan. The attention implementation is left
+  out: it changes the kernel, not the function (the run's summary reports it)."""
+  return {"kind": kind, "dtype": numerics(config)[0], "scan_layers": bool(config.model.scan_layers)}
 
 
 def _meta(config, model_name: str, sampling, kind: str = "decoder") -> dict:
@@ -325,4 +334,5 @@ def run(config) -> dict:
           "tokens_this_run": result.tokens_this_run, "tokens_per_s": result.tokens_per_s,
           "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
-          "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()}}
+          "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()},
+          **dict(zip(("dtype", "attention"), numerics(config)))}

@@ -24,6 +24,7 @@ from qgjax.data.progress import progress
 from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
 from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records, iter_sharded
 from qgjax.errors import ConfigError, InputError
+from qgjax.parallel.backend import model_numerics
 from qgjax.rewards import build_scorers
 from qgjax.rewards.base import RewardBatch, RewardContext, aqe_text
 from qgjax.rewards.retention import retention_at_k
@@ -159,8 +160,10 @@ def _run(config: Any) -> dict:
                          if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results
   if "cross_encoder" in names:
     settings["cross_encoder"] = {k: v for k, v in config.cross_encoder.to_dict().items() if k != "batch_size"}
-  if "llm_judge" in names:
-    settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items() if k != "batch_size"}
+  if "llm_judge" in names:   # the dtype as resolved on this host; the attention kernel does not change results
+    settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items()
+                             if k not in ("batch_size", "attention_impl")}
+    settings["llm_judge"]["dtype"] = model_numerics(config.llm_judge, "config.llm_judge")[0]
   settings["bm25"].pop("cache_dir", None)
   meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
           "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
@@ -190,4 +193,11 @@ def _run(config: Any) -> dict:
     writer.commit()
     summary = summarize(out_dir, names, config.retention_ks)
     done = writer.finish(**summary)
-  return {"scored": str(out_dir), "mode": mode, **done, **summary}
+  return {"scored": str(out_dir), "mode": mode, **done, **summary, **reward_model_numerics(ctx)}
+
+
+def reward_model_numerics(ctx: RewardContext) -> dict:
+  """{"dtype": {model: compute dtype}, "attention": {model: "xla" | "cudnn"}} of the neural reward
+  models this run built ("dense", "cross_encoder", "llm_judge"; none for BM25-only runs)."""
+  built = {name: model_numerics(s.model_config, name) for name, s in ctx.cache.items() if hasattr(s, "model_config")}
+  return {"dtype": {n: d for n, (d, _) in built.items()}, "attention": {n: a for n, (_, a) in built.items()}}

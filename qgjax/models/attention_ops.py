@@ -5,6 +5,10 @@ the [B, T, N, H] an einsum over the projections' layout gives, and the mask, bia
 and dropout fuse around them. Grouped-query attention (K kv heads, N = K * G query heads) is
 the same computation with the G query heads of a kv head stacked into one matmul of G*T rows;
 the encoders are the G = 1 case.
+
+Off CPU, `fused_attention` runs `jax.nn.dot_product_attention` with the implementation a model's
+config resolved ("cudnn" | "xla", `qgjax.parallel.backend.resolve_attention`); a call cuDNN's
+fused kernel cannot take (`cudnn_fits`) runs on XLA instead of failing.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.models.dropout import dropout
+from qgjax.parallel.backend import cudnn_max_head_dim
 
 CAUSAL_BLOCK = 64   # query block of `causal_blocked_attention`
 
@@ -74,3 +79,44 @@ def causal_blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
     outs.append(head_major_attention(q[:, start:end], k[:, :end], v[:, :end], mask[..., start:end, :end],
                                      scale=scale))
   return jnp.concatenate(outs, axis=1)
+
+
+def cudnn_fits(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype, *, masked: bool, has_bias: bool,
+               max_head_dim: int) -> bool:
+  """Whether `jax.nn.dot_product_attention(implementation="cudnn")` takes a call (jax 0.10's checks,
+  jax/_src/cudnn/fused_attention_stablehlo.py). q [B, T, N, H], k [B, S, K, H].
+
+  Its bf16/f16 flash kernel needs: q/k/v in bf16 or f16; H a multiple of 8 and <= `max_head_dim`
+  (`cudnn_max_head_dim()`: 0 = no usable cuDNN); N a multiple of K. A mask becomes an additive
+  bias, and a biased call's backward pass needs even T and S: masked calls with an odd length are
+  refused (whether a call will be differentiated is not known where it is made). A learned bias
+  (T5's relative positions) is refused too: cuDNN's bias gradient is not for a bias of every
+  shape, so it stays on the XLA path, whose gradient is exact.
+  """
+  _, t, n, h = q_shape
+  s, kv_heads = k_shape[1], k_shape[2]
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return False
+  if h % 8 or h > max_head_dim or n % kv_heads:
+    return False
+  if has_bias:
+    return False
+  return not (masked and (t % 2 or s % 2))
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                    bias: jax.Array | None = None, scale: float | None = None, *, impl: str = "xla") -> jax.Array:
+  """`jax.nn.dot_product_attention` with implementation `impl` ("cudnn" | "xla"): q [B, T, N, H],
+  k/v [B, S, K, H], mask bool broadcastable to [B, N, T, S], bias broadcastable to [B, N, T, S]
+  -> [B, T, N, H]. "cudnn" where `cudnn_fits` the call (the mask then broadcast to [B, 1, T, S]:
+  the kernel wants a bias of the full T x S), "xla" otherwise."""
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  if impl == "cudnn" and cudnn_fits(q.shape, k.shape, q.dtype, masked=mask is not None, has_bias=bias is not None,
+                                    max_head_dim=cudnn_max_head_dim()):
+    if mask is not None:
+      m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+      mask = jnp.broadcast_to(m, (q.shape[0], m.shape[1], q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias, mask=mask, scale=scale,
+                                        implementation="cudnn")
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation="xla")

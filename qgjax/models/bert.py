@@ -55,6 +55,7 @@ class EncoderConfig:
   classifier_dropout: float | None = None
   num_labels: int = 1
   dtype: str = "float32"              # computation dtype
+  attention_impl: str = "auto"        # "auto" (cuDNN on a GPU in bf16/f16, else XLA) | "xla" | "cudnn"
   param_dtype: str = "float32"
   scan_layers: bool = False           # one scanned layer with params stacked on a "layers" axis
   remat: bool = False                 # rematerialise each layer in the backward pass
@@ -145,7 +146,7 @@ class BertLayer(nn.Module):
     v = split_heads(dense(cfg.hidden_size, ("embed", "heads"), "value")(x), cfg.num_heads)
     training = not self.deterministic and cfg.attention_dropout > 0.0
     ctx = attention(q, k, v, mask[:, None, None, :], dropout_rate=cfg.attention_dropout if training else 0.0,
-                    dropout_rng=self.make_rng("dropout") if training else None)
+                    dropout_rng=self.make_rng("dropout") if training else None, impl=cfg.attention_impl)
     h = dense(cfg.hidden_size, ("heads", "embed"), "attn_out")(merge_heads(ctx))
     h = Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
     x = LayerNorm(cfg.layer_norm_eps, dt, pdt, name="attn_norm")(x + h)
@@ -239,15 +240,16 @@ class CrossEncoder(nn.Module):
   def __call__(self, tokens: jax.Array, mask: jax.Array, token_type_ids: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
-    dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+    pdt = as_dtype(cfg.param_dtype)
     hidden = BertEncoder(cfg, name="encoder")(tokens, mask, token_type_ids, deterministic)
     rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
     x = hidden[:, 0]
     if cfg.is_roberta:
       x = Dropout(rate)(x, deterministic=deterministic)
-    x = jnp.tanh(Dense(cfg.hidden_size, ("embed", None), dtype=dt, param_dtype=pdt, name="pooler")(x))
+    # the head runs in f32 whatever the compute dtype: its logit is a reward / a BCE loss's input
+    x = jnp.tanh(Dense(cfg.hidden_size, ("embed", None), dtype=jnp.float32, param_dtype=pdt, name="pooler")(x))
     x = Dropout(rate)(x, deterministic=deterministic)
-    logits = Dense(cfg.num_labels, ("embed", "classes"), dtype=dt, param_dtype=pdt, name="classifier")(x)
+    logits = Dense(cfg.num_labels, ("embed", "classes"), dtype=jnp.float32, param_dtype=pdt, name="classifier")(x)
     return logits.astype(jnp.float32)
 
 

@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 
 from qgjax.errors import ConfigError
-from qgjax.models.attention_ops import causal_blocked_attention, head_major_attention
+from qgjax.models.attention_ops import causal_blocked_attention, fused_attention, head_major_attention
 from qgjax.models.layers import (Linear, RMSNorm, add_lora, apply_rope, as_dtype, logical_constraint, rope_cos_sin,
                                  rope_inv_freq)
 from qgjax.models.shared_prompt import PromptCache, SampleCache, shared_prompt_attention
+from qgjax.parallel.backend import resolve_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # Logical axis names of KVCache.k / .v, for sharding rules.
@@ -82,7 +83,7 @@ class DecoderConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat: bool = False                     # rematerialise each layer in the backward pass
-  attention_impl: str | None = None       # jax.nn.dot_product_attention implementation: None|"xla"|"cudnn"
+  attention_impl: str | None = "auto"     # "auto" (cuDNN on a GPU in bf16/f16, else XLA) | "xla" | "cudnn"
 
   def __hash__(self):
     return hash(json.dumps(dataclasses.asdict(self), sort_keys=True, default=str))
@@ -245,14 +246,14 @@ class Attention(nn.Module):
       cache_v = jax.lax.dynamic_update_slice(cache_v, vc[None], idx)
       k = jax.lax.dynamic_index_in_dim(cache_k, idx[0], 0, keepdims=False).astype(dt)
       v = jax.lax.dynamic_index_in_dim(cache_v, idx[0], 0, keepdims=False).astype(dt)
-    if c.attention_impl in (None, "xla") and jax.default_backend() == "cpu":
+    impl = resolve_attention(c.attention_impl, jax.default_backend(), dt)
+    if impl == "xla" and jax.default_backend() == "cpu":
       if k.shape[1] == t:   # self-attention over the T positions themselves (no earlier cache): causal
         out = causal_blocked_attention(q, k, v, mask, c.head_dim ** -0.5)
       else:
         out = head_major_attention(q, k, v, mask, scale=c.head_dim ** -0.5)
     else:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=c.head_dim ** -0.5,
-                                         implementation=c.attention_impl)
+      out = fused_attention(q, k, v, mask, scale=c.head_dim ** -0.5, impl=impl)
     out = self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim))
     return out, cache_k, cache_v
 

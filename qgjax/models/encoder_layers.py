@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import ConfigError
-from qgjax.models.attention_ops import head_major_attention
+from qgjax.models.attention_ops import fused_attention, head_major_attention
+from qgjax.parallel.backend import resolve_attention
 from qgjax.models.hf_checkpoint import check_fit, flatten_tree, unflatten_tree
 
 Dtype = Any
@@ -61,28 +62,31 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 class Dense(nn.Module):
-  """y = x @ kernel (+ bias); kernel [in, features] with logical `axes` = (in_axis, out_axis)."""
+  """y = x @ kernel (+ bias); kernel [in, features] with logical `axes` = (in_axis, out_axis).
+  f32_output: y accumulated and returned in f32 whatever the compute dtype (an LM head)."""
   features: int
   axes: tuple[str | None, str | None]
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.normal(0.02)
+  f32_output: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                         (x.shape[-1], self.features), self.param_dtype)
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                preferred_element_type=jnp.float32 if self.f32_output else None)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
                         (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
+      y = y + bias.astype(y.dtype)
     return y
 
 
 class Embed(nn.Module):
-  """Lookup table [num, features] with logical `axes`; `attend` gives x @ table.T (tied heads)."""
+  """Lookup table [num, features] with logical `axes`; `attend` gives x @ table.T in f32 (tied heads)."""
   num: int
   features: int
   axes: tuple[str | None, str | None] = ("vocab", "embed")
@@ -98,7 +102,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: jax.Array) -> jax.Array:
-    return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+    return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T, preferred_element_type=jnp.float32)
 
 
 class LayerNorm(nn.Module):
@@ -148,7 +152,7 @@ def merge_heads(x: jax.Array) -> jax.Array:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
               bias: jax.Array | None = None, scale: float | None = None, *,
-              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, impl: str | None = "auto") -> jax.Array:
   """Softmax attention. q [B, T, N, H], k/v [B, S, N, H] -> [B, T, N, H].
 
   mask bool broadcastable to [B, N, T, S] (True = attend); bias f32 broadcastable to
@@ -156,18 +160,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
   yields the mean of v. With `dropout_rate` > 0 and a `dropout_rng` (training) the
   probabilities are dropped out (hashed mask, `qgjax.models.dropout`).
 
-  Off CPU without dropout: `jax.nn.dot_product_attention` (a fused kernel where the backend
-  has one). On CPU, and whenever there is dropout: `head_major_attention` (on XLA:CPU, MiniLM's
-  [64, 128, 12, 32] attention forward + backward: 202 ms against 239 ms for
-  `jax.nn.dot_product_attention`).
+  Off CPU without dropout: `fused_attention` with `impl` (a config's attention_impl, "auto" |
+  "xla" | "cudnn", resolved for this backend and q's dtype: cuDNN's fused kernel on a GPU in
+  bf16/f16 where it takes the call, XLA otherwise). On CPU, and whenever there is dropout:
+  `head_major_attention` (on XLA:CPU, MiniLM's [64, 128, 12, 32] attention forward + backward:
+  202 ms against 239 ms for `jax.nn.dot_product_attention`).
   """
   training = dropout_rate > 0.0 and dropout_rng is not None
   if training or jax.default_backend() == "cpu":
     return head_major_attention(q, k, v, mask, bias, scale, dropout_rate=dropout_rate if training else 0.0,
                                 dropout_rng=dropout_rng)
-  if bias is not None:
-    bias = bias.astype(q.dtype)
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+  return fused_attention(q, k, v, mask, bias, scale, impl=resolve_attention(impl, jax.default_backend(), q.dtype))
 
 
 # ----------------------------------------------------------------------------------------------

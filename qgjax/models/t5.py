@@ -70,6 +70,7 @@ class T5Config:
   decoder_start_token_id: int = 0
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "auto"            # "auto" (cuDNN on a GPU in bf16/f16, else XLA) | "xla" | "cudnn"
   remat: bool = False
 
   @property
@@ -199,7 +200,7 @@ class T5Attention(nn.Module):
     training = not deterministic and c.dropout_rate > 0.0
     ctx = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias, scale=1.0,
                     dropout_rate=c.dropout_rate if training else 0.0,
-                    dropout_rng=self.make_rng("dropout") if training else None)
+                    dropout_rng=self.make_rng("dropout") if training else None, impl=c.attention_impl)
     return self.o(merge_heads(ctx))
 
 
@@ -334,7 +335,7 @@ class T5Model(nn.Module):
     self.encoder = T5Stack(c, is_decoder=False)
     self.decoder = T5Stack(c, is_decoder=True)
     if not c.tie_word_embeddings:
-      self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt, param_dtype=pdt)
+      self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt, param_dtype=pdt, f32_output=True)
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     """int[B, S] -> token embeddings [B, S, D] (the shared table)."""

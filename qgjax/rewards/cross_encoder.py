@@ -25,6 +25,11 @@ class CrossEncoderScorer:
     self.corpus, self.cfg = corpus, cfg
     self.max_len = min(int(cfg.max_len), int(self.info["max_seq_length"]))
 
+  @property
+  def model_config(self):
+    """The cross-encoder's model config (its `dtype` and `attention_impl`: what the run reports)."""
+    return self.module.config
+
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
     from qgjax.models.bert import score_pairs
     texts, docs, counts = [], [], []

@@ -135,6 +135,11 @@ class DenseScorer:
     self.encoder, self.index, self.cfg = encoder, index, cfg
     self.depth, self.transform = int(depth), transform
 
+  @property
+  def model_config(self):
+    """The encoder's model config (its `dtype` and `attention_impl`: what the run reports)."""
+    return self.encoder.module.config
+
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
     q = self.encoder.encode_queries(batch.texts, batch_size=int(self.cfg.batch_size),
                                     max_len=min(int(self.cfg.max_len), int(self.cfg.query_max_len)))

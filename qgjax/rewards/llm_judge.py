@@ -114,6 +114,11 @@ class LLMJudgeScorer:
     self._forward = RowParallel(counted, data_mesh())
     self.params = replicate(params, self._forward.mesh)
 
+  @property
+  def model_config(self):
+    """The judge's DecoderConfig (its `dtype` and `attention_impl`: what the run reports)."""
+    return self.module.config
+
   def pair_logits(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
     """Prompts (token ids) -> f32[N, 2] (yes, no) logits, in input order."""
     from qgjax.models.text_encoding import plan_batches
@@ -142,11 +147,16 @@ class LLMJudgeScorer:
 
 def build(ctx: RewardContext) -> LLMJudgeScorer:
   if "llm_judge" not in ctx.cache:
+    from qgjax.models.decoder import DecoderLM
     from qgjax.models.registry import load_decoder
+    from qgjax.parallel.backend import model_numerics
 
     cfg = ctx.config.llm_judge
     if not cfg.model:
       raise ConfigError("the llm_judge reward needs config.llm_judge.model: an instruct decoder "
                         "(a registry name such as smollm2-135m-instruct, a GGUF file or an HF directory)")
-    ctx.cache["llm_judge"] = LLMJudgeScorer(load_decoder(cfg.model, dtype=cfg.dtype), ctx.corpus, cfg)
+    dtype, attention = model_numerics(cfg, "config.llm_judge")
+    module, params, tokenizer = load_decoder(cfg.model, dtype="float32", attention_impl=attention)
+    module = DecoderLM(module.config.replace(dtype=dtype))   # f32 parameters, `dtype` compute, f32 logits
+    ctx.cache["llm_judge"] = LLMJudgeScorer((module, params, tokenizer), ctx.corpus, cfg)
   return ctx.cache["llm_judge"]

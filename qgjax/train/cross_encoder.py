@@ -175,7 +175,7 @@ def setup_cross_encoder(config: Any):
 
   from qgjax.data.beir import Corpus
   from qgjax.models.bert import CrossEncoder, load_cross_encoder, save_cross_encoder_hf
-  from qgjax.parallel.backend import compute_dtype
+  from qgjax.parallel.backend import model_numerics
   from qgjax.train.generator import gather_to_host
   from qgjax.train.loop import TaskSetup
 
@@ -186,8 +186,8 @@ def setup_cross_encoder(config: Any):
     raise ConfigError("cross-encoder training needs accum_steps=1 (the hardest negative is mined in the batch)")
   module, params, tokenizer, info = load_cross_encoder(m.name, num_labels=1, new_head=bool(m.new_head),
                                                        seed=int(config.seed))
-  dtype = compute_dtype(None, m.dtype)
-  module = CrossEncoder(dataclasses.replace(module.config, dtype=str(dtype)))
+  dtype, attention = model_numerics(m)
+  module = CrossEncoder(dataclasses.replace(module.config, dtype=dtype, attention_impl=attention))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
   corpus = Corpus(d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl"))

@@ -22,7 +22,9 @@ its adapters unmerged (x@W + s*(x@a)@b); T5 merges them into its kernels inside 
 (W + s*a@b, differentiable in a and b), which for T5-sized models costs one kernel-sized
 temporary per adapted layer.
 Parameters live in f32; the compute dtype follows `qgjax.parallel.compute_dtype` (bf16 on
-TPU/GPU, f32 on CPU) unless `config.model.dtype` names one.
+TPU/GPU, f32 on CPU) unless `config.model.dtype` names one, the attention implementation
+`qgjax.parallel.resolve_attention` (cuDNN on a GPU in bf16, else XLA) unless
+`config.model.attention_impl` names one; log-probs are f32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgjax.errors import ConfigError
-from qgjax.parallel.backend import compute_dtype
+from qgjax.parallel.backend import model_numerics
 from qgjax.train.logprobs import (DecoderFns, EncDecFns, SeqLogprobs, completion_logprobs, decoder_fns,
                                   encdec_completion_logprobs, encdec_pair_logprobs, pair_logprobs, t5_fns)
 
@@ -171,17 +173,17 @@ def _abstract_adapters(adapters: Any, abstract_params: Any) -> Any:
   return unflatten_tree(out)
 
 
-def _load_t5(config: Any, dtype: Any) -> tuple[Any, Any, Any]:
-  """(T5Model in the compute dtype, f32 params, tokenizer) from config.model: a local HF T5 dir
-  (init=pretrained), or its architecture with random weights (init=random); model.remat and
-  model.overrides (T5Config fields) apply."""
+def _load_t5(config: Any, dtype: Any, attention: str) -> tuple[Any, Any, Any]:
+  """(T5Model in the compute dtype with `attention`, f32 params, tokenizer) from config.model: a
+  local HF T5 dir (init=pretrained), or its architecture with random weights (init=random);
+  model.remat and model.overrides (T5Config fields) apply."""
   from qgjax.models.registry import load_tokenizer, resolve
   from qgjax.models.t5 import T5Config, T5Model, load_t5
 
   m = config.model
   path = resolve(m.name)
   overrides = dict(m.overrides or {})
-  overrides.update(remat=bool(m.remat))
+  overrides.update(remat=bool(m.remat), attention_impl=attention)
   if m.init == "random":
     cfg = T5Config.from_hf(path, **overrides)
     tokenizer = load_tokenizer(path)
@@ -206,11 +208,11 @@ def load_generator(config: Any, kind: str = "decoder") -> Generator:
   if kind not in KINDS:
     raise ConfigError(f"model kind {kind!r}; expected one of {', '.join(KINDS)}")
   m = config.model
-  dtype = compute_dtype(None, m.dtype)
+  dtype, attention = model_numerics(m)
   overrides = dict(m.overrides or {})
-  overrides.update(scan_layers=bool(m.scan_layers), remat=bool(m.remat))
+  overrides.update(scan_layers=bool(m.scan_layers), remat=bool(m.remat), attention_impl=attention)
   if kind == "t5":
-    module, params, tokenizer = _load_t5(config, dtype)
+    module, params, tokenizer = _load_t5(config, dtype, attention)
   elif m.init == "random":
     # A randomly initialised model of the named architecture (tests, smoke runs); the tokenizer is real.
     cfg = load_decoder_config(m.name, **overrides)

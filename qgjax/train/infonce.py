@@ -53,7 +53,8 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
   Returns (loss scalar, metrics: accuracy, pos_score, hardest_neg_score).
   """
   b = q.shape[0]
-  cands = pos if neg is None else jnp.concatenate([pos, neg.reshape(-1, neg.shape[-1])], axis=0)
+  q, pos = q.astype(jnp.float32), pos.astype(jnp.float32)   # scores and softmax in f32 whatever the tower computed in
+  cands = pos if neg is None else jnp.concatenate([pos, neg.astype(jnp.float32).reshape(-1, neg.shape[-1])], axis=0)
   logits = jnp.einsum("bd,cd->bc", q, cands, preferred_element_type=jnp.float32)
   labels = jnp.arange(b)
   if pos_key is not None:
@@ -195,14 +196,15 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def bert_retriever_model(config: Any) -> RetrieverModel:
   """The BERT-family bi-encoder of `config.model` (a sentence-transformers / HF dir or name)."""
   from qgjax.models.bert import BiEncoder, load_bi_encoder
-  from qgjax.parallel.backend import compute_dtype
+  from qgjax.parallel.backend import model_numerics
 
   m = config.model
   if config.train_mode != "full" or m.pooling or m.query_prefix:
     raise ConfigError("train_mode=lora, model.pooling and model.query_prefix are for model.family=decoder; "
                       "a BERT-family retriever trains fully with the checkpoint's pooling")
   module, params, tokenizer, info = load_bi_encoder(m.name, dtype="float32")
-  overrides = {"dtype": str(compute_dtype(None, m.dtype))}
+  dtype, attention = model_numerics(m)
+  overrides = {"dtype": dtype, "attention_impl": attention}
   if m.remat:
     overrides["remat"] = True
   normalize = similarity_normalizes(config, module.normalize)

@@ -24,6 +24,7 @@ from qgjax.data.progress import progress
 from qgjax.data.safe_files import open_no_follow
 from qgjax.data.workdir_lock import lock_workdir
 from qgjax.parallel.distributed import is_main_process
+from qgjax.parallel.backend import model_numerics
 from qgjax.parallel.mesh import mesh_from_config
 from qgjax.parallel.sharding import batch_devices, put_batch, rules_for
 from qgjax.train.checkpoint import Checkpointer, write_json
@@ -93,9 +94,11 @@ def optimizer_settings(config: Any) -> dict:
 def model_settings(config: Any) -> dict:
   """The model group (name, dtype, init, overrides, ...) a resumed run must share with its checkpoint:
   a LoRA or soft-prompt checkpoint restores onto any base of the same shapes, so another base model
-  or dtype would otherwise resume silently. `remat` is left out (it changes memory, not results)."""
+  or dtype would otherwise resume silently. `remat` and `attention_impl` are left out (they change
+  memory and the kernel, not the function computed)."""
   model = config.model.to_dict()
-  return {"model": json.loads(json.dumps({k: v for k, v in model.items() if k != "remat"}, default=str))}
+  kept = {k: v for k, v in model.items() if k not in ("remat", "attention_impl")}
+  return {"model": json.loads(json.dumps(kept, default=str))}
 
 
 def fit(setup: TaskSetup, config: Any) -> dict:
@@ -205,7 +208,8 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
              "mesh": dict(mesh.shape), "checkpoints": ckpt.all_steps(), "best_step": ckpt.best_step(),
              "seconds": round(elapsed, 2),
              "examples_per_s": round((steps - start) * loader.batch_size / max(elapsed, 1e-9), 3),
-             "final": history[-1] if history else {}, **setup.info}
+             "final": history[-1] if history else {},
+             **dict(zip(("dtype", "attention"), model_numerics(config.model))), **setup.info}
   if setup.export is not None and config.export.enabled:
     out = config.export.dir or os.path.join(workdir, "export")
     if steps > start or not is_complete_export(out):

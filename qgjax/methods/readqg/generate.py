@@ -51,11 +51,12 @@ def _soft_generate(kind: str, model, sampling, r: float, params, tokens, mask, k
   return generate_seq2seq(model, params["model"], tokens, mask, keys, sampling, prefix=prefix.astype(jnp.float32))
 
 
-def load_readqg_export(path: str, dtype: str = "float32"):
+def load_readqg_export(path: str, dtype: str = "float32", attention_impl: str = "auto"):
   """-> (kind "t5" | "decoder", model, params, tokenizer, soft prompt arrays, readqg.json meta).
 
   kind t5: the export holds the T5; kind decoder: readqg.json names the frozen base LM, loaded
-  with unrolled layers (the sampler's shared-prompt decode wants them).
+  with unrolled layers (the sampler's shared-prompt decode wants them). Parameters are f32; the
+  model computes in `dtype` with `attention_impl` (names, as `qgjax.parallel.model_numerics` resolves).
   """
   from qgjax.methods.readqg.objective import load_soft_prompt
 
@@ -68,12 +69,17 @@ def load_readqg_export(path: str, dtype: str = "float32"):
 
     if not meta.get("generator"):
       raise InputError("readqg.json has kind 'decoder' but no 'generator'", path=path)
-    model, params, tokenizer = load_decoder(meta["generator"], dtype=dtype, scan_layers=False)
+    from qgjax.models.decoder import DecoderLM
+
+    model, params, tokenizer = load_decoder(meta["generator"], dtype="float32", scan_layers=False,
+                                            attention_impl=attention_impl)
+    model = DecoderLM(model.config.replace(dtype=dtype))
     width = model.config.hidden_size
   elif kind == "t5":
-    from qgjax.models.t5 import load_t5
+    from qgjax.models.t5 import T5Model, load_t5
 
-    model, params, tokenizer = load_t5(path)
+    model, params, tokenizer = load_t5(path, dtype="float32", attention_impl=attention_impl)
+    model = T5Model(model.config.replace(dtype=dtype))
     width = model.config.d_model
   else:
     raise InputError(f"readqg.json kind {kind!r}; expected 't5' or 'decoder'", path=path)
@@ -153,6 +159,7 @@ def _records(relevances: list[float], n: int, tokenizer, config):
 
 
 def run(config) -> dict:
+  from qgjax.parallel.backend import model_numerics
   from qgjax.parallel.distributed import barrier, is_main_process
   from qgjax.sampling.engine import Sampler, local_data_mesh
   from qgjax.sampling.generation_loop import Item, Output, PromptSource, run_generation
@@ -164,7 +171,8 @@ def run(config) -> dict:
   if len(relevances) != 2 or not all(0.0 <= r <= 1.0 for r in relevances):
     raise ConfigError(f"relevances must be two values in [0, 1] (positive first, e.g. (1.0, 0.0)); got {relevances}")
   t0 = time.perf_counter()
-  kind, model, lm, tokenizer, soft, meta = load_readqg_export(config.model.name, config.model.dtype)
+  dtype, attention = model_numerics(config.model)
+  kind, model, lm, tokenizer, soft, meta = load_readqg_export(config.model.name, dtype, attention)
   sampling = sampling_params(config, kind, model, tokenizer)
   longest = _longest_input(kind, tokenizer, meta)
   if max(config.buckets) < longest:
@@ -200,4 +208,4 @@ def run(config) -> dict:
   return {**result.summary, "documents": total, "ce_pairs": _count_lines(out_dir / PAIRS_FILE),
           "generated_tokens": result.generated_tokens, "tokens_this_run": result.tokens_this_run,
           "generation_s": result.generation_s, "total_s": round(time.perf_counter() - t0, 1),
-          "compiled_programs": sum(s.num_compiles for s in samplers)}
+          "compiled_programs": sum(s.num_compiles for s in samplers), "dtype": dtype, "attention": attention}

@@ -64,13 +64,13 @@ def _as_dict(x: Any) -> dict:
 def _load_t5(config: Any):
   """(module, params, tokenizer) from config.model: a local HF T5 dir, or init="random" + a tokenizer."""
   from qgjax.models.t5 import T5Config, T5Model, init_params, load_t5
-  from qgjax.parallel.backend import compute_dtype
+  from qgjax.parallel.backend import model_numerics
   from qgjax.models.registry import load_tokenizer, resolve
 
   m = config.model
-  dtype = str(compute_dtype(None, m.dtype))
+  dtype, attention = model_numerics(m)
   if m.init == "pretrained":
-    module, params, tokenizer = load_t5(resolve(m.name), dtype="float32")
+    module, params, tokenizer = load_t5(resolve(m.name), dtype="float32", attention_impl=attention)
     if tokenizer is None:
       raise ConfigError(f"{m.name} has no tokenizer files (tokenizer.json / spiece.model)")
     module = T5Model(module.config.replace(dtype=dtype))
@@ -80,7 +80,8 @@ def _load_t5(config: Any):
   tokenizer = load_tokenizer(resolve(m.tokenizer))
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   cfg = T5Config(vocab_size=len(tokenizer), pad_token_id=int(pad), eos_token_id=int(tokenizer.eos_token_id),
-                 decoder_start_token_id=int(pad), dtype=dtype, dropout_rate=0.0, **_as_dict(m.t5))
+                 decoder_start_token_id=int(pad), dtype=dtype, attention_impl=attention, dropout_rate=0.0,
+                 **_as_dict(m.t5))
   module = T5Model(cfg)
   return module, jax.tree.map(lambda x: np.asarray(x, np.float32), init_params(module, int(config.seed))), tokenizer
 
