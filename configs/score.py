@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dense = ml_collections.ConfigDict(dict(
       model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, chunk=4096,
       cache_dir=""))  # when set: the corpus-embedding store, shared with mine / evaluate given the same dir
-  c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32))
+  c.cross_encoder = ml_collections.ConfigDict(dict(model="", max_len=512, batch_size=32,
+                                                   dtype="auto", attention_impl="auto"))  # as llm_judge's
   c.llm_judge = ml_collections.ConfigDict(dict(
       model="smollm2-135m-instruct",  # registry name, GGUF file or HF dir of an instruct decoder
       dtype="auto", attention_impl="auto",  # auto: bfloat16 + cuDNN attention on a GPU, float32 + XLA on a CPU

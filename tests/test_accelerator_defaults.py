@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from qgjax.errors import ConfigError
-from qgjax.models.attention_ops import cudnn_fits, fused_attention, head_major_attention
+from qgjax.models.attention_ops import cudnn_fits, fused_attention, head_major_attention, mesh_splits_attention
 from qgjax.parallel.backend import cudnn_max_head_dim, model_numerics, resolve_attention
 
 BF16, F16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32)
@@ -67,6 +67,30 @@ def test_bad_settings_name_the_field():
     ((2, 16, 4, 64), (2, 16, 4, 64), BF16, True, True, 128, False)])    # a learned bias (T5)
 def test_cudnn_fits(q, k, dtype, masked, bias, max_h, fits):
   assert cudnn_fits(q, k, dtype, masked=masked, has_bias=bias, max_head_dim=max_h) is fits
+  # heads or length split over devices (tensor parallelism): never
+  assert cudnn_fits(q, k, dtype, masked=masked, has_bias=bias, max_head_dim=max_h, split=True) is False
+
+
+def test_mesh_splits_attention_under_tensor_parallelism():
+  """Outside a mesh and under a data x fsdp mesh attention is whole on each device; a tensor axis
+  splits the heads."""
+  from qgjax.parallel.mesh import make_mesh
+  from qgjax.parallel.sharding import activate, rules_for
+
+  seen = {}
+
+  def probe(name):
+    def f(x):
+      seen[name] = mesh_splits_attention()
+      return x
+    return f
+
+  jax.jit(probe("none"))(np.ones(2))
+  for name, spec in (("data_fsdp", [("data", 2), ("fsdp", 4)]), ("tensor", [("data", 2), ("tensor", 4)])):
+    mesh = make_mesh(spec)
+    with activate(mesh, rules_for(mesh)):
+      jax.jit(probe(name))(np.ones(2))
+  assert seen == {"none": False, "data_fsdp": False, "tensor": True}
 
 
 def test_cudnn_call_falls_back_to_xla_without_a_cuda_gpu():

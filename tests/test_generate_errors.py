@@ -33,6 +33,7 @@ def _config(tiny_dir, out_dir, arg="mode=plain", **extra):
     ({"sampling.top_p": 0.0}, r"config.sampling: top_p must be in \(0, 1\]"),
     ({"batch_size": 0}, r"config.batch_size must be >= 1"),
     ({"model.dtype": "bfloat"}, r"config.model.dtype: unknown dtype 'bfloat'"),
+    ({"model.attention_impl": "flash"}, r"config.model.attention_impl: unknown attention_impl 'flash'"),
 ])
 def test_bad_values_are_config_errors_before_any_output(tiny_dir, tmp_path, bad, message):
   with pytest.raises(ConfigError, match=message):

@@ -128,7 +128,8 @@ def test_cross_encoder_reward_matches_torch(tmp_path):
       shutil.copy(pathlib.Path(minilm) / name, tmp_path / "ce" / name)
   import ml_collections
   config = ml_collections.ConfigDict(dict(
-      cross_encoder=dict(model=str(tmp_path / "ce"), max_len=128, batch_size=4), depth=10, rank_reward="neg_rank"))
+      cross_encoder=dict(model=str(tmp_path / "ce"), max_len=128, batch_size=4, dtype="auto", attention_impl="auto"),
+      depth=10, rank_reward="neg_rank"))
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   (scorer,) = build_scorers(["cross_encoder"], RewardContext(config, corpus))
   texts = ["black hole event horizon", "mrna vaccine", "sourdough bread yeast"]
@@ -142,6 +143,7 @@ def test_cross_encoder_reward_matches_torch(tmp_path):
       enc = tok([text] * len(docs), docs, truncation=True, max_length=128, padding=True, return_tensors="pt")
       want.append(model(**enc).logits[:, 0].max().item())
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert (scorer.model_config.dtype, scorer.model_config.attention_impl) == ("float32", "xla")   # "auto" on a CPU
 
 
 @pytest.mark.real_weights

@@ -138,7 +138,7 @@ def decoder_parity(model_path: str, tok_texts: list[str]) -> dict:
 
   model, params, tok = load_decoder(model_path, dtype="float32")
   ids = [tok(t)["input_ids"] for t in tok_texts]
-  length = min(64, min(len(i) for i in ids))
+  length = min(64, min(len(i) for i in ids)) // 2 * 2   # even: cuDNN's fused attention takes masked calls then
   tokens = np.asarray([i[:length] for i in ids], np.int32)
   positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape)
 
@@ -165,7 +165,8 @@ def encoder_parity(model_path: str, texts: list[str], max_len: int = 128) -> dic
   from qgjax.models.bert import BiEncoder, load_bi_encoder
 
   module, params, tok, info = load_bi_encoder(model_path, dtype="float32")
-  enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="np")
+  enc = tok(texts, padding=True, truncation=True, max_length=max_len, pad_to_multiple_of=8,   # even length: cuDNN
+            return_tensors="np")
   tokens, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(bool)
 
   def embed(m):

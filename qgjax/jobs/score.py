@@ -159,7 +159,9 @@ def _run(config: Any) -> dict:
     settings["dense"] = {k: v for k, v in config.dense.to_dict().items()
                          if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results
   if "cross_encoder" in names:
-    settings["cross_encoder"] = {k: v for k, v in config.cross_encoder.to_dict().items() if k != "batch_size"}
+    settings["cross_encoder"] = {k: v for k, v in config.cross_encoder.to_dict().items()
+                                 if k not in ("batch_size", "attention_impl")}
+    settings["cross_encoder"]["dtype"] = model_numerics(config.cross_encoder, "config.cross_encoder")[0]
   if "llm_judge" in names:   # the dtype as resolved on this host; the attention kernel does not change results
     settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items()
                              if k not in ("batch_size", "attention_impl")}

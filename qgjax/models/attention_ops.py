@@ -13,6 +13,7 @@ fused kernel cannot take (`cudnn_fits`) runs on XLA instead of failing.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,7 +83,7 @@ def causal_blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
 
 
 def cudnn_fits(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype, *, masked: bool, has_bias: bool,
-               max_head_dim: int) -> bool:
+               max_head_dim: int, split: bool = False) -> bool:
   """Whether `jax.nn.dot_product_attention(implementation="cudnn")` takes a call (jax 0.10's checks,
   jax/_src/cudnn/fused_attention_stablehlo.py). q [B, T, N, H], k [B, S, K, H].
 
@@ -91,7 +92,8 @@ def cudnn_fits(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype, *, mas
   bias, and a biased call's backward pass needs even T and S: masked calls with an odd length are
   refused (whether a call will be differentiated is not known where it is made). A learned bias
   (T5's relative positions) is refused too: cuDNN's bias gradient is not for a bias of every
-  shape, so it stays on the XLA path, whose gradient is exact.
+  shape, so it stays on the XLA path, whose gradient is exact. `split`: the mesh in context
+  shards the heads or the length axis, which cuDNN's partitioner refuses (`mesh_splits_attention`).
   """
   _, t, n, h = q_shape
   s, kv_heads = k_shape[1], k_shape[2]
@@ -99,9 +101,23 @@ def cudnn_fits(q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype, *, mas
     return False
   if h % 8 or h > max_head_dim or n % kv_heads:
     return False
-  if has_bias:
+  if has_bias or split:
     return False
   return not (masked and (t % 2 or s % 2))
+
+
+def mesh_splits_attention() -> bool:
+  """Whether the mesh and logical rules in context (`qgjax.parallel.sharding.activate`) split the
+  "heads", "kv_heads" or "length" axis over more than one device (tensor parallelism does)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return False
+  sizes = dict(mesh.shape)
+  for axes in nn.logical_to_mesh_axes(("heads", "kv_heads", "length")):
+    names = axes if isinstance(axes, tuple) else (axes,)
+    if any(name is not None and sizes.get(name, 1) > 1 for name in names):
+      return True
+  return False
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
@@ -113,7 +129,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
   if bias is not None:
     bias = bias.astype(q.dtype)
   if impl == "cudnn" and cudnn_fits(q.shape, k.shape, q.dtype, masked=mask is not None, has_bias=bias is not None,
-                                    max_head_dim=cudnn_max_head_dim()):
+                                    max_head_dim=cudnn_max_head_dim(), split=mesh_splits_attention()):
     if mask is not None:
       m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
       mask = jnp.broadcast_to(m, (q.shape[0], m.shape[1], q.shape[1], k.shape[1]))

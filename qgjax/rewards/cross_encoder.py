@@ -4,7 +4,9 @@ reward `cross_encoder`: the logit of a one-label cross-encoder (sentence-transfo
 convention), or log P(last label) of a multi-label one; for several targets (AQE gold
 documents) the best. The model is any HF `*ForSequenceClassification` directory that
 `qgjax.models.bert.load_cross_encoder` loads (BERT, MiniLM, RoBERTa, XLM-R); scoring runs
-through the jitted, length-bucketed `score_pairs`, each batch split over every device.
+through the jitted, length-bucketed `score_pairs`, each batch split over every device, in the
+compute dtype of `cross_encoder.dtype` / `attention_impl` ("auto": bf16 + cuDNN on a GPU, f32 on
+a CPU; the classification head and its logit are f32 either way).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def build(ctx: RewardContext) -> CrossEncoderScorer:
     if not cfg.model:
       raise ConfigError("the cross_encoder reward needs config.cross_encoder.model: a local HF "
                         "*ForSequenceClassification directory (none ships with qgjax)")
-    from qgjax.models.bert import load_cross_encoder
-    ctx.cache["cross_encoder"] = CrossEncoderScorer(load_cross_encoder(cfg.model), ctx.corpus, cfg)
+    import dataclasses
+
+    from qgjax.models.bert import CrossEncoder, load_cross_encoder
+    from qgjax.parallel.backend import model_numerics
+
+    dtype, attention = model_numerics(cfg, "config.cross_encoder")
+    module, params, tokenizer, info = load_cross_encoder(cfg.model)   # f32 parameters; the head computes in f32
+    module = CrossEncoder(dataclasses.replace(module.config, dtype=dtype, attention_impl=attention))
+    ctx.cache["cross_encoder"] = CrossEncoderScorer((module, params, tokenizer, info), ctx.corpus, cfg)
   return ctx.cache["cross_encoder"]
