@@ -264,7 +264,8 @@ def setup_cross_encoder(config: Any):
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   pad_id = int(tokenizer.pad_token_id or 0)
-  train = StepLoader(cols, QRELS_SPEC if qrels_mode else SPEC, batch_size=int(config.batch_size), buckets=buckets, pad_id=pad_id,
+  train = StepLoader(cols, QRELS_SPEC if qrels_mode else SPEC, batch_size=int(config.batch_size), buckets=buckets,
+                     pad_id=pad_id,
                      seed=int(config.seed), bucket_window=int(d.bucket_window), shuffle=True,
                      process_index=jax.process_index(), process_count=jax.process_count())
   c = config.loss
