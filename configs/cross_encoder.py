@@ -3,13 +3,23 @@
   qgjax train --config configs/cross_encoder.py:tiny
   qgjax train --config configs/cross_encoder.py --config.data.train=runs/nfcorpus/pairs/pairs.jsonl \
       --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/cross_encoder
+  qgjax train --config configs/cross_encoder.py:qrels --config.num_steps=800 --config.workdir=runs/ce_nfcorpus
+  qgjax train --config configs/cross_encoder.py:tiny,qrels
 
 Data: records {doc_id, <pos_field>, <neg_field>} (`qgjax pairs` output: chosen / rejected; ReadQG:
 the r=1 / r=0 queries). Loss: BCE(F(q+, d), 1) + BCE(F(q+, d_hard), 0) with d_hard the highest-
 scoring other document among the next `loss.hard_negative_pool` of the global batch, plus
 `loss.margin_weight` * max(0, margin + F(q-, d) - F(q+, d)). Export: <workdir>/export, an HF
 *ForSequenceClassification directory (use it as `qgjax evaluate`'s rerank model or `qgjax mine`'s
-reranker). Arguments: tiny (the demo pairs, batch 8, 4 steps).
+reranker).
+
+Qrels mode (`data.qrels_split` set; `data.train` empty): trains a reranker without generated queries
+from a collection's judgements: every pair of `<data.corpus>/qrels/<qrels_split>.tsv` with grade >=
+`data.min_relevance` is (q+, d), with `data.negatives_per_pair` BM25 hard negative documents (`data.bm25`
+settings) drawn by `seed` from the query's `data.negative_depth` best documents not judged relevant,
+each adding BCE(F(q+, d_bm25), 0) (one example per pair and negative); no q-, so no margin term.
+Arguments: tiny (the demo pairs, batch 8, 4 steps), qrels (qrels mode on NFCorpus's train split, doc
+length 256; with tiny: the demo collection's test qrels, its only split).
 """
 
 from __future__ import annotations
@@ -17,10 +27,11 @@ from __future__ import annotations
 import ml_collections
 
 from qgjax.config import parse_arg
+from qgjax.retrieval.bm25 import default_bm25_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, tiny=False)
+  a = parse_arg(arg, tiny=False, qrels=False)
   c = ml_collections.ConfigDict()
   c.task = "cross_encoder"
   c.workdir = "runs/cross_encoder"
@@ -32,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(hard_negative_pool=7, margin=0.0, margin_weight=1.0))
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", pos_field="chosen", neg_field="rejected", query_max_len=64, doc_max_len=449,
-      query_buckets=(16, 32, 64), doc_buckets=(128, 256), bucket_window=8))
+      query_buckets=(16, 32, 64), doc_buckets=(128, 256), bucket_window=8,
+      # qrels mode: qrels_split names <corpus>/qrels/<split>.tsv ("" = the pairs in `train`)
+      qrels_split="", min_relevance=1, negatives_per_pair=1, negative_depth=30, bm25=default_bm25_config()))
   c.batch_size = 16
   c.accum_steps = 1
   c.num_steps = 0
@@ -63,4 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint.every = 2
     c.optim.warmup_steps = 1
+  if a.qrels:
+    c.workdir = "runs/tiny/cross_encoder_qrels" if a.tiny else "runs/cross_encoder_qrels"
+    c.data.train = ""
+    c.data.qrels_split = "test" if a.tiny else "train"
+    if not a.tiny:
+      c.data.corpus = "../shared/data/nfcorpus"
+      c.data.doc_max_len = 256
+      c.data.doc_buckets = (128, 256)
   return c

@@ -4,6 +4,9 @@ r"""Retrieval evaluation on a BEIR directory: BM25 now; dense and re-ranked syst
   qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus
   qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus \
       --config.bm25.backend=pyserini --config.workdir=runs/evaluate/nfcorpus-lucene
+  qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus \
+      --config.retriever=bm25,bm25+rerank --config.rerank.model=runs/cross_encoder_qrels/export \
+      --config.measures=nDCG@10,R@100    # configs/cross_encoder.py:qrels's export re-ranks BM25's top 100
 
 Without `data_dir` it runs on the demo corpus shipped in qgjax/data/demo. Writes
 <workdir>/metrics.json and one TREC run file per system (run.<system>.trec) and prints a table.

@@ -10,11 +10,13 @@ r"""The whole DPO-aligned query-generation recipe, end to end, each stage cached
 
 Stages (outputs in <workdir>/<stage>/, see qgjax.recipes.dpo_qg): [negatives (contrastive.negatives:
 each document's mined nearest other document for the contrastive prompt); triples + sft
-(contrastive.sft: SFT on (document, hard negative, training query) triples)] generate (n queries/doc with
-`generator`) -> score -> pairs -> align (DPO) -> generate_unaligned / generate_aligned (1 query/doc,
-base and aligned generator, same sampling) -> score_* -> mine_* -> retriever_* (MiniLM InfoNCE) ->
-evaluate_bm25 / _base / _unaligned / _aligned on the collection's `split` queries + qrels ->
-<workdir>/report (report.md, report.json, report.png). Training sees the corpus only.
+(contrastive.sft: SFT on (document, hard negative, training query) triples); reward_model (the score group
+uses the cross_encoder reward without a model: a MiniLM cross-encoder trained from training qrels)]
+generate (n queries/doc with `generator`) -> score -> pairs -> align (DPO) -> generate_unaligned /
+generate_aligned (1 query/doc, base and aligned generator, same sampling) -> score_* -> mine_* ->
+retriever_* (MiniLM InfoNCE) -> evaluate_bm25 / _base / _unaligned / _aligned on the collection's
+`split` queries + qrels -> <workdir>/report (report.md, report.json, report.png). Training sees the
+corpus only (and, for reward_model, the collection's training qrels).
 
 Each stage group X below has `config` (a file in configs/ with its `:arg`) and `set` (values put
 into that file's ConfigDict, e.g. --config.score.set.rewards=bm25_rank,dense_rank); paths, models
@@ -62,6 +64,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.contrastive = ConfigDict(dict(negatives="random", sft=False))
   c.negatives = _group("negatives.py:source=documents")
   c.triples = _group("negatives.py:source=queries", split="train")
+  # the cross_encoder reward's model when score.set.cross_encoder.model is empty: trained first from the
+  # collection's qrels/<data.qrels_split>.tsv (the `reward_model` stage; the demo has no train split)
+  c.reward_model = _group("cross_encoder.py:tiny,qrels" if a.tiny else "cross_encoder.py:qrels",
+                          data=dict(qrels_split="train"))
   if not a.tiny:
     c.generate = _group("generate.py:mode=few_shot,n=5", batch_size=16, data=dict(limit=0),
                         sampling=dict(num_samples=5, seed=0))

@@ -30,17 +30,23 @@ def infonce_numpy(q: np.ndarray, pos: np.ndarray, neg: np.ndarray | None, temper
 
 
 def readqg_ce_numpy(scores: np.ndarray, doc_key: np.ndarray, s_qneg: np.ndarray, pool: int, margin: float,
-                    margin_weight: float, has_qneg: np.ndarray, weight: np.ndarray | None = None) -> float:
-  """Reference: scores f64[B, B] = F(q+_i, d_j) for every pair; the loss by explicit loops."""
+                    margin_weight: float, has_qneg: np.ndarray, weight: np.ndarray | None = None,
+                    query_key: np.ndarray | None = None, s_neg_doc: np.ndarray | None = None,
+                    has_neg_doc: np.ndarray | None = None) -> float:
+  """Reference: scores f64[B, B] = F(q+_i, d_j) for every pair; the loss by explicit loops. Qrels mode:
+  query_key (pool documents of the same query are skipped too) and s_neg_doc = F(q+_i, d-_i) (+ BCE(., 0)
+  where has_neg_doc)."""
   b = len(scores)
   total = 0.0
   for i in range(b):
     cands = [(i + s) % b for s in range(1, min(pool, b - 1) + 1)]
-    cands = [j for j in cands if doc_key[j] != doc_key[i]]
+    cands = [j for j in cands if doc_key[j] != doc_key[i] and (query_key is None or query_key[j] != query_key[i])]
     bce = np.logaddexp(0, scores[i, i]) - scores[i, i]
     if cands:   # no other document in the pool: only the hard-negative term is dropped
       j = max(cands, key=lambda c: scores[i, c])
       bce += np.logaddexp(0, scores[i, j])
+    if s_neg_doc is not None and has_neg_doc[i]:
+      bce += np.logaddexp(0, s_neg_doc[i])
     hinge = max(0.0, margin + s_qneg[i] - scores[i, i]) * has_qneg[i]
     total += (1.0 if weight is None else weight[i]) * (bce + margin_weight * hinge)
   return total / (b if weight is None else float(np.sum(weight)))

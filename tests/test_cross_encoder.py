@@ -86,3 +86,37 @@ def test_loss_equals_numpy_reference(tokenizer):
   # the gradient reaches the parameters
   grads = jax.jit(jax.grad(lambda p: fn(p, {}, jax.tree.map(jnp.asarray, batch))[0]))(params)
   assert float(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))) > 0
+
+
+@pytest.mark.slow
+def test_qrels_mode_loss_equals_numpy_reference(tokenizer):
+  """Qrels mode: + BCE(F(q+, d_bm25), 0) where has_neg_doc, pool documents of the same query skipped,
+  no q- (query_negatives=False: the margin term is 0 whatever qneg holds)."""
+  cfg = EncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, num_labels=1)
+  module = CrossEncoder(cfg)
+  params = init_params(module, 5)
+  b = len(QUERIES)
+  all_q = [QUERIES[i] for i in range(b) for _ in range(b)]
+  all_d = [DOCS[j] for _ in range(b) for j in range(b)]
+  scores = score_pairs(module, params, tokenizer, all_q, all_d, batch_size=16, max_len=64)[:, 0]
+  scores = scores.reshape(b, b).astype(np.float64)
+  neg_docs = [DOCS[2], DOCS[0], DOCS[1], DOCS[1]]
+  s_neg = score_pairs(module, params, tokenizer, QUERIES, neg_docs, batch_size=8, max_len=64)[:, 0]
+  doc_key = np.asarray([0, 1, 2, 3], np.float32)
+  query_key = np.asarray([0, 1, 1, 2], np.float32)     # rows 1 and 2: one query with two relevant documents
+  has_neg_doc = np.asarray([1, 1, 0, 1], np.float32)
+  qp, qpm = _pad(tokenizer(QUERIES)["input_ids"], 16, 0)
+  qn, qnm = _pad(tokenizer(NEG_QUERIES)["input_ids"], 16, 0)
+  dt, dm = _pad(tokenizer(DOCS)["input_ids"], 48, 0)
+  nt, nm = _pad(tokenizer(neg_docs)["input_ids"], 48, 0)
+  batch = {"qpos": qp, "qpos_mask": qpm, "qneg": qn, "qneg_mask": qnm, "doc": dt, "doc_mask": dm,
+           "doc_key": doc_key, "has_qneg": np.ones(b, np.float32), "weight": np.ones(b, np.float32),
+           "neg_doc": nt, "neg_doc_mask": nm, "has_neg_doc": has_neg_doc, "query_key": query_key}
+  for pool in (1, 3):   # pool 1: row 1 sees only row 2 (same query) and has no in-batch negative
+    fn = ce_loss_fn(module, pool=pool, margin=1.0, margin_weight=0.7, pad_id=0, joiner=None, query_negatives=False)
+    loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, batch))
+    ref = readqg_ce_numpy(scores, doc_key, np.zeros(b), pool, 1.0, 0.7, np.zeros(b), query_key=query_key,
+                          s_neg_doc=s_neg, has_neg_doc=has_neg_doc)
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
+    assert float(metrics["margin_loss"]) == 0.0

@@ -304,3 +304,33 @@ def test_tiny_readqg_decoder_recipe(models, tmp_path):
   report = json.loads(open(first["report"]["json"]).read())
   assert [s["key"] for s in report["systems"]] == ["bm25", "supervised", "readqg"]
   assert "decoder-only" in report["tables"][0]["rows"][0][0]
+
+
+def test_dpo_qg_trains_the_cross_encoder_reward_from_qrels(tmp_path):
+  """reward=cross_encoder without a model: the reward_model stage (cross_encoder task, qrels mode, the
+  collection's train split) runs first and every score stage reads its export; with a model given, or
+  another reward, there is no such stage and the score stages keep their own cross_encoder.model."""
+  from qgjax.errors import ConfigError
+  from qgjax.pipeline.runner import stage_configs
+  from qgjax.recipes.dpo_qg import RECIPE, STAGES
+
+  spec = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
+  base = [("workdir", str(tmp_path)), ("data_dir", "/data/nfcorpus")]
+  reward = [("score.set.rewards", "bm25_rank,cross_encoder"), ("score.set.reward", "cross_encoder")]
+  _, configs = stage_configs(build_config(spec, base + reward), STAGES)
+  by = {s.name: c for s, c in configs}
+  assert [s.name for s, _ in configs].index("reward_model") < [s.name for s, _ in configs].index("score")
+  rm = by["reward_model"]
+  assert (rm.task, rm.data.qrels_split, rm.data.corpus, rm.data.train) == ("cross_encoder", "train", "/data/nfcorpus", "")
+  for name in ("score", "score_unaligned", "score_aligned"):
+    assert by[name].cross_encoder.model == str(tmp_path / "reward_model" / "export")
+  RECIPE.check(build_config(spec, base + reward), by)
+  with pytest.raises(ConfigError, match="evaluation split"):
+    RECIPE.check(build_config(spec, base + reward), dict(by, reward_model=build_config(
+        os.path.join(REPO, "configs", "cross_encoder.py") + ":tiny,qrels")))   # qrels_split test = split test
+  given = reward + [("score.set.cross_encoder.model", "/models/ce")]
+  for overrides in (given, [("score.set.rewards", "bm25_rank")]):
+    _, configs = stage_configs(build_config(spec, base + overrides), STAGES)
+    by = {s.name: c for s, c in configs}
+    assert "reward_model" not in by
+    assert by["score"].cross_encoder.model == ("/models/ce" if overrides is given else "")

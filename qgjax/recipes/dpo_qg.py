@@ -17,6 +17,11 @@ group's prompt mode "contrastive":
                                          (document, mined hard negative, training query) of the
                                          collection's `triples.set.split` queries (`triples`, `sft`);
                                          the SFT model is then the base generator of every stage
+
+The paper's bge-reranker reward without a download: with the score group's reward (or one of its
+rewards) `cross_encoder` and no `cross_encoder.model` set, the `reward_model` stage first trains a
+MiniLM cross-encoder from the collection's training qrels (configs/cross_encoder.py:qrels, BM25 hard
+negatives), and its export is every score stage's cross-encoder.
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ from qgjax.recipes import jobs
 
 _mined_negatives = lambda p: p.contrastive.negatives in ("bm25", "dense")
 _contrastive_sft = lambda p: bool(p.contrastive.sft)
+
+
+def _trains_reward(p) -> bool:
+  """The cross_encoder reward is used and no model for it is given: train one from qrels first."""
+  score = group_config(p, "score")
+  return "cross_encoder" in (score.reward, *score.rewards) and not score.cross_encoder.model
+
+
+def _reward_model(p, at):
+  return {"data.train": "", "data.corpus": data_dir(p), "workdir": at("self"), "export.enabled": True,
+          "export.dir": os.path.join(at("self"), "export")}
 
 
 def _generate(model):
@@ -68,8 +84,11 @@ def _embeddings(at) -> str:
 
 def _score(source: str):
   def wire(p, at):
-    return {"input": at(source), "data_dir": data_dir(p), "workdir": at("self"), "split": p.split,
-            "dense.model": p.encoder, "dense.cache_dir": _embeddings(at)}
+    out = {"input": at(source), "data_dir": data_dir(p), "workdir": at("self"), "split": p.split,
+           "dense.model": p.encoder, "dense.cache_dir": _embeddings(at)}
+    if _trains_reward(p):
+      out["cross_encoder.model"] = os.path.join(at("reward_model"), "export")
+    return out
   return wire
 
 
@@ -123,16 +142,17 @@ STAGES: tuple[Stage, ...] = (
           when=_mined_negatives),
     Stage("triples", jobs.NEGATIVES, ("triples",), (), _triples, has_file("negatives.jsonl"), when=_contrastive_sft),
     Stage("sft", TRAIN, ("sft",), ("triples",), _sft, has_export(), when=_contrastive_sft),
+    Stage("reward_model", TRAIN, ("reward_model",), (), _reward_model, has_export(), when=_trains_reward),
     Stage("generate", GENERATE, ("generate",), _BASE, _generate(_base_generator), has_sharded()),
-    Stage("score", SCORE, ("score",), ("generate",), _score("generate"), has_sharded("scored")),
+    Stage("score", SCORE, ("score",), ("generate", "reward_model"), _score("generate"), has_sharded("scored")),
     Stage("pairs", PAIRS, ("pairs",), ("score",), _pairs, has_file("pairs.jsonl")),
     Stage("align", TRAIN, ("align",), ("pairs", "sft"), _align, has_export()),
     Stage("generate_unaligned", GENERATE, _FINAL, _BASE, _generate(_base_generator), has_sharded()),
     Stage("generate_aligned", GENERATE, _FINAL, ("align", "negatives"), _generate(_aligned_generator),
           has_sharded()),
-    Stage("score_unaligned", SCORE, ("score",), ("generate_unaligned",), _score("generate_unaligned"),
+    Stage("score_unaligned", SCORE, ("score",), ("generate_unaligned", "reward_model"), _score("generate_unaligned"),
           has_sharded("scored")),
-    Stage("score_aligned", SCORE, ("score",), ("generate_aligned",), _score("generate_aligned"),
+    Stage("score_aligned", SCORE, ("score",), ("generate_aligned", "reward_model"), _score("generate_aligned"),
           has_sharded("scored")),
     Stage("mine_unaligned", MINE, ("mine",), ("generate_unaligned",), _mine("generate_unaligned"),
           has_sharded("tuples")),
@@ -168,6 +188,9 @@ def _check(config, by: dict) -> None:
 
   if config.contrastive.negatives not in ("random", "bm25", "dense"):
     raise ConfigError(f"contrastive.negatives must be random, bm25 or dense; got {config.contrastive.negatives!r}")
+  if "reward_model" in by and by["reward_model"].data.qrels_split == config.split:
+    raise ConfigError(f"the reward model would train on the evaluation split's qrels ({config.split!r}); set "
+                      "reward_model.set.data.qrels_split to a training split")
   mode = by["generate"].prompt.mode
   if (_mined_negatives(config) or _contrastive_sft(config)) and mode != "contrastive":
     raise ConfigError(f"contrastive.negatives={config.contrastive.negatives!r} / contrastive.sft="
@@ -185,6 +208,10 @@ def _info(config, results: dict) -> dict:
   if "sft" in results:
     info["contrastive SFT"] = (f"{results['triples'].get('rows')} triples ({results['triples'].get('method')} "
                                f"negatives), final loss {results['sft'].get('final', {}).get('loss')}")
+  if "reward_model" in results:
+    r = results["reward_model"]
+    info["reward model"] = (f"cross-encoder trained from qrels: {r.get('judged_pairs')} judged pairs, {r.get('steps')} "
+                            f"steps, final loss {r.get('final', {}).get('loss')}")
   if "negatives" in results:
     info["prompt negatives"] = f"{results['negatives'].get('method')}-mined nearest other document"
   for which in ("unaligned", "aligned"):  # how much each trained MiniLM saw (a 1-step run barely moves)

@@ -20,6 +20,13 @@ combination of the batch costs no host work.
   qgjax train --config configs/cross_encoder.py:tiny
   qgjax train --config configs/cross_encoder.py --config.data.train=runs/nfcorpus/pairs/pairs.jsonl \
       --config.data.corpus=../shared/data/nfcorpus --config.workdir=runs/nfcorpus/cross_encoder
+  qgjax train --config configs/cross_encoder.py:qrels        # NFCorpus's training qrels, BM25 negatives
+
+Qrels mode (config.data.qrels_split set, config.data.corpus a BEIR dir): the examples are the split's
+judged (query, relevant document) pairs with BM25 hard negative documents (`qgjax.retrieval.
+qrels_examples`); each (pair, negative) is one example with q+ = the query, d = the relevant document
+and one more term, BCE(F(q+, d_bm25), 0). There is no q- (the margin term is 0 and F(q-, d) is not
+computed), and pool documents of the same query (its other positives) are never its in-batch negative.
 
 Export: an HF `*ForSequenceClassification` directory (transformers, sentence-transformers'
 CrossEncoder and `qgjax.models.bert.load_cross_encoder` read it).
@@ -74,29 +81,43 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
 
 def readqg_ce_loss(s_pos: jax.Array, s_hard: jax.Array, s_qneg: jax.Array, *, margin: float = 0.0,
                    margin_weight: float = 1.0, has_qneg: jax.Array | None = None,
-                   has_hard: jax.Array | None = None, weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                   has_hard: jax.Array | None = None, weight: jax.Array | None = None,
+                   s_neg_doc: jax.Array | None = None, has_neg_doc: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict]:
   """The loss above from the three score vectors f32[B].
 
   has_qneg / has_hard: 0 where an example has no q- / no negative document in its pool; only that
-  term is dropped for the example, its BCE(s+) and the rest still count.
+  term is dropped for the example, its BCE(s+) and the rest still count. s_neg_doc f32[B]: the
+  scores F(q+, d-) of a given negative document per example (qrels mode: a BM25 hard negative),
+  adding BCE(s_neg_doc, 0) where has_neg_doc is 1.
   """
   w = jnp.ones_like(s_pos) if weight is None else weight
   hq = jnp.ones_like(s_pos) if has_qneg is None else has_qneg
   hh = jnp.ones_like(s_pos) if has_hard is None else has_hard
   wsum = jnp.maximum(jnp.sum(w), 1e-9)
   bce = _bce(s_pos, 1.0) + hh * _bce(s_hard, 0.0)
+  if s_neg_doc is not None:
+    hn = jnp.ones_like(s_pos) if has_neg_doc is None else has_neg_doc
+    bce = bce + hn * _bce(s_neg_doc, 0.0)
   hinge = jnp.maximum(0.0, margin + s_qneg - s_pos) * hq
   loss = jnp.sum(w * (bce + margin_weight * hinge)) / wsum
   metrics = {"bce": jnp.sum(w * bce) / wsum, "margin_loss": jnp.sum(w * hinge) / jnp.maximum(jnp.sum(w * hq), 1e-9),
              "doc_accuracy": jnp.sum(w * hh * (s_pos > s_hard)) / jnp.maximum(jnp.sum(w * hh), 1e-9),
              "query_accuracy": jnp.sum(w * hq * (s_pos > s_qneg)) / jnp.maximum(jnp.sum(w * hq), 1e-9)}
+  if s_neg_doc is not None:
+    metrics["neg_doc_accuracy"] = jnp.sum(w * hn * (s_pos > s_neg_doc)) / jnp.maximum(jnp.sum(w * hn), 1e-9)
   return loss, metrics
 
 
-def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, pad_id: int, joiner: int | None):
+def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, pad_id: int, joiner: int | None,
+               query_negatives: bool = True):
   """(params, frozen, batch) -> (loss, metrics) for `loop.fit`.
 
   batch: qpos / qneg [B, Lq], doc [B, Ld] (+ masks), doc_key f32[B], has_qneg f32[B], weight f32[B].
+  Qrels mode adds neg_doc [B, Ld] (+ mask) and has_neg_doc f32[B] (a given negative document per
+  example, its BCE term) and query_key f32[B] (pool documents of an example with the same query are
+  its positives, never its in-batch negative). query_negatives False: no q- anywhere (qrels mode),
+  F(q-, d) is not computed and the margin term is 0.
   """
 
   def score(params, q, qm, d, dm):
@@ -117,14 +138,22 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
     pool_scores = jax.lax.stop_gradient(
         score(params, flat_q, flat_qm, d[cand.reshape(-1)], dm[cand.reshape(-1)]).reshape(b, p))
     same = batch["doc_key"][cand] == batch["doc_key"][:, None]
+    if "query_key" in batch:
+      same = same | (batch["query_key"][cand] == batch["query_key"][:, None])
     pool_scores = jnp.where(same, -jnp.inf, pool_scores)
     hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
     s_hard = score(params, q, qm, d[hard], dm[hard])
     has_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # no other document among the next p
-    s_qneg = score(params, batch["qneg"], batch["qneg_mask"], d, dm)
+    if query_negatives:
+      s_qneg, has_qneg = score(params, batch["qneg"], batch["qneg_mask"], d, dm), batch["has_qneg"]
+    else:
+      s_qneg, has_qneg = jax.lax.stop_gradient(s_pos), jnp.zeros_like(s_pos)
+    s_neg_doc = score(params, q, qm, batch["neg_doc"], batch["neg_doc_mask"]) if "neg_doc" in batch else None
     loss, metrics = readqg_ce_loss(s_pos, s_hard, s_qneg, margin=margin, margin_weight=margin_weight,
-                                   has_qneg=batch["has_qneg"], has_hard=has_hard, weight=batch["weight"])
-    return loss, dict(metrics, pos_score=jnp.mean(s_pos), hard_neg_score=jnp.mean(s_hard))
+                                   has_qneg=has_qneg, has_hard=has_hard, weight=batch["weight"],
+                                   s_neg_doc=s_neg_doc, has_neg_doc=batch.get("has_neg_doc"))
+    extra = {} if s_neg_doc is None else {"neg_doc_score": jnp.mean(s_neg_doc)}
+    return loss, dict(metrics, pos_score=jnp.mean(s_pos), hard_neg_score=jnp.mean(s_hard), **extra)
 
   return loss_fn
 
@@ -150,9 +179,26 @@ def read_query_pairs(path: str, pos_field: str, neg_field: str) -> list[dict]:
   return out
 
 
+def read_qrels_records(data, seed: int, corpus=None) -> list[dict]:
+  """Qrels mode: one record {doc_id, qpos, qneg: "", query_id, neg_doc_id} per (judged pair, BM25
+  negative) of `qgjax.retrieval.qrels_examples` (neg_doc_id None for a pair without one) from the
+  `data.qrels_split` qrels of the BEIR dir `data.corpus`."""
+  from qgjax.retrieval.qrels_examples import qrels_examples
+
+  examples = qrels_examples(data.corpus, data.qrels_split, min_relevance=int(data.min_relevance),
+                            negatives=int(data.negatives_per_pair), depth=int(data.negative_depth), seed=seed,
+                            bm25=data.bm25, corpus=corpus)
+  return [{"doc_id": e.doc_id, "qpos": e.query, "qneg": "", "query_id": e.query_id, "neg_doc_id": neg}
+          for e in examples for neg in (e.negative_ids or (None,))]
+
+
 def build_columns(records: Sequence[Mapping], corpus, tokenizer, *, query_max_len: int, doc_max_len: int,
                   source: str = "") -> dict[str, list]:
-  ids = sorted({r["doc_id"] for r in records})
+  """Token and scalar columns of `SPEC`; records with "neg_doc_id" (qrels mode) add neg_doc,
+  has_neg_doc and query_key (the columns `ce_loss_fn` reads for the BM25 negative and the pool)."""
+  qrels_mode = bool(records) and "neg_doc_id" in records[0]
+  wanted = {r["doc_id"] for r in records} | ({r["neg_doc_id"] for r in records} - {None} if qrels_mode else set())
+  ids = sorted(wanted)
   missing = [d for d in ids if d not in corpus]
   if missing:
     raise InputError(f"document {missing[0]!r} is not in the corpus ({len(missing)} missing)", path=source,
@@ -162,12 +208,20 @@ def build_columns(records: Sequence[Mapping], corpus, tokenizer, *, query_max_le
   tok = lambda texts: tokenizer(list(texts), truncation=True, max_length=query_max_len)["input_ids"]
   row = {d: i for i, d in enumerate(corpus.doc_ids)}
   qneg = [r["qneg"] or r["qpos"] for r in records]   # placeholder where absent; has_qneg = 0 masks it
-  return {"qpos": tok(r["qpos"] for r in records), "qneg": tok(qneg), "doc": [doc_tok[r["doc_id"]] for r in records],
+  cols = {"qpos": tok(r["qpos"] for r in records), "qneg": tok(qneg), "doc": [doc_tok[r["doc_id"]] for r in records],
           "doc_key": [float(row[r["doc_id"]] % (1 << 24)) for r in records],
           "has_qneg": [1.0 if r["qneg"] else 0.0 for r in records]}
+  if qrels_mode:
+    qkey = {q: i for i, q in enumerate(dict.fromkeys(r["query_id"] for r in records))}
+    # the positive stands in where a pair has no negative; has_neg_doc = 0 masks it
+    cols["neg_doc"] = [doc_tok[r["neg_doc_id"] or r["doc_id"]] for r in records]
+    cols["has_neg_doc"] = [0.0 if r["neg_doc_id"] is None else 1.0 for r in records]
+    cols["query_key"] = [float(qkey[r["query_id"]] % (1 << 24)) for r in records]
+  return cols
 
 
 SPEC = {"qpos": Column("query"), "qneg": Column("query"), "doc": Column("doc")}
+QRELS_SPEC = dict(SPEC, neg_doc=Column("doc"))
 
 
 def setup_cross_encoder(config: Any):
@@ -180,8 +234,14 @@ def setup_cross_encoder(config: Any):
   from qgjax.train.loop import TaskSetup
 
   d, m = config.data, config.model
-  if not d.train or not d.corpus:
-    raise ConfigError("config.data.train (query pairs) and config.data.corpus (BEIR dir) must be set")
+  qrels_mode = bool(d.qrels_split)
+  if qrels_mode and (d.train or not d.corpus or d.corpus.endswith(".jsonl")):
+    raise ConfigError("qrels mode (config.data.qrels_split) trains from config.data.corpus, a BEIR dir with "
+                      f"qrels/{d.qrels_split}.tsv; leave config.data.train empty (it is {d.train!r}, corpus "
+                      f"{d.corpus!r})")
+  if not qrels_mode and (not d.train or not d.corpus):
+    raise ConfigError("config.data.train (query pairs) and config.data.corpus (BEIR dir) must be set, or "
+                      "config.data.qrels_split with a BEIR dir as config.data.corpus")
   if int(config.accum_steps or 1) != 1:
     raise ConfigError("cross-encoder training needs accum_steps=1 (the hardest negative is mined in the batch)")
   module, params, tokenizer, info = load_cross_encoder(m.name, num_labels=1, new_head=bool(m.new_head),
@@ -191,21 +251,27 @@ def setup_cross_encoder(config: Any):
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool))["params"]
   corpus = Corpus(d.corpus if d.corpus.endswith(".jsonl") else os.path.join(d.corpus, "corpus.jsonl"))
-  records = read_query_pairs(d.train, d.pos_field, d.neg_field)
+  if qrels_mode:
+    records = read_qrels_records(d, int(config.seed), corpus)
+    source = os.path.join(d.corpus, "qrels", f"{d.qrels_split}.tsv")
+  else:
+    records, source = read_query_pairs(d.train, d.pos_field, d.neg_field), d.train
   max_q = int(d.query_max_len)
   joiner = int(tokenizer.sep_token_id) if module.config.is_roberta else None
   # the joined pair is Lq + Ld - 1 wide for BERT (the document's [CLS] is dropped), Lq + Ld with a joiner
   max_d = int(min(d.doc_max_len, info["max_seq_length"] - max_q + (1 if joiner is None else 0)))
-  cols = build_columns(records, corpus, tokenizer, query_max_len=max_q, doc_max_len=max_d, source=d.train)
+  cols = build_columns(records, corpus, tokenizer, query_max_len=max_q, doc_max_len=max_d, source=source)
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   pad_id = int(tokenizer.pad_token_id or 0)
-  train = StepLoader(cols, SPEC, batch_size=int(config.batch_size), buckets=buckets, pad_id=pad_id,
+  train = StepLoader(cols, QRELS_SPEC if qrels_mode else SPEC, batch_size=int(config.batch_size), buckets=buckets,
+                     pad_id=pad_id,
                      seed=int(config.seed), bucket_window=int(d.bucket_window), shuffle=True,
                      process_index=jax.process_index(), process_count=jax.process_count())
   c = config.loss
   loss_fn = ce_loss_fn(module, pool=int(c.hard_negative_pool), margin=float(c.margin),
-                       margin_weight=float(c.margin_weight), pad_id=pad_id, joiner=joiner)
+                       margin_weight=float(c.margin_weight), pad_id=pad_id, joiner=joiner,
+                       query_negatives=not qrels_mode)
 
   def export(p, frozen, out_dir):
     from qgjax.parallel.distributed import is_main_process
@@ -216,9 +282,15 @@ def setup_cross_encoder(config: Any):
     return out_dir
 
   fp = {"task": config.task, "model": str(m.name), "batch_size": int(config.batch_size),
-        "seed": int(config.seed), "train": os.path.abspath(d.train), "loss": c.to_dict()}
+        "seed": int(config.seed), "train": os.path.abspath(source), "loss": c.to_dict()}
   extra = {"train_examples": len(records), "with_negative_query": int(sum(cols["has_qneg"])),
            "initialised": info.get("initialised", []), "truncated": train.truncated}
+  if qrels_mode:
+    fp["qrels"] = {"min_relevance": int(d.min_relevance), "negatives_per_pair": int(d.negatives_per_pair),
+                   "negative_depth": int(d.negative_depth),
+                   "bm25": {k: v for k, v in d.bm25.items() if k != "cache_dir"}}
+    extra.update(judged_pairs=len({(r["query_id"], r["doc_id"]) for r in records}),
+                 queries=len({r["query_id"] for r in records}), with_bm25_negative=int(sum(cols["has_neg_doc"])))
   return TaskSetup(params, {}, abstract, {}, loss_fn, train, None, export, fp, extra)
 
 
