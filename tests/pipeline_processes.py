@@ -94,6 +94,19 @@ def _without_volatile(value):
   return value
 
 
+def _without_noise_accuracy(row: dict) -> dict:
+  """A training metrics row without a DPO reward accuracy whose mean margin is within TOLERANCE of 0:
+  before the policy moves (lr 0 at step 1) chosen and rejected rewards are float noise (~1e-7), and
+  the fraction of positive margins is a step function of that noise (0.0 on one run, 0.25 on another)."""
+  out = dict(row)
+  for key in row:
+    if key.endswith("rewards/accuracy"):
+      margin = row.get(key[: -len("accuracy")] + "margin")
+      if margin is not None and abs(margin) < TOLERANCE:
+        out.pop(key)
+  return out
+
+
 def differences(a, b, where: str = "") -> list[str]:
   """Where `a` and `b` differ: structure, strings and integers exactly, floats to TOLERANCE."""
   if isinstance(a, dict) and isinstance(b, dict):
@@ -158,7 +171,12 @@ def compare_workdirs(one: pathlib.Path, one_path: str, two: pathlib.Path, two_pa
     rel = path.relative_to(one)
     if rel.parts[0] in ("cache", "report") or any(p in sharded for p in path.parents) or not path.is_file():
       continue
-    if path.suffix == ".jsonl":
+    if path.name == "metrics.jsonl":   # a training stage's: a row per logged step
+      a, b = ([_without_noise_accuracy(r) for r in load_jsonl(p)] for p in (path, two / rel))
+      for ra, rb in zip(a, b):   # an accuracy compared only when both runs' margins are clear of noise
+        for key in set(ra) ^ set(rb):
+          ra.pop(key, None), rb.pop(key, None)
+    elif path.suffix == ".jsonl":
       a, b = load_jsonl(path), load_jsonl(two / rel)
     elif path.name == "metrics.json":   # an evaluate stage's: its systems' numbers
       a, b = (json.loads(p.read_text()) for p in (path, two / rel))
