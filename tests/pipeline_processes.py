@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -166,10 +167,9 @@ def compare_workdirs(one: pathlib.Path, one_path: str, two: pathlib.Path, two_pa
     b = [r for _, _, r in iter_records(two / rel)]
     same(a, b, str(rel))
     covered[str(rel)] = len(a)
-  sharded = {one / rel for rel in outputs}
   for path in sorted(one.rglob("*")):
     rel = path.relative_to(one)
-    if rel.parts[0] in ("cache", "report") or any(p in sharded for p in path.parents) or not path.is_file():
+    if rel.parts[0] in ("cache", "report") or not path.is_file() or re.fullmatch(r"shard-\d+\.jsonl", path.name):
       continue
     if path.name == "metrics.jsonl":   # a training stage's: a row per logged step
       a, b = ([_without_noise_accuracy(r) for r in load_jsonl(p)] for p in (path, two / rel))

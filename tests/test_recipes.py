@@ -340,6 +340,13 @@ def test_tiny_readqg_recipe(models, readqg_run):
   assert again["ran"] == [] and again["skipped"] == names
 
 
+def test_readqg_two_processes_equal_one(models, readqg_run, tmp_path):
+  covered = _two_processes_equal_one(READQG_SPEC, lambda w: _readqg_overrides(w, models), readqg_run,
+                                     tmp_path / "readqg", split=("generate",))
+  assert covered["generate"] > 0 and covered["generate/ce_pairs.jsonl"] > 0
+  assert {"align/metrics.jsonl", "ce_readqg/metrics.jsonl", "evaluate_readqg/metrics.json"} <= set(covered)
+
+
 def test_tiny_readqg_decoder_recipe(models, tmp_path):
   """configs/readqg_recipe.py:tiny,decoder: the same stages with the soft prompts on a frozen decoder-only LM."""
   from qgjax.recipes.readqg import STAGES

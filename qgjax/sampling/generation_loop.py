@@ -16,7 +16,8 @@ What the loop owns, so every job that generates behaves alike:
   `output_dir/process-<i:05d>` (P > 1; `process_dir`); with P > 1 each part also holds
   `item_ranks.json` (`write_item_ranks`): each of its items' position in the order one process
   writes them, so readers take the parts as one output in that order (`qgjax.data.records`).
-  Building it costs every process the prompts of every item (their lengths pick the buckets);
+  Building it costs every process the prompts of every item (their lengths pick the buckets),
+  and it needs each item's records written together (`per_item` builders do);
 - the sharded writer (`qgjax.data.sharded_writer`; the output's meta gains "process": [i, P]);
 - the done log (`qgjax.sampling.done_log`): read once at the start, the ids of a batch (with the
   tokens generated for each) appended after its records are flushed; a rerun skips the listed
