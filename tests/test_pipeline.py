@@ -1,11 +1,11 @@
 """`qgjax pipeline --config configs/pipeline.py:tiny` end to end on tiny random models (CLI, one CPU device):
 every stage runs once, the report has its rows and columns, a second run skips every stage, and
-new settings for a finished stage are refused with an error naming it."""
+new settings for a finished stage are refused with an error naming it. The same command on two
+processes joined with `jax.distributed` (one CPU device each) gives the same records, metrics and
+report as that one-process run (`one_process_run`, shared by both tests)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +13,7 @@ from qgjax.config import build_config
 from qgjax.errors import ConfigError, QgjaxError
 from qgjax import recipes as pipeline
 from qgjax.recipes.dpo_qg import STAGES
+from pipeline_processes import compare_workdirs, differences, parts_of, run_pipeline, snapshot
 from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,24 +32,20 @@ def _overrides(workdir, models):
   return [("workdir", str(workdir)), ("generator", models[0]), ("encoder", models[1])]
 
 
-def _cli(workdir, models):
-  """Runs the pipeline command in a fresh process with one CPU device -> its result dict."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-             QGJAX_PROGRESS="0")
-  cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC] + \
-      [f"--config.{k}={v}" for k, v in _overrides(workdir, models)]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  lines = proc.stdout.splitlines()
-  start = max(i for i, line in enumerate(lines) if line == "{")  # the CLI prints the result last
-  return json.loads("\n".join(lines[start:]))
+@pytest.fixture(scope="module")
+def one_process_run(models, tmp_path_factory):
+  """The tiny pipeline through the CLI on one process -> (workdir, its result, a snapshot of the
+  workdir as that run left it)."""
+  root = tmp_path_factory.mktemp("pipeline_one")
+  work = root / "pipeline"
+  first = run_pipeline(SPEC, _overrides(work, models))
+  return work, first, snapshot(work, root / "snapshot")
 
 
-def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path):
-  work = tmp_path / "pipeline"
+def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_process_run):
+  work, first, _ = one_process_run
   names = [s.name for s in STAGES if s.when(build_config(SPEC, _overrides(work, models)))]
   assert names[0] == "generate" and len(names) == 16   # the contrastive stages run only when asked for
-  first = _cli(work, models)
   assert first["ran"] == names and first["skipped"] == []
   for name in names:
     marker = json.loads((work / name / "STAGE_DONE.json").read_text())
@@ -127,6 +124,28 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, tmp_path
   wired.score.set.workdir = "elsewhere"
   with pytest.raises(ConfigError, match=r"score.set.workdir.*wired by the pipeline"):
     pipeline.run(wired)
+
+
+def test_two_processes_give_the_one_process_outputs(models, one_process_run, tmp_path):
+  """Two processes split each stage (generate round-robin, score and mine by contiguous blocks,
+  every process's part in <stage>/.../process-<i>); read as one output, every stage's records
+  equal the one-process run's in order, and so do pairs, training metrics, evaluate metrics and
+  the report (floats to 1e-5)."""
+  import time
+
+  work, first, one = one_process_run
+  two = tmp_path / "pipeline"
+  t0 = time.perf_counter()
+  result = run_pipeline(SPEC, _overrides(two, models), processes=2)
+  seconds = time.perf_counter() - t0
+  assert result["ran"] == first["ran"] and not differences(first["systems"], result["systems"])
+  for rel in ("generate", "score/scored", "mine_aligned/tuples", "score_unaligned/scored"):
+    counts = parts_of(two, rel)
+    assert len(counts) == 2 and min(counts) > 0, (rel, counts)   # both processes wrote a part
+  covered = compare_workdirs(one, str(work), two, str(two))
+  assert covered["generate"] >= 52 and covered["pairs/pairs.jsonl"] > 0 and covered["align/metrics.jsonl"] > 0
+  assert {"mine_unaligned/tuples", "evaluate_aligned/metrics.json", "retriever_aligned/metrics.jsonl"} <= set(covered)
+  print(f"2 processes: {seconds:.1f} s; compared {covered}")
 
 
 def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):

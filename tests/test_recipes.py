@@ -1,8 +1,11 @@
 """`qgjax pipeline` recipes on tiny random models (CLI, one CPU device): AQE (configs/aqe.py:tiny) and
-ReadQG (configs/readqg_recipe.py:tiny). Structure and invariants only, never quality."""
+ReadQG (configs/readqg_recipe.py:tiny). Structure and invariants only, never quality. Each recipe
+also runs on two processes joined with `jax.distributed` (one CPU device each) and gives the
+one-process run's records, metrics and report (that run shared by both tests: `aqe_run`, `readqg_run`)."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -11,6 +14,7 @@ import pytest
 from qgjax.config import build_config
 from qgjax.errors import QgjaxError
 from qgjax import recipes as pipeline
+from pipeline_processes import compare_workdirs, parts_of, run_pipeline, snapshot
 from tiny_lm import make_tiny_bert, make_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,15 +86,63 @@ def test_aqe_methods_wire_their_align_stages(models, tmp_path):
       assert "align_rsft" not in by and by["align"].model.name == models[0]
 
 
-def test_tiny_aqe_recipe(models, tmp_path):
+AQE_SPEC = os.path.join(REPO, "configs", "aqe.py") + ":tiny,method=rsft_then_dpo"
+READQG_SPEC = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny"
+
+
+def _aqe_overrides(work, models):
+  return [("workdir", str(work)), ("generator", models[0])]
+
+
+def _readqg_overrides(work, models):
+  return [("workdir", str(work)), ("encoder", models[1])]
+
+
+def _one_process_run(spec, overrides, root):
+  """The recipe through the CLI on one process -> (workdir, its result, a snapshot of the workdir
+  as that run left it, before a test changes it)."""
+  work = root / "work"
+  first = run_pipeline(spec, overrides(work))
+  return work, first, snapshot(work, root / "snapshot")
+
+
+@pytest.fixture(scope="module")
+def aqe_run(models, tmp_path_factory):
+  return _one_process_run(AQE_SPEC, lambda w: _aqe_overrides(w, models), tmp_path_factory.mktemp("aqe_one"))
+
+
+@pytest.fixture(scope="module")
+def readqg_run(models, tmp_path_factory):
+  return _one_process_run(READQG_SPEC, lambda w: _readqg_overrides(w, models), tmp_path_factory.mktemp("readqg_one"))
+
+
+def _two_processes_equal_one(spec, overrides, one_run, two: pathlib.Path, split: tuple[str, ...]) -> dict:
+  """The recipe on two processes: every stage's records (read as one output, in order), the jsonl
+  files, training and evaluate metrics and the report equal the one-process run's (floats to
+  1e-5); each output in `split` has a non-empty part from each process -> what was compared."""
+  import time
+
+  work, first, one = one_run
+  t0 = time.perf_counter()
+  result = run_pipeline(spec, overrides(two), processes=2)
+  seconds = time.perf_counter() - t0
+  assert result["ran"] == first["ran"]
+  for rel in split:
+    counts = parts_of(two, rel)
+    assert len(counts) == 2 and min(counts) > 0, (rel, counts)
+  covered = compare_workdirs(one, str(work), two, str(two))
+  print(f"2 processes: {seconds:.1f} s; compared {covered}")
+  return covered
+
+
+def test_tiny_aqe_recipe(models, aqe_run):
   """The tiny AQE recipe with method=rsft_then_dpo through the CLI (RSFT, then DPO from the RSFT weights)."""
   from qgjax.recipes.aqe import STAGES
 
-  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny,method=rsft_then_dpo"
-  work = tmp_path / "aqe"
-  over = [("workdir", str(work)), ("generator", models[0])]
+  spec = AQE_SPEC
+  work, first, _ = aqe_run
+  over = _aqe_overrides(work, models)
   names = [s.name for s in STAGES]
-  first = _cli(spec, over)
   assert first["ran"] == names and first["skipped"] == []
   rsft = json.loads((work / "align_rsft" / "STAGE_DONE.json").read_text())
   dpo = json.loads((work / "align" / "STAGE_DONE.json").read_text())
@@ -172,6 +224,13 @@ def test_tiny_aqe_recipe(models, tmp_path):
     pipeline.run(changed)
 
 
+def test_aqe_two_processes_equal_one(models, aqe_run, tmp_path):
+  covered = _two_processes_equal_one(AQE_SPEC, lambda w: _aqe_overrides(w, models), aqe_run, tmp_path / "aqe",
+                                     split=("generate_train", "score_train/scored", "generate_sampled"))
+  assert covered["score_train/scored"] > 0 and covered["select/selected.jsonl"] > 0
+  assert {"align_rsft/metrics.jsonl", "align/metrics.jsonl", "evaluate_best_of_n/metrics.json"} <= set(covered)
+
+
 # ---------------------------------------------------------------------------------------------
 # ReadQG
 
@@ -237,14 +296,13 @@ def test_split_drops_queries_without_a_relevant_document(tmp_path):
     split.run(cfg)
 
 
-def test_tiny_readqg_recipe(models, tmp_path):
+def test_tiny_readqg_recipe(models, readqg_run):
   from qgjax.recipes.readqg import STAGES
 
-  spec = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny"
-  work = tmp_path / "readqg"
-  over = [("workdir", str(work)), ("encoder", models[1])]
+  spec = READQG_SPEC
+  work, first, _ = readqg_run
+  over = _readqg_overrides(work, models)
   names = [s.name for s in STAGES]
-  first = _cli(spec, over)
   assert first["ran"] == names
 
   # document-centric pairs: training-side queries only, every document with >= 2m of them
@@ -282,6 +340,13 @@ def test_tiny_readqg_recipe(models, tmp_path):
 
   again = _in_process(spec, over)
   assert again["ran"] == [] and again["skipped"] == names
+
+
+def test_readqg_two_processes_equal_one(models, readqg_run, tmp_path):
+  covered = _two_processes_equal_one(READQG_SPEC, lambda w: _readqg_overrides(w, models), readqg_run,
+                                     tmp_path / "readqg", split=("generate",))
+  assert covered["generate"] > 0 and covered["generate/ce_pairs.jsonl"] > 0
+  assert {"align/metrics.jsonl", "ce_readqg/metrics.jsonl", "evaluate_readqg/metrics.json"} <= set(covered)
 
 
 def test_tiny_readqg_decoder_recipe(models, tmp_path):

@@ -9,6 +9,10 @@ metrics follow trec_eval (see qgjax.evaluation.ir_metrics). With `ignore_identic
 default, as BEIR's EvaluateRetrieval and MTEB do) a document whose id equals the query's is taken
 out of that query's run first: on ArguAna or Quora the query's own text is in the corpus, comes
 first and is unjudged. Outputs in `config.workdir`: metrics.json and run.<system>.trec.
+
+On P processes the corpus and query encodes of a dense system run 1/P on each process
+(`qgjax.parallel.data_parallel`), every process searches every query, and process 0 alone
+writes the outputs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from qgjax.data import demo_dir
 from qgjax.data.beir import BeirData, load_beir, queries_path
 from qgjax.errors import ConfigError, InputError
 from qgjax.evaluation import ir_metrics
+from qgjax.parallel.distributed import is_main_process
 
 Run = dict[str, dict[str, float]]
 
@@ -105,6 +110,7 @@ def _run(config: Any) -> dict:
   stage_fns = {s: _resolve(s, STAGES, "qgjax.retrieval", "evaluation_run") for stages in systems for s in stages}
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  main = is_main_process()
 
   results: dict[str, dict[str, float]] = {}
   runs: dict[str, Run] = {}
@@ -128,7 +134,8 @@ def _run(config: Any) -> dict:
     timings[name] = time.perf_counter() - start
     results[name] = ir_metrics.evaluate(previous, qrels, measures)
     path = workdir / f"run.{_safe(name)}.trec"
-    ir_metrics.write_trec_run(path, previous, tag=_safe(name))
+    if main:
+      ir_metrics.write_trec_run(path, previous, tag=_safe(name))
     run_files[name] = str(path)
 
   reports = {}
@@ -142,6 +149,8 @@ def _run(config: Any) -> dict:
       "seconds": timings, "run_files": run_files, "reports": reports, "identical_ids_removed": removed,
       "config": json.loads(config.to_json()),
   }
+  if not main:
+    return {"metrics_file": str(workdir / "metrics.json"), "systems": results}
   from qgjax.data.safe_files import write_json_atomic
   write_json_atomic(workdir / "metrics.json", metrics, sort_keys=False)
   print(f"{pathlib.Path(data_dir).name} ({config.split}): {len(queries)} queries, "

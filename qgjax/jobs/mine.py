@@ -20,23 +20,35 @@ Steps, each resumable:
      with `skip: <reason>` instead (the retriever's reader ignores it).
 The summary counts tuples, skips by reason and `relabelled_positives` (tuples whose positive the
 reranker changed: `mining.relabel=relabel` or Gecko's `mining.relabel_positive`).
+
+On P processes (`jax.distributed`) every process takes part in the corpus encode (each 1/P of
+every batch; process 0 writes the store) and holds the whole index; process i mines the i-th
+contiguous block of the input's queries (`qgjax.data.records.process_block`) with its own
+devices (`qgjax.parallel.data_parallel.process_local`) into <workdir>/tuples/process-<i>, which
+readers take in process order (the input's order). After a barrier each process returns the
+summary of all parts.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import pathlib
 from typing import Any, Iterator
 
+import jax
+
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
-from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
-from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records
+from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
+from qgjax.data.sharded_writer import ShardedJsonlWriter
 from qgjax.errors import InputError
+from qgjax.parallel.data_parallel import process_local
+from qgjax.parallel.distributed import barrier
 from qgjax.retrieval.dense import DenseEncoder, build_index, corpus_store_dir, embed_corpus, load_pair_scorer
 from qgjax.retrieval.mining import MiningConfig, mine_outcomes
 
@@ -44,9 +56,10 @@ KEY = ("doc_id", "sample_idx")
 log = logging.getLogger(__name__)
 
 
-def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[dict]:
+def _pending(source: str, corpus: Corpus, done, query_field: str, block: range | None = None) -> Iterator[dict]:
+  """The queries at input positions in `block` (None: all) not `done`; every record is checked."""
   unique = UniqueKeys(lambda rec: (str(rec["doc_id"]), _sample_idx(rec["sample_idx"])))
-  for path, line, rec in iter_records(source):
+  for position, (path, line, rec) in enumerate(iter_records(source)):
     for field in ("doc_id", "sample_idx", query_field):
       if field not in rec:
         raise InputError("missing", path=path, line=line, field=field)
@@ -57,7 +70,7 @@ def _pending(source: str, corpus: Corpus, done, query_field: str) -> Iterator[di
     if doc_id not in corpus:
       raise InputError(f"document '{doc_id}' is not in {corpus.path} (wrong data_dir?)", path=path, line=line,
                        field="doc_id")
-    if unique(rec, path, line) in done:
+    if unique(rec, path, line) in done or (block is not None and position not in block):
       continue
     yield {"doc_id": doc_id, "sample_idx": rec["sample_idx"], "query": text}
 
@@ -114,14 +127,18 @@ def _run(config: Any) -> dict:
           "corpus": os.path.abspath(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
           "mining": config.mining.to_dict(),
           "reranker": {k: v for k, v in config.reranker.to_dict().items() if k != "batch_size"}}
-  out_dir = workdir / "tuples"
-  src = pathlib.Path(config.input)
-  total = sum(count_records(p) for p in sharded_parts(src)) if src.is_dir() else None
+  index_p, count = jax.process_index(), jax.process_count()
+  tuples = workdir / "tuples"
+  out_dir = part_dir(tuples, index_p, count)
+  if count > 1:
+    meta["process"] = [index_p, count]
+  block = process_block(count_input(config.input), index_p, count)
   stats: collections.Counter = collections.Counter()
   top_k = int(min(mcfg.top_k, len(doc_ids)))
-  with ShardedJsonlWriter(out_dir, key=KEY, shard_size=int(config.shard_size), meta=meta) as writer:
-    bar = progress(total=total, desc="mine", unit="query", initial=writer.num_records)
-    for batch in _batches(_pending(config.input, corpus, writer.done_keys, config.query_field),
+  with ShardedJsonlWriter(out_dir, key=KEY, shard_size=int(config.shard_size), meta=meta) as writer, \
+      (process_local() if count > 1 else contextlib.nullcontext()):
+    bar = progress(total=len(block), desc="mine", unit="query", initial=writer.num_records)
+    for batch in _batches(_pending(config.input, corpus, writer.done_keys, config.query_field, block),
                           int(config.batch_size)):
       q = encoder.encode_queries([b["query"] for b in batch], batch_size=int(e.batch_size),
                                  max_len=int(e.query_max_len))
@@ -139,17 +156,22 @@ def _run(config: Any) -> dict:
       bar.update(len(batch))
     bar.close()
     writer.commit()
-    summary = _summarize(out_dir)
-    summary["index"] = said[-1] if said else ""
-    done = writer.finish(**summary)
-  return {"tuples": str(out_dir), **done, **summary, "this_run": dict(stats)}
+    index_note = said[-1] if said else ""
+    done = writer.finish(**_summarize(out_dir), index=index_note)
+  barrier(f"mine {tuples}")   # every part is finished before the summary of all
+  summary = {**_summarize(tuples), "index": index_note}
+  if count > 1:
+    done = {"out_dir": str(tuples), "records": count_input(tuples), "parts": count,
+            "written_now": done["written_now"]}
+  return {"tuples": str(tuples), **done, **summary, "this_run": dict(stats)}
 
 
 def _summarize(out_dir: pathlib.Path) -> dict:
-  from qgjax.data.sharded_writer import iter_sharded
+  """Tuples, skips by reason, relabelled positives and the mean positive rank of `out_dir` (one
+  output or its process parts)."""
   counts: collections.Counter = collections.Counter()
   ranks = []
-  for rec in iter_sharded(out_dir):
+  for _, _, rec in iter_records(out_dir, require_complete=False):
     if "skip" in rec:
       counts["skipped:" + rec["skip"]] += 1
       continue

@@ -19,6 +19,9 @@ Output: <workdir>/negatives.jsonl, one row per document / pair, in corpus / qrel
              with the contrastive prompt: the record's doc_id, negative_id and query)
 and <workdir>/summary.json (rows, misses: queries / documents whose top `depth` held no
 candidate). Rows without a candidate in the top `depth` are left out and counted.
+
+On P processes every process searches every row (a dense search's encodes run 1/P on each,
+`qgjax.parallel.data_parallel`), and process 0 alone writes the outputs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.data.safe_files import ensure_dir, open_no_follow, write_json_atomic
 from qgjax.errors import ConfigError, InputError
+from qgjax.parallel.distributed import is_main_process
 from qgjax.retrieval.negatives import first_unexcluded, searcher
 
 log = logging.getLogger(__name__)
@@ -89,15 +93,14 @@ def run(config: Any) -> dict:
     ranked = search(texts[start:start + batch], int(config.depth))
     hits += first_unexcluded(ranked, exclude[start:start + batch])
   out = workdir / "negatives.jsonl"
-  tmp = out.with_name(out.name + ".tmp")
-  kept = 0
-  with open_no_follow(tmp, "w") as f:
-    for row, (neg, rank) in zip(rows, hits):
-      if neg is not None:
-        f.write(json.dumps({**row, "negative_id": neg, "negative_rank": rank}, ensure_ascii=False) + "\n")
-        kept += 1
-  tmp.replace(out)
-  summary = {"source": config.source, "method": config.method, "rows": kept, "misses": len(rows) - kept,
+  kept = [{**row, "negative_id": neg, "negative_rank": rank} for row, (neg, rank) in zip(rows, hits) if neg is not None]
+  summary = {"source": config.source, "method": config.method, "rows": len(kept), "misses": len(rows) - len(kept),
              "negatives": str(out)}
-  write_json_atomic(workdir / "summary.json", summary)
+  if is_main_process():
+    tmp = out.with_name(out.name + ".tmp")
+    with open_no_follow(tmp, "w") as f:
+      for rec in kept:
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    write_json_atomic(workdir / "summary.json", summary)
   return summary

@@ -14,6 +14,9 @@ Outputs in `config.workdir` (each written to a temp file and renamed):
   summary.json  counts, mean rewards of chosen / rejected / best-of-n, settings, input fingerprint
 Running again with the same input and settings does nothing; with different ones it refuses
 to replace the outputs unless `overwrite=true`.
+
+On P processes process 0 alone makes and writes the pairs (a pass over the scored records, no
+model); the others return at once and wait at the pipeline's barrier after the stage.
 """
 
 from __future__ import annotations
@@ -135,7 +138,9 @@ def run(config: Any) -> dict:
   from qgjax.parallel.distributed import is_main_process
 
   require(config, "workdir")
-  with lock_workdir(config.workdir, "pairs", enabled=is_main_process()):
+  if not is_main_process():
+    return {"pairs_file": str(pathlib.Path(config.workdir) / "pairs.jsonl"), "written_by": "process 0"}
+  with lock_workdir(config.workdir, "pairs"):
     return _run(config)
 
 

@@ -8,23 +8,33 @@ Reads the generate stage's records, scores them in batches with the rewards in
 `config.rewards` (see qgjax.rewards) and writes <workdir>/scored as sharded JSONL: each input
 record plus `rewards`, `ranks` and `reward`. Killed and run again, it continues where it
 stopped. The summary gives each reward's mean and retention@k of each retriever.
+
+On P processes (`jax.distributed`) process i scores the i-th contiguous block of the input's
+records (`qgjax.data.records.process_block`; every process still checks every record) with its
+own devices (`qgjax.parallel.data_parallel.process_local`) into <workdir>/scored/process-<i>;
+readers take the parts in process order, which is the input's order. After a barrier each
+process returns the summary of all parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.data.progress import progress
-from qgjax.data.records import UniqueKeys, fingerprint, iter_records, sharded_parts
-from qgjax.data.sharded_writer import ShardedJsonlWriter, count_records, iter_sharded
+from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
+from qgjax.data.sharded_writer import ShardedJsonlWriter
 from qgjax.errors import ConfigError, InputError
 from qgjax.parallel.backend import model_numerics
+from qgjax.parallel.data_parallel import process_local
+from qgjax.parallel.distributed import barrier
 from qgjax.rewards import build_scorers
 from qgjax.rewards.base import RewardBatch, RewardContext, aqe_text
 from qgjax.rewards.retention import retention_at_k
@@ -116,9 +126,10 @@ def score_batch(scorers, items: list[tuple[dict, str, list[str]]], names) -> lis
 
 
 def summarize(scored_dir: pathlib.Path, names, ks) -> dict:
+  """Mean rewards and retention@k of the records in `scored_dir` (one output or its process parts)."""
   values: dict[str, list[float]] = {n: [] for n in names}
   ranks: dict[str, list[int]] = {}
-  for rec in iter_sharded(scored_dir):
+  for _, _, rec in iter_records(scored_dir, require_complete=False):
     for n in names:
       values[n].append(rec["rewards"][n])
     for r, v in rec.get("ranks", {}).items():
@@ -169,33 +180,41 @@ def _run(config: Any) -> dict:
   settings["bm25"].pop("cache_dir", None)
   meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
           "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
-  out_dir = pathlib.Path(config.workdir) / "scored"
+  index, count = jax.process_index(), jax.process_count()
+  scored = pathlib.Path(config.workdir) / "scored"
+  out_dir = part_dir(scored, index, count)
+  if count > 1:
+    meta["process"] = [index, count]
   key = AQE_KEY if mode == "aqe" else QG_KEY
-  total = (sum(count_records(p) for p in sharded_parts(pathlib.Path(config.input)))
-           if pathlib.Path(config.input).is_dir() else None)
+  block = process_block(count_input(config.input), index, count)
   with ShardedJsonlWriter(out_dir, key=key, shard_size=int(config.shard_size), meta=meta) as writer:
     def pending():
       unique = UniqueKeys(writer.key_of)
-      for path, line, record in iter_records(config.input):
+      for position, (path, line, record) in enumerate(iter_records(config.input)):
         if detect_mode(record) != mode:
           raise InputError(f"record is a {detect_mode(record)} record in a {mode} input", path=path, line=line)
         key = unique(record, path, line)
         text, gold = targets(record, path, line)
-        if key in writer.done_keys:
+        if key in writer.done_keys or position not in block:
           continue
         yield record, text, gold
 
-    bar = progress(total=total, desc="score", unit="query", initial=writer.num_records)
-    for items in _batches(pending(), int(config.batch_size)):
-      for rec in score_batch(scorers, items, names):
-        rec["reward"] = rec["rewards"][config.reward]
-        writer.write(rec)
-      bar.update(len(items))
+    bar = progress(total=len(block), desc="score", unit="query", initial=writer.num_records)
+    with process_local() if count > 1 else contextlib.nullcontext():
+      for items in _batches(pending(), int(config.batch_size)):
+        for rec in score_batch(scorers, items, names):
+          rec["reward"] = rec["rewards"][config.reward]
+          writer.write(rec)
+        bar.update(len(items))
     bar.close()
     writer.commit()
-    summary = summarize(out_dir, names, config.retention_ks)
-    done = writer.finish(**summary)
-  return {"scored": str(out_dir), "mode": mode, **done, **summary, **reward_model_numerics(ctx)}
+    done = writer.finish(**summarize(out_dir, names, config.retention_ks))
+  barrier(f"score {scored}")   # every part is finished before the summary of all
+  summary = summarize(scored, names, config.retention_ks)
+  if count > 1:
+    done = {"out_dir": str(scored), "records": summary["records"], "parts": count,
+            "written_now": done["written_now"]}
+  return {"scored": str(scored), "mode": mode, **done, **summary, **reward_model_numerics(ctx)}
 
 
 def reward_model_numerics(ctx: RewardContext) -> dict:

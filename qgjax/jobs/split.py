@@ -16,6 +16,8 @@ Queries without a relevant (grade >= 1) document left in the corpus are dropped 
 (counted in split.json `dropped_no_relevant`): no reward can rank them and no metric counts them.
 Then at most `max_train` / `max_test` queries of each side are kept (0 = all), the ones with the
 smallest seeded hashes, so a smaller run is a subset of a larger one.
+On P processes process 0 alone writes the directory; the others wait at the pipeline's barrier
+after the stage (every later stage reads the files it wrote).
 """
 
 from __future__ import annotations
@@ -89,8 +91,11 @@ def _link_corpus(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
 
 def run(config) -> dict:
   from qgjax.data import demo_dir
+  from qgjax.parallel.distributed import is_main_process
 
   require(config, "workdir", "how", "train_split", "test_split")
+  if not is_main_process():
+    return {"data_dir": str(pathlib.Path(config.workdir) / "data"), "written_by": "process 0"}
   root = pathlib.Path(config.data_dir or demo_dir()).resolve()
   if not (root / "corpus.jsonl").is_file():
     raise InputError("corpus.jsonl not found (a BEIR directory)", path=str(root))

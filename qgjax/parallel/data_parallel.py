@@ -16,11 +16,16 @@ receives all outputs. Outputs equal one device's up to float reassociation insid
   params = replicate(params, mesh)            # once, at load (a no-op when already replicated)
   run = RowParallel(fn, mesh)                 # fn(params, *rows) -> [B, ...] (a pytree of them)
   out = run(params, tokens, mask)             # numpy, B rows in input order
+
+Process-local mode: inside `with process_local():` `data_mesh()` holds this process's devices
+only, so each process encodes its own rows (a stage that splits its records over processes)
+with no collective across processes; the outputs are this process's rows only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -29,12 +34,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from qgjax.errors import ConfigError
 
 AXIS = "data"
+_local_depth = 0   # > 0 inside `process_local()`
+
+
+@contextlib.contextmanager
+def process_local() -> Iterator[None]:
+  """Inside: `data_mesh()` spans this process's devices only (each process runs its own rows)."""
+  global _local_depth
+  _local_depth += 1
+  try:
+    yield
+  finally:
+    _local_depth -= 1
 
 
 def data_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D ("data",) mesh over every device of every process (the first `num_devices` if > 0)."""
+  """A 1-D ("data",) mesh over every device of every process, or of this process inside
+  `process_local()` (the first `num_devices` if > 0)."""
   from qgjax.parallel.mesh import make_mesh
-  devices = jax.devices()
+  devices = jax.local_devices() if _local_depth else jax.devices()
   if num_devices:
     if num_devices > len(devices):
       raise ConfigError(f"num_devices={num_devices} but there are {len(devices)} devices")
@@ -50,12 +68,14 @@ def padded_rows(n: int, multiple: int) -> int:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Every leaf as a global array replicated over `mesh`; leaves already so placed are kept."""
   sharding = NamedSharding(mesh, P())
-  single = jax.process_count() == 1
+  local = not mesh.is_multi_process
 
   def put(x):
     if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
-    if single and isinstance(x, jax.Array):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # replicated over another mesh
+      x = x.addressable_data(0)
+    if local and isinstance(x, jax.Array):
       return jax.device_put(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
@@ -91,7 +111,7 @@ class RowParallel:
     x = np.asarray(x)
     if x.shape[0] < rows:
       x = np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)])
-    if jax.process_count() == 1:
+    if not self.mesh.is_multi_process:
       return jax.device_put(x, self.rows)
     return jax.make_array_from_callback(x.shape, self.rows, lambda idx: x[idx])
 

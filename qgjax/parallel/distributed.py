@@ -64,3 +64,14 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def agree(values: list[int]) -> list[int]:
+  """Process 0's `values` (integers) on every process (unchanged with one process): a decision
+  made from files that process 0 may already be changing, taken by all alike."""
+  import jax
+  if jax.process_count() == 1:
+    return [int(v) for v in values]
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return [int(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64))]

@@ -13,6 +13,7 @@ paying for itself on this machine class (exact matmul + top_k against ScaNN at r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
 from qgjax.errors import ConfigError
+from qgjax.parallel.distributed import agree, barrier, is_main_process
 from qgjax.retrieval.embeddings_store import EmbeddingStoreWriter, is_complete, load_embeddings, read_manifest
 from qgjax.retrieval.exact import ExactIndex
 from qgjax.retrieval.scann_index import ScannIndex, ScannParams, vectors_digest
@@ -110,21 +112,29 @@ def embed_corpus(corpus_path: str, store_dir: str, encoder: DenseEncoder, *, bat
   """Encodes every document (title + " " + text) into `store_dir`; resumes a killed run.
 
   Returns (doc ids, np.float32[N, D]) in corpus order. A complete store is read, not redone.
+  Several processes: all encode (each 1/P of every batch, `DenseEncoder.encode`), process 0 alone
+  reads the store's state first and writes it; all read it back after a barrier.
   """
   max_len = encoder.max_len_for(max_len)
   meta = {"model": encoder.name, "model_files": encoder.fingerprint, "max_len": max_len,
           **_corpus_fingerprint(corpus_path), **dict(extra_meta or {})}
-  manifest = read_manifest(store_dir)
-  if manifest is not None and manifest.get("complete") and manifest.get("meta") == meta:
-    log.info("embeddings: %s is complete (%d rows); reusing it", store_dir, manifest["rows"])
+  main = is_main_process()
+  manifest = read_manifest(store_dir) if main else None
+  complete = bool(manifest is not None and manifest.get("complete") and manifest.get("meta") == meta)
+  (complete,) = agree([complete])   # several processes: process 0 reads the store and writes it
+  if complete:
+    if main:
+      log.info("embeddings: %s is complete (%d rows); reusing it", store_dir, manifest["rows"])
     return load_embeddings(store_dir)
   if manifest is not None and manifest.get("meta") == meta and manifest.get("shard_rows"):
     shard_rows = int(manifest["shard_rows"])  # a layout detail: resume a shared store as it was begun
   corpus = corpus or Corpus(corpus_path)
   n = len(corpus)
-  with EmbeddingStoreWriter(store_dir, dim=encoder.dim, meta=meta, shard_rows=shard_rows) as writer:
-    start = writer.num_rows
-    if start:
+  with contextlib.ExitStack() as stack:
+    writer = (stack.enter_context(EmbeddingStoreWriter(store_dir, dim=encoder.dim, meta=meta, shard_rows=shard_rows))
+              if main else None)
+    start, shard_rows = agree([writer.num_rows, shard_rows] if main else [0, 0])
+    if start and main:
       log.info("embeddings: resuming %s at row %d of %d", store_dir, start, n)
     bar = progress(total=n, desc="embed corpus", unit="doc", initial=start)
     ids, texts = [], []
@@ -135,12 +145,15 @@ def embed_corpus(corpus_path: str, store_dir: str, encoder: DenseEncoder, *, bat
       ids.append(doc.doc_id)
       texts.append(doc.contents)
       if len(ids) == shard_rows or row == n - 1:
-        emb = encoder.encode(texts, batch_size=batch_size, max_len=max_len)
-        writer.write_shard(ids, emb)
+        emb = encoder.encode(texts, batch_size=batch_size, max_len=max_len)  # every process encodes 1/P
+        if writer is not None:
+          writer.write_shard(ids, emb)
         bar.update(len(ids))
         ids, texts = [], []
     bar.close()
-    writer.finish(seconds=round(time.perf_counter() - t0, 2))
+    if writer is not None:
+      writer.finish(seconds=round(time.perf_counter() - t0, 2))
+  barrier(f"embeddings {store_dir}")
   return load_embeddings(store_dir)
 
 
@@ -161,8 +174,9 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any], *, cache_dir: str
 
   index_cfg: every key of `default_index_config()` (a config's `index` group, as a dict):
   {"kind": auto|exact|scann, "scann_min_rows": int, "scann": {ScannParams fields},
-  "corpus_chunk": int, "query_block": int}. A ScaNN index is saved under `cache_dir` and loaded
-  from there next time (when its row count, settings and vectors match).
+  "corpus_chunk": int, "query_block": int}. A ScaNN index is saved under `cache_dir` (by process
+  0 alone when several build it) and loaded from there next time (when its row count, settings
+  and vectors match).
   """
   cfg = dict(index_cfg)
   kind, reason = choose_index_kind(emb.shape[0], cfg["kind"], int(cfg["scann_min_rows"]))
@@ -181,7 +195,7 @@ def build_index(emb: np.ndarray, index_cfg: Mapping[str, Any], *, cache_dir: str
   index = ScannIndex.build(emb, params)
   say(f"index: ScaNN over {emb.shape[0]} x {emb.shape[1]} built in {time.perf_counter() - t0:.1f}s "
       f"(leaves={params.num_leaves}, search={params.leaves_to_search}, reorder={params.reorder}); {reason}")
-  if cache_dir:
+  if cache_dir and is_main_process():
     index.data_digest = digest
     index.save(cache_dir)
   return index

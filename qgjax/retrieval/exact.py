@@ -105,7 +105,7 @@ class ExactIndex:
     corpus: f32[N, D] (numpy or jax); normalise it first for cosine similarity.
     corpus_chunk: rows scored at once per query block (memory: query_block * corpus_chunk f32).
     query_block: queries per block (queries are padded to a multiple of it).
-    devices: split corpus rows over these devices (default: the first device only).
+    devices: split corpus rows over these devices (default: this process's first device).
     precision: matmul precision, "highest" (exact f32; default) | "high" | "default".
   """
 
@@ -119,7 +119,7 @@ class ExactIndex:
     if corpus.ndim != 2 or corpus.shape[0] == 0:
       raise ValueError(f"corpus must be [N>0, D], got shape {tuple(corpus.shape)}")
     self.num_rows, self.dim = int(corpus.shape[0]), int(corpus.shape[1])
-    self.devices = list(devices) if devices else [jax.devices()[0]]
+    self.devices = list(devices) if devices else [jax.local_devices()[0]]
     ndev = len(self.devices)
     per_device = math.ceil(self.num_rows / ndev)
     self.chunk = int(min(corpus_chunk, max(per_device, 1)))

@@ -12,8 +12,12 @@ per item)` turns its samples into records (`per_item` adapts a builder of one it
 
 What the loop owns, so every job that generates behaves alike:
 - the process split: process i of P takes the entries i, i + P, i + 2P, ... of the source's
-  stream (`pending_items`; prompts are built for those only) and writes to `output_dir` itself
-  (P = 1) or `output_dir/process-<i:05d>` (P > 1; `process_dir`);
+  stream (`pending_items`) and writes to `output_dir` itself (P = 1) or
+  `output_dir/process-<i:05d>` (P > 1; `process_dir`); with P > 1 each part also holds
+  `item_ranks.json` (`write_item_ranks`): each of its items' position in the order one process
+  writes them, so readers take the parts as one output in that order (`qgjax.data.records`).
+  Building it costs every process the prompts of every item (their lengths pick the buckets),
+  and it needs each item's records written together (`per_item` builders do);
 - the sharded writer (`qgjax.data.sharded_writer`; the output's meta gains "process": [i, P]);
 - the done log (`qgjax.sampling.done_log`): read once at the start, the ids of a batch (with the
   tokens generated for each) appended after its records are flushed; a rerun skips the listed
@@ -73,8 +77,9 @@ class Output:
 @dataclasses.dataclass
 class LoopResult:
   """What a run of the loop did. `summary` is the writer's (out_dir, records, shards,
-  written_now); `items` counts this process's items, `items_this_run` those generated now;
-  `generated_tokens` adds every run's tokens (as the manifest's summary does)."""
+  written_now; with P > 1 the records and shards of all parts, and `parts`); `items` counts the
+  items of all processes, `items_this_run` this process's generated now; `generated_tokens`
+  adds every run's tokens of all processes (as the manifests' summaries do)."""
   summary: dict
   items: int
   items_this_run: int
@@ -99,8 +104,29 @@ def current_process() -> tuple[int, int]:
 
 def process_dir(output_dir: str | pathlib.Path, process_index: int, process_count: int) -> pathlib.Path:
   """This process's output directory: `output_dir` alone, or its `process-<i:05d>` part."""
-  out = pathlib.Path(output_dir)
-  return out / f"process-{process_index:05d}" if process_count > 1 else out
+  from qgjax.data.records import part_dir
+  return part_dir(output_dir, process_index, process_count)
+
+
+def item_ranks(source: PromptSource, buckets: Sequence[int], batch_size: int, process_index: int,
+               process_count: int) -> dict[str, int]:
+  """{item id: its position in the order one process writes the items} for the items of process
+  `process_index` (stream positions i with i % P == index). One process writes in the batches
+  `bucketed` forms from the whole stream, so every item's prompt is built to learn its length."""
+  from qgjax.sampling.batching import bucketed
+
+  total = max(int(source.total), 0)
+  stream = ((pos, source.item_id(e), len(source.prepare(e).prompt)) for pos, e in zip(range(total), source.entries))
+  order = (x for _, group in bucketed(stream, lambda x: x[2], buckets, int(batch_size)) for x in group)
+  return {item: rank for rank, (pos, item, _) in enumerate(order) if pos % process_count == process_index}
+
+
+def write_item_ranks(out_dir: pathlib.Path, field: str, ranks: dict[str, int]) -> None:
+  """<out_dir>/item_ranks.json: {"field": the records' item field, "ranks": {item id: rank}}."""
+  from qgjax.data.records import ITEM_RANKS
+  from qgjax.data.safe_files import write_json_atomic
+
+  write_json_atomic(out_dir / ITEM_RANKS, {"field": field, "ranks": ranks})
 
 
 def pending_items(source: PromptSource, done: set[str], process_index: int,
@@ -117,6 +143,22 @@ def pending_items(source: PromptSource, done: set[str], process_index: int,
       if position % process_count == process_index and source.item_id(entry) not in done:
         yield source.prepare(entry)
   return len(range(process_index, total, process_count)), mine()
+
+
+def all_parts_summary(output_dir: str | pathlib.Path, count: int, written_now: int) -> tuple[dict, int, int]:
+  """After a barrier (every process's part is finished): (the writer's summary for the whole
+  output, items of all processes, generated tokens of all processes)."""
+  from qgjax.data.sharded_writer import read_manifest
+  from qgjax.parallel.distributed import barrier
+
+  barrier(f"generation {output_dir}")
+  manifests = [read_manifest(process_dir(output_dir, i, count)) for i in range(count)]
+  records = sum(int(m["records"]) for m in manifests)
+  shards = sum(len(m["shards"]) for m in manifests)
+  items = sum(int(m.get("summary", {}).get("items", 0)) for m in manifests)
+  tokens = sum(int(m.get("summary", {}).get("generated_tokens", 0)) for m in manifests)
+  return ({"out_dir": str(output_dir), "records": records, "shards": shards, "parts": count,
+           "written_now": written_now}, items, tokens)
 
 
 def per_item(build: Callable[[Item, Any, int], tuple[list[dict], int]]) -> BuildRecords:
@@ -200,6 +242,8 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
                               meta={**output.meta, "process": [index, count]})
   examples: list[dict] = []
   try:
+    if count > 1:
+      write_item_ranks(out_dir, str(output.key[0]), item_ranks(source, buckets, batch_size, index, count))
     entries = read_done_entries(out_dir)
     done = done_ids(entries)
     total, items = pending_items(source, done, index, count)
@@ -225,6 +269,8 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
     summary = writer.finish(items=total, generated_tokens=generated)
   finally:
     writer.close()
+  if count > 1:
+    summary, total, generated = all_parts_summary(output.output_dir, count, summary["written_now"])
   return LoopResult(summary=summary, items=total, items_this_run=bar.items, tokens_this_run=bar.tokens,
                     generated_tokens=generated, items_per_s=round(items_s, 3), tokens_per_s=round(tokens_s, 1),
                     generation_s=round(generation_s, 1), examples=examples)

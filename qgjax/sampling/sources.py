@@ -29,7 +29,18 @@ def open_corpus(path: str):
 
 
 def document_entries(corpus: Any, offset: int = 0, limit: int = 0) -> tuple[int, Iterable[Any]]:
-  """(count, documents offset .. offset + count - 1 of `corpus` in its order); limit 0 = to the end."""
+  """(count, documents offset .. offset + count - 1 of `corpus` in its order); limit 0 = to the end.
+  The documents can be iterated more than once (each pass reads the corpus again)."""
   available = max(len(corpus) - offset, 0)
   total = min(available, limit) if limit else available
-  return total, itertools.islice(iter(corpus), offset, offset + total)
+  return total, _Slice(corpus, offset, offset + total)
+
+
+class _Slice:
+  """Documents start .. stop - 1 of a corpus, iterable more than once."""
+
+  def __init__(self, corpus: Any, start: int, stop: int):
+    self.corpus, self.start, self.stop = corpus, start, stop
+
+  def __iter__(self):
+    return itertools.islice(iter(self.corpus), self.start, self.stop)

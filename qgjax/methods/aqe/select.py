@@ -10,7 +10,8 @@ needs training data of its own, so here the filter is one of two unsupervised cr
   likelihood   the highest mean token log-prob under the generator (logprob / num_tokens)
 Ties go to the lowest sample_idx. Input: the generate stage's expansion records; output:
 <workdir>/selected.jsonl, one {query_id, query, expansion, sample_idx, criterion, score,
-candidates} per query, and summary.json.
+candidates} per query, and summary.json. On P processes process 0 alone selects and writes
+(a pass over the records, no model); the others wait at the pipeline's barrier after the stage.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def likelihood_scores(records: list[dict]) -> list[float]:
 
 
 def run(config) -> dict:
+  from qgjax.parallel.distributed import is_main_process
+
   require(config, "input", "workdir", "criterion")
+  if not is_main_process():
+    return {"selected": str(pathlib.Path(config.workdir) / "selected.jsonl"), "written_by": "process 0"}
   if config.criterion not in CRITERIA:
     raise ConfigError(f"select.criterion must be one of {', '.join(CRITERIA)}; got {config.criterion!r}")
   groups: dict[str, list[dict]] = {}

@@ -137,14 +137,15 @@ def _count_lines(path: pathlib.Path) -> int:
 
 
 def _records(relevances: list[float], n: int, tokenizer, config):
-  """(documents, one SampleBatch per relevance) -> (records, relevance-major within the batch;
-  tokens generated per document, both relevances)."""
+  """(documents, one SampleBatch per relevance) -> (records, document by document and within a
+  document relevance by relevance; tokens generated per document, both relevances). Each
+  document's records are contiguous, so several processes' parts read in one process's order."""
   from qgjax.sampling.postprocess import clean_text, select
 
   def build(items, batches) -> tuple[list[dict], list[int]]:
     records, tokens = [], [0] * len(items)
-    for ri, (r, batch) in enumerate(zip(relevances, batches)):
-      for i, item in enumerate(items):
+    for i, item in enumerate(items):
+      for ri, (r, batch) in enumerate(zip(relevances, batches)):
         cands = []
         for j in range(batch.lengths.shape[1]):
           ids, lps = batch.sequence(i, j)

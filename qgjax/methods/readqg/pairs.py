@@ -14,6 +14,7 @@ are kept, every r 1.0). Outputs in `workdir`:
   ce_pairs.jsonl  {doc_id, chosen, rejected}: the i-th positive with the i-th negative (a
                   cross-encoder trained on the collection's own queries, the supervised reference)
   summary.json    counts of documents kept and dropped
+On P processes process 0 alone writes them (no model); the others wait at the pipeline's barrier.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def document_pairs(judged: dict[str, int], m: int, seed: int, strict: bool = Tru
 
 
 def run(config) -> dict:
+  from qgjax.parallel.distributed import is_main_process
+
   require(config, "data_dir", "workdir", "split", "m")
+  if not is_main_process():
+    return {"pairs": str(pathlib.Path(config.workdir) / "pairs.jsonl"), "written_by": "process 0"}
   m = int(config.m)
   need = int(config.min_queries) or 2 * m
   if m < 1 or need < 2 * m:
