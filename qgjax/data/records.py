@@ -12,6 +12,7 @@ import os
 import pathlib
 from typing import Callable, Hashable, Iterator
 
+from qgjax.data import storage
 from qgjax.data.sharded_writer import read_manifest, shard_path
 from qgjax.errors import InputError
 
@@ -22,9 +23,9 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
 
   `source` is a directory written by `ShardedJsonlWriter` (its committed shards in order; an
   unfinished output is refused unless `require_complete=False`), a directory of such outputs
-  named `process-<i>` (a multi-host job), or a `.jsonl` file.
+  named `process-<i>` (a multi-host job), or a `.jsonl` file; a local path or a gs:// URL.
   """
-  root = pathlib.Path(source)
+  root = storage.as_path(source)
   if root.is_dir():
     files = []
     for part in sharded_parts(root):
@@ -40,7 +41,7 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
   for path in files:
     if not path.is_file():
       raise InputError("shard listed in the manifest is missing", path=str(path))
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       for line_no, raw in enumerate(f, start=1):
         if not raw.strip():
           continue
@@ -68,14 +69,14 @@ def sharded_parts(root: pathlib.Path) -> list[pathlib.Path]:
 
 def fingerprint(source: str | os.PathLike) -> str:
   """A short hash of the input's content: shard checksums of a sharded output, else file bytes."""
-  root = pathlib.Path(source)
+  root = storage.as_path(source)
   h = hashlib.sha256()
   if root.is_dir():
     for part in sharded_parts(root):
       for entry in read_manifest(part)["shards"]:
         h.update(entry["sha256"].encode())
   elif root.is_file():
-    with open(root, "rb") as f:
+    with root.open("rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
   else:
