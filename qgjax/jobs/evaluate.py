@@ -21,6 +21,7 @@ import re
 import time
 from typing import Any, Callable
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import BeirData, load_beir, queries_path
@@ -103,7 +104,7 @@ def _run(config: Any) -> dict:
   qrels = {q: data.qrels[q] for q in queries}
   # every stage resolved before any system runs: a misspelt one fails first
   stage_fns = {s: _resolve(s, STAGES, "qgjax.retrieval", "evaluation_run") for stages in systems for s in stages}
-  workdir = pathlib.Path(config.workdir)
+  workdir = storage.as_path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
   results: dict[str, dict[str, float]] = {}

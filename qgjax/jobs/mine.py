@@ -30,6 +30,7 @@ import os
 import pathlib
 from typing import Any, Iterator
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus
@@ -94,7 +95,7 @@ def _run(config: Any) -> dict:
   data_dir = pathlib.Path(config.data_dir or demo_dir())
   corpus_path = str(data_dir / "corpus.jsonl")
   corpus = Corpus(corpus_path)
-  workdir = pathlib.Path(config.workdir)
+  workdir = storage.as_path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mcfg = MiningConfig.from_config(config.mining.to_dict())
   e = config.encoder
@@ -110,12 +111,12 @@ def _run(config: Any) -> dict:
   scorer = load_pair_scorer(config.reranker.to_dict(), encoder)
   doc_text = lambda d: corpus[d].contents
 
-  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
+  meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
           "corpus": os.path.abspath(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
           "mining": config.mining.to_dict(),
           "reranker": {k: v for k, v in config.reranker.to_dict().items() if k != "batch_size"}}
   out_dir = workdir / "tuples"
-  src = pathlib.Path(config.input)
+  src = storage.as_path(config.input)
   total = sum(count_records(p) for p in sharded_parts(src)) if src.is_dir() else None
   stats: collections.Counter = collections.Counter()
   top_k = int(min(mcfg.top_k, len(doc_ids)))

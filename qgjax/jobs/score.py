@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
@@ -162,12 +163,12 @@ def _run(config: Any) -> dict:
   if "llm_judge" in names:
     settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items() if k != "batch_size"}
   settings["bm25"].pop("cache_dir", None)
-  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
+  meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
           "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
-  out_dir = pathlib.Path(config.workdir) / "scored"
+  out_dir = storage.as_path(config.workdir) / "scored"
   key = AQE_KEY if mode == "aqe" else QG_KEY
-  total = (sum(count_records(p) for p in sharded_parts(pathlib.Path(config.input)))
-           if pathlib.Path(config.input).is_dir() else None)
+  total = (sum(count_records(p) for p in sharded_parts(storage.as_path(config.input)))
+           if storage.as_path(config.input).is_dir() else None)
   with ShardedJsonlWriter(out_dir, key=key, shard_size=int(config.shard_size), meta=meta) as writer:
     def pending():
       unique = UniqueKeys(writer.key_of)

@@ -33,6 +33,7 @@ import pathlib
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from qgjax.data import storage
 from qgjax.sampling.done_log import DoneLog, done_ids, done_tokens, read_done_entries
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def current_process() -> tuple[int, int]:
 
 def process_dir(output_dir: str | pathlib.Path, process_index: int, process_count: int) -> pathlib.Path:
   """This process's output directory: `output_dir` alone, or its `process-<i:05d>` part."""
-  out = pathlib.Path(output_dir)
+  out = storage.as_path(output_dir)
   return out / f"process-{process_index:05d}" if process_count > 1 else out
 
 
