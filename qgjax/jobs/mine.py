@@ -92,7 +92,7 @@ def run(config: Any) -> dict:
 
 def _run(config: Any) -> dict:
   require(config, "input", "workdir")
-  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  data_dir = storage.as_path(config.data_dir or demo_dir())
   corpus_path = str(data_dir / "corpus.jsonl")
   corpus = Corpus(corpus_path)
   workdir = storage.as_path(config.workdir)
@@ -112,7 +112,7 @@ def _run(config: Any) -> dict:
   doc_text = lambda d: corpus[d].contents
 
   meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
-          "corpus": os.path.abspath(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
+          "corpus": storage.absolute(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
           "mining": config.mining.to_dict(),
           "reranker": {k: v for k, v in config.reranker.to_dict().items() if k != "batch_size"}}
   out_dir = workdir / "tuples"

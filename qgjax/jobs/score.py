@@ -143,7 +143,7 @@ def _run(config: Any) -> dict:
   names = list(config.rewards)
   if config.reward not in names:
     raise ConfigError(f"config.reward '{config.reward}' must be one of config.rewards ({', '.join(names)})")
-  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  data_dir = storage.as_path(config.data_dir or demo_dir())
   corpus = Corpus(data_dir / "corpus.jsonl")
   first = next(iter_records(config.input), None)
   if first is None:
@@ -164,7 +164,7 @@ def _run(config: Any) -> dict:
     settings["llm_judge"] = {k: v for k, v in config.llm_judge.to_dict().items() if k != "batch_size"}
   settings["bm25"].pop("cache_dir", None)
   meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
-          "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
+          "corpus": storage.resolved(corpus.path), "mode": mode, "settings": settings}
   out_dir = storage.as_path(config.workdir) / "scored"
   key = AQE_KEY if mode == "aqe" else QG_KEY
   total = (sum(count_records(p) for p in sharded_parts(storage.as_path(config.input)))
