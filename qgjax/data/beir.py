@@ -10,7 +10,8 @@ The corpus is never copied into memory: `Corpus` scans the file once (validating
 and keeps only a doc-id -> byte-offset table, iterates documents lazily and fetches one by id
 with a seek. Queries and qrels are small and are loaded into dicts. Bad input raises
 `InputError` naming the file, the 1-based line and the field; qrels that point to unknown
-documents or queries only warn (real BEIR data has a few) and are kept.
+documents or queries only warn (real BEIR data has a few) and are kept. `data_dir` may be a gs://
+URL (qgjax.data.storage): the same reads, through gcsfs' seekable files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pathlib
 import warnings
 from typing import Iterator
 
+from qgjax.data import storage
 from qgjax.errors import InputError
 
 PathLike = str | os.PathLike
@@ -115,10 +117,11 @@ def _parse_query(obj: dict, path: PathLike, line_no: int) -> Query:
 
 def _iter_raw_lines(path: PathLike) -> Iterator[tuple[int, int, bytes]]:
   """Yields (1-based line number, byte offset, raw line) of a file, read in binary."""
-  if not os.path.isfile(path):
+  file = storage.as_path(path)
+  if not file.is_file():
     raise InputError("file not found", path=str(path))
   offset = 0
-  with open(path, "rb") as f:
+  with file.open("rb") as f:
     for line_no, raw in enumerate(f, start=1):
       yield line_no, offset, raw
       offset += len(raw)
@@ -167,7 +170,7 @@ class Corpus:
   """
 
   def __init__(self, path: PathLike):
-    self.path = pathlib.Path(path)
+    self.path = storage.as_path(path)
     self._offsets: dict[str, int] = {}
     self._lines: dict[str, int] = {}
     for line_no, offset, raw in _iter_raw_lines(self.path):
@@ -203,7 +206,7 @@ class Corpus:
   def __getitem__(self, doc_id: str) -> Document:
     if doc_id not in self._offsets:
       raise KeyError(doc_id)
-    with open(self.path, "rb") as f:
+    with self.path.open("rb") as f:
       f.seek(self._offsets[doc_id])
       raw = f.readline()
     obj = _decode_line(raw, self.path, self._lines[doc_id])
@@ -213,7 +216,7 @@ class Corpus:
     """Documents for `doc_ids` (in that order), reading the file once in offset order."""
     order = sorted(range(len(doc_ids)), key=lambda i: self._offsets[doc_ids[i]])
     out: list[Document | None] = [None] * len(doc_ids)
-    with open(self.path, "rb") as f:
+    with self.path.open("rb") as f:
       for i in order:
         f.seek(self._offsets[doc_ids[i]])
         line_no = self._lines[doc_ids[i]]
@@ -283,7 +286,7 @@ def load_qrels(path: PathLike, *, doc_ids=None, query_ids=None,
 
 def queries_path(data_dir: PathLike, split: str | None = None) -> pathlib.Path:
   """`queries_<split>.jsonl` when it exists, else `queries.jsonl`."""
-  root = pathlib.Path(data_dir)
+  root = storage.as_path(data_dir)
   if split:
     candidate = root / f"queries_{split}.jsonl"
     if candidate.is_file():
@@ -302,7 +305,7 @@ class BeirData:
 
 def load_beir(data_dir: PathLike, split: str = "test", *, only_judged: bool = True) -> BeirData:
   """Opens `data_dir` in BEIR layout. `only_judged` keeps only queries with qrels in `split`."""
-  root = pathlib.Path(data_dir)
+  root = storage.as_path(data_dir)
   if not root.is_dir():
     raise InputError("BEIR data directory not found", path=str(root))
   corpus = Corpus(root / "corpus.jsonl")

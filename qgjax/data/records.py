@@ -18,16 +18,17 @@ import os
 import pathlib
 from typing import Callable, Hashable, Iterator
 
+from qgjax.data import storage
 from qgjax.data.sharded_writer import read_manifest, shard_path
 from qgjax.errors import InputError
 
 ITEM_RANKS = "item_ranks.json"   # in a part: {"field": record field, "ranks": {item id: position}}
 
 
-def part_dir(output_dir: str | os.PathLike, process_index: int, process_count: int) -> pathlib.Path:
+def part_dir(output_dir: str | os.PathLike, process_index: int, process_count: int) -> storage.AnyPath:
   """Where process `process_index` of `process_count` writes: `output_dir` itself (one process)
   or its part `output_dir/process-<i:05d>`."""
-  out = pathlib.Path(output_dir)
+  out = storage.as_path(output_dir)
   return out / f"process-{process_index:05d}" if process_count > 1 else out
 
 
@@ -47,9 +48,9 @@ def iter_records(source: str | os.PathLike, *, require_complete: bool = True
 
   `source` is a directory written by `ShardedJsonlWriter` (its committed shards in order; an
   unfinished output is refused unless `require_complete=False`), a directory of such outputs
-  named `process-<i>` (a multi-host job), or a `.jsonl` file.
+  named `process-<i>` (a multi-host job), or a `.jsonl` file; a local path or a gs:// URL.
   """
-  root = pathlib.Path(source)
+  root = storage.as_path(source)
   if root.is_dir():
     files = []
     parts = sharded_parts(root)
@@ -100,7 +101,7 @@ def _read_files(files: list[pathlib.Path]) -> Iterator[tuple[str, int, dict]]:
   for path in files:
     if not path.is_file():
       raise InputError("shard listed in the manifest is missing", path=str(path))
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       for line_no, raw in enumerate(f, start=1):
         if not raw.strip():
           continue
@@ -129,7 +130,7 @@ def sharded_parts(root: pathlib.Path) -> list[pathlib.Path]:
 def count_input(source: str | os.PathLike) -> int:
   """The number of records of `source` (a sharded output or its parts: from the manifests; a
   JSONL file: by reading it)."""
-  root = pathlib.Path(source)
+  root = storage.as_path(source)
   if root.is_dir():
     return sum(int(read_manifest(p).get("records", 0)) for p in sharded_parts(root))
   return sum(1 for _ in iter_records(root))
@@ -137,14 +138,14 @@ def count_input(source: str | os.PathLike) -> int:
 
 def fingerprint(source: str | os.PathLike) -> str:
   """A short hash of the input's content: shard checksums of a sharded output, else file bytes."""
-  root = pathlib.Path(source)
+  root = storage.as_path(source)
   h = hashlib.sha256()
   if root.is_dir():
     for part in sharded_parts(root):
       for entry in read_manifest(part)["shards"]:
         h.update(entry["sha256"].encode())
   elif root.is_file():
-    with open(root, "rb") as f:
+    with root.open("rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
   else:

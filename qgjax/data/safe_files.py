@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import posixpath
 from typing import Any
 
+from qgjax.data import storage
 from qgjax.errors import InputError
 
 
@@ -29,12 +31,17 @@ def join_inside(root: str | os.PathLike, name: str, *, source: str | os.PathLike
   `follow_links=False` checks the name alone (no absolute path, no `..` out of `root`) and lets a
   link inside `root` point anywhere (a model directory of the HF cache links into its blobs).
   """
-  root_p = pathlib.Path(root)
+  root_p = storage.as_path(root)
   where = str(source if source is not None else root_p)
   if not isinstance(name, str) or not name or "\x00" in name:
     raise InputError(f"invalid file name {name!r}", path=where)
-  if os.path.isabs(name):
+  if os.path.isabs(name) or storage.is_remote(name):
     raise InputError(f"file {name!r} is an absolute path; entries must be relative to {root_p}", path=where)
+  if storage.is_remote(root_p):   # object names: no links, so the name alone decides
+    real = posixpath.normpath(posixpath.join("/root", name))
+    if not real.startswith("/root/"):
+      raise InputError(f"file {name!r} resolves outside {root_p}", path=where)
+    return root_p / name
   path = root_p / name
   if follow_links:
     real_root, real = os.path.realpath(root_p), os.path.realpath(path)
@@ -65,9 +72,21 @@ def open_no_follow(path: str | os.PathLike, mode: str = "wb", encoding: str | No
   return os.fdopen(fd, mode, encoding=encoding or "utf-8")
 
 
+def open_append(path: str | os.PathLike, mode: str = "ab", encoding: str | None = None):
+  """`open_no_follow(path, mode)` for appending; a storage.AppendObject for a gs:// URL."""
+  if storage.is_remote(path):
+    return storage.AppendObject(path, encoding=encoding)
+  return open_no_follow(path, mode, encoding=encoding)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, sort_keys: bool = True,
                       default: Any = None) -> None:
-  """Writes `obj` as JSON to `path` through `<path>.tmp` (no link followed), fsync and an atomic rename."""
+  """Writes `obj` as JSON to `path` through `<path>.tmp` (no link followed), fsync and an atomic rename
+  (a gs:// URL: one upload, atomic on GCS)."""
+  if storage.is_remote(path):
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n"
+    storage.write_bytes_atomic(path, text.encode("utf-8"))
+    return
   path = pathlib.Path(path)
   tmp = path.with_name(path.name + ".tmp")
   with open_no_follow(tmp, "w") as f:
@@ -94,10 +113,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def ensure_dir(path: str | os.PathLike, *, what: str = "output directory") -> pathlib.Path:
-  """Creates directory `path` (and parents); a ConfigError when a regular file stands there."""
+  """Creates directory `path` (and parents); a ConfigError when a regular file stands there.
+
+  A gs:// URL -> its epath.Path (GCS has no directories to create; an object named like it is the error)."""
   from qgjax.errors import ConfigError
 
-  p = pathlib.Path(path)
+  p = storage.as_path(path)
+  if storage.is_remote(p):
+    if p.is_file():
+      raise ConfigError(f"{what} {str(p)!r} exists and is not a directory")
+    return p
   if p.exists() and not p.is_dir():
     raise ConfigError(f"{what} {str(p)!r} exists and is not a directory")
   try:

@@ -7,6 +7,10 @@
 <out_dir>/.lock                  flock held by the one writer
 ```
 
+`out_dir` may be a gs:// URL (qgjax.data.storage): a shard is committed by one upload of the
+final object, then the manifest's (each atomic on GCS); the open shard is kept in memory and
+uploaded whole as `.tmp` at each `flush()`; the lock is a lock object with a lease.
+
 A shard is committed by fsync -> rename `.tmp` -> final name -> rewrite the manifest through
 its own temp file and an atomic rename. Each record has a key (one or more of its fields, e.g.
 `("doc_id", "sample_idx")`). Opening a writer on an existing directory resumes it: committed
@@ -32,7 +36,8 @@ import pathlib
 import re
 from typing import Any, Hashable, Iterator, Sequence
 
-from qgjax.data.safe_files import fsync_dir, join_inside, open_no_follow, write_json_atomic
+from qgjax.data import storage
+from qgjax.data.safe_files import fsync_dir, join_inside, open_append, open_no_follow, write_json_atomic
 from qgjax.data.settings_diff import changed_settings
 from qgjax.data.workdir_lock import acquire, release
 from qgjax.errors import ConfigError, InputError
@@ -62,13 +67,15 @@ _write_json_atomic = write_json_atomic
 
 
 def _read_no_follow(path: pathlib.Path) -> bytes:
+  if storage.is_remote(path):
+    return path.read_bytes()
   with open_no_follow(path, "rb") as f:
     return f.read()
 
 
 def shard_path(out_dir: str | os.PathLike, entry: dict, manifest_path: str | os.PathLike | None = None) -> pathlib.Path:
   """The file of a manifest's shard entry, required to lie inside `out_dir` (InputError otherwise)."""
-  root = pathlib.Path(out_dir)
+  root = storage.as_path(out_dir)
   if not isinstance(entry, dict) or "file" not in entry:
     raise InputError("a shard entry has no 'file'", path=str(manifest_path or root / MANIFEST), field="shards")
   return join_inside(root, entry["file"], source=manifest_path or root / MANIFEST)
@@ -76,7 +83,7 @@ def shard_path(out_dir: str | os.PathLike, entry: dict, manifest_path: str | os.
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
   """The manifest of a sharded output, or None when the directory has none yet."""
-  path = pathlib.Path(out_dir) / MANIFEST
+  path = storage.as_path(out_dir) / MANIFEST
   if not path.is_file():
     return None
   try:
@@ -132,7 +139,7 @@ class ShardedJsonlWriter:
                shard_size: int = 10_000, meta: dict | None = None):
     if shard_size < 1:
       raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    self.out_dir = pathlib.Path(out_dir)
+    self.out_dir = storage.as_path(out_dir)
     self.key_fields = [key] if isinstance(key, str) else list(key)
     if not self.key_fields:
       raise ConfigError("a sharded output needs at least one key field")
@@ -180,7 +187,7 @@ class ShardedJsonlWriter:
   def _holds_no_records(self, manifest: dict) -> bool:
     if manifest.get("shards") or any(_SHARD_RE.match(p.name) for p in self.out_dir.iterdir()):
       return False
-    return all(p.is_symlink() or not _parse_lines(p, p.read_bytes(), strict=False)[0]
+    return all(storage.is_link(p) or not _parse_lines(p, p.read_bytes(), strict=False)[0]
                for p in self.out_dir.glob("shard-*.jsonl.tmp"))
 
   def _recover(self) -> None:
@@ -222,7 +229,7 @@ class ShardedJsonlWriter:
     next_index = len(manifest["shards"])
     # A shard renamed into place just before a kill, before the manifest listed it: adopt it.
     orphan = self.out_dir / shard_name(next_index)
-    if orphan.is_file() or orphan.is_symlink():
+    if orphan.is_file() or storage.is_link(orphan):
       data = _read_no_follow(orphan)
       records, _ = _parse_lines(orphan, data, strict=True)
       self._add_keys(records, orphan)
@@ -238,10 +245,12 @@ class ShardedJsonlWriter:
       if p.name != shard_name(next_index) + ".tmp":
         p.unlink()  # cannot hold records: older tmp shards were renamed before the manifest moved on
     tmp = self.out_dir / (shard_name(next_index) + ".tmp")
-    if tmp.is_file() or tmp.is_symlink():
+    if tmp.is_file() or storage.is_link(tmp):
       data = _read_no_follow(tmp)  # a planted link is an error, never read or truncated through
       records, valid = _parse_lines(tmp, data, strict=False)
-      if valid < len(data):
+      if valid < len(data) and storage.is_remote(tmp):
+        storage.write_bytes_atomic(tmp, data[:valid])
+      elif valid < len(data):
         with open_no_follow(tmp, "r+b") as f:
           f.truncate(valid)
       self._add_keys(records, tmp)
@@ -280,7 +289,7 @@ class ShardedJsonlWriter:
       return False
     line = (dumps_record(record) + "\n").encode("utf-8")
     if self._tmp_file is None:
-      self._tmp_file = open_no_follow(self.out_dir / (shard_name(self._next_index) + ".tmp"), "ab")
+      self._tmp_file = open_append(self.out_dir / (shard_name(self._next_index) + ".tmp"), "ab")
     if self._manifest.get("complete"):
       self._manifest["complete"] = False
       _write_json_atomic(self.out_dir / MANIFEST, self._manifest)
@@ -299,6 +308,10 @@ class ShardedJsonlWriter:
 
   def _commit_shard(self) -> None:
     tmp = self.out_dir / (shard_name(self._next_index) + ".tmp")
+    final = self.out_dir / shard_name(self._next_index)
+    if storage.is_remote(self.out_dir):
+      self._commit_remote_shard(tmp, final)
+      return
     if self._tmp_file is not None:
       self._tmp_file.flush()
       os.fsync(self._tmp_file.fileno())
@@ -306,10 +319,25 @@ class ShardedJsonlWriter:
       self._tmp_file = None
     if self._tmp_records == 0 or not tmp.is_file():
       return
-    final = self.out_dir / shard_name(self._next_index)
     os.replace(tmp, final)
     _fsync_dir(self.out_dir)
     self._append_manifest_entry(final.name, self._tmp_records, final.read_bytes())
+    self._next_index += 1
+    self._tmp_records = 0
+
+  def _commit_remote_shard(self, tmp, final) -> None:
+    """gs://: the final shard in one upload (its whole bytes), then the manifest, then the temp
+    object goes (a kill between leaves an orphan shard that the next run adopts, as locally)."""
+    if self._tmp_file is not None:
+      data = bytes(self._tmp_file.data)
+      self._tmp_file = None
+    else:
+      data = tmp.read_bytes() if tmp.is_file() else b""
+    if self._tmp_records == 0 or not data:
+      return
+    storage.write_bytes_atomic(final, data)
+    self._append_manifest_entry(final.name, self._tmp_records, data)
+    storage.remove(tmp)
     self._next_index += 1
     self._tmp_records = 0
 
@@ -337,8 +365,7 @@ class ShardedJsonlWriter:
     self._closed = True
     try:
       if self._tmp_file is not None:
-        self._tmp_file.flush()
-        os.fsync(self._tmp_file.fileno())
+        storage.sync(self._tmp_file)
         self._tmp_file.close()
         self._tmp_file = None
     finally:
@@ -363,7 +390,7 @@ def iter_sharded(out_dir: str | os.PathLike, *, verify: bool = False,
   `verify` checks each shard's sha256 against the manifest; `require_complete` raises
   InputError unless the producing job called `finish()`.
   """
-  root = pathlib.Path(out_dir)
+  root = storage.as_path(out_dir)
   manifest = read_manifest(root)
   if manifest is None:
     raise InputError("no manifest.json: not a sharded output (or its job never started)",
@@ -381,7 +408,7 @@ def iter_sharded(out_dir: str | os.PathLike, *, verify: bool = False,
         raise InputError("shard does not match its checksum in the manifest", path=str(path))
       yield from _parse_lines(path, data, strict=True)[0]
       continue
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       for line_no, raw in enumerate(f, start=1):
         try:
           yield json.loads(raw)

@@ -9,6 +9,10 @@ kernel when the process dies, so a killed run never leaves a stale lock. Within 
 lock is re-entrant (a job that locks its workdir may open a sharded writer on the same
 directory, while two writers in one process still exclude each other). In a multi-process run only one process should take it (`enabled=is_main_process()`)
 when all of them write into one directory.
+
+A gs:// directory has no flock: its lock is a lock object with a lease (qgjax.data.storage.ObjectLock),
+deleted on release; a killed holder's lock is taken over when its lease runs out, at once by a
+run on the same host (its pid is gone).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import socket
 import threading
 from typing import Iterator
 
+from qgjax.data import storage
 from qgjax.data.safe_files import ensure_dir
 from qgjax.errors import InputError
 
@@ -45,7 +50,7 @@ def acquire(directory: str | os.PathLike, stage: str, *, share: bool = False) ->
   (a writer of the job); a holder with `share=False` (a writer) is alone, even in its process.
   """
   path = ensure_dir(directory)
-  key = os.path.realpath(path)
+  key = os.fspath(path) if storage.is_remote(path) else os.path.realpath(path)
   with _guard:
     if key in _held:
       entry = _held[key]
@@ -55,6 +60,9 @@ def acquire(directory: str | os.PathLike, stage: str, *, share: bool = False) ->
       entry["shares"].append(share)
       return key
     lock_path = os.path.join(key, LOCK_FILE)
+    if storage.is_remote(key):
+      _held[key] = {"object": storage.ObjectLock(lock_path, stage).acquire(), "stage": stage, "shares": [share]}
+      return key
     try:
       fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as e:
@@ -85,6 +93,9 @@ def release(key: str) -> None:
     if entry["shares"]:
       return
     del _held[key]
+    if "object" in entry:
+      entry["object"].release()
+      return
     try:
       fcntl.flock(entry["fd"], fcntl.LOCK_UN)
     finally:

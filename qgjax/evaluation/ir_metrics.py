@@ -103,17 +103,16 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "qgjax") -> Non
   Scores are written with `repr`, so reading the file back gives the same floats and ranks.
   Written to a temp file and renamed, so an interrupted write leaves no partial run.
   """
-  from qgjax.data.safe_files import open_no_follow
+  from qgjax.data import storage
 
-  tmp = f"{path}.tmp"
-  with open_no_follow(tmp, "w") as f:
-    for qid in run:
-      scores = run[qid]
-      for rank, did in enumerate(rank_documents(scores), start=1):
-        if any(c.isspace() for c in qid + did):
-          raise InputError(f"ids in a TREC run cannot contain whitespace: {qid!r} / {did!r}")
-        f.write(f"{qid} Q0 {did} {rank} {float(scores[did])!r} {tag}\n")
-  os.replace(tmp, path)
+  lines = []
+  for qid in run:
+    scores = run[qid]
+    for rank, did in enumerate(rank_documents(scores), start=1):
+      if any(c.isspace() for c in qid + did):
+        raise InputError(f"ids in a TREC run cannot contain whitespace: {qid!r} / {did!r}")
+      lines.append(f"{qid} Q0 {did} {rank} {float(scores[did])!r} {tag}\n")
+  storage.write_bytes_atomic(path, "".join(lines).encode("utf-8"))   # temp + rename; gs://: one upload
 
 
 def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:

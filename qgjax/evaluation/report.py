@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from qgjax.data import storage
 
 
 def measure_label(measure: str) -> str:
@@ -89,8 +90,8 @@ def markdown(report: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def plot(report: Mapping[str, Any], path: str, bins: int = 30) -> None:
-  """Reward histograms (left) and the metric table (right) into a PNG."""
+def plot(report: Mapping[str, Any], path, bins: int = 30) -> None:
+  """Reward histograms (left) and the metric table (right) into a PNG (`path`: a file name or a binary file)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -117,20 +118,21 @@ def plot(report: Mapping[str, Any], path: str, bins: int = 30) -> None:
   table.scale(1.0, 1.6)
   tab.set_title("retrieval on the evaluation queries")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, format="png")
   plt.close(fig)
 
 
 def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any], bins: int = 30) -> dict[str, str]:
-  """Writes report.md, report.json and report.png into `out_dir`; returns their paths."""
-  out = pathlib.Path(out_dir)
+  """Writes report.md, report.json and report.png into `out_dir` (a directory or a gs:// URL), each
+  atomically; returns their paths."""
+  import io
+
+  out = storage.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = {"markdown": str(out / "report.md"), "json": str(out / "report.json"), "png": str(out / "report.png")}
   for key, text in (("markdown", markdown(report)), ("json", json.dumps(report, indent=1) + "\n")):
-    tmp = paths[key] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, paths[key])
-  plot(report, paths["png"] + ".tmp.png", bins)
-  os.replace(paths["png"] + ".tmp.png", paths["png"])
+    storage.write_bytes_atomic(paths[key], text.encode("utf-8"))
+  png = io.BytesIO()
+  plot(report, png, bins)
+  storage.write_bytes_atomic(paths["png"], png.getvalue())
   return paths

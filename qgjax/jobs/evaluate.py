@@ -25,6 +25,7 @@ import re
 import time
 from typing import Any, Callable
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import BeirData, load_beir, queries_path
@@ -108,7 +109,7 @@ def _run(config: Any) -> dict:
   qrels = {q: data.qrels[q] for q in queries}
   # every stage resolved before any system runs: a misspelt one fails first
   stage_fns = {s: _resolve(s, STAGES, "qgjax.retrieval", "evaluation_run") for stages in systems for s in stages}
-  workdir = pathlib.Path(config.workdir)
+  workdir = storage.as_path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   main = is_main_process()
 
@@ -144,7 +145,7 @@ def _run(config: Any) -> dict:
     reports[report] = fn(config, data, runs)
 
   metrics = {
-      "data_dir": os.path.abspath(data_dir), "split": config.split, "num_queries": len(queries),
+      "data_dir": storage.absolute(data_dir), "split": config.split, "num_queries": len(queries),
       "num_docs": len(data.corpus), "measures": measures, "systems": results,
       "seconds": timings, "run_files": run_files, "reports": reports, "identical_ids_removed": removed,
       "config": json.loads(config.to_json()),

@@ -41,7 +41,7 @@ from typing import Any, Iterator
 import jax
 
 from qgjax.config import require
-from qgjax.data import demo_dir
+from qgjax.data import demo_dir, storage
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
 from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
@@ -104,10 +104,10 @@ def run(config: Any) -> dict:
 
 def _run(config: Any) -> dict:
   require(config, "input", "workdir")
-  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  data_dir = storage.as_path(config.data_dir or demo_dir())
   corpus_path = str(data_dir / "corpus.jsonl")
   corpus = Corpus(corpus_path)
-  workdir = pathlib.Path(config.workdir)
+  workdir = storage.as_path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mcfg = MiningConfig.from_config(config.mining.to_dict())
   e = config.encoder
@@ -123,8 +123,8 @@ def _run(config: Any) -> dict:
   scorer = load_pair_scorer(config.reranker.to_dict(), encoder)
   doc_text = lambda d: corpus[d].contents
 
-  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
-          "corpus": os.path.abspath(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
+  meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
+          "corpus": storage.absolute(corpus_path), "encoder": {k: e[k] for k in ("model", "max_len", "query_max_len")},
           "mining": config.mining.to_dict(),
           "reranker": {k: v for k, v in config.reranker.to_dict().items() if k != "batch_size"}}
   index_p, count = jax.process_index(), jax.process_count()

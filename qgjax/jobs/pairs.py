@@ -22,15 +22,15 @@ model); the others return at once and wait at the pipeline's barrier after the s
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data.records import fingerprint, iter_records
-from qgjax.data.safe_files import open_no_follow, write_json_atomic
+from qgjax.data.safe_files import write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.preference.pairs import STRATEGIES, Candidate, best_of_n, make_pairs
 
@@ -121,11 +121,8 @@ def rsft_record(mode, group, sources, cand: Candidate, reward: str) -> dict:
 
 
 def _write_jsonl(path: pathlib.Path, records: list[dict]) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open_no_follow(tmp, "w") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  """All of `records` as one JSONL file, atomically (temp + rename; on gs:// one upload)."""
+  storage.write_bytes_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
 
 def _mean(values) -> float | None:
@@ -152,8 +149,8 @@ def _run(config: Any) -> dict:
     raise ConfigError(f"config.margin must be >= 0, got {config.margin}")
   if int(config.rsft.n_best) < 1:
     raise ConfigError(f"config.rsft.n_best must be >= 1, got {config.rsft.n_best}")
-  workdir = pathlib.Path(config.workdir)
-  settings = {"input": str(pathlib.Path(config.input).resolve()),
+  workdir = storage.as_path(config.workdir)
+  settings = {"input": storage.resolved(config.input),
               "input_fingerprint": fingerprint(config.input), "reward": config.reward,
               "strategy": config.strategy, "margin": float(config.margin),
               "max_pairs_per_doc": int(config.max_pairs_per_doc), "rsft": config.rsft.to_dict()}

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
@@ -154,7 +155,7 @@ def _run(config: Any) -> dict:
   names = list(config.rewards)
   if config.reward not in names:
     raise ConfigError(f"config.reward '{config.reward}' must be one of config.rewards ({', '.join(names)})")
-  data_dir = pathlib.Path(config.data_dir or demo_dir())
+  data_dir = storage.as_path(config.data_dir or demo_dir())
   corpus = Corpus(data_dir / "corpus.jsonl")
   first = next(iter_records(config.input), None)
   if first is None:
@@ -178,10 +179,10 @@ def _run(config: Any) -> dict:
                              if k not in ("batch_size", "attention_impl")}
     settings["llm_judge"]["dtype"] = model_numerics(config.llm_judge, "config.llm_judge")[0]
   settings["bm25"].pop("cache_dir", None)
-  meta = {"input": str(pathlib.Path(config.input).resolve()), "input_fingerprint": fingerprint(config.input),
-          "corpus": str(corpus.path.resolve()), "mode": mode, "settings": settings}
+  meta = {"input": storage.resolved(config.input), "input_fingerprint": fingerprint(config.input),
+          "corpus": storage.resolved(corpus.path), "mode": mode, "settings": settings}
   index, count = jax.process_index(), jax.process_count()
-  scored = pathlib.Path(config.workdir) / "scored"
+  scored = storage.as_path(config.workdir) / "scored"
   out_dir = part_dir(scored, index, count)
   if count > 1:
     meta["process"] = [index, count]

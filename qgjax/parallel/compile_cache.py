@@ -13,7 +13,9 @@ least `jax_persistent_cache_min_compile_time_secs`).
 Where: `$JAX_COMPILATION_CACHE_DIR` or an earlier `jax_compilation_cache_dir` setting when the
 user made one; else `$QGJAX_COMPILATION_CACHE`; else `$QGJAX_CACHE_DIR/xla` (default
 `~/.cache/qgjax/xla`). `QGJAX_COMPILATION_CACHE=0` turns it off. The directory is kept under
-`MAX_BYTES` (jax evicts the least recently used entries).
+`MAX_BYTES` (jax evicts the least recently used entries). A gs:// URL is handed to jax as it is
+(jax reads and writes it through etils epath), without a size limit: jax's eviction takes a file
+lock, which exists on a local disk only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import os
 
 import jax
+
+from qgjax.data import storage
 
 MAX_BYTES = 4 << 30
 _OFF = ("0", "off", "false", "no", "none")
@@ -39,6 +43,10 @@ def enable_compilation_cache() -> str | None:
   setting = os.environ.get("QGJAX_COMPILATION_CACHE", "").strip()
   if setting.lower() in _OFF:
     return None
+  if storage.is_remote(setting):
+    jax.config.update("jax_compilation_cache_dir", setting)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    return setting
   path = os.path.abspath(os.path.expanduser(setting or default_dir()))
   try:
     os.makedirs(path, exist_ok=True)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import time
 from typing import Any
 
+from qgjax.data import storage
 from qgjax.errors import QgjaxError
 
 MARKER = "STAGE_DONE.json"
@@ -35,6 +35,7 @@ def fingerprint(config: dict, needs: dict[str, str]) -> str:
 
 
 def read_marker(stage_dir: pathlib.Path) -> dict | None:
+  """The stage's marker, or None (`stage_dir`: a pathlib.Path or, for a gs:// workdir, an epath.Path)."""
   path = stage_dir / MARKER
   if not path.is_file():
     return None
@@ -90,10 +91,7 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
 
 def write_marker(stage: str, stage_dir: pathlib.Path, job: str, config: dict, needs: dict[str, str], fp: str,
                  result: dict | None, seconds: float) -> None:
-  stage_dir.mkdir(parents=True, exist_ok=True)
   marker = {"stage": stage, "job": job, "fingerprint": fp, "needs": needs, "seconds": round(seconds, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result or {}, "config": config}
-  path = stage_dir / MARKER
-  tmp = path.with_name(MARKER + ".tmp")
-  tmp.write_text(json.dumps(marker, indent=1, default=str) + "\n")
-  os.replace(tmp, path)
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  storage.write_bytes_atomic(stage_dir / MARKER, (json.dumps(marker, indent=1, default=str) + "\n").encode())

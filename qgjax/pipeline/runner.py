@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.errors import QgjaxError
 from qgjax.parallel.distributed import barrier, is_main_process
 from qgjax.pipeline import markers
@@ -99,7 +100,8 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
 def stage_configs(config, stages: tuple[Stage, ...]) -> tuple[pathlib.Path, list[tuple[Stage, Any]]]:
   """(workdir, [(stage, its ConfigDict)]) of the stages `config` runs (`stage.when`): every stage's
   config built before any runs, so a config error stops the pipeline before it starts."""
-  workdir = pathlib.Path(config.workdir).resolve()
+  workdir = storage.as_path(storage.absolute(config.workdir))   # a gs:// URL stays one (an epath.Path)
+  workdir = workdir if storage.is_remote(workdir) else workdir.resolve()
   at = lambda name: str(workdir / name)
   return workdir, [(stage, stage_config(config, stage, at)) for stage in stages if stage.when(config)]
 

@@ -19,6 +19,7 @@ import os
 import pathlib
 from typing import Any, Callable
 
+from qgjax.data import storage
 from qgjax.data.sharded_writer import is_complete
 from qgjax.train.export import is_complete_export
 
@@ -40,7 +41,7 @@ class Stage:
 def data_dir(p) -> str:
   """The pipeline's collection: `data_dir` made absolute, or the embedded demo corpus."""
   from qgjax.data import demo_dir
-  return os.path.abspath(p.data_dir) if p.data_dir else str(demo_dir())
+  return storage.absolute(p.data_dir) if p.data_dir else str(demo_dir())
 
 
 def has_file(rel: str) -> Callable[[pathlib.Path], bool]:

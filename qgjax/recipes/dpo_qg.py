@@ -30,6 +30,7 @@ import json
 import os
 import pathlib
 
+from qgjax.data import storage
 from qgjax.pipeline.report import scored_rewards
 from qgjax.pipeline.runner import Recipe, System
 from qgjax.pipeline.stage import Stage, data_dir, has_export, has_file, has_sharded
@@ -215,7 +216,7 @@ def _info(config, results: dict) -> dict:
   if "negatives" in results:
     info["prompt negatives"] = f"{results['negatives'].get('method')}-mined nearest other document"
   for which in ("unaligned", "aligned"):  # how much each trained MiniLM saw (a 1-step run barely moves)
-    summary = pathlib.Path(config.workdir).resolve() / f"retriever_{which}" / "summary.json"
+    summary = storage.as_path(storage.resolved(config.workdir)) / f"retriever_{which}" / "summary.json"
     if summary.is_file():
       s = json.loads(summary.read_text())
       info[f"retriever ({which})"] = (f"{s.get('train_examples')} training tuples, {s.get('steps')} steps, "

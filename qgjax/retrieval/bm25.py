@@ -30,6 +30,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.data.beir import Corpus, Document
 from qgjax.data.progress import progress
 from qgjax.errors import ConfigError, InputError
@@ -485,6 +486,11 @@ def load_bm25(index_dir: str | os.PathLike) -> BM25Retriever:
 
 
 def corpus_fingerprint(path: str | os.PathLike) -> str:
+  """The corpus file's identity for cache keys: path, size and mtime (a gs:// object: its
+  generation, which every rewrite changes)."""
+  if storage.is_remote(path):
+    info = storage.filesystem().info(os.fspath(path))
+    return f"{os.fspath(path)}:{info.get('size')}:{info.get('generation')}"
   st = os.stat(path)
   return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
 from qgjax.errors import ConfigError
@@ -102,6 +103,8 @@ def relevance_from_logits(logits: np.ndarray) -> np.ndarray:
 
 
 def _corpus_fingerprint(path: str) -> dict:
+  if storage.is_remote(path):
+    return {"corpus": os.fspath(path), "bytes": int(storage.filesystem().info(os.fspath(path))["size"])}
   st = os.stat(path)
   return {"corpus": os.path.abspath(path), "bytes": st.st_size}
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import io
 import os
 import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from qgjax.data.safe_files import fsync_dir as _fsync_dir
-from qgjax.data.safe_files import join_inside, open_no_follow
+from qgjax.data import storage
+from qgjax.data.safe_files import join_inside
 from qgjax.data.safe_files import write_json_atomic as _write_json_atomic
 from qgjax.data.workdir_lock import acquire, release
 from qgjax.errors import ConfigError, InputError
@@ -48,14 +49,14 @@ def _ids_name(i: int) -> str:
 
 def _sha256(path: pathlib.Path) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
       h.update(block)
   return h.hexdigest()
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:
-  path = pathlib.Path(directory) / MANIFEST
+  path = storage.as_path(directory) / MANIFEST
   if not path.is_file():
     return None
   try:
@@ -85,7 +86,7 @@ class EmbeddingStoreWriter:
                shard_rows: int = 8192):
     if shard_rows < 1:
       raise ConfigError(f"shard_rows must be >= 1, got {shard_rows}")
-    self.dir = pathlib.Path(directory)
+    self.dir = storage.as_path(directory)
     self.dir.mkdir(parents=True, exist_ok=True)
     self.dim, self.shard_rows = int(dim), int(shard_rows)
     self.meta = _json_roundtrip(meta or {})
@@ -137,15 +138,10 @@ class EmbeddingStoreWriter:
       raise RuntimeError(f"{self.dir} is already complete")
     i = len(self._manifest["shards"])
     emb_path, ids_path = self.dir / _emb_name(i), self.dir / _ids_name(i)
-    for path, write in ((emb_path, lambda f: np.save(f, emb)),
-                        (ids_path, lambda f: f.write(json.dumps(list(map(str, ids))).encode()))):
-      tmp = path.with_name(path.name + ".tmp")
-      with open_no_follow(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    _fsync_dir(self.dir)
+    npy = io.BytesIO()
+    np.save(npy, emb)
+    storage.write_bytes_atomic(emb_path, npy.getvalue())   # temp + fsync + rename; gs://: one upload
+    storage.write_bytes_atomic(ids_path, json.dumps(list(map(str, ids))).encode())
     self._manifest["shards"].append({"file": emb_path.name, "ids": ids_path.name, "rows": int(emb.shape[0]),
                                      "sha256": _sha256(emb_path)})
     self._manifest["rows"] = self.num_rows + int(emb.shape[0])
@@ -178,7 +174,7 @@ def is_complete(directory: str | os.PathLike) -> bool:
 def load_embeddings(directory: str | os.PathLike, *, verify: bool = False,
                     require_complete: bool = True) -> tuple[list[str], np.ndarray]:
   """-> (doc ids, np.float32[N, D]) of every committed shard, in corpus order."""
-  root = pathlib.Path(directory)
+  root = storage.as_path(directory)
   manifest = read_manifest(root)
   if manifest is None:
     raise InputError("no manifest.json: not an embeddings store (or its job never started)", path=str(root))
@@ -192,7 +188,7 @@ def load_embeddings(directory: str | os.PathLike, *, verify: bool = False,
     path = _inside(root, entry, "file")
     if verify and _sha256(path) != entry["sha256"]:
       raise InputError("embedding shard does not match its checksum in the manifest", path=str(path))
-    arr = np.load(path, mmap_mode="r")
+    arr = np.load(io.BytesIO(path.read_bytes())) if storage.is_remote(path) else np.load(path, mmap_mode="r")
     shard_ids = json.loads(_inside(root, entry, "ids").read_text())
     if arr.shape != (entry["rows"], manifest["dim"]) or len(shard_ids) != entry["rows"]:
       raise InputError(f"shard holds {arr.shape} / {len(shard_ids)} ids, manifest says "

@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import pathlib
 
-from qgjax.data.safe_files import open_no_follow
+from qgjax.data import storage
+from qgjax.data.safe_files import open_append, open_no_follow
 
 DONE_FILE = "done_ids.txt"
 
 
 def read_done_entries(out_dir: str | pathlib.Path) -> list:
   """The complete lines of `out_dir`/done_ids.txt, parsed (an id, or [id, tokens])."""
-  path = pathlib.Path(out_dir) / DONE_FILE
+  path = storage.as_path(out_dir) / DONE_FILE
   if not path.is_file():
     return []
   lines = path.read_text(encoding="utf-8").split("\n")
@@ -40,17 +41,18 @@ def done_tokens(entries: list) -> int:
 
 
 class DoneLog:
-  """Appends finished ids to `out_dir`/done_ids.txt (cutting a torn last line first)."""
+  """Appends finished ids to `out_dir`/done_ids.txt (cutting a torn last line first). On gs:// each
+  `add` uploads the whole log again (one atomic object; GCS has no append)."""
 
   def __init__(self, out_dir: str | pathlib.Path):
-    path = pathlib.Path(out_dir) / DONE_FILE
-    if path.is_file():
+    path = storage.as_path(out_dir) / DONE_FILE
+    if path.is_file() and not storage.is_remote(path):
       data = path.read_bytes()
       cut = data.rfind(b"\n") + 1
       if cut < len(data):
         with open_no_follow(path, "r+b") as f:
           f.truncate(cut)
-    self._f = open_no_follow(path, "a")
+    self._f = open_append(path, "a")
 
   def add(self, ids: list[str], tokens: list[int] | None = None) -> None:
     """Marks `ids` done (with the tokens generated for each, when given) and flushes."""

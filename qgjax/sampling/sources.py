@@ -10,6 +10,7 @@ import itertools
 import pathlib
 from typing import Any, Iterable
 
+from qgjax.data import storage
 from qgjax.errors import InputError
 
 
@@ -20,7 +21,7 @@ def open_corpus(path: str):
   if str(path).startswith("tfds:"):
     from qgjax.data.tfds_source import TfdsCorpus
     return TfdsCorpus.from_spec(str(path))
-  p = pathlib.Path(path)
+  p = storage.as_path(path)
   if p.is_dir():
     p = p / "corpus.jsonl"
   if not p.is_file():

@@ -9,6 +9,11 @@ What is saved: {step, trainable params, optimizer state} (the frozen base model 
 its checkpoint, so a LoRA run saves megabytes, not the model) plus a small JSON of metadata
 (the config fingerprint a resume must match). Saves are atomic (orbax writes to a temporary
 directory and renames it), so a run killed mid-save resumes from the previous step.
+
+`directory` may be a gs:// URL: orbax writes it through tensorstore's GCS driver and, where no
+rename exists, marks a finished step with its commit_success.txt (a step without it is ignored).
+Against an emulator, tensorstore reads TENSORSTORE_GCS_HTTP_URL (the server) and
+GOOGLE_AUTH_TOKEN_FOR_TESTING (any token) from the environment.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from qgjax.data import storage
 from qgjax.data.settings_diff import changed_settings
 from qgjax.errors import CheckpointMismatchError, QgjaxError
 
@@ -93,7 +99,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, best_metric: str | None = None, best_mode: str = "min",
                save_every: int = 1, fingerprint: dict | None = None, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.absolute(directory)
     self.best_metric = best_metric
     self.fingerprint = fingerprint or {}
     policies = [pp.LatestN(n=max(1, int(keep)))]
@@ -220,10 +226,5 @@ class Checkpointer:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Atomic small-JSON write (temp file + rename), for run summaries beside the checkpoints."""
-  from qgjax.data.safe_files import open_no_follow
-
-  tmp = path + ".tmp"
-  with open_no_follow(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+  """Atomic small-JSON write (temp file + rename; gs://: one upload), for run summaries beside the checkpoints."""
+  storage.write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode("utf-8"))

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
 
@@ -282,7 +283,7 @@ def setup_cross_encoder(config: Any):
     return out_dir
 
   fp = {"task": config.task, "model": str(m.name), "batch_size": int(config.batch_size),
-        "seed": int(config.seed), "train": os.path.abspath(source), "loss": c.to_dict()}
+        "seed": int(config.seed), "train": storage.absolute(source), "loss": c.to_dict()}
   extra = {"train_examples": len(records), "with_negative_query": int(sum(cols["has_qneg"])),
            "initialised": info.get("initialised", []), "truncated": train.truncated}
   if qrels_mode:

@@ -14,17 +14,18 @@ with the tokenizer's EOS token.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterator, Sequence
 
+from qgjax.data import storage
 from qgjax.errors import InputError
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-  """(1-based line, record) for each non-empty line; InputError on bad JSON."""
-  if not os.path.isfile(path):
-    raise InputError("file not found", path=path)
-  with open(path, encoding="utf-8") as f:
+  """(1-based line, record) for each non-empty line (a local file or a gs:// object); InputError on bad JSON."""
+  file = storage.as_path(path)
+  if not file.is_file():
+    raise InputError("file not found", path=str(path))
+  with file.open("r", encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -148,10 +149,8 @@ def load_pairs(path: str, prompts: RecordPrompts | None) -> dict[str, list]:
 
 
 def write_pairs_with_reference(src: str, dst: str, ref_chosen: Sequence[float], ref_rejected: Sequence[float]) -> None:
-  """Copies the pairs file with ref_chosen / ref_rejected (summed log-probs) added to each record."""
-  tmp = dst + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for i, (_, obj) in enumerate(read_jsonl(src)):
-      obj = dict(obj, ref_chosen=float(ref_chosen[i]), ref_rejected=float(ref_rejected[i]))
-      f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-  os.replace(tmp, dst)
+  """Copies the pairs file with ref_chosen / ref_rejected (summed log-probs) added to each record
+  (atomically: temp + rename; on gs:// one upload)."""
+  lines = [json.dumps(dict(obj, ref_chosen=float(ref_chosen[i]), ref_rejected=float(ref_rejected[i])),
+                      ensure_ascii=False) + "\n" for i, (_, obj) in enumerate(read_jsonl(src))]
+  storage.write_bytes_atomic(dst, "".join(lines).encode("utf-8"))

@@ -13,14 +13,21 @@ A run killed at any moment leaves either the previous complete export, or a dire
 the marker, which `is_complete_export` reports as incomplete and a rerun of the training job
 writes again from its last checkpoint. Only process 0 writes; every process calls `export_fn`
 (parameters may be gathered across hosts).
+
+A gs:// `out` (no rename there): `export_fn` writes into a local temp directory, the old marker is
+deleted first (from then on the export counts as absent), the old objects under `out` are deleted,
+the files uploaded, and the marker uploaded last. Loaders read such an export through a local copy
+(qgjax.data.storage.local_copy, keyed by the URL and the marker).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any, Callable
 
+from qgjax.data import storage
 from qgjax.data.safe_files import fsync_dir, write_json_atomic
 
 EXPORT_MARKER = "EXPORT_DONE.json"
@@ -30,6 +37,8 @@ FORMAT = "qgjax.export/1"
 def is_complete_export(path: str | os.PathLike) -> bool:
   """Whether `path` is an export whose writer finished (its marker exists, as a regular file)."""
   marker = os.path.join(os.fspath(path), EXPORT_MARKER)
+  if storage.is_remote(path):
+    return storage.as_path(marker).is_file()
   return os.path.isdir(path) and os.path.isfile(marker) and not os.path.islink(marker)
 
 
@@ -47,6 +56,8 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
   Returns what `export_fn` returned, with `tmp_dir` replaced by `out_dir` in str results (a dict
   of such paths too). `main`: whether this process writes (the others only call `export_fn`).
   """
+  if storage.is_remote(out_dir):
+    return _write_remote_export(export_fn, os.fspath(out_dir).rstrip("/"), info=info, main=main)
   out_dir = os.path.abspath(os.fspath(out_dir))
   tmp = out_dir + ".partial"
   old = out_dir + ".old"
@@ -68,6 +79,27 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
   write_json_atomic(os.path.join(out_dir, EXPORT_MARKER), {"format": FORMAT, "files": files, "info": info or {}},
                     default=str)
   return _relocate(result, tmp, out_dir)
+
+
+def _write_remote_export(export_fn: Callable[[str], Any], url: str, *, info: dict | None, main: bool) -> Any:
+  """`write_export` to a gs:// URL: a local temp directory, uploaded file by file, the marker last."""
+  with tempfile.TemporaryDirectory(prefix="qgjax-export-") as tmp:
+    result = export_fn(tmp)
+    if not main:
+      return _relocate(result, tmp, url)
+    files = sorted(os.path.relpath(os.path.join(r, f), tmp) for r, _, fs in os.walk(tmp) for f in fs)
+    if not files:
+      raise RuntimeError(f"the export function wrote nothing to {tmp}")
+    storage.remove(f"{url}/{EXPORT_MARKER}")   # from here on the export counts as absent
+    for old in storage.glob(url, "**"):
+      if storage.as_path(old).is_file():
+        storage.remove(old)
+    for name in files:
+      with open(os.path.join(tmp, name), "rb") as f:
+        storage.write_bytes_atomic(f"{url}/{name}", f.read())
+    write_json_atomic(f"{url}/{EXPORT_MARKER}", {"format": FORMAT, "files": files, "info": info or {}},
+                      default=str)
+    return _relocate(result, tmp, url)
 
 
 def _relocate(result: Any, tmp: str, out_dir: str) -> Any:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, similarity_normalizes
@@ -122,7 +123,7 @@ def read_tuples(path: str) -> tuple[list[dict], list[tuple[str, int]]]:
   """Training tuples of `qgjax mine` (a complete sharded output directory or a .jsonl file), the
   skipped examples left out -> (tuples, (file, line) of each) for errors that point at the record."""
   from qgjax.data.records import iter_records
-  if not os.path.exists(path):
+  if not storage.as_path(path).exists():
     raise InputError("training tuples not found (run `qgjax mine` first?)", path=path)
   out, where = [], []
   for src, line, rec in iter_records(path):
@@ -275,7 +276,7 @@ def setup_retriever(config: Any):
 
   fp = {"task": config.task, "model": str(m.name), "towers": config.towers, "batch_size": int(config.batch_size),
         "num_negatives": h, "temperature": float(config.temperature), "similarity": similarity, "seed": seed,
-        "train": os.path.abspath(d.train), **model.fingerprint}
+        "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),

