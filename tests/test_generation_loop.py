@@ -149,6 +149,11 @@ def test_process_split_covers_every_item_once(tiny, tmp_path):
     assert done_ids(read_done_entries(part)) == {d.doc_id for d in docs[i::2]}
   two = sorted((r for _, _, r in iter_records(tmp_path / "two")), key=_key)
   assert two == one and len(two) == len({_key(r) for r in two}) == 18
+  # read as one output (item_ranks.json in each part) the parts come in the one-process order, not
+  # one part after the other
+  in_order = list(iter_sharded(tmp_path / "one"))
+  assert [r for _, _, r in iter_records(tmp_path / "two")] == in_order
+  assert [r for i in range(2) for r in iter_sharded(tmp_path / "two" / f"process-{i:05d}")] != in_order
   assert json.loads(json.dumps(two[0]))["n_prompt"] >= 6  # the item's extra fields reach its records
 
 
@@ -230,3 +235,18 @@ def test_readqg_generation_two_processes_equal_one(tmp_path):
   assert [r["ce_pairs"] for r in results] == [pairs.count("\n")] * 3   # both processes report the joined file
   assert [r["documents"] for r in results] == [7, 7, 7] and [r["records"] for r in results[1:]] != [0, 0]
   assert has_sharded()(tmp_path / "two") and has_sharded()(tmp_path / "one")
+
+
+def test_item_ranks_follow_the_one_process_batches():
+  """Ranks are positions in one process's write order: full bucket groups as they fill, then the
+  partial groups by bucket; each process gets the ranks of its round-robin items only."""
+  from qgjax.sampling.generation_loop import item_ranks
+
+  lengths = {"a": 5, "b": 20, "c": 6, "d": 21, "e": 22, "f": 7}   # buckets 12 / 24, batches of 2
+  source = PromptSource(list(lengths), len(lengths), item_id=lambda x: x,
+                        prepare=lambda x: Item(x, x, [1] * lengths[x]))
+  # one process: [a, c] (12 full), [b, d] (24 full), then the partial groups [f] (12), [e] (24)
+  order = {"a": 0, "c": 1, "b": 2, "d": 3, "f": 4, "e": 5}
+  assert item_ranks(source, BUCKETS, 2, 0, 1) == order
+  parts = [item_ranks(source, BUCKETS, 2, i, 2) for i in range(2)]
+  assert parts == [{k: order[k] for k in "ace"}, {k: order[k] for k in "bdf"}]

@@ -265,3 +265,31 @@ def test_iter_records_over_process_parts_and_files(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(InputError, match="no manifest.json"):
     list(iter_records(tmp_path / "empty"))
+
+
+def test_process_blocks_and_item_ranked_parts(tmp_path):
+  """Contiguous blocks cover [0, n) once, in process order; parts with item_ranks.json read in
+  rank order (an item's records in write order), and a record of an unranked item is an error."""
+  from qgjax.data.records import ITEM_RANKS, count_input, iter_records, process_block
+  for n in (0, 1, 5, 8, 11):
+    for count in (1, 2, 3, 4):
+      blocks = [process_block(n, i, count) for i in range(count)]
+      assert [x for b in blocks for x in b] == list(range(n))
+      assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+  with pytest.raises(ValueError, match="not in"):
+    process_block(3, 2, 2)
+  root = tmp_path / "gen"
+  ranks = {0: {"d3": 0, "d1": 2}, 1: {"d0": 1, "d2": 3}}   # d3 was written first by one process
+  for p, docs in ((0, ("d1", "d3")), (1, ("d0", "d2"))):
+    with ShardedJsonlWriter(root / f"process-{p:05d}", key=("doc_id", "sample_idx"), shard_size=3) as w:
+      for d in docs:
+        for j in (1, 0):
+          w.write({"doc_id": d, "sample_idx": j})
+      w.finish()
+    (root / f"process-{p:05d}" / ITEM_RANKS).write_text(json.dumps({"field": "doc_id", "ranks": ranks[p]}))
+  got = [(r["doc_id"], r["sample_idx"]) for _, _, r in iter_records(root)]
+  assert got == [("d3", 1), ("d3", 0), ("d0", 1), ("d0", 0), ("d1", 1), ("d1", 0), ("d2", 1), ("d2", 0)]
+  assert count_input(root) == 8
+  (root / "process-00001" / ITEM_RANKS).write_text(json.dumps({"field": "doc_id", "ranks": {"d0": 1}}))
+  with pytest.raises(InputError, match=r"item 'd2' has no rank"):
+    list(iter_records(root))

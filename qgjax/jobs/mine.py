@@ -156,11 +156,11 @@ def _run(config: Any) -> dict:
       bar.update(len(batch))
     bar.close()
     writer.commit()
-    index_note = said[-1] if said else ""
-    done = writer.finish(**_summarize(out_dir), index=index_note)
-  barrier(f"mine {tuples}")   # every part is finished before the summary of all
-  summary = {**_summarize(tuples), "index": index_note}
+    summary = {**_summarize(out_dir), "index": said[-1] if said else ""}
+    done = writer.finish(**summary)
   if count > 1:
+    barrier(f"mine {tuples}")   # every part is finished before the summary of all
+    summary = {**_summarize(tuples), "index": summary["index"]}
     done = {"out_dir": str(tuples), "records": count_input(tuples), "parts": count,
             "written_now": done["written_now"]}
   return {"tuples": str(tuples), **done, **summary, "this_run": dict(stats)}

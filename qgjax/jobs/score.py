@@ -209,10 +209,11 @@ def _run(config: Any) -> dict:
         bar.update(len(items))
     bar.close()
     writer.commit()
-    done = writer.finish(**summarize(out_dir, names, config.retention_ks))
-  barrier(f"score {scored}")   # every part is finished before the summary of all
-  summary = summarize(scored, names, config.retention_ks)
+    summary = summarize(out_dir, names, config.retention_ks)
+    done = writer.finish(**summary)
   if count > 1:
+    barrier(f"score {scored}")   # every part is finished before the summary of all
+    summary = summarize(scored, names, config.retention_ks)
     done = {"out_dir": str(scored), "records": summary["records"], "parts": count,
             "written_now": done["written_now"]}
   return {"scored": str(scored), "mode": mode, **done, **summary, **reward_model_numerics(ctx)}

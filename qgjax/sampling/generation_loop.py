@@ -32,6 +32,7 @@ What the loop owns, so every job that generates behaves alike:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import pathlib
 import time
@@ -78,9 +79,9 @@ class Output:
 @dataclasses.dataclass
 class LoopResult:
   """What a run of the loop did. `summary` is the writer's (out_dir, records, shards,
-  written_now; with P > 1 the records and shards of all parts, and `parts`); `items` counts the
-  items of all processes, `items_this_run` this process's generated now; `generated_tokens`
-  adds every run's tokens of all processes (as the manifests' summaries do)."""
+  written_now; on P > 1 JAX processes the records and shards of all parts, and `parts`); `items`
+  counts the items (of all those processes), `items_this_run` this process's generated now;
+  `generated_tokens` adds every run's tokens (of all those processes; as the manifests' summaries do)."""
   summary: dict
   items: int
   items_this_run: int
@@ -231,7 +232,8 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
   """Generates the records of this process's items not done yet and marks the output complete.
 
   desc names the progress bar; progress lines go to `logger` (the job's; default this module's).
-  process: (index, count); default: this JAX process. keep_examples: the first records
+  process: (index, count); default: this JAX process (then, with several, the result covers every
+  process's part, after a barrier). keep_examples: the first records
   written by this run, returned in `examples`.
   """
   from qgjax.data.sharded_writer import ShardedJsonlWriter
@@ -244,6 +246,8 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
   examples: list[dict] = []
   try:
     if count > 1:
+      if iter(source.entries) is source.entries:   # a one-shot iterator: the ranks read the stream first
+        source = dataclasses.replace(source, entries=list(itertools.islice(source.entries, max(int(source.total), 0))))
       write_item_ranks(out_dir, str(output.key[0]), item_ranks(source, buckets, batch_size, index, count))
     entries = read_done_entries(out_dir)
     done = done_ids(entries)
@@ -270,7 +274,7 @@ def run_generation(source: PromptSource, sample: Sample, build_records: BuildRec
     summary = writer.finish(items=total, generated_tokens=generated)
   finally:
     writer.close()
-  if count > 1:
+  if count > 1 and process is None:   # every part is written by a JAX process of this run
     summary, total, generated = all_parts_summary(output.output_dir, count, summary["written_now"])
   return LoopResult(summary=summary, items=total, items_this_run=bar.items, tokens_this_run=bar.tokens,
                     generated_tokens=generated, items_per_s=round(items_s, 3), tokens_per_s=round(tokens_s, 1),
