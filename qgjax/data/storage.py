@@ -17,8 +17,10 @@ time every LEASE_S / 4 seconds from a thread and deletes the object on release. 
 when its holder's lease ran out (LEASE_S without a refresh: the holder died or lost the network)
 or when the holder ran on this host under a pid that no longer exists (a killed run resumed on the
 same machine takes over at once); a stale lock is replaced, a live one is an InputError naming
-its holder. After creating it the taker reads the object back and requires its own token, so two
-takers racing on a server without preconditions cannot both hold it.
+its holder. Two takers of a free lock are decided by the server (one create succeeds). After
+creating it the taker reads the object back and requires its own token. Not covered: two takers
+that read the same stale note within milliseconds of each other (a stale lock is deleted, then
+created again; deleting only the stale generation is not in gcsfs' API).
 
 Emulator: gcsfs (and tensorstore for orbax, see qgjax.train.checkpoint) talk to a local GCS JSON
 API server through STORAGE_EMULATOR_HOST=http://localhost:<port> (gcsfs then uses anonymous
@@ -56,6 +58,7 @@ def as_path(path: str | os.PathLike) -> AnyPath:
   if is_remote(path):
     from etils import epath
 
+    filesystem()   # the shared gcsfs instance, its listing cache off
     return epath.Path(os.fspath(path))
   return pathlib.Path(path)
 
@@ -66,11 +69,16 @@ def absolute(path: str | os.PathLike) -> str:
 
 
 def filesystem():
-  """The gcsfs filesystem that epath uses for gs:// (the same instance, so that both see one listing
-  cache; it honours STORAGE_EMULATOR_HOST)."""
+  """The gcsfs filesystem that epath uses for gs:// (the same instance; it honours
+  STORAGE_EMULATOR_HOST), with its listing cache off: another process (a host of a multi-host run,
+  a resumed run) may have written since a listing, and a stale one would hide its objects."""
   from etils.epath import backend
 
-  return backend.fsspec_backend.fs(REMOTE_PREFIX)
+  fs = backend.fsspec_backend.fs(REMOTE_PREFIX)
+  if fs.dircache.use_listings_cache:
+    fs.dircache.use_listings_cache = False
+    fs.dircache.clear()
+  return fs
 
 
 def _invalidate(url: str) -> None:
@@ -82,18 +90,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, create_only: boo
 
   Local: `<path>.tmp` (no link followed), fsync, rename, fsync of the directory. gs://: one
   upload. `create_only` refuses (FileExistsError) when `path` exists: on gs:// through the
-  ifGenerationMatch=0 precondition, locally through O_EXCL on the final name.
+  ifGenerationMatch=0 precondition, locally through O_EXCL on the final name (no temp file then).
   """
   if is_remote(path):
-    url = os.fspath(path)
-    try:
-      filesystem().pipe_file(url, bytes(data), mode="create" if create_only else "overwrite")
-    except FileExistsError:
-      raise
-    except OSError as e:
-      if create_only and "412" in str(e):
-        raise FileExistsError(url) from None
-      raise
+    url = os.fspath(path)   # gcsfs turns the server's 412 (precondition failed) into FileExistsError
+    filesystem().pipe_file(url, bytes(data), mode="create" if create_only else "overwrite")
     _invalidate(url)
     return
   p = pathlib.Path(path)
