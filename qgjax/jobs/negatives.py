@@ -28,10 +28,11 @@ import logging
 import pathlib
 from typing import Any
 
+from qgjax.data import storage
 from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
-from qgjax.data.safe_files import ensure_dir, open_no_follow, write_json_atomic
+from qgjax.data.safe_files import ensure_dir, write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.retrieval.negatives import first_unexcluded, searcher
 
@@ -74,7 +75,7 @@ def run(config: Any) -> dict:
     raise ConfigError(f"config.source must be one of {', '.join(SOURCES)}; got {config.source!r}")
   if int(config.depth) < 2:
     raise ConfigError(f"config.depth must be >= 2 (the best hit may be the excluded document); got {config.depth}")
-  root = pathlib.Path(config.data_dir or demo_dir()).resolve()
+  root = storage.as_path(storage.resolved(config.data_dir or demo_dir()))
   corpus = Corpus(root / "corpus.jsonl")
   if config.source == "documents":
     rows, texts, exclude = _document_queries(corpus, int(config.max_query_words))
@@ -89,14 +90,10 @@ def run(config: Any) -> dict:
     ranked = search(texts[start:start + batch], int(config.depth))
     hits += first_unexcluded(ranked, exclude[start:start + batch])
   out = workdir / "negatives.jsonl"
-  tmp = out.with_name(out.name + ".tmp")
-  kept = 0
-  with open_no_follow(tmp, "w") as f:
-    for row, (neg, rank) in zip(rows, hits):
-      if neg is not None:
-        f.write(json.dumps({**row, "negative_id": neg, "negative_rank": rank}, ensure_ascii=False) + "\n")
-        kept += 1
-  tmp.replace(out)
+  lines = [json.dumps({**row, "negative_id": neg, "negative_rank": rank}, ensure_ascii=False) + "\n"
+           for row, (neg, rank) in zip(rows, hits) if neg is not None]
+  kept = len(lines)
+  storage.write_bytes_atomic(out, "".join(lines).encode("utf-8"))   # temp + rename; gs://: one upload
   summary = {"source": config.source, "method": config.method, "rows": kept, "misses": len(rows) - kept,
              "negatives": str(out)}
   write_json_atomic(workdir / "summary.json", summary)
