@@ -165,7 +165,7 @@ def bench_encode(args, data: str) -> dict:
 
   k1 = kernel()
   t = time.perf_counter()
-  emb = embed_corpus(corpus_path, os.path.join(work, "store"), encoder, batch_size=args.encode_batch,
+  embed_corpus(corpus_path, os.path.join(work, "store"), encoder, batch_size=args.encode_batch,
                      max_len=max_len)
   job_s = time.perf_counter() - t
   k2 = kernel()

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pathlib
 import re
 import time
 from typing import Any, Callable
 
-from qgjax.data import storage
 from qgjax.config import require
-from qgjax.data import demo_dir
-from qgjax.data.beir import BeirData, load_beir, queries_path
+from qgjax.data import demo_dir, storage
+from qgjax.data.beir import load_beir, queries_path
 from qgjax.errors import ConfigError, InputError
 from qgjax.evaluation import ir_metrics
 from qgjax.parallel.distributed import is_main_process

@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import pathlib
 from typing import Any, Iterator
 

@@ -32,9 +32,9 @@ import pathlib
 from typing import Any
 
 from qgjax.config import require
-from qgjax.data import demo_dir
+from qgjax.data import demo_dir, storage
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
-from qgjax.data.safe_files import ensure_dir, open_no_follow, write_json_atomic
+from qgjax.data.safe_files import ensure_dir, write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.parallel.distributed import is_main_process
 from qgjax.retrieval.negatives import first_unexcluded, searcher
@@ -78,7 +78,7 @@ def run(config: Any) -> dict:
     raise ConfigError(f"config.source must be one of {', '.join(SOURCES)}; got {config.source!r}")
   if int(config.depth) < 2:
     raise ConfigError(f"config.depth must be >= 2 (the best hit may be the excluded document); got {config.depth}")
-  root = pathlib.Path(config.data_dir or demo_dir()).resolve()
+  root = storage.as_path(storage.resolved(config.data_dir or demo_dir()))
   corpus = Corpus(root / "corpus.jsonl")
   if config.source == "documents":
     rows, texts, exclude = _document_queries(corpus, int(config.max_query_words))
@@ -93,14 +93,11 @@ def run(config: Any) -> dict:
     ranked = search(texts[start:start + batch], int(config.depth))
     hits += first_unexcluded(ranked, exclude[start:start + batch])
   out = workdir / "negatives.jsonl"
-  kept = [{**row, "negative_id": neg, "negative_rank": rank} for row, (neg, rank) in zip(rows, hits) if neg is not None]
-  summary = {"source": config.source, "method": config.method, "rows": len(kept), "misses": len(rows) - len(kept),
+  lines = [json.dumps({**row, "negative_id": neg, "negative_rank": rank}, ensure_ascii=False) + "\n"
+           for row, (neg, rank) in zip(rows, hits) if neg is not None]
+  summary = {"source": config.source, "method": config.method, "rows": len(lines), "misses": len(rows) - len(lines),
              "negatives": str(out)}
-  if is_main_process():
-    tmp = out.with_name(out.name + ".tmp")
-    with open_no_follow(tmp, "w") as f:
-      for rec in kept:
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+  if is_main_process():   # every process searched every row; one writes
+    storage.write_bytes_atomic(out, "".join(lines).encode("utf-8"))   # temp + rename; gs://: one upload
     write_json_atomic(workdir / "summary.json", summary)
   return summary

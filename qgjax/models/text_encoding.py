@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512)

@@ -15,7 +15,6 @@ stage lists from these pieces only.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 from typing import Any, Callable
 

@@ -16,7 +16,6 @@ the report's reward histogram) -> <workdir>/report/report.{md,json,png}.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 
+from qgjax.data import storage
 from qgjax.pipeline.runner import Recipe, System
 from qgjax.pipeline.stage import Stage, has_export, has_file, has_sharded
 from qgjax.recipes import jobs
@@ -119,7 +120,7 @@ def _info(config, results: dict) -> dict:
   split, pairs, gen = results["split"], results["pairs"], results["generate"]
   return {"recipe": "readqg", "data_dir": split.get("source"), "split": split.get("how"),
           "training queries": split.get("train_queries"), "test queries": split.get("test_queries"),
-          "generator": _generator(config, pathlib.Path(config.workdir).resolve())[1], "encoder": config.encoder,
+          "generator": _generator(config, storage.as_path(storage.resolved(config.workdir)))[1], "encoder": config.encoder,
           "training documents (>= 2m judged queries)": pairs.get("documents"), "m": pairs.get("m"),
           "documents dropped (too few queries / one grade)": [pairs.get("dropped_few_queries"),
                                                               pairs.get("dropped_one_grade")],

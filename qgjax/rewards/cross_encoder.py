@@ -11,7 +11,6 @@ a CPU; the classification head and its logit are f32 either way).
 
 from __future__ import annotations
 
-import numpy as np
 
 from qgjax.errors import ConfigError
 from qgjax.retrieval.dense import relevance_from_logits

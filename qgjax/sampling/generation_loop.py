@@ -38,7 +38,6 @@ import pathlib
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from qgjax.data import storage
 from qgjax.sampling.done_log import DoneLog, done_ids, done_tokens, read_done_entries
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import itertools
-import pathlib
 from typing import Any, Iterable
 
 from qgjax.data import storage

@@ -202,7 +202,7 @@ def _load_t5(config: Any, dtype: Any, attention: str) -> tuple[Any, Any, Any]:
 def load_generator(config: Any, kind: str = "decoder") -> Generator:
   """From `config.model` (name / path, dtype, random init for tests) and `config.train_mode`;
   `kind` "decoder" | "t5" (`qgjax.models.registry.model_kind` tells them apart)."""
-  from qgjax.models.decoder import DecoderConfig, DecoderLM
+  from qgjax.models.decoder import DecoderLM
   from qgjax.models.registry import load_decoder, load_decoder_config, load_tokenizer, resolve
 
   if kind not in KINDS:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
 from qgjax.data import storage
 from qgjax.data.progress import progress
