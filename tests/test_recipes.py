@@ -16,8 +16,10 @@ from qgjax.config import build_config
 from qgjax.errors import QgjaxError
 from qgjax import recipes as pipeline
 from pipeline_processes import compare_workdirs, parts_of, run_pipeline, snapshot
-from test_object_storage import BUCKET, _compared, gcs  # noqa: F401 (gcs: the fake-gcs-server fixture)
+import test_object_storage as object_storage
 from tiny_lm import make_tiny_bert, make_tiny_lm
+
+gcs = object_storage.gcs   # the fake-gcs-server fixture (its own server for this module)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -360,7 +362,7 @@ def test_tiny_readqg_recipe_on_gs_equals_local(gcs, models, readqg_run):
   from qgjax.data import storage
 
   work, first, one = readqg_run
-  remote = f"gs://{BUCKET}/readqg"
+  remote = f"gs://{object_storage.BUCKET}/readqg"
   result = run_pipeline(READQG_SPEC, _readqg_overrides(remote, models))
   assert result["ran"] == first["ran"]
   fs = storage.filesystem()
@@ -373,8 +375,8 @@ def test_tiny_readqg_recipe_on_gs_equals_local(gcs, models, readqg_run):
     if path.is_dir() or path.name == ".lock" or "/checkpoints/" in rel or rel.endswith(".png"):
       continue
     assert rel in objects, rel
-    assert _compared(rel, storage.read_bytes(f"{remote}/{rel}"), {remote: "<workdir>"}) == \
-        _compared(rel, path.read_bytes(), {str(work): "<workdir>"}), rel
+    assert object_storage._compared(rel, storage.read_bytes(f"{remote}/{rel}"), {remote: "<workdir>"}) == \
+        object_storage._compared(rel, path.read_bytes(), {str(work): "<workdir>"}), rel
     compared.append(rel)
   assert {"split/data/corpus.jsonl", "generate/ce_pairs.jsonl", "align/export/soft_prompt.safetensors",
           "ce_readqg/export/config.json", "report/report.json"} <= set(compared) and len(compared) > 40, compared
