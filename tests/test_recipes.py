@@ -1,7 +1,8 @@
 """`qgjax pipeline` recipes on tiny random models (CLI, one CPU device): AQE (configs/aqe.py:tiny) and
 ReadQG (configs/readqg_recipe.py:tiny). Structure and invariants only, never quality. Each recipe
 also runs on two processes joined with `jax.distributed` (one CPU device each) and gives the
-one-process run's records, metrics and report (that run shared by both tests: `aqe_run`, `readqg_run`)."""
+one-process run's records, metrics and report (that run shared by both tests: `aqe_run`, `readqg_run`);
+the ReadQG recipe on a gs:// workdir (fake-gcs-server) gives that run's outputs too."""
 
 import json
 import os
@@ -15,7 +16,10 @@ from qgjax.config import build_config
 from qgjax.errors import QgjaxError
 from qgjax import recipes as pipeline
 from pipeline_processes import compare_workdirs, parts_of, run_pipeline, snapshot
+import test_object_storage as object_storage
 from tiny_lm import make_tiny_bert, make_tiny_lm
+
+gcs = object_storage.gcs   # the fake-gcs-server fixture (its own server for this module)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -347,6 +351,35 @@ def test_readqg_two_processes_equal_one(models, readqg_run, tmp_path):
                                      tmp_path / "readqg", split=("generate",))
   assert covered["generate"] > 0 and covered["generate/ce_pairs.jsonl"] > 0
   assert {"align/metrics.jsonl", "ce_readqg/metrics.jsonl", "evaluate_readqg/metrics.json"} <= set(covered)
+
+
+def test_tiny_readqg_recipe_on_gs_equals_local(gcs, models, readqg_run):
+  """The tiny ReadQG recipe with workdir=gs://<bucket>/readqg on fake-gcs-server (split copying the
+  corpus into the bucket, pairs, the soft-prompt export read back by generate through its local
+  copy, ce_pairs.jsonl, both cross-encoders, evaluate, the report): every output of the local run
+  (`readqg_run`; its flock files, orbax's internals and the PNG aside) is in the bucket with the
+  same content."""
+  from qgjax.data import storage
+
+  work, first, one = readqg_run
+  remote = f"gs://{object_storage.BUCKET}/readqg"
+  result = run_pipeline(READQG_SPEC, _readqg_overrides(remote, models))
+  assert result["ran"] == first["ran"]
+  fs = storage.filesystem()
+  fs.invalidate_cache(remote)
+  objects = {o[len(remote) - len("gs://") + 1:] for o in fs.find(remote)}
+  assert not [o for o in objects if o.endswith(".lock") or o.endswith(".tmp")]
+  compared = []
+  for path in sorted(one.rglob("*")):
+    rel = path.relative_to(one).as_posix()
+    if path.is_dir() or path.name == ".lock" or "/checkpoints/" in rel or rel.endswith(".png"):
+      continue
+    assert rel in objects, rel
+    assert object_storage._compared(rel, storage.read_bytes(f"{remote}/{rel}"), {remote: "<workdir>"}) == \
+        object_storage._compared(rel, path.read_bytes(), {str(work): "<workdir>"}), rel
+    compared.append(rel)
+  assert {"split/data/corpus.jsonl", "generate/ce_pairs.jsonl", "align/export/soft_prompt.safetensors",
+          "ce_readqg/export/config.json", "report/report.json"} <= set(compared) and len(compared) > 40, compared
 
 
 def test_tiny_readqg_decoder_recipe(models, tmp_path):

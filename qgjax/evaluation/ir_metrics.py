@@ -117,10 +117,12 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "qgjax") -> Non
 
 def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
   """Reads a TREC run file into `{qid: {docid: score}}`."""
+  from qgjax.data import storage
+
   run: dict[str, dict[str, float]] = {}
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():   # a local file or a gs:// object
     raise InputError("run file not found", path=str(path))
-  with open(path, encoding="utf-8") as f:
+  with storage.as_path(path).open(encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
       cols = line.split()
       if not cols:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import time
 from typing import Any, Iterator
@@ -36,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.sampling.done_log import DONE_FILE, done_ids, done_tokens, read_done_entries
 from qgjax.sampling.generation_loop import Item, PromptSource, pending_items
@@ -144,7 +144,7 @@ def _queries(config) -> dict[str, str]:
     if not config.data.corpus:
       raise ConfigError("prompt mode 'expansion' needs data.queries (a queries.jsonl) or data.corpus (a BEIR dir)")
     path = str(queries_path(config.data.corpus, config.data.split or None))
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():   # a local file or a gs:// object
     raise InputError("queries file not found", path=path)
   return load_queries(path)
 
@@ -168,11 +168,11 @@ def _negative_picker(corpus, seed: int):
 
 def _negatives_from_file(path: str, corpus) -> dict[str, str]:
   """{doc_id, negative_id} JSONL -> {doc_id: negative_id}, every negative a document of `corpus`."""
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():   # a local file or a gs:// object
     raise ConfigError(f"config.prompt.negative={path!r} is neither 'random' nor a JSONL file of "
                       "{doc_id, negative_id}")
   out = {}
-  with open(path, encoding="utf-8") as f:
+  with storage.as_path(path).open(encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -17,17 +17,19 @@ Queries without a relevant (grade >= 1) document left in the corpus are dropped 
 Then at most `max_train` / `max_test` queries of each side are kept (0 = all), the ones with the
 smallest seeded hashes, so a smaller run is a subset of a larger one.
 On P processes process 0 alone writes the directory; the others wait at the pipeline's barrier
-after the stage (every later stage reads the files it wrote).
+after the stage (every later stage reads the files it wrote). The collection and the workdir may be
+gs:// URLs (qgjax.data.storage): objects have no links, so there the corpus is always copied.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
+from qgjax.data.safe_files import write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.sampling.keys import id_hash
 
@@ -36,7 +38,7 @@ def _unit(seed: int, qid: str) -> float:
   return id_hash(f"{seed}:{qid}") / 2**32
 
 
-def _judged(root: pathlib.Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def _judged(root: storage.AnyPath, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
   qrels_file = root / "qrels" / f"{split}.tsv"
   if not qrels_file.is_file():
     raise InputError(f"no qrels for split '{split}'", path=str(qrels_file))
@@ -50,25 +52,22 @@ def _keep(qids: list[str], seed: int, limit: int) -> list[str]:
   return qids[:limit] if limit else qids
 
 
-def _write(out: pathlib.Path, name: str, qids: list[str], queries: dict[str, str],
+def _write(out: storage.AnyPath, name: str, qids: list[str], queries: dict[str, str],
            qrels: dict[str, dict[str, int]]) -> int:
-  with open(out / f"queries_{name}.jsonl", "w", encoding="utf-8") as f:
-    for q in qids:
-      f.write(json.dumps({"_id": q, "text": queries[q]}, ensure_ascii=False) + "\n")
-  rows = 0
-  with open(out / "qrels" / f"{name}.tsv", "w", encoding="utf-8") as f:
-    f.write("query-id\tcorpus-id\tscore\n")
-    for q in qids:
-      for d, g in qrels[q].items():
-        f.write(f"{q}\t{d}\t{g}\n")
-        rows += 1
-  return rows
+  """queries_<name>.jsonl and qrels/<name>.tsv of `qids` (each written atomically) -> qrels rows."""
+  storage.write_bytes_atomic(out / f"queries_{name}.jsonl", "".join(
+      json.dumps({"_id": q, "text": queries[q]}, ensure_ascii=False) + "\n" for q in qids).encode("utf-8"))
+  rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{g}\n" for q in qids for d, g in qrels[q].items()]
+  storage.write_bytes_atomic(out / "qrels" / f"{name}.tsv", "".join(rows).encode("utf-8"))
+  return len(rows) - 1
 
 
-def _link_corpus(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
-  """dst -> src as a symlink, or a copy of src without its empty documents -> their ids."""
+def _link_corpus(src: storage.AnyPath, dst: storage.AnyPath) -> list[str]:
+  """dst -> src as a symlink, or a copy of src without its empty documents -> their ids.
+
+  On gs:// (either side) always a copy: an object cannot link to another, a local link to a bucket."""
   empty, empty_lines = [], set()
-  with open(src, encoding="utf-8") as f:
+  with src.open(encoding="utf-8") as f:
     for i, line in enumerate(f):
       try:
         obj = json.loads(line) if line.strip() else {}
@@ -77,11 +76,17 @@ def _link_corpus(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
       if isinstance(obj, dict) and obj and not str(obj.get("text", "")).strip() and not str(obj.get("title", "")).strip():
         empty.append(str(obj.get("_id", "")))
         empty_lines.add(i)
-  if dst.is_symlink() or dst.exists():
+  remote = storage.is_remote(src) or storage.is_remote(dst)
+  if not remote and (dst.is_symlink() or dst.exists()):
     dst.unlink()
-  if not empty:
+  if not empty and not remote:
     os.symlink(src, dst)
     return []
+  if remote:   # one upload of the kept lines (the whole corpus when none is empty)
+    with src.open(encoding="utf-8") as f:
+      kept = "".join(line for i, line in enumerate(f) if i not in empty_lines)
+    storage.write_bytes_atomic(dst, kept.encode("utf-8"))
+    return empty
   tmp = dst.with_suffix(".jsonl.tmp")
   with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
     out.writelines(line for i, line in enumerate(f) if i not in empty_lines)   # other lines as they are
@@ -95,8 +100,8 @@ def run(config) -> dict:
 
   require(config, "workdir", "how", "train_split", "test_split")
   if not is_main_process():
-    return {"data_dir": str(pathlib.Path(config.workdir) / "data"), "written_by": "process 0"}
-  root = pathlib.Path(config.data_dir or demo_dir()).resolve()
+    return {"data_dir": str(storage.as_path(config.workdir) / "data"), "written_by": "process 0"}
+  root = storage.as_path(storage.resolved(config.data_dir or demo_dir()))
   if not (root / "corpus.jsonl").is_file():
     raise InputError("corpus.jsonl not found (a BEIR directory)", path=str(root))
   seed, how = int(config.seed), config.how
@@ -123,8 +128,9 @@ def run(config) -> dict:
     if clash:
       raise InputError(f"{len(clash)} query ids are in both the '{config.train_split}' and "
                        f"'{config.test_split}' qrels (e.g. {sorted(clash)[:3]})", path=str(root / "qrels"))
-  out = pathlib.Path(config.workdir) / "data"
-  (out / "qrels").mkdir(parents=True, exist_ok=True)
+  out = storage.as_path(config.workdir) / "data"
+  if not storage.is_remote(out):   # gs:// has no directories to create
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
   empty = _link_corpus(root / "corpus.jsonl", out / "corpus.jsonl")
   corpus = Corpus(out / "corpus.jsonl")
 
@@ -143,7 +149,5 @@ def run(config) -> dict:
              "dropped_no_relevant": no_relevant, "train_queries": len(train_ids), "test_queries": len(test_ids),
              "train_qrels": _write(out, "train", train_ids, train_q, train_rels),
              "test_qrels": _write(out, "test", test_ids, test_q, test_rels)}
-  tmp = pathlib.Path(config.workdir) / "split.json.tmp"
-  tmp.write_text(json.dumps(summary, indent=1) + "\n")
-  os.replace(tmp, pathlib.Path(config.workdir) / "split.json")
+  write_json_atomic(storage.as_path(config.workdir) / "split.json", summary, sort_keys=False)
   return summary

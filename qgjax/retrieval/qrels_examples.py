@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.errors import ConfigError, InputError
 from qgjax.retrieval.mining import example_rng
@@ -48,7 +49,7 @@ class JudgedSplit:
 
 def load_judged_split(data_dir: str | os.PathLike, split: str, corpus: Corpus | None = None) -> JudgedSplit:
   """Opens `<data_dir>/qrels/<split>.tsv` and the queries and corpus it names; every id must resolve."""
-  root = pathlib.Path(data_dir)
+  root = storage.as_path(data_dir)   # a gs:// URL: its epath.Path (a prefix with objects is a directory)
   if not root.is_dir():
     raise InputError("BEIR data directory not found", path=str(root))
   qrels_file = root / "qrels" / f"{split}.tsv"

@@ -17,12 +17,12 @@ candidates} per query, and summary.json. On P processes process 0 alone selects 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import re
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.data.records import iter_records
+from qgjax.data.safe_files import ensure_dir, write_json_atomic
 from qgjax.errors import ConfigError, InputError
 
 CRITERIA = ("consensus", "likelihood")
@@ -51,7 +51,7 @@ def run(config) -> dict:
 
   require(config, "input", "workdir", "criterion")
   if not is_main_process():
-    return {"selected": str(pathlib.Path(config.workdir) / "selected.jsonl"), "written_by": "process 0"}
+    return {"selected": str(storage.as_path(config.workdir) / "selected.jsonl"), "written_by": "process 0"}
   if config.criterion not in CRITERIA:
     raise ConfigError(f"select.criterion must be one of {', '.join(CRITERIA)}; got {config.criterion!r}")
   groups: dict[str, list[dict]] = {}
@@ -75,14 +75,10 @@ def run(config) -> dict:
                 "sample_idx": int(r["sample_idx"]), "criterion": config.criterion,
                 "score": round(scores[best], 6), "candidates": len(recs)})
     sizes.append(len(recs))
-  workdir = pathlib.Path(config.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "selected.jsonl.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in out:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, workdir / "selected.jsonl")
+  workdir = ensure_dir(config.workdir, what="select workdir")   # a gs:// URL: its epath.Path
+  storage.write_bytes_atomic(workdir / "selected.jsonl",   # temp + rename; gs://: one upload
+                             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out).encode("utf-8"))
   summary = {"queries": len(out), "criterion": config.criterion, "mean_candidates": sum(sizes) / len(sizes),
              "selected": str(workdir / "selected.jsonl")}
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  write_json_atomic(workdir / "summary.json", summary, sort_keys=False)
   return summary

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError
 from qgjax.train import examples as ex
 from qgjax.train.data import Column
@@ -90,10 +91,10 @@ def readqg_decoder_loss_fn(module: Any, rq: Any, n_sep: int):
 
 
 def generator_ref(name: str) -> str:
-  """What readqg.json records for the frozen base: a registry name as is, a path made absolute."""
+  """What readqg.json records for the frozen base: a registry name or a gs:// URL as is, a path made absolute."""
   from qgjax.models.registry import KNOWN_MODELS
 
-  return name if str(name).strip().lower() in KNOWN_MODELS else os.path.abspath(os.path.expanduser(name))
+  return name if str(name).strip().lower() in KNOWN_MODELS else storage.absolute(os.path.expanduser(name))
 
 
 def setup_readqg_decoder(config: Any) -> TaskSetup:

@@ -26,12 +26,12 @@ import functools
 import json
 import logging
 import os
-import pathlib
 import time
 
 import numpy as np
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def load_readqg_export(path: str, dtype: str = "float32", attention_impl: str = 
   model computes in `dtype` with `attention_impl` (names, as `qgjax.parallel.model_numerics` resolves).
   """
   from qgjax.methods.readqg.objective import load_soft_prompt
+  from qgjax.models.registry import REMOTE_EXPORT_MARKER
 
+  path = storage.local_copy(path, REMOTE_EXPORT_MARKER)   # a gs:// export: its local copy; a local path: itself
   if not os.path.isfile(os.path.join(path, "soft_prompt.safetensors")):
     raise InputError("not a ReadQG export (no soft_prompt.safetensors; train configs/readqg.py first)", path=path)
   soft, meta = load_soft_prompt(path)
@@ -112,7 +114,7 @@ def _longest_input(kind: str, tokenizer, meta: dict) -> int:
   return max_doc + len(separator_ids(tokenizer, meta.get("separator", DEFAULT_SEPARATOR)))
 
 
-def _pairs(out_dir: pathlib.Path, relevances: list[float]) -> int:
+def _pairs(out_dir: storage.AnyPath, relevances: list[float]) -> int:
   """Writes `out_dir`/ce_pairs.jsonl from every process's records; returns its rows."""
   from qgjax.data.records import iter_records
 
@@ -124,16 +126,13 @@ def _pairs(out_dir: pathlib.Path, relevances: list[float]) -> int:
     pos = [q for _, q in sorted(by[doc_id].get(relevances[0], []))]
     neg = [q for _, q in sorted(by[doc_id].get(relevances[1], []))]
     rows += [{"doc_id": doc_id, "chosen": p, "rejected": n} for p, n in zip(pos, neg)]
-  tmp = out_dir / (PAIRS_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  os.replace(tmp, out_dir / PAIRS_FILE)
+  storage.write_bytes_atomic(out_dir / PAIRS_FILE,   # temp + rename; gs://: one upload
+                             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
   return len(rows)
 
 
-def _count_lines(path: pathlib.Path) -> int:
-  with open(path, "rb") as f:
-    return sum(1 for line in f if line.strip())
+def _count_lines(path: storage.AnyPath) -> int:
+  return sum(1 for line in storage.read_bytes(path).split(b"\n") if line.strip())
 
 
 def _records(relevances: list[float], n: int, tokenizer, config):
@@ -201,7 +200,7 @@ def run(config) -> dict:
                           buckets=config.buckets, batch_size=int(config.batch_size), unit="doc",
                           desc="readqg generate", log_every_s=float(config.log_every_s),
                           logger=log)
-  out_dir = pathlib.Path(config.output_dir)
+  out_dir = storage.as_path(config.output_dir)
   barrier("readqg_generate:records")   # every process's part is complete before the pairs join them
   if is_main_process():
     log.info("%s: %d pairs", out_dir / PAIRS_FILE, _pairs(out_dir, relevances))

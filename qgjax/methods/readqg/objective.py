@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.train import examples as ex
 from qgjax.train.data import StepLoader
@@ -227,5 +228,5 @@ def fingerprint(config: Any, kind: str) -> dict:
   rq = config.readqg
   fp = {"task": "readqg", "model": str(config.model.name or config.model.tokenizer),
         "batch_size": int(config.batch_size), "seed": int(config.seed),
-        "train_file": os.path.abspath(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
+        "train_file": storage.absolute(config.data.train), "inst_len": int(rq.inst_len), "rel_len": int(rq.rel_len)}
   return fp if kind == "t5" else dict(fp, kind=kind)   # T5 runs keep their earlier fingerprint

@@ -20,11 +20,11 @@ On P processes process 0 alone writes them (no model); the others wait at the pi
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 
 from qgjax.config import require
+from qgjax.data import storage
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
+from qgjax.data.safe_files import ensure_dir, write_json_atomic
 from qgjax.errors import ConfigError, InputError
 from qgjax.methods.readqg.objective import rescale
 from qgjax.sampling.keys import id_hash
@@ -49,12 +49,12 @@ def run(config) -> dict:
 
   require(config, "data_dir", "workdir", "split", "m")
   if not is_main_process():
-    return {"pairs": str(pathlib.Path(config.workdir) / "pairs.jsonl"), "written_by": "process 0"}
+    return {"pairs": str(storage.as_path(config.workdir) / "pairs.jsonl"), "written_by": "process 0"}
   m = int(config.m)
   need = int(config.min_queries) or 2 * m
   if m < 1 or need < 2 * m:
     raise ConfigError(f"readqg pairs: need m >= 1 and min_queries >= 2m; got m={m}, min_queries={need}")
-  root = pathlib.Path(config.data_dir)
+  root = storage.as_path(config.data_dir)
   corpus = Corpus(root / "corpus.jsonl")
   queries = load_queries(queries_path(root, config.split))
   qrels = load_qrels(root / "qrels" / f"{config.split}.tsv", doc_ids=corpus, query_ids=queries)
@@ -85,15 +85,12 @@ def run(config) -> dict:
     raise InputError(f"no document has {need} or more judged queries with different grades in "
                      f"qrels/{config.split}.tsv ({few} too few, {flat} all one grade); lower m or use a "
                      "collection with more judgements per document", path=str(root))
-  out = pathlib.Path(config.workdir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = ensure_dir(config.workdir, what="readqg pairs workdir")   # a gs:// URL: its epath.Path
   for name, records in (("ce_pairs.jsonl", ce), ("pairs.jsonl", pairs)):  # pairs.jsonl last: the marker
-    tmp = out / (name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    os.replace(tmp, out / name)
+    storage.write_bytes_atomic(out / name,   # temp + rename; gs://: one upload
+                               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
   summary = {"documents": len(pairs), "rows": len(ce), "dropped_few_queries": few, "dropped_one_grade": flat,
              "dropped_tied_pairs": tied,
              "judged_documents": len(by_doc), "m": m, "min_queries": need}
-  (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  write_json_atomic(out / "summary.json", summary, sort_keys=False)
   return summary
