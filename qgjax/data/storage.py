@@ -151,6 +151,26 @@ def glob(directory: str | os.PathLike, pattern: str) -> list[str]:
   return sorted(str(p) for p in pathlib.Path(directory).glob(pattern))
 
 
+def upload_dir(local_dir: str | os.PathLike, url: str | os.PathLike, marker: str) -> list[str]:
+  """Publishes local directory `local_dir` at remote directory `url` -> the relative names uploaded.
+
+  The remote `marker` object goes first (from then on readers take the directory as absent), then
+  every other object under `url`, then each file of `local_dir` is uploaded (one atomic upload
+  each) and `local_dir/marker`, when the directory has one, last. A writer that makes its marker
+  itself (an export's) writes it after this returns. Readers check the marker
+  (`local_copy(url, marker)`), so a kill in the middle leaves a directory that counts as absent."""
+  local_dir, url = os.fspath(local_dir), os.fspath(url).rstrip("/")
+  files = sorted(os.path.relpath(os.path.join(r, f), local_dir) for r, _, fs in os.walk(local_dir) for f in fs)
+  remove(f"{url}/{marker}")
+  for old in glob(url, "**"):
+    if as_path(old).is_file():
+      remove(old)
+  for name in [f for f in files if f != marker] + [f for f in files if f == marker]:
+    with open(os.path.join(local_dir, name), "rb") as f:
+      write_bytes_atomic(f"{url}/{name}", f.read())
+  return files
+
+
 def local_copy(url: str | os.PathLike, marker: str) -> str:
   """A local directory holding the files of remote directory `url` (a local path: itself).
 

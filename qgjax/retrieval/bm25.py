@@ -505,7 +505,16 @@ def open_bm25(corpus: Corpus, backend: str = "bm25s", settings: BM25Settings = B
   if cache_dir is None:
     return build_bm25(corpus, backend, settings)
   key = json.dumps([corpus_fingerprint(corpus.path), backend, dataclasses.asdict(settings)])
-  target = pathlib.Path(cache_dir) / f"{backend}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+  name = f"{backend}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+  if storage.is_remote(cache_dir):   # built in a local temp dir, uploaded with its meta file last
+    url = f"{os.fspath(cache_dir).rstrip('/')}/{name}"
+    if not (storage.as_path(url) / META_FILE).is_file():
+      with tempfile.TemporaryDirectory(prefix="qgjax-bm25-") as tmp:
+        build_bm25(corpus, backend, settings, index_dir=pathlib.Path(tmp))
+        (pathlib.Path(tmp) / "source.json").write_text(key)
+        storage.upload_dir(tmp, url, META_FILE)
+    return load_bm25(storage.local_copy(url, META_FILE))
+  target = pathlib.Path(cache_dir) / name
   if (target / META_FILE).is_file():
     return load_bm25(target)
   target.parent.mkdir(parents=True, exist_ok=True)

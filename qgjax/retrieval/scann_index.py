@@ -23,10 +23,12 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 
 PARAMS_FILE = "qgjax_scann.json"
@@ -75,6 +77,26 @@ def _scann():
   except ImportError as e:  # pragma: no cover - scann is a core dependency
     raise ConfigError(f"ScaNN is not installed ({e}); pip install 'scann>=1.4.2' or use index.kind=exact") from None
   return scann_ops_pybind
+
+
+def _repoint_assets(directory: str) -> None:
+  """ScaNN's scann_assets.pbtxt names its files by the absolute paths they were serialised at; an
+  index read from elsewhere (a moved directory, the local copy of a gs:// one) gets them pointed at
+  `directory` (rewritten in place, only when they differ)."""
+  import re
+
+  path = os.path.join(directory, "scann_assets.pbtxt")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    text = f.read()
+  fixed = re.sub(r'asset_path: "[^"]*/([^"/]+)"',
+                 lambda m: f'asset_path: "{os.path.join(os.path.abspath(directory), m.group(1))}"', text)
+  if fixed != text:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(fixed)
+    os.replace(tmp, path)
 
 
 def vectors_digest(x: np.ndarray) -> str:
@@ -141,7 +163,13 @@ class ScannIndex:
     return scores, rows
 
   def save(self, directory: str | os.PathLike) -> str:
-    """Serialises the searcher and its settings into `directory` (created if absent)."""
+    """Serialises the searcher and its settings into `directory` (created if absent; a gs:// URL:
+    serialised into a local temp dir, then uploaded with its settings file last)."""
+    if storage.is_remote(directory):
+      with tempfile.TemporaryDirectory(prefix="qgjax-scann-") as tmp:
+        self.save(tmp)
+        storage.upload_dir(tmp, directory, PARAMS_FILE)
+      return os.fspath(directory)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)  # ScaNN's serialize() does not create it
     if os.path.exists(os.path.join(directory, PARAMS_FILE)):
@@ -157,16 +185,22 @@ class ScannIndex:
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> ScannIndex:
+    """A saved index (a gs:// one through its local copy, keyed by its settings file's generation)."""
+    if storage.is_remote(directory):
+      if not cls.is_saved(directory):
+        raise InputError("not a saved ScaNN index (no qgjax_scann.json)", path=os.fspath(directory))
+      directory = storage.local_copy(directory, PARAMS_FILE)
     directory = os.fspath(directory)
     meta_path = os.path.join(directory, PARAMS_FILE)
     if not os.path.isfile(meta_path):
       raise InputError("not a saved ScaNN index (no qgjax_scann.json)", path=directory)
     with open(meta_path) as f:
       meta = json.load(f)
+    _repoint_assets(directory)
     searcher = _scann().load_searcher(directory)
     return cls(searcher, ScannParams(**meta["params"]), int(meta["num_rows"]), int(meta["dim"]),
                str(meta.get("data_sha256", "")))
 
   @staticmethod
   def is_saved(directory: str | os.PathLike) -> bool:
-    return os.path.isfile(os.path.join(os.fspath(directory), PARAMS_FILE))
+    return (storage.as_path(directory) / PARAMS_FILE).is_file()

@@ -87,16 +87,9 @@ def _write_remote_export(export_fn: Callable[[str], Any], url: str, *, info: dic
     result = export_fn(tmp)
     if not main:
       return _relocate(result, tmp, url)
-    files = sorted(os.path.relpath(os.path.join(r, f), tmp) for r, _, fs in os.walk(tmp) for f in fs)
-    if not files:
+    if not any(fs for _, _, fs in os.walk(tmp)):
       raise RuntimeError(f"the export function wrote nothing to {tmp}")
-    storage.remove(f"{url}/{EXPORT_MARKER}")   # from here on the export counts as absent
-    for old in storage.glob(url, "**"):
-      if storage.as_path(old).is_file():
-        storage.remove(old)
-    for name in files:
-      with open(os.path.join(tmp, name), "rb") as f:
-        storage.write_bytes_atomic(f"{url}/{name}", f.read())
+    files = storage.upload_dir(tmp, url, EXPORT_MARKER)   # the old marker goes first: the export is absent
     write_json_atomic(f"{url}/{EXPORT_MARKER}", {"format": FORMAT, "files": files, "info": info or {}},
                       default=str)
     return _relocate(result, tmp, url)
