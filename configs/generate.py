@@ -47,9 +47,15 @@ def get_config(arg=None):
     c.sampling.max_new_tokens = 96
     c.sampling.stop_at_newline = False
     c.postprocess.cut_at_newline = False
-  # Prompt lengths are padded up to one of these sizes: one compiled program per bucket.
-  c.buckets = (256, 384, 448, 512)
-  c.batch_size = 16                 # prompts per step (x num_samples rows); a multiple of the devices
+  # Prompt lengths are padded up to one of these sizes: one compiled program per bucket, and each
+  # bucket a job uses ends with a partial batch. Few-shot prompts of NFCorpus run 336-511 tokens (90%
+  # at 502-511: documents cut at prompt.max_doc_tokens), expansions 75-96: one bucket each; plain
+  # ones 69-244, nearly all in 256 (docs/benchmarks.md, bench_jobs).
+  c.buckets = (128, 256, 512)
+  # Prompts per step (x num_samples rows); a multiple of the devices. On a 2-core CPU, few-shot
+  # prompts at 512 ran as fast in batches of 16 as of 64 (docs/benchmarks.md, bench_jobs); try 64
+  # on an accelerator, where more rows fill the decode matmuls.
+  c.batch_size = 16
   c.num_devices = 0                 # 0 = every local device
   # This process's devices: ("data", -1) replicates the model; add ("tensor", 4) or ("fsdp", 4)
   # to shard a model too big for one device (read straight onto the mesh, no host copy).

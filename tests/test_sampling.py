@@ -205,13 +205,15 @@ def test_compile_count_one_program_per_bucket(tiny):
   sampler = Sampler.for_decoder(model, params, SamplingParams(max_new_tokens=3, num_samples=2, top_k=5),
                                 batch_size=4, mesh=local_data_mesh(1))
   items = list(enumerate(prompts))
-  used = set()
+  used, compile_s = set(), []
   for _ in range(2):  # a second pass over the corpus compiles nothing new
     for bucket, group in bucketed(items, lambda it: len(it[1]), buckets, 4):
       used.add(bucket)
       out = sampler.run([p for _, p in group], [f"d{i}" for i, _ in group], bucket)
       assert out.tokens.shape == (len(group), 2, 3)
+    compile_s.append(sampler.compile_s)
   assert sampler.num_compiles == len(used) == 3
+  assert compile_s[0] > 0 and compile_s[1] == compile_s[0]  # only the calls that compiled are timed
 
 
 def test_pad_prompts_left_and_filler_rows():

@@ -334,5 +334,6 @@ def run(config) -> dict:
           "tokens_this_run": result.tokens_this_run, "tokens_per_s": result.tokens_per_s,
           "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
+          "compile_s": round(sampler.compile_s, 1), "sampler_s": round(sampler.run_s, 1),
           "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()},
           **dict(zip(("dtype", "attention"), numerics(config)))}

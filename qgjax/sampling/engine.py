@@ -4,6 +4,8 @@
   out = sampler.run(token_lists, ids, length=128)   # prompts of one length bucket
   out.tokens[i, j], out.logprobs[i, j], out.lengths[i, j], out.scores[i, j]   # prompt i, sample j
   sampler.num_compiles                               # programs traced so far
+  sampler.compile_s                                  # seconds those first calls spent tracing and compiling
+  sampler.run_s                                      # seconds in run() in all (compiling, sampling, copying out)
 
 By default the batch axis is split over the "data" axis of a mesh of this process's devices
 (parameters replicated): generation needs no communication, so each process of a multi-host run
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -102,6 +105,8 @@ class Sampler:
 
       self.params = put_on_mesh(params, param_shardings)
     self.num_compiles = 0
+    self.compile_s = 0.0   # seconds in calls that traced a new program (trace, lower, compile or cache load)
+    self.run_s = 0.0       # seconds in run(), compile_s included
     self._generate = generate
 
     def run(params, tokens, mask, hashes, seed):
@@ -169,6 +174,7 @@ class Sampler:
     """
     if len(token_lists) != len(ids):
       raise ValueError(f"{len(token_lists)} prompts but {len(ids)} ids")
+    start = time.perf_counter()
     batch = pad_prompts(token_lists, length, self.batch_size, self.pad_id, self.pad_side)
     hashes = np.zeros((self.batch_size,), np.uint32)
     hashes[:len(ids)] = id_hashes(ids)
@@ -176,6 +182,7 @@ class Sampler:
     rows = lambda x: jax.device_put(x, self._rows)
     args = (self.params, rows(batch.tokens), rows(batch.mask), rows(hashes),
             np.uint32(self.seed if seed is None else seed))
+    compiles, t = self.num_compiles, time.perf_counter()
     if self.rules is None:
       out = self._jitted(*args)
     else:  # traced under the mesh and rules: the models' logical constraints take effect
@@ -183,11 +190,15 @@ class Sampler:
 
       with activate(self.mesh, self.rules):
         out = self._jitted(*args)
+    if self.num_compiles != compiles:  # the call returns once the program is dispatched, before it runs
+      self.compile_s += time.perf_counter() - t
     out = jax.device_get(out)
     k = len(ids)
     per = out.tokens.shape[0] // self.batch_size
     shape = lambda x: np.asarray(x).reshape((self.batch_size, per) + x.shape[1:])[:k]
-    return SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
+    result = SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
+    self.run_s += time.perf_counter() - start
+    return result
 
 
 def _model_axes(mesh: jax.sharding.Mesh) -> list[str]:

@@ -97,6 +97,7 @@ class PromptBuilder:
     self.tokenizer = tokenizer
     self.mode = config.mode
     self.chat = bool(config.use_chat_template) and bool(getattr(tokenizer, "chat_template", None))
+    self._shots_cache: tuple[tuple, list[tuple[str, str]]] | None = None
     fields = {"plain": ["document"], "few_shot": ["document"], "contrastive": ["document", "negative"],
               "expansion": ["query"]}[self.mode]
     for f in fields:
@@ -126,11 +127,17 @@ class PromptBuilder:
     return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
 
   def _shots(self) -> list[tuple[str, str]]:
+    """The few-shot (user turn, answer) pairs, rendered once per (template, max_doc_tokens,
+    examples): the same for every document."""
     if self.mode != "few_shot":
       return []
     c = self.config
-    return [(c.template.format(document=_truncate(self.tokenizer, ex["document"], c.max_doc_tokens)),
-             ex["query"]) for ex in c.examples]
+    key = (c.template, int(c.max_doc_tokens), tuple((ex["document"], ex["query"]) for ex in c.examples))
+    if self._shots_cache is None or self._shots_cache[0] != key:
+      shots = [(c.template.format(document=_truncate(self.tokenizer, doc, c.max_doc_tokens)), query)
+               for doc, query in key[2]]
+      self._shots_cache = (key, shots)
+    return self._shots_cache[1]
 
   def document_prompt(self, document: str, negative: str | None = None) -> list[int]:
     """Token ids of the prompt for one document (and its negative in contrastive mode)."""
