@@ -250,9 +250,10 @@ def _run(workdir, data_dir, models, env, cwd):
 
 
 def _normal(obj, roots: dict):
-  """`obj` with the workdir's and the data's names replaced by placeholders, the volatile keys dropped."""
+  """`obj` with the workdir's and the data's names replaced by placeholders, the volatile keys (and every
+  `*_s` duration, e.g. generate's compile_s) dropped."""
   if isinstance(obj, dict):
-    return {k: _normal(v, roots) for k, v in obj.items() if k not in VOLATILE}
+    return {k: _normal(v, roots) for k, v in obj.items() if k not in VOLATILE and not k.endswith("_s")}
   if isinstance(obj, list):
     return [_normal(v, roots) for v in obj]
   if isinstance(obj, str):

@@ -28,7 +28,7 @@ from qgjax.models.dropout import Dropout
 from qgjax.models.encoder_layers import (Dense, Embed, HFTensor, LayerNorm, abstract_param_shapes, activation,
                                          as_dtype, attention, merge_heads, params_from_hf, params_to_hf, split_heads,
                                          unfreeze)
-from qgjax.models.hf_checkpoint import read_safetensors_dir, write_safetensors_dir
+from qgjax.models.hf_checkpoint import read_safetensors_dir, save_tokenizer, write_safetensors_dir
 from qgjax.models.registry import resolve
 from qgjax.models.text_encoding import encode_texts, score_pairs  # noqa: F401  (re-exported)
 
@@ -442,7 +442,7 @@ def save_bi_encoder_st(params: Mapping[str, Any], module: BiEncoder, tokenizer, 
     tensors[name] = np.asarray(t)
   write_safetensors_dir(tensors, out_dir, config.to_hf())
   if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
   from qgjax.models.st_layout import pooling_config, write_st_modules
   write_st_modules(out_dir, pooling_config(config.hidden_size, module.pooling, POOLING_MODES), module.normalize,
                    max_seq_length or _max_len(config, tokenizer, None))
@@ -458,7 +458,7 @@ def save_cross_encoder_hf(params: Mapping[str, Any], module: CrossEncoder, token
   tensors = params_to_hf(cross_encoder_table(config), params, dtype)
   write_safetensors_dir(tensors, out_dir, config.to_hf(arch))
   if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
   return out_dir
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from qgjax.models.decoder import DecoderConfig
-from qgjax.models.hf_checkpoint import check_fit, flatten_tree, unflatten_tree, write_safetensors_dir
+from qgjax.models.hf_checkpoint import check_fit, flatten_tree, save_tokenizer, unflatten_tree, write_safetensors_dir
 from qgjax.models.layers import as_dtype
 
 # Flax path under a layer -> (HF suffix under model.layers.{i}, is a linear kernel [in, out]).
@@ -156,5 +156,5 @@ def save_decoder_hf(params: Mapping[str, Any], config: DecoderConfig, tokenizer:
   with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
     json.dump({k: v for k, v in gen.items() if v is not None and v != []}, f, indent=2)
   if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
   return out_dir

@@ -6,6 +6,7 @@ paths (and back); this module does the file I/O and the strict fit check.
   read_safetensors_dir(dir)          -> {hf_name: np.ndarray}   (sharded index supported)
   safetensors_files(dir)             -> the checkpoint's .safetensors files (index entries kept inside dir)
   write_safetensors_dir(t, dir, cfg) -> writes model.safetensors (+ index when sharded) and config.json
+  save_tokenizer(tokenizer, dir)     -> tokenizer files, without how this process loaded it
   check_fit(expected, got, source)   -> raises CheckpointMismatchError listing every problem
   flatten_tree / unflatten_tree      -> nested dict <-> {"a/b/c": leaf}
 """
@@ -22,6 +23,27 @@ from qgjax.errors import CheckpointMismatchError
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
+
+
+# tokenizer_config.json keys transformers records about the load itself (a local dir, offline
+# mode), not about the tokenizer: an export must not depend on them
+LOAD_CONTEXT_KEYS = ("is_local", "local_files_only")
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str) -> None:
+  """`tokenizer.save_pretrained(out_dir)` with LOAD_CONTEXT_KEYS left out of tokenizer_config.json,
+  so the same tokenizer exports the same bytes however it was loaded (HF_HUB_OFFLINE or not, from
+  a checkpoint dir or a GGUF file)."""
+  tokenizer.save_pretrained(out_dir)
+  path = os.path.join(out_dir, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    cfg = json.load(f)
+  if any(k in cfg for k in LOAD_CONTEXT_KEYS):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({k: v for k, v in cfg.items() if k not in LOAD_CONTEXT_KEYS}, f, indent=2, ensure_ascii=False)
+      f.write("\n")
 
 
 def _to_numpy(x: Any) -> np.ndarray:

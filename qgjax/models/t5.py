@@ -42,7 +42,7 @@ from qgjax.errors import ConfigError, InputError
 from qgjax.models.dropout import Dropout
 from qgjax.models.encoder_layers import (Dense, Embed, HFTensor, RMSNorm, abstract_param_shapes, activation, as_dtype,
                                          attention, merge_heads, params_from_hf, params_to_hf, split_heads, unfreeze)
-from qgjax.models.hf_checkpoint import read_safetensors_dir, write_safetensors_dir
+from qgjax.models.hf_checkpoint import read_safetensors_dir, save_tokenizer, write_safetensors_dir
 
 # Logical axis names of T5Cache leaves, for sharding rules.
 CACHE_AXES = ("layers", "batch", "length", "heads", "head_dim")
@@ -487,7 +487,7 @@ def save_t5_hf(params: Mapping[str, Any], config: T5Config, out_dir: str, tokeni
   write_safetensors_dir(params_to_hf(hf_table(config), params, dtype), out_dir, config.replace(
       param_dtype=str(as_dtype(dtype or config.param_dtype))).to_hf(), max_shard_bytes=max_shard_bytes)
   if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
   return out_dir
 
 
