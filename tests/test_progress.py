@@ -56,3 +56,35 @@ def test_progress_bars_feed_the_estimate(caplog):
   # warm-up at the first doc; one more second and one more doc: 1 doc/s, 2 left
   assert caplog.messages[1].startswith("embed corpus: 1 docs/s measured over 1 docs: about 0:00:02 for the 2 left")
   assert caplog.messages[2] == "rerank: 3 pairs to do (0 done earlier)"
+
+
+def test_how_far_lines_every_every_s_after_the_estimate(caplog):
+  clock = Clock()
+  with caplog.at_level(logging.INFO, logger="qgjax"):
+    est = WorkEstimate(100, 0, "train dpo", "step", measure_s=5.0, every_s=60.0, now=clock)
+    est.update(1)             # warm-up (compile)
+    clock.t += 10.0
+    est.update(5)             # 5 steps in 10 s: 0.5/s, 94 left -> 188 s; the estimate line
+    clock.t += 30.0
+    est.update(15)            # 30 s after the estimate: no line yet
+    assert len(caplog.messages) == 2
+    clock.t += 40.0
+    est.update(20)            # 41 done, 40 steps in 80 s since the warm-up: 0.5/s, 59 left -> 118 s
+    clock.t += 10.0
+    est.update(1)             # 10 s after that line: none
+  assert caplog.messages[2].startswith("train dpo: 41/100 steps, 0.5 steps/s, about 0:01:58 left (ends ~")
+  assert len(caplog.messages) == 3
+
+
+def test_bar_less_progress_logs_every_QGJAX_PROGRESS_LOG_S(monkeypatch):
+  monkeypatch.setenv("QGJAX_PROGRESS", "0")
+  monkeypatch.setenv("QGJAX_PROGRESS_LOG_S", "120")
+  assert progress(total=3, desc="x").estimate.every_s == 120.0
+  monkeypatch.setenv("QGJAX_PROGRESS", "1")
+  assert progress(total=3, desc="x").estimate.every_s == 0.0   # a bar shows: no extra lines
+  monkeypatch.setenv("QGJAX_PROGRESS", "0")
+  monkeypatch.setenv("QGJAX_PROGRESS_LOG_S", "soon")
+  import pytest
+  from qgjax.errors import ConfigError
+  with pytest.raises(ConfigError, match="QGJAX_PROGRESS_LOG_S='soon'"):
+    progress(total=3, desc="x")
