@@ -5,7 +5,8 @@ r"""Aligned Query Expansion (arXiv 2507.11042) end to end: `qgjax pipeline` with
   qgjax pipeline --config configs/aqe.py:tiny --config.generator=<tiny HF decoder dir>   # demo, CPU
 
 Stages (qgjax.recipes.aqe): split -> generate_train (n expansions per training query) ->
-score_train (-BM25 rank of the gold document for query + expansion) -> pairs (best vs worst,
+tune_repeats (query_repeats="tune": the query's BM25 weight against the expansion, chosen on the
+training queries) -> score_train (-BM25 rank of the gold document for query + expansion) -> pairs (best vs worst,
 best-of-n) -> align (`method`: rsft | dpo | rsft_dpo (one joint loss, DPO + w x NLL) |
 rsft_then_dpo (align_rsft: RSFT, then align: DPO starting from the RSFT weights, which are also its
 reference)) -> generate_base / generate_aligned (one
@@ -51,6 +52,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data_dir = "" if a.tiny else "../shared/data/nfcorpus"  # "" = the shipped demo corpus
   c.generator = a.generator or "smollm2-135m-instruct"
   c.method = a.method
+  # BM25 over query x k + expansion (reward and test-time search alike): "tune" = k chosen on the training
+  # queries by the tune_repeats stage among tune_repeats.set.candidates; or a fixed integer (1 = no repeat)
+  c.query_repeats = "tune"
   c.report = ConfigDict(dict(bins=30))
   greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))
   c.generate_greedy = ConfigDict({"set": ConfigDict(greedy)})
@@ -61,6 +65,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.split = _group("split.py", how="auto", max_train=0, max_test=0)
     c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(128, 192, 256),
                         sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
+    c.tune_repeats = _group("repeats.py")
     c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
     # RSFT keeps a query only when its best expansion brings the gold document within the depth
     # (the -rank reward of a miss is -(depth + 1) for every expansion: nothing to learn from)
@@ -77,6 +82,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(64,), log_every_s=0.0,
                       print_examples=0, postprocess=dict(drop_copied=False),
                       sampling=dict(num_samples=n, max_new_tokens=24, seed=0))
+  c.tune_repeats = _group("repeats.py", candidates=(1, 2, 3), samples_per_query=2)
   c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
   c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
                    rsft=dict(n_best=1, min_reward=-100.0))

@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.shard_size = 10000
   c.retention_ks = (1, 10, 100)
-  c.aqe = ml_collections.ConfigDict(dict(query_repeats=1))  # retrieval text: query x repeats + expansion
+  c.aqe = ml_collections.ConfigDict(dict(query_repeats=1, query_repeats_file=""))  # retrieval text: query x repeats
+  # + expansion; query_repeats_file: a tune_repeats repeats.json whose choice replaces query_repeats
   c.bm25 = default_bm25_config()
   c.dense = ml_collections.ConfigDict(dict(
       model="all-minilm-l6-v2", max_len=256, query_max_len=64, batch_size=64, chunk=4096,

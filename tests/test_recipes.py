@@ -90,6 +90,27 @@ def test_aqe_methods_wire_their_align_stages(models, tmp_path):
       assert "align_rsft" not in by and by["align"].model.name == models[0]
 
 
+def test_aqe_query_repeats_tuned_or_fixed(models, tmp_path):
+  """query_repeats="tune" (the default) runs tune_repeats and points every BM25-over-expansion stage at its
+  file; an integer skips it and sets the count itself; anything else is a config error."""
+  from qgjax.errors import ConfigError
+  from qgjax.pipeline.runner import stage_configs
+  from qgjax.recipes.aqe import STAGES
+
+  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny"
+  readers = ("score_train", "score_base", "score_aligned", "evaluate_base", "evaluate_best_of_n", "evaluate_aligned")
+  base = [("workdir", str(tmp_path)), ("generator", models[0])]
+  by = {s.name: c for s, c in stage_configs(build_config(spec, base), STAGES)[1]}
+  assert by["tune_repeats"].input == str(tmp_path / "generate_train") and by["tune_repeats"].split == "train"
+  for name in readers:
+    assert by[name].aqe.query_repeats_file == str(tmp_path / "tune_repeats" / "repeats.json"), name
+  by = {s.name: c for s, c in stage_configs(build_config(spec, base + [("query_repeats", "4")]), STAGES)[1]}
+  assert "tune_repeats" not in by
+  assert all(by[n].aqe.query_repeats == 4 and not by[n].aqe.query_repeats_file for n in readers)
+  with pytest.raises(ConfigError, match="query_repeats must be 'tune' or an integer >= 1; got 0"):
+    stage_configs(build_config(spec, base + [("query_repeats", "0")]), STAGES)
+
+
 AQE_SPEC = os.path.join(REPO, "configs", "aqe.py") + ":tiny,method=rsft_then_dpo"
 READQG_SPEC = os.path.join(REPO, "configs", "readqg_recipe.py") + ":tiny"
 
@@ -192,7 +213,15 @@ def test_tiny_aqe_recipe(models, aqe_run):
   assert qids == sorted(texts) and set(expansion) <= set(texts)
   import ml_collections
   bm25 = open_bm25_from_config(Corpus(data / "corpus.jsonl"), ml_collections.ConfigDict(ev["config"]["bm25"]))
-  ref = bm25.search([texts[q] + " " + expansion[q] if q in expansion else texts[q] for q in qids], k=10).as_run(qids)
+  # tune_repeats chose how often the query comes before its expansion, on the training queries only
+  tuned = json.loads((work / "tune_repeats" / "repeats.json").read_text())
+  k = tuned["query_repeats"]
+  assert tuned["candidates"] == [1, 2, 3] and set(tuned["by_repeats"]) == {"1", "2", "3"}
+  assert tuned["by_repeats"][str(k)] == max(tuned["by_repeats"].values()) and tuned["queries"] == len(train)
+  assert json.loads((work / "score_train" / "scored" / "manifest.json").read_text()
+                    )["meta"]["settings"]["aqe"] == {"query_repeats": k}
+  ref = bm25.search([" ".join([texts[q]] * k + [expansion[q]]) if q in expansion else texts[q] for q in qids],
+                    k=10).as_run(qids)
   for q in qids:
     top = sorted(run[q], key=lambda d: (-run[q][d], d))[:10]
     assert [round(run[q][d], 4) for d in top] == [round(v, 4) for v in sorted(ref[q].values(), reverse=True)], q

@@ -33,6 +33,7 @@ from qgjax.data.progress import progress
 from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
 from qgjax.data.sharded_writer import ShardedJsonlWriter
 from qgjax.errors import ConfigError, InputError
+from qgjax.methods.aqe.repeats import resolve_query_repeats
 from qgjax.parallel.backend import model_numerics
 from qgjax.parallel.data_parallel import process_local
 from qgjax.parallel.distributed import barrier
@@ -67,6 +68,7 @@ class Targets:
       qrels_file = data_dir / "qrels" / f"{config.split}.tsv"
       self.qrels = load_qrels(qrels_file, doc_ids=corpus, min_grade=1)
       self.qrels_file = qrels_file
+      self.query_repeats = resolve_query_repeats(config.aqe)
 
   def __call__(self, record: dict, path: str, line: int) -> tuple[str, list[str]]:
     if "sample_idx" not in record:
@@ -94,7 +96,7 @@ class Targets:
       raise InputError(f"query '{qid}' has no relevant document in {self.qrels_file}", path=path,
                        line=line, field="query_id")
     expansion = _text(record, "expansion", path, line)
-    return aqe_text(query, expansion, self.config.aqe.query_repeats), gold
+    return aqe_text(query, expansion, self.query_repeats), gold
 
 
 def _batches(records: Iterator, size: int) -> Iterator[list]:
@@ -166,7 +168,9 @@ def _run(config: Any) -> dict:
   scorers = build_scorers(names, ctx)
 
   settings = {"rewards": names, "reward": config.reward, "rank_reward": config.rank_reward,
-              "depth": config.depth, "bm25": config.bm25.to_dict(), "aqe": config.aqe.to_dict()}
+              "depth": config.depth, "bm25": config.bm25.to_dict(),
+              # the repeat count in use, wherever it came from (a tune_repeats file names it at run time)
+              "aqe": {"query_repeats": targets.query_repeats if mode == "aqe" else int(config.aqe.query_repeats)}}
   if any(n.startswith("dense") for n in names):
     settings["dense"] = {k: v for k, v in config.dense.to_dict().items()
                          if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results

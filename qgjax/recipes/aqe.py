@@ -4,7 +4,8 @@ r"""The Aligned Query Expansion recipe (arXiv 2507.11042) as pipeline stages: `r
   qgjax pipeline --config configs/aqe.py:method=rsft_dpo --config.workdir=runs/aqe/nfcorpus
 
 split (training / test queries, qgjax.jobs.split) -> generate_train (N expansions per
-training query, sampled) -> score_train (reward: -BM25 rank of the best gold document when
+training query, sampled) -> tune_repeats (query_repeats="tune": how many times BM25 sees the query
+before the expansion, chosen on the training queries; qgjax.methods.aqe.repeats) -> score_train (reward: -BM25 rank of the best gold document when
 searching query + expansion) -> pairs (best vs worst; best-of-N for RSFT) -> align (RSFT, DPO or
 RSFT+DPO as one joint loss, or RSFT then DPO from the RSFT weights: `method`) -> at test time, in their own processes (wall time + peak RSS each):
 generate_base / generate_aligned (one greedy expansion per test query, unaligned and aligned
@@ -49,9 +50,31 @@ def _generate(side: str, model):
   return wire
 
 
+def _tuned(p) -> bool:
+  """Whether the query's repeat count is chosen by the tune_repeats stage (query_repeats="tune")."""
+  return str(p.get("query_repeats", 1)) == "tune"
+
+
+def _repeats(p, at) -> dict:
+  """The repeat count every BM25 search over query + expansion uses: tune_repeats' file, or the int."""
+  if _tuned(p):
+    return {"aqe.query_repeats_file": os.path.join(at("tune_repeats"), "repeats.json")}
+  k = p.get("query_repeats", 1)
+  if isinstance(k, str) and k.strip().isdigit():   # --config.query_repeats=3 on the "tune" default's str field
+    k = int(k)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ConfigError(f"aqe: config.query_repeats must be 'tune' or an integer >= 1; got {k!r}")
+  return {"aqe.query_repeats": k}
+
+
+def _tune_repeats(p, at):
+  return {"input": at("generate_train"), "data_dir": split_data(at), "workdir": at("self"), "split": "train"}
+
+
 def _score(source: str, side: str):
   def wire(p, at):
-    return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": side}
+    return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": side,
+            **_repeats(p, at)}
   return wire
 
 
@@ -85,6 +108,7 @@ def _evaluate(expansions):
            "retriever": "bm25" if expansions is None else "aqe"}
     if expansions is not None:
       out["aqe.input"] = expansions(at)
+      out.update(_repeats(p, at))
     return out
   return wire
 
@@ -97,7 +121,9 @@ _GREEDY, _SAMPLED = ("generate", "generate_greedy"), ("generate", "generate_samp
 STAGES: tuple[Stage, ...] = (
     SPLIT,
     Stage("generate_train", jobs.GENERATE, ("generate",), ("split",), _generate("train", _base), has_sharded()),
-    Stage("score_train", jobs.SCORE, ("score",), ("generate_train",), _score("generate_train", "train"),
+    Stage("tune_repeats", jobs.AQE_REPEATS, ("tune_repeats",), ("generate_train",), _tune_repeats,
+          has_file("repeats.json"), when=_tuned),
+    Stage("score_train", jobs.SCORE, ("score",), ("generate_train", "tune_repeats"), _score("generate_train", "train"),
           has_sharded("scored")),
     Stage("pairs", jobs.PAIRS, ("pairs",), ("score_train",), _pairs, has_file("pairs.jsonl")),
     Stage("align_rsft", jobs.TRAIN, ("align_rsft",), ("pairs",), _align_rsft, has_export(), when=_sequential),
@@ -107,15 +133,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate_sampled", jobs.GENERATE, _SAMPLED, ("split",), _generate("test", _base), has_sharded()),
     Stage("select", jobs.AQE_SELECT, ("select",), ("generate_sampled",), _select, has_file("selected.jsonl")),
     Stage("evaluate_bm25", jobs.EVALUATE, ("evaluate",), ("split",), _evaluate(None), has_file("metrics.json")),
-    Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base",),
+    Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base", "tune_repeats"),
           _evaluate(lambda at: at("generate_base")), has_file("metrics.json")),
-    Stage("evaluate_best_of_n", jobs.EVALUATE, ("evaluate",), ("select",), _evaluate(_selected),
+    Stage("evaluate_best_of_n", jobs.EVALUATE, ("evaluate",), ("select", "tune_repeats"), _evaluate(_selected),
           has_file("metrics.json")),
-    Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned",),
+    Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned", "tune_repeats"),
           _evaluate(lambda at: at("generate_aligned")), has_file("metrics.json")),
-    Stage("score_base", jobs.SCORE, ("score",), ("generate_base",), _score("generate_base", "test"),
+    Stage("score_base", jobs.SCORE, ("score",), ("generate_base", "tune_repeats"), _score("generate_base", "test"),
           has_sharded("scored")),
-    Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned",), _score("generate_aligned", "test"),
+    Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned", "tune_repeats"),
+          _score("generate_aligned", "test"),
           has_sharded("scored")),
 )
 
@@ -175,6 +202,15 @@ def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list
            "columns": ["system", "expansion s", "sampling s", "retrieval s", "peak RSS MiB"], "rows": costs}]
 
 
+def _repeats_info(config, results: dict) -> str:
+  tuned = results.get("tune_repeats")
+  if not tuned:
+    return f"{config.get('query_repeats', 1)} (fixed)"
+  scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
+  return (f"{tuned.get('query_repeats')} (tuned on {tuned.get('queries')} training queries, {tuned.get('measure')} by k: "
+          f"{scores}; the query alone {tuned.get('query_only', 0.0):.4f})")
+
+
 def _info(config, results: dict) -> dict:
   split = results["split"]
   final = results["align"].get("final", {})
@@ -190,6 +226,7 @@ def _info(config, results: dict) -> dict:
               results["pairs"].get(k) for k in ("mean_reward", "mean_reward_best_of_n", "mean_reward_chosen",
                                                 "mean_reward_rejected")],
           "align final loss": final.get("loss"),
+          "query repeats (BM25 over query x k + expansion)": _repeats_info(config, results),
           "best-of-N filter": f"{criterion} over {results['select'].get('mean_candidates')} samples per test query"}
 
 

@@ -5,7 +5,7 @@
 `config.aqe.input` holds expansion records {query_id, expansion, ...} (a generate output with
 one sample per query, or the select stage's selected.jsonl); each judged query is searched with
 `qgjax.rewards.base.aqe_text(query, expansion, aqe.query_repeats)`, the text the AQE reward
-scored. A query without a record is searched with its own text (counted in a warning); two records
+scored (`aqe.query_repeats_file`, a tune_repeats output, replaces the count). A query without a record is searched with its own text (counted in a warning); two records
 for one query are an error.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from qgjax.data.records import iter_records
 from qgjax.errors import ConfigError, InputError
+from qgjax.methods.aqe.repeats import resolve_query_repeats
 from qgjax.rewards.base import aqe_text
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def evaluation_run(config: Any, data, queries: dict[str, str], previous):
   if missing:
     log.warning("aqe: %d of %d queries have no expansion in %s (e.g. %s); searched with the query alone",
                 len(missing), len(queries), cfg.input, missing[:3])
-  texts = {q: aqe_text(t, expansions[q], int(cfg.query_repeats)) if q in expansions else t
+  repeats = resolve_query_repeats(cfg)
+  texts = {q: aqe_text(t, expansions[q], repeats) if q in expansions else t
            for q, t in queries.items()}
   return bm25_run(config, data, texts, previous)
