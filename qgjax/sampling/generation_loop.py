@@ -216,7 +216,9 @@ class Progress:
     left = self.total - self.done
     eta = left / ips if ips > 0 else float("inf")
     eta_s = "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta))
-    return (f"{self.done}/{self.total} {self.unit}s, {ips:.2f} {self.unit}s/s, {tps:.0f} tokens/s, "
+    from qgjax.data.progress import plural
+    units = plural(self.unit)
+    return (f"{self.done}/{self.total} {units}, {ips:.2f} {units}/s, {tps:.0f} tokens/s, "
             f"ETA {eta_s}")
 
   def close(self) -> None:
