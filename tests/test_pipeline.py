@@ -108,6 +108,14 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_proc
   assert again["ran"] == [] and again["skipped"] == names
   assert again["systems"] == first["systems"]
 
+  # the workdir copied elsewhere keeps every finished stage (paths under it compare as paths under the copy)
+  import shutil
+  copy = work.parent / "pipeline-copy"
+  shutil.copytree(work, copy, symlinks=True)
+  moved = json.loads(json.dumps(pipeline.run(build_config(SPEC, _overrides(copy, models))), default=str))
+  assert moved["ran"] == [] and moved["skipped"] == names and moved["systems"] == first["systems"]
+  shutil.rmtree(copy)
+
   # killed after a stage's work but before its marker, or its output lost: only that stage runs again
   (work / "evaluate_bm25" / "STAGE_DONE.json").unlink()
   assert pipeline.run(build_config(SPEC, _overrides(work, models)))["ran"] == ["evaluate_bm25"]
@@ -170,3 +178,24 @@ def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
   assert cache.check_marker("score", tmp_path, [], marker, moved, {}, "fp-moved") == "fp-c"
   with pytest.raises(QgjaxError, match=r"\(a changed\)"):
     cache.check_marker("score", tmp_path, [], marker, {"a": 2, "dense": {"cache_dir": "x"}}, {}, "fp-x")
+
+
+def test_stage_marker_of_a_moved_workdir_compares_paths_under_the_new_one(tmp_path):
+  from qgjax.pipeline import markers as cache
+
+  def config(root):
+    return {"output_dir": str(root / "generate"), "model": {"name": str(root / "align" / "export")},
+            "data": {"corpus": "/collections/nfcorpus"}, "buckets": [128, 256]}
+  old, new = tmp_path / "a" / "run", tmp_path / "b" / "copy"
+  cache.write_marker("generate", old / "generate", "generate", config(old), {"align": "f-al"}, "fp-a", {}, 1.0)
+  marker = cache.read_marker(old / "generate")
+  assert marker["workdir"] == str(old)
+  assert cache.check_marker("generate", new / "generate", [], marker, config(new), {"align": "f-al"}, "fp-b") == "fp-a"
+  del marker["workdir"]   # a marker written before the field: the workdir is the parent of the stage's own path
+  assert cache.check_marker("generate", new / "generate", [], marker, config(new), {"align": "f-al"}, "fp-b") == "fp-a"
+  other = dict(config(new), data={"corpus": "/collections/scifact"})   # a path outside the workdir is a setting
+  with pytest.raises(QgjaxError, match=r"\(data\.corpus changed\)"):
+    cache.check_marker("generate", new / "generate", [], marker, other, {"align": "f-al"}, "fp-c")
+  elsewhere = dict(config(new), model={"name": str(tmp_path / "c" / "align" / "export")})
+  with pytest.raises(QgjaxError, match=r"\(model\.name changed\)"):
+    cache.check_marker("generate", new / "generate", [], marker, elsewhere, {"align": "f-al"}, "fp-d")

@@ -5,7 +5,10 @@ so a finished stage is reused only for the very settings and inputs that made it
 settings for a finished stage are a QgjaxError naming the stage and the changed keys: nothing
 already computed is silently reused or overwritten. Keys that a newer config file adds (absent
 from the marker) do not count as a change, nor do cache locations (`*.cache_dir`: where an
-index or embeddings are kept changes no result).
+index or embeddings are kept changes no result), nor does the workdir itself: a workdir moved or
+copied elsewhere (or a stage directory linked into another workdir, e.g. to share a generation
+pool between two runs) keeps its finished stages, since paths under the workdir the marker was
+written in are compared as paths under the current one.
 """
 
 from __future__ import annotations
@@ -64,22 +67,56 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> tuple[list[str], list
   return ([] if old == new else [name]), []
 
 
+def _marker_workdir(marker: dict) -> str | None:
+  """The workdir a marker was written in: its `workdir` field, or (markers written before it existed)
+  the parent of the stage's own directory, the config value that ends in /<stage>."""
+  if marker.get("workdir"):
+    return str(marker["workdir"])
+  tail = "/" + str(marker.get("stage", ""))
+  found: list[str] = []
+
+  def walk(value):
+    if isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, str) and value.endswith(tail) and len(value) > len(tail):
+      found.append(value[: -len(tail)])
+  walk(marker.get("config", {}))
+  return found[0] if found and len(set(found)) == 1 else None
+
+
+def _relocated(value: Any, old: str, new: str) -> Any:
+  """`value` with every string path under `old` rewritten under `new`."""
+  if isinstance(value, dict):
+    return {k: _relocated(v, old, new) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_relocated(v, old, new) for v in value]
+  if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+    return new + value[len(old):]
+  return value
+
+
 def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: dict, config: dict,
                  needs: dict[str, str], fp: str) -> str:
   """The fingerprint the finished stage in `stage_dir` stands for; QgjaxError if it was made with other settings.
 
   Keys that only exist in the current config (a newer config file added them) are taken as
-  compatible, with a note: the stage keeps the fingerprint it was made with.
+  compatible, with a note: the stage keeps the fingerprint it was made with. So is a stage whose
+  workdir moved: its paths under the old workdir are compared as paths under `stage_dir`'s parent.
   """
   if marker.get("fingerprint") == fp:
     return fp
-  changed, added = _changed_keys(marker.get("config", {}), config)
+  made_in, here = _marker_workdir(marker), str(stage_dir).rstrip("/").rsplit("/", 1)[0]
+  moved = made_in is not None and made_in != here
+  old_config = _relocated(marker.get("config", {}), made_in, here) if moved else marker.get("config", {})
+  changed, added = _changed_keys(old_config, config)
   neutral = [k for k in changed if k.rsplit(".", 1)[-1] in _RESULT_NEUTRAL]
   changed = [k for k in changed if k not in neutral]
   changed += [f"input from stage '{n}'" for n in needs if marker.get("needs", {}).get(n) != needs[n]]
   if not changed:
     why = ([f"made before these config keys existed: {', '.join(added)}"] if added else []) + \
-          ([f"only cache locations differ: {', '.join(neutral)}"] if neutral else [])
+          ([f"only cache locations differ: {', '.join(neutral)}"] if neutral else []) + \
+          ([f"made in workdir {made_in}"] if moved else [])
     log.info("note: stage '%s' taken as compatible (%s)", stage, "; ".join(why))
     return marker["fingerprint"]
   shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
@@ -92,6 +129,7 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
 def write_marker(stage: str, stage_dir: pathlib.Path, job: str, config: dict, needs: dict[str, str], fp: str,
                  result: dict | None, seconds: float) -> None:
   marker = {"stage": stage, "job": job, "fingerprint": fp, "needs": needs, "seconds": round(seconds, 2),
+            "workdir": str(stage_dir).rstrip("/").rsplit("/", 1)[0],
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result or {}, "config": config}
   stage_dir.mkdir(parents=True, exist_ok=True)
   storage.write_bytes_atomic(stage_dir / MARKER, (json.dumps(marker, indent=1, default=str) + "\n").encode())
