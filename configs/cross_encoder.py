@@ -19,7 +19,8 @@ from a collection's judgements: every pair of `<data.corpus>/qrels/<qrels_split>
 settings) drawn by `seed` from the query's `data.negative_depth` best documents not judged relevant,
 each adding BCE(F(q+, d_bm25), 0) (one example per pair and negative); no q-, so no margin term.
 Arguments: tiny (the demo pairs, batch 8, 4 steps), qrels (qrels mode on NFCorpus's train split, doc
-length 256; with tiny: the demo collection's test qrels, its only split).
+length 256, in-batch negatives only: see the note there; with tiny: the demo collection's test qrels,
+its only split, with a BM25 negative per pair).
 """
 
 from __future__ import annotations
@@ -84,4 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.data.corpus = "../shared/data/nfcorpus"
       c.data.doc_max_len = 256
       c.data.doc_buckets = (128, 256)
+      # Negatives: another query's document from the batch, no BM25 negative. Judged pairs of a loose
+      # collection have BM25 "negatives" closer to the query than the judged documents (NFCorpus: the judged
+      # one wins 26% of the time by MiniLM), which held the model at the label prior in every run; with
+      # in-batch negatives it learns (docs/results.md, "Why it does not learn"). For sparse, precise
+      # judgements (MS MARCO style) BM25 negatives: --config.data.negatives_per_pair=1.
+      c.data.negatives_per_pair = 0
+      c.loss.hard_negative_pool = 1
   return c
