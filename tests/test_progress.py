@@ -88,3 +88,9 @@ def test_bar_less_progress_logs_every_QGJAX_PROGRESS_LOG_S(monkeypatch):
   from qgjax.errors import ConfigError
   with pytest.raises(ConfigError, match="QGJAX_PROGRESS_LOG_S='soon'"):
     progress(total=3, desc="x")
+
+
+def test_plural_units():
+  from qgjax.data.progress import plural
+  assert [plural(u) for u in ("query", "doc", "batch", "pass", "day", "step")] == \
+      ["queries", "docs", "batches", "passes", "days", "steps"]

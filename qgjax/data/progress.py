@@ -40,8 +40,10 @@ def log_every_s() -> float:
 
 
 def plural(unit: str) -> str:
-  """'query' -> 'queries', 'doc' -> 'docs'."""
-  return unit[:-1] + "ies" if unit.endswith("y") and unit[-2:-1] not in "aeiou" else unit + "s"
+  """'query' -> 'queries', 'doc' -> 'docs', 'batch' -> 'batches'."""
+  if unit.endswith("y") and unit[-2:-1] not in "aeiou":
+    return unit[:-1] + "ies"
+  return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def _clock(seconds: float) -> str:
