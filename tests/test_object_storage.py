@@ -231,7 +231,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
 VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_per_s", "generation_s",
             "total_s", "written_now", "inputs_this_run", "tokens_this_run", "time",   # wall times and this run's own work
-            "fingerprint", "needs", "input_fingerprint"}   # hashes of configs / records that name the workdir
+            "fingerprint", "needs", "input_fingerprint",   # hashes of configs / records that name the workdir
+            "attempts", "seconds_all_attempts"}   # the gs:// run was killed once: two attempts at generate
 
 
 def _pipeline(workdir, data_dir, models, env, cwd):
@@ -324,6 +325,7 @@ def test_tiny_pipeline_on_gs_killed_in_generate_resumes_to_the_local_outputs(gcs
   assert "[1/16] generate: running" in resumed.stderr      # the unfinished stage, re-entered
   marker = json.loads(storage.read_bytes(f"{remote}/generate/STAGE_DONE.json"))
   assert marker["result"]["inputs_this_run"] == 52 - len(half)   # ... resumed after the done items
+  assert marker["attempts"] == 2 and marker["seconds_all_attempts"] >= marker["seconds"]   # the killed one counts
   assert not (tmp_path / "gs:").exists()                   # nothing went to a local "gs:/..." path
   fs.invalidate_cache(remote)
   objects = {o[len(remote) - len("gs://") + 1:] for o in fs.find(remote)}

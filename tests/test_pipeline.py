@@ -50,6 +50,8 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_proc
   for name in names:
     marker = json.loads((work / name / "STAGE_DONE.json").read_text())
     assert marker["stage"] == name and len(marker["fingerprint"]) == 16 and marker["config"]
+    assert marker["attempts"] == 1 and marker["seconds_all_attempts"] >= marker["seconds"] - 0.1
+    assert not (work / name / "STAGE_CLOCK.json").exists()
 
   # the report: four systems x three metrics, in markdown, JSON and a PNG
   paths = first["report"]

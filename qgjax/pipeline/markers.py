@@ -127,8 +127,11 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
 
 
 def write_marker(stage: str, stage_dir: pathlib.Path, job: str, config: dict, needs: dict[str, str], fp: str,
-                 result: dict | None, seconds: float) -> None:
+                 result: dict | None, seconds: float, timing: dict | None = None) -> None:
+  """`seconds`: the attempt that finished; `timing` ({attempts, seconds_all_attempts}, qgjax.pipeline.clock):
+  every attempt's, killed ones included."""
   marker = {"stage": stage, "job": job, "fingerprint": fp, "needs": needs, "seconds": round(seconds, 2),
+            **(timing or {}),
             "workdir": str(stage_dir).rstrip("/").rsplit("/", 1)[0],
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result or {}, "config": config}
   stage_dir.mkdir(parents=True, exist_ok=True)

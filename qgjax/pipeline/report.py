@@ -26,19 +26,22 @@ def stage_metrics(workdir: pathlib.Path, stage: str) -> dict:
 
 
 def stage_times(workdir: pathlib.Path, stages: list[str]) -> dict:
-  """A report table: each stage's wall seconds as its STAGE_DONE.json recorded them (the run that made
-  it; a skipped stage keeps the time it took when it ran) and their sum."""
+  """A report table: each stage's wall seconds as its STAGE_DONE.json recorded them, over every attempt
+  (a run killed in the stage and started again counts both; a skipped stage keeps the time it took when
+  it ran), the number of attempts, and the sums."""
   from qgjax.pipeline.markers import read_marker
 
   rows, total = [], 0.0
   for name in stages:
     marker = read_marker(workdir / name) or {}
-    seconds = float(marker.get("seconds", 0.0))
+    seconds = float(marker.get("seconds_all_attempts", marker.get("seconds", 0.0)))
     total += seconds
-    rows.append([name, f"{seconds:.1f}", marker.get("finished_at", "-")])
-  rows.append(["total", f"{total:.1f}", ""])
-  return {"title": "Stage times", "columns": ["stage", "seconds", "finished at"], "rows": rows,
-          "note": "wall time of the run that made each stage's output (STAGE_DONE.json)"}
+    rows.append([name, f"{seconds:.1f}", str(marker.get("attempts", 1 if marker else "-")),
+                 marker.get("finished_at", "-")])
+  rows.append(["total", f"{total:.1f}", "", ""])
+  return {"title": "Stage times", "columns": ["stage", "seconds", "attempts", "finished at"], "rows": rows,
+          "note": "wall time each stage took, over all attempts where a run was killed in it and resumed "
+                  "(STAGE_DONE.json; a killed attempt counts to within 30 s)"}
 
 
 def write_recipe_report(recipe, config, workdir: pathlib.Path, results: dict[str, dict], reward_name: str

@@ -25,6 +25,7 @@ from qgjax.data import storage
 from qgjax.errors import QgjaxError
 from qgjax.parallel.distributed import barrier, is_main_process
 from qgjax.pipeline import markers
+from qgjax.pipeline.clock import StageClock
 from qgjax.pipeline.process import run_in_process
 from qgjax.pipeline.stage import Stage, depends_on
 from qgjax.pipeline.wiring import stage_config
@@ -88,12 +89,17 @@ def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, st
     log.info("%s %s: marked done but its output in %s is not whole; running it again", position, stage.name,
              stage_dir)
   log.info("%s %s: running %s in %s", position, stage.name, stage.job, stage_dir)
-  result, seconds, note = execute(stage, config)
+  with StageClock(stage_dir, enabled=is_main_process()) as clock:   # counts killed attempts too
+    result, seconds, note = execute(stage, config)
   if not stage.complete(stage_dir):
     raise QgjaxError(f"pipeline stage '{stage.name}' finished but left no whole output in {stage_dir}")
+  timing = clock.summary()
   if is_main_process():
-    markers.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, seconds)
-  log.info("%s %s: finished in %.1f s%s", position, stage.name, seconds, note)
+    markers.write_marker(stage.name, stage_dir, stage.job, as_dict, needs, fp, result, seconds, timing=timing)
+    clock.remove()
+  earlier = (f" ({timing['seconds_all_attempts']:.1f} s over {timing['attempts']} attempts)"
+             if timing["attempts"] > 1 else "")
+  log.info("%s %s: finished in %.1f s%s%s", position, stage.name, seconds, earlier, note)
   return "ran", result, fp
 
 
