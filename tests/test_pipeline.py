@@ -78,7 +78,19 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_proc
     ref = ir_measures.pytrec_eval.calc_aggregate([ir_measures.parse_measure(m) for m in s["metrics"]], qrels, run)
     for m, v in s["metrics"].items():
       assert v == pytest.approx(ref[ir_measures.parse_measure(m)], abs=1e-9), (s["key"], m)
+  # the alignment's held-out pairs by step, and each generator's retention, as the stages recorded them
+  tables = {t["title"].split(":")[0].split(" (")[0]: t for t in report["tables"]}
+  evals = [r for r in map(json.loads, (work / "align" / "metrics.jsonl").read_text().splitlines())
+           if "eval/rewards/accuracy" in r]
+  assert [row[:2] for row in tables["Alignment"]["rows"]] == [[r["step"], f"{r['eval/rewards/accuracy']:.3f}"]
+                                                             for r in evals] and evals
+  retention = tables["Retention of the source document"]["rows"]
+  for which, row in zip(("unaligned", "aligned"), retention):
+    scored = json.loads((work / f"score_{which}" / "STAGE_DONE.json").read_text())["result"]
+    assert row[1:] == ["bm25", scored["records"]] + [f"{scored['retention']['bm25'][f'retention@{k}']:.4f}"
+                                                     for k in (1, 10, 100)]
   md = open(paths["markdown"]).read()
+  assert "## Alignment: DPO on held-out pairs, by step" in md
   assert "| system | nDCG@10 | MRR@100 | Recall@100 |" in md
   assert all(f"| {row} | " in md for row in ROWS)
   with open(paths["png"], "rb") as f:

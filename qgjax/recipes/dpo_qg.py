@@ -224,7 +224,46 @@ def _info(config, results: dict) -> dict:
   return info
 
 
+def _alignment_table(workdir: pathlib.Path) -> dict | None:
+  """DPO's held-out pairs by evaluation step (align/metrics.jsonl): reward accuracy, margin, loss."""
+  path = workdir / "align" / "metrics.jsonl"
+  if not path.is_file():
+    return None
+  rows = []
+  for line in path.read_text().splitlines():
+    r = json.loads(line) if line.strip() else {}
+    if "eval/rewards/accuracy" in r:
+      rows.append([r["step"], f"{r['eval/rewards/accuracy']:.3f}", f"{r.get('eval/rewards/margin', float('nan')):.3f}",
+                   f"{r.get('eval/loss', float('nan')):.4f}", f"{r.get('loss', float('nan')):.4f}"])
+  if not rows:
+    return None
+  return {"title": "Alignment: DPO on held-out pairs, by step",
+          "columns": ["step", "reward accuracy", "reward margin", "eval loss", "train loss"], "rows": rows,
+          "note": "pairs the alignment never trained on (data.eval_fraction of the pairs); accuracy = share of "
+                  "pairs whose chosen query gets the larger implicit reward (0.5 at step 0)"}
+
+
+def _retention_table(results: dict) -> dict | None:
+  """Retention@k of the source document for the base and the aligned generator's queries (score_*)."""
+  rows = []
+  for which, label in (("unaligned", "base generator"), ("aligned", "DPO-aligned generator")):
+    r = results.get(f"score_{which}", {})
+    for retriever, ret in sorted(r.get("retention", {}).items()):
+      rows.append([label, retriever, r.get("records")] + [f"{ret.get(f'retention@{k}', float('nan')):.4f}"
+                                                         for k in (1, 10, 100)])
+  if not rows:
+    return None
+  return {"title": "Retention of the source document (one query per document, documents alignment never saw)",
+          "columns": ["queries from", "retriever", "queries", "retention@1", "retention@10", "retention@100"],
+          "rows": rows, "note": "share of queries whose source document the retriever ranks within the top k "
+                                "of the whole corpus"}
+
+
+def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list:
+  return [t for t in (_alignment_table(workdir), _retention_table(results)) if t is not None]
+
+
 RECIPE = Recipe(name="dpo_qg", title="qgjax pipeline report", stages=STAGES, systems=SYSTEMS,
                 required=("generator", "encoder", "split"),
                 reward_name=lambda stage_configs: stage_configs["score_aligned"].reward,
-                rewards=_rewards, info=_info, check=_check, label_args=_label_args)
+                rewards=_rewards, info=_info, check=_check, label_args=_label_args, tables=_tables)
