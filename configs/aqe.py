@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # queries by the tune_repeats stage among tune_repeats.set.candidates; or a fixed integer (1 = no repeat)
   c.query_repeats = "tune"
   c.report = ConfigDict(dict(bins=30))
+  c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))
   c.generate_greedy = ConfigDict({"set": ConfigDict(greedy)})
   c.generate_sampled = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=n_test)))})

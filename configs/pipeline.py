@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # decoder-only bi-encoder of qgjax.models.decoder_encoder while `encoder` still scores and mines
   c.retriever_model = ""
   c.report = ConfigDict(dict(bins=30))
+  c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   # the paper's contrastive prompt (needs generate's prompt mode "contrastive"): negatives = random |
   # bm25 | dense (each document's mined nearest other document); sft = first fine-tune the generator on
   # (document, mined hard negative, training query) triples of the collection's train split

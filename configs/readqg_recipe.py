@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.generator = "smollm2-135m-instruct" if a.decoder else ""
   c.encoder = "all-minilm-l6-v2"  # the cross-encoders start from it (new head); also scores rel+/rel-
   c.report = ConfigDict(dict(bins=30))
+  c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   measures = ("nDCG@10", "R@100", "RR@10")
   c.split = _group("split.py", how="auto", test_fraction=0.5, seed=0)
   c.pairs = _group("readqg_pairs.py", m=a.m)

@@ -90,6 +90,21 @@ def test_aqe_methods_wire_their_align_stages(models, tmp_path):
       assert "align_rsft" not in by and by["align"].model.name == models[0]
 
 
+def test_until_stops_after_the_named_stage(models, tmp_path):
+  """config.until runs the stages up to the named one (here: the training expansions and the tuned
+  query weight) and writes no report; the same command without it goes on from there."""
+  from qgjax.errors import ConfigError
+
+  spec = os.path.join(REPO, "configs", "aqe.py") + ":tiny"
+  over = [("workdir", str(tmp_path)), ("generator", models[0])]
+  out = _in_process(spec, over + [("until", "tune_repeats")])
+  assert out["ran"] == ["split", "generate_train", "tune_repeats"] and out["stopped_after"] == "tune_repeats"
+  assert (tmp_path / "tune_repeats" / "repeats.json").is_file() and not (tmp_path / "report").exists()
+  assert not (tmp_path / "score_train").exists()
+  with pytest.raises(ConfigError, match=r"config.until='tune' is not a stage of this run; its stages: split, "):
+    pipeline.run(build_config(spec, over + [("until", "tune")]))
+
+
 def test_aqe_query_repeats_tuned_or_fixed(models, tmp_path):
   """query_repeats="tune" (the default) runs tune_repeats and points every BM25-over-expansion stage at its
   file; an integer skips it and sets the count itself; anything else is a config error."""

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from qgjax.config import require
 from qgjax.data import storage
-from qgjax.errors import QgjaxError
+from qgjax.errors import ConfigError, QgjaxError
 from qgjax.parallel.distributed import barrier, is_main_process
 from qgjax.pipeline import markers
 from qgjax.pipeline.clock import StageClock
@@ -141,7 +141,18 @@ def run_recipe(recipe: Recipe, config) -> dict:
   workdir, configs = stage_configs(config, recipe.stages)
   by_name = {s.name: c for s, c in configs}
   recipe.check(config, by_name)
+  until = str(config.get("until", "") or "")
+  if until:
+    names = [s.name for s, _ in configs]
+    if until not in names:
+      raise ConfigError(f"config.until={until!r} is not a stage of this run; its stages: {', '.join(names)}")
+    configs = configs[: names.index(until) + 1]
   status, results = run_stages(workdir, configs, recipe.isolated)
+  if until:
+    log.info("stopped after stage %s (config.until); run again without it to go on", until)
+    return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
+            "skipped": [s for s, v in status.items() if v == "skipped"], "stopped_after": until,
+            "report": {}, "systems": {}, "reward": {}}
   report = (write_recipe_report(recipe, config, workdir, results, recipe.reward_name(by_name))
             if is_main_process() else {"paths": {}, "report": {}})
   log.info("report: %s", report["paths"].get("markdown", ""))
