@@ -5,8 +5,8 @@
 `config.aqe.input` holds expansion records {query_id, expansion, ...} (a generate output with
 one sample per query, or the select stage's selected.jsonl); each judged query is searched with
 `qgjax.rewards.base.aqe_text(query, expansion, aqe.query_repeats)`, the text the AQE reward
-scored (`aqe.query_repeats_file`, a tune_repeats output, replaces the count). A query without a record is searched with its own text (counted in a warning); two records
-for one query are an error.
+scored (`aqe.query_repeats_file`, a tune_repeats output, replaces the count). A query without a
+record is searched with its own text (counted in a warning); two records for one query are an error.
 """
 
 from __future__ import annotations
