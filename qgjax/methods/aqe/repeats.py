@@ -64,7 +64,7 @@ def _expansions(source: str, samples_per_query: int) -> dict[str, list[tuple[int
     out.setdefault(str(qid), []).append((idx, text, query if isinstance(query, str) else None))
   if not out:
     raise InputError("no expansion records", path=source)
-  return {q: sorted(v)[:samples_per_query] for q, v in out.items()}
+  return {q: sorted(v, key=lambda row: row[0])[:samples_per_query] for q, v in out.items()}
 
 
 def run(config) -> dict:
