@@ -106,7 +106,7 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
   """
   if marker.get("fingerprint") == fp:
     return fp
-  made_in, here = _marker_workdir(marker), str(stage_dir).rstrip("/").rsplit("/", 1)[0]
+  made_in, here = _marker_workdir(marker), str(stage_dir.parent)
   moved = made_in is not None and made_in != here
   old_config = _relocated(marker.get("config", {}), made_in, here) if moved else marker.get("config", {})
   changed, added = _changed_keys(old_config, config)
@@ -132,7 +132,7 @@ def write_marker(stage: str, stage_dir: pathlib.Path, job: str, config: dict, ne
   every attempt's, killed ones included."""
   marker = {"stage": stage, "job": job, "fingerprint": fp, "needs": needs, "seconds": round(seconds, 2),
             **(timing or {}),
-            "workdir": str(stage_dir).rstrip("/").rsplit("/", 1)[0],
+            "workdir": str(stage_dir.parent),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result or {}, "config": config}
   stage_dir.mkdir(parents=True, exist_ok=True)
   storage.write_bytes_atomic(stage_dir / MARKER, (json.dumps(marker, indent=1, default=str) + "\n").encode())

@@ -148,15 +148,13 @@ def run_recipe(recipe: Recipe, config) -> dict:
       raise ConfigError(f"config.until={until!r} is not a stage of this run; its stages: {', '.join(names)}")
     configs = configs[: names.index(until) + 1]
   status, results = run_stages(workdir, configs, recipe.isolated)
+  report = {"paths": {}, "report": {}}
   if until:
     log.info("stopped after stage %s (config.until); run again without it to go on", until)
-    return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
-            "skipped": [s for s, v in status.items() if v == "skipped"], "stopped_after": until,
-            "report": {}, "systems": {}, "reward": {}}
-  report = (write_recipe_report(recipe, config, workdir, results, recipe.reward_name(by_name))
-            if is_main_process() else {"paths": {}, "report": {}})
-  log.info("report: %s", report["paths"].get("markdown", ""))
+  elif is_main_process():
+    report = write_recipe_report(recipe, config, workdir, results, recipe.reward_name(by_name))
+    log.info("report: %s", report["paths"].get("markdown", ""))
   return {"workdir": str(workdir), "stages": status, "ran": [s for s, v in status.items() if v == "ran"],
           "skipped": [s for s, v in status.items() if v == "skipped"], "report": report["paths"],
           "systems": {s["key"]: s["metrics"] for s in report["report"].get("systems", [])},
-          "reward": report["report"].get("reward", {}).get("stats", {})}
+          "reward": report["report"].get("reward", {}).get("stats", {}), **({"stopped_after": until} if until else {})}

@@ -5,8 +5,8 @@ r"""The Aligned Query Expansion recipe (arXiv 2507.11042) as pipeline stages: `r
 
 split (training / test queries, qgjax.jobs.split) -> generate_train (N expansions per
 training query, sampled) -> tune_repeats (query_repeats="tune": how many times BM25 sees the query
-before the expansion, chosen on the training queries; qgjax.methods.aqe.repeats) -> score_train (reward: -BM25 rank of the best gold document when
-searching query + expansion) -> pairs (best vs worst; best-of-N for RSFT) -> align (RSFT, DPO or
+before the expansion, chosen on the training queries; qgjax.methods.aqe.repeats) -> score_train
+(reward: -BM25 rank of the best gold document when searching query + expansion) -> pairs (best vs worst; best-of-N for RSFT) -> align (RSFT, DPO or
 RSFT+DPO as one joint loss, or RSFT then DPO from the RSFT weights: `method`) -> at test time, in their own processes (wall time + peak RSS each):
 generate_base / generate_aligned (one greedy expansion per test query, unaligned and aligned
 generator), generate_sampled + select (best of N by a qrels-free criterion, qgjax.methods.aqe.select)
