@@ -66,13 +66,14 @@ class StageClock:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    self.attempts[-1]["seconds"] = round(time.time() - self.start, 1)
     if self.enabled and exc[0] is not None:
       self._write()   # a failed attempt stays counted for the next one
+    self.attempts[-1]["seconds"] = time.time() - self.start   # unrounded: it encloses the stage's own timing
 
   def summary(self) -> dict:
+    """Attempts and their seconds (2 decimals, like the marker's `seconds`, which this attempt encloses)."""
     return {"attempts": len(self.attempts),
-            "seconds_all_attempts": round(sum(a["seconds"] for a in self.attempts), 1)}
+            "seconds_all_attempts": round(sum(a["seconds"] for a in self.attempts), 2)}
 
   def remove(self) -> None:
     if self.enabled and self.path.exists():
