@@ -56,6 +56,9 @@ def get_config(arg=None):
   # prompts at 512 ran as fast in batches of 16 as of 64 (docs/benchmarks.md, bench_jobs); try 64
   # on an accelerator, where more rows fill the decode matmuls.
   c.batch_size = 16
+  # Prefill the tokens every prompt starts with (chat opening, system turn, few-shot examples,
+  # instruction: 312 of a few-shot prompt's ~500) once per batch instead of once per prompt
+  c.share_prompt_prefix = True
   c.num_devices = 0                 # 0 = every local device
   # This process's devices: ("data", -1) replicates the model; add ("tensor", 4) or ("fsdp", 4)
   # to shard a model too big for one device (read straight onto the mesh, no host copy).

@@ -10,7 +10,8 @@ sampler, post-processing, the sharded writer and done log) over the first --docs
 against the bare sampler (`Sampler.run`) on the same prompts, which the kernel gets sorted by
 length over the whole set and cut into batches of the job's batch size (as bench_sampling does),
 each padded to the smallest of the job's buckets that fits. Same model, prompt mode, samples,
-sampling settings and seeds, so both generate the same tokens (both counts are printed).
+sampling settings and seeds, so both generate the same tokens (both counts are printed); both
+prefill the prompts' common prefix once per batch when the job does (share_prompt_prefix).
 tokens/s = generated tokens / seconds. The kernel is timed after compiling every bucket it uses.
 The job compiles its own programs (a new Sampler traces them again; XLA's executables come from
 the persistent compilation cache that the kernel's warm-up filled): a fixed cost per bucket that
@@ -116,8 +117,9 @@ def bench_generate(args, data: str) -> dict:
   kernel_plan = [(bucket_for(max(len(p) for _, p in b), buckets), len(b)) for b in batches]
   job_plan = [(bucket, len(g)) for bucket, g in bucketed(items, lambda it: len(it.prompt), buckets, batch_size)]
   lens = [len(p) for _, p in prompts]
+  prefix = generate.shared_prefix(config, tok)   # the kernel prefills the job's shared prefix once per batch too
   sampler = Sampler.for_decoder(model, params, sampling, batch_size=batch_size, seed=int(config.sampling.seed),
-                                mesh=mesh)
+                                mesh=mesh, prefix_tokens=prefix)
   used = sorted({bucket_for(max(len(p) for _, p in b), buckets) for b in batches})
   t = time.perf_counter()
   for length in used:
@@ -158,6 +160,7 @@ def bench_generate(args, data: str) -> dict:
           "docs": len(prompts), "batch_size": batch_size, "buckets": buckets, "buckets_used": used,
           "prompt_tokens": {"min": min(lens), "median": float(np.median(lens)), "max": max(lens)},
           "mode": args.mode, "samples": args.samples, "max_new_tokens": args.new_tokens,
+          "shared_prefix_tokens": len(prefix), "job_inputs_with_shared_prefix": job["inputs_with_shared_prefix"],
           "compiled_programs_job": job["compiled_programs"]}
 
 

@@ -297,6 +297,14 @@ def _meta(config, model_name: str, sampling, kind: str = "decoder") -> dict:
                    "limit": int(config.data.limit or 0), "offset": int(config.data.offset or 0)}}
 
 
+def shared_prefix(config, tokenizer) -> list[int]:
+  """The tokens every prompt of the job starts with, which a decoder sampler prefills once per batch
+  (config.share_prompt_prefix; PromptBuilder.common_prefix); [] when off."""
+  from qgjax.sampling.prompts import PromptBuilder
+
+  return PromptBuilder(config.prompt, tokenizer).common_prefix() if config.get("share_prompt_prefix", True) else []
+
+
 def run(config) -> dict:
   from qgjax.sampling.engine import Sampler
   from qgjax.sampling.generation_loop import Output, per_item, run_generation
@@ -316,6 +324,8 @@ def run(config) -> dict:
   source = prompt_source(config, tokenizer)
   make = Sampler.for_seq2seq if kind == "t5" else Sampler.for_decoder
   extra = {} if rules is None else {"rules": rules}
+  if kind != "t5":
+    extra["prefix_tokens"] = shared_prefix(config, tokenizer)
   sampler = make(model, params, sampling, batch_size=int(config.batch_size), seed=int(config.sampling.seed),
                  mesh=mesh, **extra)
   sample = lambda items, bucket: sampler.run([it.prompt for it in items], [it.item_id for it in items], bucket)
@@ -335,5 +345,6 @@ def run(config) -> dict:
           "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
           "compile_s": round(sampler.compile_s, 1), "sampler_s": round(sampler.run_s, 1),
+          "shared_prefix_tokens": len(sampler.prefix), "inputs_with_shared_prefix": sampler.prefixed_prompts,
           "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()},
           **dict(zip(("dtype", "attention"), numerics(config)))}

@@ -7,6 +7,12 @@
   sampler.compile_s                                  # seconds those first calls spent tracing and compiling
   sampler.run_s                                      # seconds in run() in all (compiling, sampling, copying out)
 
+A prompt prefix common to every prompt (a few-shot prompt's instruction and examples: most of
+its tokens) is prefilled once per batch instead of once per prompt when given:
+
+  sampler = Sampler.for_decoder(model, params, sampling, batch_size=16, prefix_tokens=builder.common_prefix())
+  sampler.prefixed_prompts                           # prompts that started with it (the rest: whole prefill)
+
 By default the batch axis is split over the "data" axis of a mesh of this process's devices
 (parameters replicated): generation needs no communication, so each process of a multi-host run
 samples its own share of the documents independently. Keys come from (seed, id of the prompt), so
@@ -75,9 +81,11 @@ class Sampler:
 
   def __init__(self, generate: GenerateFn, params: Any, sampling: SamplingParams, *, batch_size: int,
                pad_id: int, pad_side: str = "left", seed: int = 0, mesh: jax.sharding.Mesh | None = None,
-               rules: Sequence | None = None, param_shardings: Any = None):
+               rules: Sequence | None = None, param_shardings: Any = None, prefix_tokens: Sequence[int] = ()):
     """rules: logical axis rules (model-sharded mode; see the module docstring). param_shardings:
-    a NamedSharding per leaf of `params` (default: replicated)."""
+    a NamedSharding per leaf of `params` (default: replicated). prefix_tokens: a token prefix of
+    the prompts, prefilled once per batch (`generate` then takes it as `prefix_tokens=`); a batch
+    whose prompts do not all start with it is prefilled whole."""
     self.sampling = sampling
     self.batch_size = int(batch_size)
     self.pad_id = int(pad_id)
@@ -115,6 +123,15 @@ class Sampler:
 
     self._jitted = jax.jit(run, in_shardings=(param_shardings, self._rows, self._rows, self._rows, replicated),
                            out_shardings=self._rows)
+    self.prefix = [int(t) for t in prefix_tokens]
+    self.prefixed_prompts = 0   # prompts run with the prefix prefilled once per batch
+
+    def run_prefixed(params, tokens, mask, hashes, seed, prefix):
+      self.num_compiles += 1
+      return generate(params, tokens, mask, prompt_keys(seed, hashes), prefix_tokens=prefix)
+
+    self._jitted_prefixed = jax.jit(run_prefixed, out_shardings=self._rows, in_shardings=(
+        param_shardings, self._rows, self._rows, self._rows, replicated, replicated))
 
   @classmethod
   def for_decoder(cls, model: Any, params: Any, sampling: SamplingParams, *, shared_prompt: bool = True,
@@ -129,6 +146,8 @@ class Sampler:
     A mesh with an "fsdp" or "tensor" axis larger than 1, or explicit `rules`, shards the
     parameters by their logical axes (rules default: `rules_for(mesh)`) and the batch over the
     "batch" rule's axes; otherwise parameters are replicated and rows go over "data"."""
+    if kwargs.get("prefix_tokens") and not shared_prompt:
+      raise ConfigError("a shared prompt prefix (prefix_tokens) needs shared_prompt=True")
     if shared_prompt:
       from qgjax.models.decoder import unrolled
 
@@ -160,6 +179,8 @@ class Sampler:
   @classmethod
   def for_seq2seq(cls, model: Any, params: Any, sampling: SamplingParams, **kwargs) -> "Sampler":
     """A sampler over a qgjax T5Model (right-padded encoder inputs)."""
+    if kwargs.get("prefix_tokens"):
+      raise ConfigError("a shared prompt prefix (prefix_tokens) is for decoder-only LMs, not the T5 sampler")
     pad = kwargs.pop("pad_id", None)
     pad = model.config.pad_token_id if pad is None else pad
     fn = functools.partial(_seq2seq_generate, model, sampling)
@@ -175,21 +196,27 @@ class Sampler:
     if len(token_lists) != len(ids):
       raise ValueError(f"{len(token_lists)} prompts but {len(ids)} ids")
     start = time.perf_counter()
+    fn, extra = self._jitted, ()
+    if self._starts_with_prefix(token_lists, length):
+      pp = len(self.prefix)
+      token_lists, length = [list(t)[pp:] for t in token_lists], length - pp
+      fn, extra = self._jitted_prefixed, (np.asarray(self.prefix, np.int32),)
+      self.prefixed_prompts += len(ids)
     batch = pad_prompts(token_lists, length, self.batch_size, self.pad_id, self.pad_side)
     hashes = np.zeros((self.batch_size,), np.uint32)
     hashes[:len(ids)] = id_hashes(ids)
     # Explicit placement on this process's mesh: jit refuses sharded numpy inputs when process_count > 1.
     rows = lambda x: jax.device_put(x, self._rows)
     args = (self.params, rows(batch.tokens), rows(batch.mask), rows(hashes),
-            np.uint32(self.seed if seed is None else seed))
+            np.uint32(self.seed if seed is None else seed)) + extra
     compiles, t = self.num_compiles, time.perf_counter()
     if self.rules is None:
-      out = self._jitted(*args)
+      out = fn(*args)
     else:  # traced under the mesh and rules: the models' logical constraints take effect
       from qgjax.parallel.sharding import activate
 
       with activate(self.mesh, self.rules):
-        out = self._jitted(*args)
+        out = fn(*args)
     if self.num_compiles != compiles:  # the call returns once the program is dispatched, before it runs
       self.compile_s += time.perf_counter() - t
     out = jax.device_get(out)
@@ -199,6 +226,13 @@ class Sampler:
     result = SampleBatch(shape(out.tokens), shape(out.logprobs), shape(out.lengths), shape(out.scores))
     self.run_s += time.perf_counter() - start
     return result
+
+
+  def _starts_with_prefix(self, token_lists: Sequence[Sequence[int]], length: int) -> bool:
+    """Whether this batch can run with the prefix prefilled once: every prompt starts with it and
+    has a token after it."""
+    pp = len(self.prefix)
+    return bool(pp) and length > pp and all(len(t) > pp and list(t[:pp]) == self.prefix for t in token_lists)
 
 
 def _model_axes(mesh: jax.sharding.Mesh) -> list[str]:
@@ -220,11 +254,12 @@ def _decoder_param_shardings(model: Any, params: Any, mesh: jax.sharding.Mesh, r
   return shardings
 
 
-def _decoder_generate(model, sampling, shared_prompt, chunk_tokens, devices, params, tokens, mask, keys):
+def _decoder_generate(model, sampling, shared_prompt, chunk_tokens, devices, params, tokens, mask, keys,
+                      prefix_tokens=None):
   from qgjax.sampling.decoder import generate_decoder
 
   return generate_decoder(model, params, tokens, mask, keys, sampling, shared_prompt=shared_prompt,
-                          prefill_chunk_tokens=chunk_tokens, devices=devices)
+                          prefill_chunk_tokens=chunk_tokens, devices=devices, prefix_tokens=prefix_tokens)
 
 
 def _seq2seq_generate(model, sampling, params, tokens, mask, keys):

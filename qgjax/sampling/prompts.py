@@ -18,6 +18,7 @@ prompt fits the largest length bucket.
   builder = PromptBuilder(config.prompt, tokenizer)
   ids = builder.document_prompt(doc_text, negative_text=None)     -> list[int]
   ids = builder.expansion_prompt(query_text)                       -> list[int]
+  ids = builder.common_prefix()          -> the tokens every prompt of this builder starts with
   newline_token_ids(tokenizer)                                     -> ids whose text holds a newline
 """
 
@@ -151,11 +152,37 @@ class PromptBuilder:
       fields["negative"] = _truncate(self.tokenizer, negative, c.max_negative_tokens)
     return self._render(c.template.format(**fields), self._shots())
 
+  def common_prefix(self) -> list[int]:
+    """The token prefix that every prompt of this builder starts with (the chat template's opening,
+    the system turn, few-shot examples, the instruction up to the first field): the longest common
+    start of prompts rendered for PREFIX_PROBES, less its last token, which a tokenizer could merge
+    differently with the text after it. Not a guarantee: the sampler checks each prompt."""
+    if self.mode == "expansion":
+      prompts = [self.expansion_prompt(p) for p in PREFIX_PROBES]
+    else:
+      negatives = PREFIX_PROBES[1:] + PREFIX_PROBES[:1]
+      prompts = [self.document_prompt(p, n if self.mode == "contrastive" else None)
+                 for p, n in zip(PREFIX_PROBES, negatives)]
+    return _common_start(prompts)[:-1]
+
   def expansion_prompt(self, query: str) -> list[int]:
     """Token ids of the prompt that asks for an expansion of `query`."""
     if self.mode != "expansion":
       raise ConfigError(f"prompt mode {self.mode!r} is not 'expansion'")
     return self._render(self.config.template.format(query=query))
+
+
+# Texts that differ from their first character on, put in every field to find the common prefix.
+PREFIX_PROBES = ("Alpha beta gamma.", "7 zeta", "(x) y", "- item one", "\u00e9t\u00e9 chaud")
+
+
+def _common_start(lists: Sequence[Sequence[int]]) -> list[int]:
+  first = list(lists[0])
+  n = len(first)
+  for other in lists[1:]:
+    n = min(n, len(other))
+    n = next((i for i in range(n) if other[i] != first[i]), n)
+  return first[:n]
 
 
 def newline_token_ids(tokenizer: Any) -> tuple[int, ...]:

@@ -1,0 +1,118 @@
+"""`qgjax generate` with the prompts' common prefix prefilled once per batch against the same job
+prefilling every prompt whole (config.share_prompt_prefix True vs False), on the same documents.
+
+  python tools/bench_prompt_prefix.py                         # 64 NFCorpus docs, few-shot, 1 query each
+  python tools/bench_prompt_prefix.py --samples 5 --docs 32   # the alignment pool's setting
+
+Few-shot prompts (the DPO-QG pipeline's generate and generate_final stages) are ~500 tokens of which
+the chat opening, system turn, three worked examples and the instruction (~310) are the same for
+every document. With one sample per document generation is prefill-bound, so this is where most
+of the time goes. Both runs use the real job (`qgjax.jobs.generate.run`: SmolLM2-135M-Instruct,
+the same buckets, batch size, sampling settings and seeds); they run alternately, twice each, and
+each side's faster run counts. tokens/s = generated tokens / (generation seconds - the seconds its
+sampler spent in calls that compiled). The queries of both are compared: the same keys give the
+same samples up to float rounding in the prefill (`same_queries`).
+
+ratio = shared-prefix tokens/s / whole-prompt tokens/s. Writes tools/results/bench_prompt_prefix.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from bench_jobs import corpus_dir, default_data  # noqa: E402
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--docs", type=int, default=64)
+  p.add_argument("--mode", default="few_shot")
+  p.add_argument("--samples", type=int, default=1)
+  p.add_argument("--new-tokens", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=2, help="runs of each side (alternating); the faster counts")
+  p.add_argument("--data", default=default_data())
+  p.add_argument("--out", default=os.path.join(REPO, "tools", "results", "bench_prompt_prefix.json"))
+  return p.parse_args()
+
+
+def job_config(args, data: str, out_dir: str, share: bool):
+  from qgjax.config import build_config
+  overrides = [("data.corpus", data), ("data.limit", str(args.docs)), ("output_dir", out_dir),
+               ("sampling.max_new_tokens", str(args.new_tokens)), ("log_every_s", "1e9"), ("print_examples", "0"),
+               ("share_prompt_prefix", str(share))]
+  return build_config(os.path.join(REPO, "configs", f"generate.py:mode={args.mode},n={args.samples}"), overrides)
+
+
+def queries(out_dir: str) -> dict:
+  from qgjax.data.records import iter_records
+  return {(r["doc_id"], r["sample_idx"]): r["query"] for _, _, r in iter_records(out_dir)}
+
+
+def main():
+  args = parse_args()
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  import jax
+
+  from qgjax.jobs import generate
+  from qgjax.log import setup_logging
+  from qgjax.parallel.compile_cache import enable_compilation_cache
+
+  setup_logging()
+  cache = enable_compilation_cache()
+  data = corpus_dir(args.data)
+  work = tempfile.mkdtemp(prefix="bench_prompt_prefix_")
+  runs = {True: [], False: []}
+  for i in range(args.repeats):
+    for share in (False, True):
+      out = os.path.join(work, f"{'shared' if share else 'whole'}_{i}")
+      r = generate.run(job_config(args, data, out, share))
+      r["tokens_per_s_net"] = r["tokens_this_run"] / (r["generation_s"] - r["compile_s"])
+      r["out"] = out
+      runs[share].append(r)
+      print(f"{'shared prefix' if share else 'whole prompts'} run {i}: {r['tokens_this_run']} tokens, "
+            f"{r['generation_s']:.1f} s ({r['compile_s']:.1f} s compiling): {r['tokens_per_s_net']:.1f} tok/s",
+            file=sys.stderr)
+  best = {share: max(rs, key=lambda r: r["tokens_per_s_net"]) for share, rs in runs.items()}
+  shared, whole = best[True], best[False]
+  q_shared, q_whole = queries(shared["out"]), queries(whole["out"])
+  same = sum(q_shared.get(k) == v for k, v in q_whole.items())
+  result = {
+      "ratio": round(shared["tokens_per_s_net"] / whole["tokens_per_s_net"], 3),
+      "shared_prefix_tokens_per_s": round(shared["tokens_per_s_net"], 1),
+      "whole_prompt_tokens_per_s": round(whole["tokens_per_s_net"], 1),
+      "shared_prefix_docs_per_s": round(shared["inputs"] / (shared["generation_s"] - shared["compile_s"]), 3),
+      "whole_prompt_docs_per_s": round(whole["inputs"] / (whole["generation_s"] - whole["compile_s"]), 3),
+      "runs_s": {"shared_prefix": [r["generation_s"] for r in runs[True]],
+                 "whole_prompt": [r["generation_s"] for r in runs[False]]},
+      "compile_s": {"shared_prefix": shared["compile_s"], "whole_prompt": whole["compile_s"]},
+      "tokens": {"shared_prefix": shared["tokens_this_run"], "whole_prompt": whole["tokens_this_run"]},
+      "shared_prefix_tokens": shared["shared_prefix_tokens"],
+      "inputs_with_shared_prefix": shared["inputs_with_shared_prefix"],
+      "same_queries": same, "queries": len(q_whole),
+      "settings": {"docs": args.docs, "mode": args.mode, "samples": args.samples,
+                   "max_new_tokens": args.new_tokens, "repeats": args.repeats, "model": shared["model"],
+                   "dtype": shared["dtype"], "attention": shared["attention"]},
+      "data": data, "compilation_cache": cache,
+      "command": " ".join([sys.executable] + sys.argv),
+      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                  "devices": [str(d) for d in jax.devices()]},
+      "versions": {"jax": jax.__version__},
+  }
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(json.dumps({k: result[k] for k in ("ratio", "shared_prefix_tokens_per_s", "whole_prompt_tokens_per_s",
+                                           "shared_prefix_tokens", "same_queries", "queries")}))
+
+
+if __name__ == "__main__":
+  main()
