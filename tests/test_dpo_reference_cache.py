@@ -26,3 +26,29 @@ def test_reference_is_recomputed_when_the_prompt_changes(tmp_path):
   assert other.info["reference"].startswith("computed into")   # not the stale one of the longer prompt
   assert other.fingerprint["prompt"] != first.fingerprint["prompt"]
   assert other.fingerprint["train_file"] == first.fingerprint["train_file"]
+
+
+@pytest.mark.slow
+def test_common_prompt_prefix_runs_once_with_the_same_reference_and_loss(tmp_path):
+  """dpo.share_prompt_prefix: the prompts' common start (chat opening + instruction) is split off
+  and run once per batch; the reference log-probs and the first batch's loss are those of the
+  whole prompts, and the fingerprint does not depend on it (a run resumes either way)."""
+  import jax
+  import numpy as np
+
+  model = make_tiny_lm(str(tmp_path / "tiny_lm"))
+  over = [("model.name", model), ("mesh", "[('data', 8)]"), ("batch_size", "8")]
+  whole = setup_dpo(build_config(CONFIG, over + [("workdir", str(tmp_path / "a")),
+                                                 ("dpo.share_prompt_prefix", "False")]))
+  shared = setup_dpo(build_config(CONFIG, over + [("workdir", str(tmp_path / "b"))]))
+  assert "shared_prefix_tokens" not in whole.info and shared.info["shared_prefix_tokens"] >= 16
+  assert shared.fingerprint == whole.fingerprint
+  b_whole, b_shared = whole.train.batch(0), shared.train.batch(0)
+  n = shared.info["shared_prefix_tokens"]   # each prompt's rest: its whole length less the prefix
+  np.testing.assert_array_equal(b_shared["prompt_mask"].sum(1), b_whole["prompt_mask"].sum(1) - n)
+  np.testing.assert_allclose(b_shared["ref_chosen"], b_whole["ref_chosen"], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(b_shared["ref_rejected"], b_whole["ref_rejected"], rtol=1e-4, atol=1e-3)
+  loss = lambda s, b: jax.jit(s.loss_fn)(s.trainable, s.frozen, b)
+  (l_w, m_w), (l_s, m_s) = loss(whole, b_whole), loss(shared, b_shared)
+  np.testing.assert_allclose(float(l_s), float(l_w), rtol=1e-4)
+  np.testing.assert_allclose(float(m_s["rewards/chosen"]), float(m_w["rewards/chosen"]), atol=1e-4)

@@ -410,3 +410,49 @@ def test_readqg_loss_matches_per_row_numpy_reference(calibration):
   assert ("calibration/similarity" in m) == (calibration == "margin")
   g = jax.jit(jax.grad(lambda s: readqg_loss_fn(model, rq)(s, params, batch)[0]))(soft)
   assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))   # every soft prompt part learns
+
+
+def test_decoder_pair_logprobs_with_a_common_prefix_run_once():
+  """prefix=: the prompts' common start runs once for the batch; log-probs and gradients equal those
+  of the whole prompts [pad; prefix; rest] (the reference path packs each pair member whole)."""
+  model, params = _tiny_decoder()
+  rest, pm, ch, cm, rj, rm = _pair_batch(seed=3)
+  prefix = np.random.default_rng(5).integers(1, 37, 5).astype(np.int32)
+  b, tp = rest.shape
+  whole = np.zeros((b, tp + 5), np.int32)
+  wmask = np.zeros((b, tp + 5), bool)
+  for i in range(b):
+    seq = np.concatenate([prefix, rest[i][pm[i]]])
+    whole[i, -len(seq):], wmask[i, -len(seq):] = seq, True
+
+  def total(p, with_prefix):
+    fns = L.decoder_fns(model, p)
+    if with_prefix:
+      c, r = L.pair_logprobs(fns, rest, pm, ch, cm, rj, rm, prefix=jnp.asarray(prefix))
+    else:
+      c, r = L.pair_logprobs(fns, whole, wmask, ch, cm, rj, rm, share_prompt=False)
+    return jnp.sum(c.total) - 0.5 * jnp.sum(r.total), (c.token, r.token)
+
+  f = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
+  (v1, (c1, r1)), g1 = f(params, True)
+  (v2, (c2, r2)), g2 = f(params, False)
+  np.testing.assert_allclose(v1, v2, rtol=1e-5)
+  np.testing.assert_allclose(c1, c2, atol=2e-5)
+  np.testing.assert_allclose(r1, r2, atol=2e-5)
+  for a, b_ in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b_, atol=2e-5)
+  # the prefix is attended to: another one changes the log-probs
+  other = L.pair_logprobs(L.decoder_fns(model, params), rest, pm, ch, cm, rj, rm, prefix=jnp.asarray(prefix[::-1]))
+  assert not np.allclose(np.asarray(other[0].token), np.asarray(c1), atol=1e-3)
+  with pytest.raises(ValueError, match="share_prompt=True"):
+    L.pair_logprobs(L.decoder_fns(model, params), rest, pm, ch, cm, rj, rm, share_prompt=False,
+                    prefix=jnp.asarray(prefix))
+
+
+def test_split_common_prefix():
+  prompts = [[1, 2, 3, 4, 9], [1, 2, 3, 4], [1, 2, 3, 5, 6]]
+  assert L.split_common_prefix(prompts, min_tokens=2) == ([1, 2, 3], [[4, 9], [4], [5, 6]])
+  # every rest keeps a token, even when one prompt is the common start itself
+  assert L.split_common_prefix([[7, 8], [7, 8, 9]], min_tokens=1) == ([7], [[8], [8, 9]])
+  assert L.split_common_prefix(prompts, min_tokens=4) == ([], prompts)   # too short to be worth it
+  assert L.split_common_prefix([], min_tokens=1) == ([], [])

@@ -96,15 +96,19 @@ class Generator:
 
   def pair_logprobs(self, params: Any, frozen: Any, prompt: jax.Array, prompt_mask: jax.Array, chosen: jax.Array,
                     chosen_mask: jax.Array, rejected: jax.Array, rejected_mask: jax.Array, *,
-                    share_prompt: bool = True, adapters: bool = True) -> tuple[SeqLogprobs, SeqLogprobs]:
+                    share_prompt: bool = True, adapters: bool = True,
+                    prefix: jax.Array | None = None) -> tuple[SeqLogprobs, SeqLogprobs]:
     """(chosen, rejected) log-probs [B] each under one prompt. Decoder: the prompt's KV cache is
-    shared by both (share_prompt=False packs each pair member whole); T5: the prompt is encoded
-    once and both decode against it (share_prompt does not apply)."""
+    shared by both (share_prompt=False packs each pair member whole), and `prefix` int32[Pp], the
+    common start split off every prompt, runs once per batch; T5: the prompt is encoded once and
+    both decode against it (share_prompt and prefix do not apply)."""
     fns = self.fns(params, frozen, adapters)
     if self.kind == "t5":
+      if prefix is not None:
+        raise ValueError("a common prompt prefix is for decoder-only generators")
       return encdec_pair_logprobs(fns, prompt, prompt_mask, chosen, chosen_mask, rejected, rejected_mask)
     return pair_logprobs(fns, prompt, prompt_mask, chosen, chosen_mask, rejected, rejected_mask,
-                         share_prompt=share_prompt)
+                         share_prompt=share_prompt, prefix=prefix)
 
   def export(self, params: Any, frozen: Any, out_dir: str) -> str:
     """HF safetensors dir of the trained generator (adapters merged). Call on every process."""

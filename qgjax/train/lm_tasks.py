@@ -35,6 +35,7 @@ from qgjax.train import examples as ex
 from qgjax.train.checkpoint import write_json
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.generator import Generator, load_generator
+from qgjax.train.logprobs import split_common_prefix
 from qgjax.train.loop import TaskSetup, fit
 from qgjax.train.losses import dpo_loss, masked_nll, rsft_dpo_loss
 
@@ -145,20 +146,23 @@ run_rsft = run_sft
 # DPO / IPO / RSFT+DPO
 
 
-def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0):
+def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0, prefix: list[int] | None = None):
+  """prefix: the token ids split off the front of every prompt of the data (`split_common_prefix`)."""
   reference = dpo.reference
   loss_type = dpo.loss_type
   share = bool(dpo.share_prompt)
   beta, ls = float(dpo.beta), float(dpo.label_smoothing)
+  prefix_ids = np.asarray(prefix, np.int32) if prefix else None
 
   def loss_fn(params, frozen, batch):
     args = (batch["prompt"], batch["prompt_mask"], batch["chosen"], batch["chosen_mask"], batch["rejected"],
             batch["rejected_mask"])
-    c, r = gen.pair_logprobs(params, frozen, *args, share_prompt=share)
+    pre = None if prefix_ids is None else jnp.asarray(prefix_ids)
+    c, r = gen.pair_logprobs(params, frozen, *args, share_prompt=share, prefix=pre)
     if reference == "precomputed":
       ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
     else:
-      rc, rr = gen.pair_logprobs(params, frozen, *args, share_prompt=share, adapters=False)
+      rc, rr = gen.pair_logprobs(params, frozen, *args, share_prompt=share, adapters=False, prefix=pre)
       ref_c, ref_r = jax.lax.stop_gradient(rc.total), jax.lax.stop_gradient(rr.total)
     if loss_type == "ipo":  # IPO compares per-token mean log-probs
       pi_c, pi_r = c.mean, r.mean
@@ -174,8 +178,10 @@ def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0):
   return loss_fn
 
 
-def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.ndarray, np.ndarray]:
-  """Summed log-probs of chosen / rejected under the initial model (adapters off), one pass in file order."""
+def reference_logprobs(gen: Generator, columns: dict, config: Any,
+                       prefix: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Summed log-probs of chosen / rejected under the initial model (adapters off), one pass in file
+  order; prefix: the tokens split off the front of every prompt in `columns`."""
   from qgjax.parallel.mesh import mesh_from_config
   from qgjax.parallel.sharding import activate, put_batch, put_on_mesh, rules_for, tree_shardings
   from qgjax.data.progress import progress
@@ -193,10 +199,13 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any) -> tuple[np.n
   batch_size = int(config.reference_batch_size or config.batch_size)
   loader = _loader(columns, PAIR_SPEC, config, shuffle=False, batch_size=batch_size)
 
+  prefix_ids = np.asarray(prefix, np.int32) if prefix else None
+
   @jax.jit
   def ref_step(p, b):
+    pre = None if prefix_ids is None else jnp.asarray(prefix_ids)
     c, r = logprobs_of(p, b["prompt"], b["prompt_mask"], b["chosen"], b["chosen_mask"], b["rejected"],
-                       b["rejected_mask"], share_prompt=share)
+                       b["rejected_mask"], share_prompt=share, prefix=pre)
     return c.total, r.total
 
   out_c = np.zeros(loader.num_examples, np.float64)
@@ -232,6 +241,10 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
           "chosen": ex.tokenize_completions(gen.tokenizer, texts["chosen"]),
           "rejected": ex.tokenize_completions(gen.tokenizer, texts["rejected"])}
   info: dict = {}
+  prefix: list[int] = []
+  if gen.kind != "t5" and bool(dpo.share_prompt) and bool(dpo.share_prompt_prefix):
+    prefix, cols["prompt"] = split_common_prefix(cols["prompt"])
+    info["shared_prefix_tokens"] = len(prefix)
   if reference == "precomputed":
     if "ref_chosen" in texts:
       info["reference"] = f"stored in {src}"
@@ -243,7 +256,7 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       info["reference"] = f"stored in {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = done["ref_chosen"], done["ref_rejected"]
     else:   # none yet, or made from another model / prompt / pairs file: (re)compute it
-      ref_c, ref_r = reference_logprobs(gen, cols, config)
+      ref_c, ref_r = reference_logprobs(gen, cols, config, prefix)
       if jax.process_index() == 0:
         storage.as_path(stored).parent.mkdir(parents=True, exist_ok=True)
         ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
@@ -257,9 +270,10 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
   evals = _loader(_take(cols, eval_idx), PAIR_SPEC, config, shuffle=False) if len(eval_idx) else None
   weight = float(dpo.sft_weight) if sft_weight is None else sft_weight
   info.update(train_pairs=int(len(train_idx)), eval_pairs=int(len(eval_idx)), truncated=train.truncated)
-  fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys())})
+  # share_prompt_prefix changes the cost of a step, not its result: a run resumes with either
+  fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys()) if k != "share_prompt_prefix"})
   return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen,
-                   dpo_loss_fn(gen, dpo, sft_weight=weight), train, evals, gen.export, fp, info)
+                   dpo_loss_fn(gen, dpo, sft_weight=weight, prefix=prefix), train, evals, gen.export, fp, info)
 
 
 def run_dpo(config: Any) -> dict:

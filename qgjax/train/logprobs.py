@@ -15,9 +15,11 @@ Decoder-only:
       prompt_embeds [B, Tp, D] replaces the prompt's token embeddings (soft prompts, ReadQG);
       also returns the prompt's final-norm hidden states [B, Tp, D]; with_states=True also the
       states that predict each completion token [kB, Tc, D] (ReadQG's margin calibration).
-  pair_logprobs(fns, prompt, pmask, chosen, cmask_c, rejected, cmask_r, share_prompt=True)
+  pair_logprobs(fns, prompt, pmask, chosen, cmask_c, rejected, cmask_r, share_prompt=True, prefix=None)
       DPO's chosen and rejected share the prompt (shared_prompt_logprobs with k = 2);
       share_prompt=False packs [prompt; completion] for both (the reference for the test).
+      prefix int32[Pp]: the common start of every prompt, run once per batch (the prompts are the
+      rests: `split_common_prefix`); a few-shot prompt's ~310 shared tokens then cost one row.
 Encoder-decoder:
   encdec_decode_logprobs(fns, enc, smask, completion, cmask, with_states=False)  teacher-force
       against encoder states; with_states=True also returns the decoder's final-norm states [B, Tc, D]
@@ -133,7 +135,7 @@ def completion_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Arr
 
 def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mask: jax.Array, completions: jax.Array,
                            completion_mask: jax.Array, *, prompt_embeds: jax.Array | None = None,
-                           with_states: bool = False) -> tuple:
+                           with_states: bool = False, prefix: jax.Array | None = None) -> tuple:
   """log p(completion_j | prompt_{j mod B}) for k*B completions of B prompts, the prompt run once.
 
   prompt int32[B, Tp] left-padded (None when prompt_embeds [B, Tp, D] is given), prompt_mask
@@ -141,6 +143,9 @@ def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mas
   final-norm hidden states [B, Tp, D]) [+ with_states: the final-norm states [kB, Tc, D] that
   predict each completion token, i.e. [the prompt's last ; completion[:-1]], as a teacher-forced
   encoder-decoder's decoder states].
+  prefix: int32[Pp], tokens that come before every prompt (a few-shot prompt's common start,
+  split off by `split_common_prefix`): run once for the batch, every prompt attends to it
+  (gradients flow through it); `prompt` is then each prompt's rest.
   """
   b, tp = prompt_mask.shape
   rows, tc = completions.shape
@@ -149,15 +154,24 @@ def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mas
   k = rows // b
   pmask = prompt_mask.astype(bool)
   cmask = completion_mask.astype(bool)
-  cache = fns.init_cache(b, tp + tc)
+  pp = 0 if prefix is None else prefix.shape[0]
+  if prefix is None:
+    cache = fns.init_cache(b, tp + tc)
+  else:   # the prefix's keys/values once, then one copy per prompt
+    one = jnp.arange(pp + tp + tc)[None, :] < pp
+    _, cache = fns.forward(prefix[None].astype(jnp.int32), jnp.arange(pp, dtype=jnp.int32)[None, :], one,
+                           fns.init_cache(1, pp + tp + tc), 0)
+    cache = fns.repeat_cache(cache, b)
+    pmask = jnp.concatenate([jnp.ones((b, pp), bool), pmask], axis=1)      # [B, Pp + Tp] from here on
   kv_prompt = jnp.concatenate([pmask, jnp.zeros((b, tc), bool)], axis=1)
-  hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask), kv_prompt, cache, 0, embeds=prompt_embeds)
+  hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask)[:, pp:], kv_prompt, cache, pp,
+                                embeds=prompt_embeds)
   first_logits = fns.logits(hidden_p[:, -1:])                             # predicts completion[:, 0]
   cache = fns.repeat_cache(cache, k)
   n_prompt = jnp.sum(pmask, axis=1, dtype=jnp.int32)
   positions = jnp.concatenate([n_prompt] * k)[:, None] + jnp.arange(tc, dtype=jnp.int32)[None, :]
   kv = jnp.concatenate([jnp.concatenate([pmask] * k), cmask], axis=1)
-  hidden_c, _ = fns.forward(completions, positions, kv, cache, tp)
+  hidden_c, _ = fns.forward(completions, positions, kv, cache, pp + tp)
   first = token_logprobs(jnp.concatenate([first_logits] * k), completions[:, :1])
   rest = token_logprobs(fns.logits(hidden_c[:, :-1]), completions[:, 1:])
   lp = _seq(jnp.concatenate([first, rest], axis=1), cmask)
@@ -169,9 +183,12 @@ def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mas
 
 def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, chosen: jax.Array,
                   chosen_mask: jax.Array, rejected: jax.Array, rejected_mask: jax.Array,
-                  share_prompt: bool = True) -> tuple[SeqLogprobs, SeqLogprobs]:
-  """(log p(chosen | prompt), log p(rejected | prompt)); the prompt runs once when share_prompt."""
+                  share_prompt: bool = True, prefix: jax.Array | None = None) -> tuple[SeqLogprobs, SeqLogprobs]:
+  """(log p(chosen | prompt), log p(rejected | prompt)); the prompt runs once when share_prompt.
+  prefix int32[Pp]: every prompt's common start, split off (shared_prompt_logprobs; share_prompt only)."""
   b = prompt.shape[0]
+  if prefix is not None and not share_prompt:
+    raise ValueError("a common prompt prefix needs share_prompt=True")
   if chosen.shape != rejected.shape:
     raise ValueError(f"chosen {chosen.shape} and rejected {rejected.shape} must be padded alike")
   completions = jnp.concatenate([chosen, rejected], axis=0)
@@ -180,7 +197,7 @@ def pair_logprobs(fns: DecoderFns, prompt: jax.Array, prompt_mask: jax.Array, ch
     both = completion_logprobs(fns, jnp.concatenate([prompt] * 2), jnp.concatenate([prompt_mask] * 2),
                                completions, cmask)
   else:
-    both, _ = shared_prompt_logprobs(fns, prompt, prompt_mask, completions, cmask)
+    both, _ = shared_prompt_logprobs(fns, prompt, prompt_mask, completions, cmask, prefix=prefix)
   split = lambda x: (x[:b], x[b:])
   c, r = zip(*(split(x) for x in both))
   return SeqLogprobs(*c), SeqLogprobs(*r)
@@ -269,3 +286,18 @@ def t5_fns(module: Any, variables: Any, prefix: Callable[[jax.Array, jax.Array],
     return logits, states
 
   return EncDecFns(encode, decode, int(module.config.decoder_start_token_id), decode_states)
+
+
+def split_common_prefix(prompts: list, min_tokens: int = 16) -> tuple[list[int], list]:
+  """Token-id prompts -> (their longest common start, each prompt's rest); every rest keeps at
+  least one token. ([], prompts) when the common start is shorter than `min_tokens`."""
+  if not prompts:
+    return [], prompts
+  first = [int(t) for t in prompts[0]]
+  n = min(len(p) for p in prompts) - 1
+  for p in prompts[1:]:
+    n = next((i for i in range(n) if int(p[i]) != first[i]), n)
+  if n < min_tokens:
+    return [], prompts
+  return first[:n], [p[n:] for p in prompts]
+
