@@ -42,7 +42,7 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       rank=8, alpha=16.0, targets=r"(q|k|v|o|gate|up|down)_proj|_attn/[qkvo]/|mlp/w[io]",
       a_init="kaiming_uniform"))   # a_init: kaiming_uniform | normal (B starts at 0)
   c.data = ml_collections.ConfigDict(dict(
-      train="", corpus="", prompt_buckets=(224, 256, 384, 448, 512), completion_buckets=(32, 64), bucket_window=8,
+      train="", corpus="", prompt_buckets=(256, 384, 448, 512), completion_buckets=(32, 64), bucket_window=8,
       eval_fraction=0.05))
   # The generation prompt: keep it equal to the `qgjax generate` config that sampled the queries
   # (its default is few_shot; the tiny variant uses the shorter plain prompt).
