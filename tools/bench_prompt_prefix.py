@@ -85,7 +85,8 @@ def bench_dpo(args, data: str, work: str) -> dict:
   out = {}
   for share in (False, True):
     over = [("data.train", pairs), ("data.corpus", data), ("data.eval_fraction", "0.0"),
-            ("workdir", os.path.join(work, f"dpo_{share}")), ("dpo.share_prompt_prefix", str(share))]
+            ("workdir", os.path.join(work, f"dpo_{share}")), ("dpo.share_prompt_prefix", str(share)),
+            ("data.prompt_buckets", "(224, 256, 384, 448, 512)")]   # 224: the rests after the prefix
     if args.accum:
       over.append(("accum_steps", str(args.accum)))
     c = build_config(os.path.join(REPO, "configs", "dpo.py"), over)
