@@ -219,8 +219,9 @@ def bench_encode(args, data: str) -> dict:
           "batch_size": args.encode_batch, "max_len": max_len, "batches": len(padded)}
 
 
-def main():
-  args = parse_args()
+def start(data_arg: str) -> dict:
+  """Logging, the persistent compilation cache and the corpus dir; returns the result's common fields
+  (command, data, compilation_cache, machine, versions)."""
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   import jax
 
@@ -229,11 +230,16 @@ def main():
 
   setup_logging()
   cache = enable_compilation_cache()
-  data = corpus_dir(args.data)
-  result = {"command": " ".join([sys.executable] + sys.argv), "data": data, "compilation_cache": cache,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "devices": [str(d) for d in jax.devices()]},
-            "versions": {"jax": jax.__version__}}
+  return {"command": " ".join([sys.executable] + sys.argv), "data": corpus_dir(data_arg), "compilation_cache": cache,
+          "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                      "devices": [str(d) for d in jax.devices()]},
+          "versions": {"jax": jax.__version__}}
+
+
+def main():
+  args = parse_args()
+  result = start(args.data)
+  data = result["data"]
   if not args.skip_generate:
     result["generate"] = bench_generate(args, data)
   if not args.skip_encode:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 
@@ -36,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-from bench_jobs import corpus_dir, default_data  # noqa: E402
+from bench_jobs import default_data, start  # noqa: E402
 
 
 def parse_args():
@@ -139,21 +138,11 @@ def queries(out_dir: str) -> dict:
 
 def main():
   args = parse_args()
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  import jax
-
+  env = start(args.data)
+  data = env["data"]
   from qgjax.jobs import generate
-  from qgjax.log import setup_logging
-  from qgjax.parallel.compile_cache import enable_compilation_cache
 
-  setup_logging()
-  cache = enable_compilation_cache()
-  data = corpus_dir(args.data)
   work = tempfile.mkdtemp(prefix="bench_prompt_prefix_")
-  env = {"data": data, "compilation_cache": cache, "command": " ".join([sys.executable] + sys.argv),
-         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                     "devices": [str(d) for d in jax.devices()]},
-         "versions": {"jax": jax.__version__}}
   if args.task == "dpo":
     result = {**bench_dpo(args, data, work), **env}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
