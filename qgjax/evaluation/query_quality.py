@@ -8,6 +8,11 @@
               (label < positive_threshold). Without labels: every query scored against another
               document of the corpus drawn with a seed (a mismatched baseline).
   Δrel        rel+ - rel-.
+  copying     how much each query reads like its source document (`lexical_copying`): words per
+              query, share ending in "?", share of query words that occur in the document, the
+              longest run of consecutive query words found verbatim in it, and the share of
+              queries that repeat an earlier one of the output. A reward that BM25 overlap can
+              game (DPO-QG's bm25_rank) drives the middle two up.
 
 The scorer is any `qgjax.retrieval.dense.load_pair_scorer` config: bi_encoder (cosine) or
 cross_encoder (logit). Used by `qgjax evaluate --config configs/evaluate.py
@@ -17,6 +22,7 @@ cross_encoder (logit). Used by `qgjax evaluate --config configs/evaluate.py
 from __future__ import annotations
 
 import collections
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -77,6 +83,48 @@ def relevance(records: Sequence[Mapping], doc_text: Callable[[str], str], scorer
           "n_pos": int(len(s_pos)), "n_neg": int(len(s_neg)), "rel-_from": how}
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+  return _WORD.findall(text.lower())
+
+
+def longest_copied_span(query: list[str], doc: list[str]) -> int:
+  """Length of the longest run of consecutive query words that occurs in the same order in `doc`
+  (longest common substring over words; 0 when no word is shared)."""
+  best, prev = 0, [0] * (len(doc) + 1)
+  for qw in query:
+    cur = [0] * (len(doc) + 1)
+    for j, dw in enumerate(doc, 1):
+      if qw == dw:
+        cur[j] = prev[j - 1] + 1
+        best = max(best, cur[j])
+    prev = cur
+  return best
+
+
+def lexical_copying(records: Sequence[Mapping], doc_text: Callable[[str], str]) -> dict:
+  """Means over records {doc_id, query}: words, question share, in-document word share, longest
+  verbatim span (words), and the share of duplicate queries (the same words as an earlier one)."""
+  if not records:
+    raise InputError("no generated queries to assess")
+  words, questions, in_doc, spans, seen, dups = [], 0, [], [], set(), 0
+  for r in records:
+    q, d = _words(r["query"]), _words(doc_text(r["doc_id"]))
+    vocab = set(d)
+    words.append(len(q))
+    questions += r["query"].rstrip().endswith("?")
+    in_doc.append(sum(w in vocab for w in q) / len(q) if q else 0.0)
+    spans.append(longest_copied_span(q, d))
+    key = " ".join(q)
+    dups += key in seen
+    seen.add(key)
+  n = len(records)
+  return {"words": float(np.mean(words)), "question_share": questions / n, "in_document_word_share": float(np.mean(in_doc)),
+          "longest_copied_span": float(np.mean(spans)), "duplicate_share": dups / n}
+
+
 def query_quality(records: Sequence[Mapping], corpus, *, encoder, scorer, label_field: str = "",
                   positive_threshold: float = 0.5, seed: int = 0, batch_size: int = 64) -> dict:
   """Both metrics for generated records {doc_id, query, ...} over a `Corpus`."""
@@ -97,6 +145,7 @@ def query_quality(records: Sequence[Mapping], corpus, *, encoder, scorer, label_
 
   out.update(relevance(records, doc_text, scorer, doc_ids=corpus.doc_ids, label_field=label_field,
                        positive_threshold=positive_threshold, seed=seed))
+  out["copying"] = lexical_copying(records, doc_text)
   return out
 
 
