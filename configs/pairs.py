@@ -29,6 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.margin = 0.0
   c.max_pairs_per_doc = 4  # 0: no cap
   c.rsft = ml_collections.ConfigDict(dict(n_best=1, min_reward=None))  # None: no threshold
+  # copy guard: a query repeating more than this many consecutive words of its document is never chosen
+  # (only rejected); 0 = off. Needs data_dir, the corpus (the DPO-QG pipeline sets it)
+  c.chosen_max_copied_span = 0
+  c.data_dir = ""
   c.overwrite = False  # outputs from different settings or input are kept unless true
   if a.tiny:
     c.input = "runs/tiny/score/scored"

@@ -121,3 +121,40 @@ def test_pairs_job_bad_input(tmp_path, capsys):
   rc = cli.main(["pairs", "--config", CONFIG, f"--config.input={src}", f"--config.workdir={tmp_path / 'o'}"])
   assert rc == 2
   assert "scored.jsonl:2, field 'reward': record has no reward 'reward'" in capsys.readouterr().err
+
+
+def test_can_choose_refuses_a_chosen_but_keeps_it_as_rejected():
+  c = _cands([3, 1, 2])
+  no_0 = lambda cand: cand.sample_idx != 0
+  assert _ids(all_pairs(c, can_choose=no_0)) == [(2, 1)]
+  assert _ids(best_vs_worst(c, can_choose=no_0)) == [(2, 1)]
+  assert _ids(best_vs_worst(_cands([3, 1]), can_choose=lambda cand: False)) == []
+  assert [x.sample_idx for x in best_of_n(c, 2, can_choose=no_0)] == [2, 1]
+
+
+def test_pairs_job_copy_guard(tmp_path, capsys):
+  """chosen_max_copied_span: a query repeating more than k consecutive words of its document is
+  never chosen nor best-of-n; it can still be the rejected one."""
+  data = tmp_path / "beir"
+  data.mkdir()
+  (data / "corpus.jsonl").write_text(
+      json.dumps({"_id": "A", "title": "", "text": "Nuts protect against heart disease in adults."}) + "\n")
+  rows = [  # a0 copies 5 words (best reward), a1 3 words, a2 none (worst)
+      {"doc_id": "A", "sample_idx": 0, "query": "nuts protect against heart disease", "reward": -1.0},
+      {"doc_id": "A", "sample_idx": 1, "query": "do nuts protect against stroke", "reward": -2.0},
+      {"doc_id": "A", "sample_idx": 2, "query": "walnut benefits", "reward": -9.0}]
+  src = _scored(tmp_path, rows)
+  out = tmp_path / "out"
+  assert cli.main(["pairs", "--config", CONFIG, f"--config.input={src}", f"--config.workdir={out}",
+                   "--config.chosen_max_copied_span=3", f"--config.data_dir={data}"]) == 0
+  pairs = [(p["chosen"], p["rejected"]) for p in map(json.loads, (out / "pairs.jsonl").read_text().splitlines())]
+  # a0 > a1 and a0 > a2 are refused (a0 copies 5 words); a1 (3 words) > a2 stays
+  assert pairs == [("do nuts protect against stroke", "walnut benefits")]
+  rsft = [json.loads(l)["query"] for l in (out / "rsft.jsonl").read_text().splitlines()]
+  assert rsft == ["do nuts protect against stroke"]
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["refused_as_chosen"] == 1 and summary["settings"]["chosen_max_copied_span"] == 3
+  # without the corpus it says what is missing
+  assert cli.main(["pairs", "--config", CONFIG, f"--config.input={src}", f"--config.workdir={tmp_path / 'o2'}",
+                   "--config.chosen_max_copied_span=3"]) != 0
+  assert "needs config.data_dir" in capsys.readouterr().err

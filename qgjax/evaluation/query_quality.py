@@ -86,7 +86,8 @@ def relevance(records: Sequence[Mapping], doc_text: Callable[[str], str], scorer
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def _words(text: str) -> list[str]:
+def text_words(text: str) -> list[str]:
+  """Lower-cased alphanumeric words of `text`."""
   return _WORD.findall(text.lower())
 
 
@@ -111,7 +112,7 @@ def lexical_copying(records: Sequence[Mapping], doc_text: Callable[[str], str]) 
     raise InputError("no generated queries to assess")
   words, questions, in_doc, spans, seen, dups = [], 0, [], [], set(), 0
   for r in records:
-    q, d = _words(r["query"]), _words(doc_text(r["doc_id"]))
+    q, d = text_words(r["query"]), text_words(doc_text(r["doc_id"]))
     vocab = set(d)
     words.append(len(q))
     questions += r["query"].rstrip().endswith("?")

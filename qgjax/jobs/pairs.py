@@ -15,6 +15,11 @@ Outputs in `config.workdir` (each written to a temp file and renamed):
 Running again with the same input and settings does nothing; with different ones it refuses
 to replace the outputs unless `overwrite=true`.
 
+Copy guard (QG only; `chosen_max_copied_span` > 0, `data_dir` the corpus): a query that repeats more
+than that many consecutive words of its source document (`longest_copied_span`) is never a chosen
+or best-of-n query, only a rejected one, so alignment cannot reach a rank reward by copying the
+document (what the BM25-rank reward taught SmolLM2 on NFCorpus: docs/results.md).
+
 On P processes process 0 alone makes and writes the pairs (a pass over the scored records, no
 model); the others return at once and wait at the pipeline's barrier after the stage.
 """
@@ -92,6 +97,29 @@ def load_groups(source: str, reward: str) -> tuple[str, dict[str, list[Candidate
   return mode, groups, sources
 
 
+def copy_guard(config: Any, mode: str, groups: dict[str, list[Candidate]]):
+  """(can_choose or None, number of candidates it refuses) for `chosen_max_copied_span`."""
+  limit = int(config.chosen_max_copied_span)
+  if limit <= 0:
+    return None, 0
+  if mode != "qg":
+    raise ConfigError("config.chosen_max_copied_span compares a query with its source document: generated "
+                      "queries only, not AQE expansions")
+  if not config.data_dir:
+    raise ConfigError("config.chosen_max_copied_span needs config.data_dir: the corpus the queries were generated from")
+  from qgjax.data.beir import Corpus
+  from qgjax.evaluation.query_quality import longest_copied_span, text_words
+
+  corpus = Corpus(str(storage.as_path(config.data_dir) / "corpus.jsonl"))
+  refused = set()
+  for group, cands in groups.items():
+    if group not in corpus:
+      raise InputError(f"document '{group}' of the scored queries is not in {config.data_dir}", field="doc_id")
+    doc = text_words(corpus[group].contents)
+    refused |= {(group, c.sample_idx) for c in cands if longest_copied_span(text_words(c.text), doc) > limit}
+  return (lambda c: (str(c.record["doc_id"]), c.sample_idx) not in refused), len(refused)
+
+
 def _group_fields(mode: str, group: str, sources: dict[str, str]) -> dict:
   if mode == "aqe":
     return {"query_id": group, **({"source_query": sources[group]} if group in sources else {})}
@@ -154,6 +182,8 @@ def _run(config: Any) -> dict:
               "input_fingerprint": fingerprint(config.input), "reward": config.reward,
               "strategy": config.strategy, "margin": float(config.margin),
               "max_pairs_per_doc": int(config.max_pairs_per_doc), "rsft": config.rsft.to_dict()}
+  if int(config.chosen_max_copied_span) > 0:   # (absent when off: outputs made before the guard stay valid)
+    settings["chosen_max_copied_span"] = int(config.chosen_max_copied_span)
   summary_path = workdir / "summary.json"
   if summary_path.is_file():
     previous = json.loads(summary_path.read_text())
@@ -165,12 +195,13 @@ def _run(config: Any) -> dict:
                         f"({', '.join(changed)} changed); use another workdir or --config.overwrite=true")
 
   mode, groups, sources = load_groups(config.input, config.reward)
+  can_choose, refused = copy_guard(config, mode, groups)
   pairs, rsft = [], []
   for group, cands in groups.items():
     for chosen, rejected in make_pairs(cands, config.strategy, float(config.margin),
-                                       int(config.max_pairs_per_doc)):
+                                       int(config.max_pairs_per_doc), can_choose):
       pairs.append(pair_record(mode, group, sources, chosen, rejected, config.reward))
-    for cand in best_of_n(cands, int(config.rsft.n_best), config.rsft.min_reward):
+    for cand in best_of_n(cands, int(config.rsft.n_best), config.rsft.min_reward, can_choose):
       rsft.append(rsft_record(mode, group, sources, cand, config.reward))
 
   workdir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +216,7 @@ def _run(config: Any) -> dict:
       "mean_reward_rejected": _mean([p["reward_rejected"] for p in pairs]),
       "mean_reward_best_of_n": _mean([r["reward"] for r in rsft]),
       "pairs_file": str(workdir / "pairs.jsonl"), "rsft_file": str(workdir / "rsft.jsonl"),
+      **({"refused_as_chosen": refused} if can_choose is not None else {}),
       "settings": settings,
   }
   write_json_atomic(summary_path, summary, sort_keys=False)

@@ -7,14 +7,18 @@ Everything is deterministic: ties go to the lower sample index.
                                   with the largest reward gap are kept (2505.19307)
   best_vs_worst(cands, margin)    the best against the worst, if r_best > r_worst + margin (AQE)
   best_of_n(cands, n, min_reward) the n best (reward >= min_reward) for RSFT
+
+`can_choose(candidate) -> bool` (optional, every function): candidates it refuses are never a
+chosen / best one, but can still be the rejected one (e.g. queries that copy their document).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 STRATEGIES = ("all", "best_worst")
+CanChoose = Callable[["Candidate"], bool] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,7 @@ def _by_quality(c: Candidate) -> tuple:
   return (-c.reward, c.sample_idx)
 
 
-def all_pairs(cands: Sequence[Candidate], margin: float = 0.0, cap: int = 0
+def all_pairs(cands: Sequence[Candidate], margin: float = 0.0, cap: int = 0, can_choose: CanChoose = None
               ) -> list[tuple[Candidate, Candidate]]:
   """(chosen, rejected) for every ordered pair with r_chosen > r_rejected + margin.
 
@@ -39,6 +43,8 @@ def all_pairs(cands: Sequence[Candidate], margin: float = 0.0, cap: int = 0
   """
   pairs = []
   for a in cands:
+    if can_choose is not None and not can_choose(a):
+      continue
     for b in cands:
       if a.reward > b.reward + margin and a.text != b.text:
         pairs.append((a, b))
@@ -46,12 +52,12 @@ def all_pairs(cands: Sequence[Candidate], margin: float = 0.0, cap: int = 0
   return pairs[:cap] if cap > 0 else pairs
 
 
-def best_vs_worst(cands: Sequence[Candidate], margin: float = 0.0
+def best_vs_worst(cands: Sequence[Candidate], margin: float = 0.0, can_choose: CanChoose = None
                   ) -> list[tuple[Candidate, Candidate]]:
   """[(best, worst)] when r_best > r_worst + margin and their texts differ, else []."""
-  if len(cands) < 2:
+  ranked = [c for c in sorted(cands, key=_by_quality) if can_choose is None or can_choose(c)]
+  if len(cands) < 2 or not ranked:
     return []
-  ranked = sorted(cands, key=_by_quality)
   best = ranked[0]
   worst = min(cands, key=lambda c: (c.reward, c.sample_idx))
   if best.reward > worst.reward + margin and best.text != worst.text:
@@ -59,14 +65,14 @@ def best_vs_worst(cands: Sequence[Candidate], margin: float = 0.0
   return []
 
 
-def best_of_n(cands: Sequence[Candidate], n: int = 1, min_reward: float | None = None
-              ) -> list[Candidate]:
+def best_of_n(cands: Sequence[Candidate], n: int = 1, min_reward: float | None = None,
+              can_choose: CanChoose = None) -> list[Candidate]:
   """The n highest-reward candidates with distinct texts (and reward >= min_reward)."""
   out, seen = [], set()
   for c in sorted(cands, key=_by_quality):
     if min_reward is not None and c.reward < min_reward:
       break
-    if c.text in seen:
+    if c.text in seen or (can_choose is not None and not can_choose(c)):
       continue
     seen.add(c.text)
     out.append(c)
@@ -75,11 +81,11 @@ def best_of_n(cands: Sequence[Candidate], n: int = 1, min_reward: float | None =
   return out
 
 
-def make_pairs(cands: Sequence[Candidate], strategy: str, margin: float = 0.0, cap: int = 0
-               ) -> list[tuple[Candidate, Candidate]]:
+def make_pairs(cands: Sequence[Candidate], strategy: str, margin: float = 0.0, cap: int = 0,
+               can_choose: CanChoose = None) -> list[tuple[Candidate, Candidate]]:
   if strategy == "all":
-    return all_pairs(cands, margin, cap)
+    return all_pairs(cands, margin, cap, can_choose)
   if strategy == "best_worst":
-    return best_vs_worst(cands, margin)
+    return best_vs_worst(cands, margin, can_choose)
   from qgjax.errors import ConfigError
   raise ConfigError(f"unknown pair strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")

@@ -94,7 +94,7 @@ def _score(source: str):
 
 
 def _pairs(p, at):
-  return {"input": os.path.join(at("score"), "scored"), "workdir": at("self")}
+  return {"input": os.path.join(at("score"), "scored"), "workdir": at("self"), "data_dir": data_dir(p)}
 
 
 def _align(p, at):
