@@ -114,3 +114,36 @@ def test_similarity_cos_trains_and_exports_a_normalising_encoder(tmp_path, simil
   batch = jax.tree.map(jnp.asarray, setup.train.batch(0))
   loss, metrics = jax.jit(setup.loss_fn)(setup.trainable, {}, batch)
   assert np.isfinite(float(loss)) and (abs(float(metrics["pos_score"])) <= 1.0 + 1e-5) == normalised
+
+
+def test_chunked_encoding_same_loss_and_gradients():
+  """Towers(chunk=k): the rows k at a time under jax.checkpoint; the same embeddings (rows in order),
+  loss and gradients as the whole batch at once, and fewer compiled temporaries."""
+  cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                      max_position_embeddings=32)
+  module = BiEncoder(cfg, pooling="mean", normalize=True)
+  params = {"query": init_params(module, 0)}
+  rng = np.random.default_rng(1)
+  b, length = 8, 24
+  batch = {"query": rng.integers(1, 50, (b, length)), "pos": rng.integers(1, 50, (b, length)),
+           "neg0": rng.integers(1, 50, (b, length)), "pos_key": np.arange(b, dtype=np.float32),
+           "neg0_key": 100.0 + np.arange(b, dtype=np.float32), "weight": np.ones(b, np.float32)}
+  for name in ("query", "pos", "neg0"):
+    mask = np.ones((b, length), bool)
+    mask[1, 20:] = False
+    batch[name + "_mask"] = mask
+  batch = jax.tree.map(jnp.asarray, batch)
+  whole, chunked = Towers(module, shared=True), Towers(module, shared=True, chunk=2)
+  emb = lambda t: jax.jit(lambda p: t.encode(p, "doc", batch["pos"], batch["pos_mask"], None))(params)
+  np.testing.assert_allclose(np.asarray(emb(chunked)), np.asarray(emb(whole)), atol=1e-6)
+  grad = lambda t: jax.jit(jax.value_and_grad(retriever_loss_fn(t, 1, 0.05), has_aux=True))
+  (l1, _), g1 = grad(whole)(params, {}, batch)
+  (l2, _), g2 = grad(chunked)(params, {}, batch)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+  for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+  temp = lambda t: jax.jit(jax.grad(lambda p: retriever_loss_fn(t, 1, 0.05)(p, {}, batch)[0])).lower(
+      params).compile().memory_analysis().temp_size_in_bytes
+  assert temp(chunked) < temp(whole)
+  # a chunk that does not divide the rows: the whole batch at once
+  np.testing.assert_allclose(np.asarray(emb(Towers(module, shared=True, chunk=3))), np.asarray(emb(whole)), atol=1e-6)
