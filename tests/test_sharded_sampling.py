@@ -92,3 +92,23 @@ def test_batch_must_divide_over_the_batch_axes(tiny_path):
   model, params, _ = load_decoder(tiny_path, tokenizer=False)
   with pytest.raises(ConfigError, match="multiple of the 8 devices"):
     Sampler.for_decoder(model, params, SAMPLING["greedy"], batch_size=4, mesh=mesh)
+
+
+@pytest.mark.parametrize("mesh_spec", MESHES[1:], ids=lambda m: "-".join(f"{a}{n}" for a, n in m))
+def test_shared_prefix_on_a_sharded_model(tiny_path, mesh_spec):
+  """prefix_tokens under model sharding (the one-row prefix prefill under the batch and kv-head
+  constraints): the greedy tokens of the whole prompts on one device."""
+  prefix = list(range(20, 29))
+  prompts = [prefix + p for p in _prompts(128, BATCH)]
+  ids = [f"doc-{i}" for i in range(BATCH)]
+  model, params, _ = load_decoder(tiny_path, tokenizer=False)
+  one = Sampler.for_decoder(model, params, SAMPLING["greedy"], batch_size=BATCH, seed=12, mesh=local_data_mesh(1))
+  ref = one.run(prompts, ids, 24)
+  mesh = mesh_lib.make_mesh(mesh_spec)
+  model, params, _ = load_decoder(tiny_path, tokenizer=False, mesh=mesh, rules=sharding.rules_for(mesh))
+  sampler = Sampler.for_decoder(model, params, SAMPLING["greedy"], batch_size=BATCH, seed=12, mesh=mesh,
+                                prefix_tokens=prefix)
+  out = sampler.run(prompts, ids, 24)
+  assert sampler.prefixed_prompts == BATCH and sampler.rules is not None
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=5e-5, rtol=2e-5)
