@@ -40,7 +40,8 @@ def test_common_prompt_prefix_runs_once_with_the_same_reference_and_loss(tmp_pat
   over = [("model.name", model), ("mesh", "[('data', 8)]"), ("batch_size", "8")]
   whole = setup_dpo(build_config(CONFIG, over + [("workdir", str(tmp_path / "a")),
                                                  ("dpo.share_prompt_prefix", "False")]))
-  shared = setup_dpo(build_config(CONFIG, over + [("workdir", str(tmp_path / "b"))]))
+  shared = setup_dpo(build_config(CONFIG, over + [("workdir", str(tmp_path / "b")),
+                                                  ("dpo.share_prompt_prefix", "True")]))
   assert "shared_prefix_tokens" not in whole.info and shared.info["shared_prefix_tokens"] >= 16
   assert shared.fingerprint == whole.fingerprint
   b_whole, b_shared = whole.train.batch(0), shared.train.batch(0)

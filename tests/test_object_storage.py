@@ -230,7 +230,7 @@ def test_scann_index_and_bm25_cache_on_the_bucket(gcs):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
 VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_per_s", "generation_s",
-            "total_s", "written_now", "inputs_this_run", "tokens_this_run", "time",   # wall times and this run's own work
+            "total_s", "written_now", "inputs_this_run", "tokens_this_run", "inputs_this_run_with_shared_prefix", "time",   # wall times and this run's own work
             "fingerprint", "needs", "input_fingerprint",   # hashes of configs / records that name the workdir
             "attempts", "seconds_all_attempts"}   # the gs:// run was killed once: two attempts at generate
 

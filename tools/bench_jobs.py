@@ -160,7 +160,7 @@ def bench_generate(args, data: str) -> dict:
           "docs": len(prompts), "batch_size": batch_size, "buckets": buckets, "buckets_used": used,
           "prompt_tokens": {"min": min(lens), "median": float(np.median(lens)), "max": max(lens)},
           "mode": args.mode, "samples": args.samples, "max_new_tokens": args.new_tokens,
-          "shared_prefix_tokens": len(prefix), "job_inputs_with_shared_prefix": job["inputs_with_shared_prefix"],
+          "shared_prefix_tokens": len(prefix), "job_inputs_with_shared_prefix": job["inputs_this_run_with_shared_prefix"],
           "compiled_programs_job": job["compiled_programs"]}
 
 

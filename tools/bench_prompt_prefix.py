@@ -176,7 +176,7 @@ def main():
       "compile_s": {"shared_prefix": shared["compile_s"], "whole_prompt": whole["compile_s"]},
       "tokens": {"shared_prefix": shared["tokens_this_run"], "whole_prompt": whole["tokens_this_run"]},
       "shared_prefix_tokens": shared["shared_prefix_tokens"],
-      "inputs_with_shared_prefix": shared["inputs_with_shared_prefix"],
+      "inputs_with_shared_prefix": shared["inputs_this_run_with_shared_prefix"],
       "same_queries": same, "queries": len(q_whole),
       "settings": {"docs": args.docs, "mode": args.mode, "samples": args.samples,
                    "max_new_tokens": args.new_tokens, "repeats": args.repeats, "model": shared["model"],

@@ -345,6 +345,6 @@ def run(config) -> dict:
           "generation_s": result.generation_s,
           "total_s": round(time.perf_counter() - t_start, 1), "compiled_programs": sampler.num_compiles,
           "compile_s": round(sampler.compile_s, 1), "sampler_s": round(sampler.run_s, 1),
-          "shared_prefix_tokens": len(sampler.prefix), "inputs_with_shared_prefix": sampler.prefixed_prompts,
+          "shared_prefix_tokens": len(sampler.prefix), "inputs_this_run_with_shared_prefix": sampler.prefixed_prompts,
           "devices": int(mesh.devices.size), "mesh": {k: int(v) for k, v in mesh.shape.items()},
           **dict(zip(("dtype", "attention"), numerics(config)))}

@@ -157,11 +157,14 @@ def shared_prompt_logprobs(fns: DecoderFns, prompt: jax.Array | None, prompt_mas
   pp = 0 if prefix is None else prefix.shape[0]
   if prefix is None:
     cache = fns.init_cache(b, tp + tc)
-  else:   # the prefix's keys/values once, then one copy per prompt
+  else:   # the prefix's keys/values once (the same on every device: no collective), then one copy per prompt
+    from qgjax.models.layers import logical_constraint
+
     one = jnp.arange(pp + tp + tc)[None, :] < pp
-    _, cache = fns.forward(prefix[None].astype(jnp.int32), jnp.arange(pp, dtype=jnp.int32)[None, :], one,
-                           fns.init_cache(1, pp + tp + tc), 0)
-    cache = fns.repeat_cache(cache, b)
+    replicated = lambda x: logical_constraint(x, (None,) * x.ndim)
+    _, cache = fns.forward(replicated(prefix[None].astype(jnp.int32)), jnp.arange(pp, dtype=jnp.int32)[None, :],
+                           one, jax.tree.map(replicated, fns.init_cache(1, pp + tp + tc)), 0)
+    cache = jax.tree.map(lambda x: jnp.broadcast_to(replicated(x), x.shape[:1] + (b,) + x.shape[2:]), cache)
     pmask = jnp.concatenate([jnp.ones((b, pp), bool), pmask], axis=1)      # [B, Pp + Tp] from here on
   kv_prompt = jnp.concatenate([pmask, jnp.zeros((b, tc), bool)], axis=1)
   hidden_p, cache = fns.forward(prompt, positions_from_mask(pmask)[:, pp:], kv_prompt, cache, pp,
