@@ -163,7 +163,7 @@ class PromptBuilder:
       negatives = PREFIX_PROBES[1:] + PREFIX_PROBES[:1]
       prompts = [self.document_prompt(p, n if self.mode == "contrastive" else None)
                  for p, n in zip(PREFIX_PROBES, negatives)]
-    return _common_start(prompts)[:-1]
+    return common_start(prompts)[:-1]
 
   def expansion_prompt(self, query: str) -> list[int]:
     """Token ids of the prompt that asks for an expansion of `query`."""
@@ -176,7 +176,8 @@ class PromptBuilder:
 PREFIX_PROBES = ("Alpha beta gamma.", "7 zeta", "(x) y", "- item one", "\u00e9t\u00e9 chaud")
 
 
-def _common_start(lists: Sequence[Sequence[int]]) -> list[int]:
+def common_start(lists: Sequence[Sequence[int]]) -> list[int]:
+  """The longest list of ids that every list in `lists` (at least one) starts with."""
   first = list(lists[0])
   n = len(first)
   for other in lists[1:]:

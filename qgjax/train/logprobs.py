@@ -296,11 +296,10 @@ def split_common_prefix(prompts: list, min_tokens: int = 16) -> tuple[list[int],
   least one token. ([], prompts) when the common start is shorter than `min_tokens`."""
   if not prompts:
     return [], prompts
-  first = [int(t) for t in prompts[0]]
-  n = min(len(p) for p in prompts) - 1
-  for p in prompts[1:]:
-    n = next((i for i in range(n) if int(p[i]) != first[i]), n)
+  from qgjax.sampling.prompts import common_start
+
+  n = min(len(common_start(prompts)), min(len(p) for p in prompts) - 1)
   if n < min_tokens:
     return [], prompts
-  return first[:n], [p[n:] for p in prompts]
+  return [int(t) for t in prompts[0][:n]], [p[n:] for p in prompts]
 
