@@ -91,10 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(
       beta=0.1, label_smoothing=0.0, loss_type=a.loss, reference="precomputed", share_prompt=True,
       # the tokens every prompt starts with (a few-shot prompt's ~310) run once per batch, not per pair:
-      # 1.57x per step on 1 CPU device (docs/benchmarks.md); off by default: on a data-sharded mesh of
-      # XLA:CPU devices a run whose step came from the persistent compilation cache deadlocked in its
-      # collectives (tests/test_train_resume.py, 2 devices); see issue 25's notes
-      share_prompt_prefix=False, sft_weight=0.0))
+      # 1.57x per step on 1 CPU device (docs/benchmarks.md); the same losses and gradients
+      share_prompt_prefix=True, sft_weight=0.0))
   c.reference_batch_size = 0   # pairs per step of the one-off reference pass (dpo.reference=precomputed); 0 = batch_size
   if a.tiny:
     c.data.train = demo_path("pairs")

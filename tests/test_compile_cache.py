@@ -1,6 +1,8 @@
 """The persistent compilation cache the CLI turns on: a second process reads the program the first
 compiled (a cache hit, same result), `QGJAX_COMPILATION_CACHE=0` turns it off, and a directory the
-user chose for jax is left as it is. Each case runs in a fresh process (jax's config is global)."""
+user chose for jax is left as it is, and a CPU backend with several devices runs without it (cached
+XLA:CPU programs deadlock in their collectives). Each case runs in a fresh process (jax's config is
+global)."""
 
 import json
 import os
@@ -25,10 +27,10 @@ print(json.dumps({"path": path, "hits": len(hits), "value": value}))
 """
 
 
-def _probe(env_extra, tmp_path):
+def _probe(env_extra, tmp_path, devices=1):
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "QGJAX_COMPILATION_CACHE")}
   env.update(QGJAX_CACHE_DIR=str(tmp_path / "home"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu", **env_extra)
+             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **env_extra)
   proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -53,3 +55,14 @@ def test_off_and_a_directory_the_user_chose(tmp_path):
   assert os.listdir(mine)  # jax itself wrote there
   other = _probe({"QGJAX_COMPILATION_CACHE": str(tmp_path / "elsewhere")}, tmp_path)
   assert other["path"] == str(tmp_path / "elsewhere") and os.listdir(other["path"])
+
+
+def test_off_on_a_cpu_backend_with_several_devices(tmp_path):
+  """Two simulated CPU devices: no directory is made, nothing is written, even to a directory the
+  user chose for jax (a read-back sharded step would hang; docs/reliability.md)."""
+  default = _probe({}, tmp_path, devices=2)
+  assert default["path"] is None and not (tmp_path / "home" / "xla").exists()
+  mine = tmp_path / "jax-cache"
+  chosen = _probe({"JAX_COMPILATION_CACHE_DIR": str(mine)}, tmp_path, devices=2)
+  assert chosen["path"] is None and not (mine.exists() and os.listdir(mine))
+  assert chosen["value"] == default["value"] == _probe({}, tmp_path)["value"]

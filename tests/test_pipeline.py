@@ -192,6 +192,11 @@ def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
   assert cache.check_marker("score", tmp_path, [], marker, moved, {}, "fp-moved") == "fp-c"
   with pytest.raises(QgjaxError, match=r"\(a changed\)"):
     cache.check_marker("score", tmp_path, [], marker, {"a": 2, "dense": {"cache_dir": "x"}}, {}, "fp-x")
+  # nor does computing the prompts' common start once (a newer default turned it on for DPO)
+  cache.write_marker("align", tmp_path, "train", {"dpo": {"beta": 0.1, "share_prompt_prefix": False}}, {}, "fp-d", {}, 1.0)
+  marker = cache.read_marker(tmp_path)
+  on = {"dpo": {"beta": 0.1, "share_prompt_prefix": True}}
+  assert cache.check_marker("align", tmp_path, [], marker, on, {}, "fp-on") == "fp-d"
 
 
 def test_stage_marker_of_a_moved_workdir_compares_paths_under_the_new_one(tmp_path):

@@ -16,10 +16,18 @@ user made one; else `$QGJAX_COMPILATION_CACHE`; else `$QGJAX_CACHE_DIR/xla` (def
 `MAX_BYTES` (jax evicts the least recently used entries). A gs:// URL is handed to jax as it is
 (jax reads and writes it through etils epath), without a size limit: jax's eviction takes a file
 lock, which exists on a local disk only.
+
+Not on a CPU backend with more than one device (simulated meshes, `--xla_force_host_platform_
+device_count`, and multi-process CPU runs): an XLA:CPU executable with collectives that is read back
+from the cache deadlocks in them (jax 0.10.2: the second run of a (data=2, tensor=4) DPO step aborts
+on a rendezvous timeout; the compiling run passes; docs/reliability.md). Such programs compile again
+in every process; one-device CPU and accelerator programs are cached as before.
 """
+
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -35,9 +43,21 @@ def default_dir() -> str:
   return os.path.join(cache_root(), "xla")
 
 
+def cache_breaks_collectives() -> bool:
+  """True where cached executables would hang in their collectives: CPU with more than one device."""
+  return jax.default_backend() == "cpu" and jax.device_count() > 1
+
+
 def enable_compilation_cache() -> str | None:
   """Turns the persistent cache on (see the module docstring) -> its directory, or None when off."""
   chosen = jax.config.jax_compilation_cache_dir   # jax reads $JAX_COMPILATION_CACHE_DIR into it
+  if cache_breaks_collectives():
+    if chosen:
+      logging.getLogger(__name__).warning(
+          "not using the compilation cache %s: %d CPU devices (cached XLA:CPU programs deadlock in "
+          "their collectives)", chosen, jax.device_count())
+      jax.config.update("jax_enable_compilation_cache", False)
+    return None
   if chosen:
     return chosen
   setting = os.environ.get("QGJAX_COMPILATION_CACHE", "").strip()

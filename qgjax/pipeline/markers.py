@@ -5,10 +5,11 @@ so a finished stage is reused only for the very settings and inputs that made it
 settings for a finished stage are a QgjaxError naming the stage and the changed keys: nothing
 already computed is silently reused or overwritten. Keys that a newer config file adds (absent
 from the marker) do not count as a change, nor do cache locations (`*.cache_dir`: where an
-index or embeddings are kept changes no result), nor does the workdir itself: a workdir moved or
-copied elsewhere (or a stage directory linked into another workdir, e.g. to share a generation
-pool between two runs) keeps its finished stages, since paths under the workdir the marker was
-written in are compared as paths under the current one.
+index or embeddings are kept changes no result) or `*.share_prompt_prefix` (a cost, not a
+result), nor does the workdir itself: a workdir moved or copied elsewhere (or a stage directory
+linked into another workdir, e.g. to share a generation pool between two runs) keeps its finished
+stages, since paths under the workdir the marker was written in are compared as paths under the
+current one.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def read_marker(stage_dir: pathlib.Path) -> dict | None:
 
 
 _ABSENT = object()
-_RESULT_NEUTRAL = ("cache_dir",)   # leaf key names whose value never changes a stage's output
+# leaf key names whose value never changes a stage's output: where an index or embeddings are kept,
+# and whether the prompt's common start is computed once per batch (the same queries / losses)
+_RESULT_NEUTRAL = ("cache_dir", "share_prompt_prefix")
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> tuple[list[str], list[str]]:
