@@ -55,6 +55,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # BM25 over query x k + expansion (reward and test-time search alike): "tune" = k chosen on the training
   # queries by the tune_repeats stage among tune_repeats.set.candidates; or a fixed integer (1 = no repeat)
   c.query_repeats = "tune"
+  # the alignment reward's k (score_train): "same" as above, or an integer (e.g. 1: the expansion weighs
+  # as much as the query, so its content moves the gold document's rank; the test-time search keeps k)
+  c.reward_query_repeats = "same"
   c.report = ConfigDict(dict(bins=30))
   c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))

@@ -107,7 +107,8 @@ def test_until_stops_after_the_named_stage(models, tmp_path):
 
 def test_aqe_query_repeats_tuned_or_fixed(models, tmp_path):
   """query_repeats="tune" (the default) runs tune_repeats and points every BM25-over-expansion stage at its
-  file; an integer skips it and sets the count itself; anything else is a config error."""
+  file; an integer skips it and sets the count itself; anything else is a config error.
+  reward_query_repeats sets the alignment reward's count alone."""
   from qgjax.errors import ConfigError
   from qgjax.pipeline.runner import stage_configs
   from qgjax.recipes.aqe import STAGES
@@ -124,6 +125,13 @@ def test_aqe_query_repeats_tuned_or_fixed(models, tmp_path):
   assert all(by[n].aqe.query_repeats == 4 and not by[n].aqe.query_repeats_file for n in readers)
   with pytest.raises(ConfigError, match="query_repeats must be 'tune' or an integer >= 1; got 0"):
     stage_configs(build_config(spec, base + [("query_repeats", "0")]), STAGES)
+  # the alignment reward at its own k (score_train only); every test-time search keeps the tuned k
+  by = {s.name: c for s, c in stage_configs(build_config(spec, base + [("reward_query_repeats", "1")]), STAGES)[1]}
+  assert by["score_train"].aqe.query_repeats == 1 and not by["score_train"].aqe.query_repeats_file
+  for name in readers[1:]:
+    assert by[name].aqe.query_repeats_file == str(tmp_path / "tune_repeats" / "repeats.json"), name
+  with pytest.raises(ConfigError, match="reward_query_repeats must be 'same' or an integer >= 1; got 'x'"):
+    stage_configs(build_config(spec, base + [("reward_query_repeats", "x")]), STAGES)
 
 
 AQE_SPEC = os.path.join(REPO, "configs", "aqe.py") + ":tiny,method=rsft_then_dpo"

@@ -55,26 +55,40 @@ def _tuned(p) -> bool:
   return str(p.get("query_repeats", 1)) == "tune"
 
 
+def _repeat_count(value, key: str) -> int:
+  if isinstance(value, str) and value.strip().isdigit():   # --config.<key>=3 on a str field
+    value = int(value)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    allowed = "'tune' or an integer >= 1" if key == "query_repeats" else "'same' or an integer >= 1"
+    raise ConfigError(f"aqe: config.{key} must be {allowed}; got {value!r}")
+  return value
+
+
 def _repeats(p, at) -> dict:
   """The repeat count every BM25 search over query + expansion uses: tune_repeats' file, or the int."""
   if _tuned(p):
     return {"aqe.query_repeats_file": os.path.join(at("tune_repeats"), "repeats.json")}
-  k = p.get("query_repeats", 1)
-  if isinstance(k, str) and k.strip().isdigit():   # --config.query_repeats=3 on the "tune" default's str field
-    k = int(k)
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ConfigError(f"aqe: config.query_repeats must be 'tune' or an integer >= 1; got {k!r}")
-  return {"aqe.query_repeats": k}
+  return {"aqe.query_repeats": _repeat_count(p.get("query_repeats", 1), "query_repeats")}
+
+
+def _reward_repeats(p, at) -> dict:
+  """The repeat count of the alignment reward (score_train): `reward_query_repeats`, or "same" as the
+  search's. A small k while aligning lets the expansion move the gold document's rank (with a large
+  tuned k most of a query's expansions tie); the test-time search keeps its own k."""
+  k = p.get("reward_query_repeats", "same")
+  if str(k).strip().lower() in ("same", ""):
+    return _repeats(p, at)
+  return {"aqe.query_repeats": _repeat_count(k, "reward_query_repeats")}
 
 
 def _tune_repeats(p, at):
   return {"input": at("generate_train"), "data_dir": split_data(at), "workdir": at("self"), "split": "train"}
 
 
-def _score(source: str, side: str):
+def _score(source: str, side: str, repeats=_repeats):
   def wire(p, at):
     return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": side,
-            **_repeats(p, at)}
+            **repeats(p, at)}
   return wire
 
 
@@ -123,7 +137,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate_train", jobs.GENERATE, ("generate",), ("split",), _generate("train", _base), has_sharded()),
     Stage("tune_repeats", jobs.AQE_REPEATS, ("tune_repeats",), ("generate_train",), _tune_repeats,
           has_file("repeats.json"), when=_tuned),
-    Stage("score_train", jobs.SCORE, ("score",), ("generate_train", "tune_repeats"), _score("generate_train", "train"),
+    Stage("score_train", jobs.SCORE, ("score",), ("generate_train", "tune_repeats"), _score("generate_train", "train", _reward_repeats),
           has_sharded("scored")),
     Stage("pairs", jobs.PAIRS, ("pairs",), ("score_train",), _pairs, has_file("pairs.jsonl")),
     Stage("align_rsft", jobs.TRAIN, ("align_rsft",), ("pairs",), _align_rsft, has_export(), when=_sequential),
@@ -204,11 +218,13 @@ def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list
 
 def _repeats_info(config, results: dict) -> str:
   tuned = results.get("tune_repeats")
+  reward = str(config.get("reward_query_repeats", "same")).strip().lower()
+  during = "" if reward in ("same", "") else f"; the alignment reward searched query x {reward} + expansion"
   if not tuned:
-    return f"{config.get('query_repeats', 1)} (fixed)"
+    return f"{config.get('query_repeats', 1)} (fixed){during}"
   scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
   return (f"{tuned.get('query_repeats')} (tuned on {tuned.get('queries')} training queries, {tuned.get('measure')} by k: "
-          f"{scores}; the query alone {tuned.get('query_only', 0.0):.4f})")
+          f"{scores}; the query alone {tuned.get('query_only', 0.0):.4f}){during}")
 
 
 def _info(config, results: dict) -> dict:
