@@ -24,7 +24,6 @@ on a rendezvous timeout; the compiling run passes; docs/reliability.md). Such pr
 in every process; one-device CPU and accelerator programs are cached as before.
 """
 
-
 from __future__ import annotations
 
 import logging

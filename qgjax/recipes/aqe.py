@@ -55,30 +55,37 @@ def _tuned(p) -> bool:
   return str(p.get("query_repeats", 1)) == "tune"
 
 
-def _repeat_count(value, key: str) -> int:
-  if isinstance(value, str) and value.strip().isdigit():   # --config.<key>=3 on a str field
+def _repeat_count(value, key: str, word: str) -> int:
+  """`value` as a repeat count >= 1 (a digit string too: --config.<key>=3 on a str field), else a
+  ConfigError naming `key` and its keyword alternative `word`."""
+  if isinstance(value, str) and value.strip().isdigit():
     value = int(value)
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    allowed = "'tune' or an integer >= 1" if key == "query_repeats" else "'same' or an integer >= 1"
-    raise ConfigError(f"aqe: config.{key} must be {allowed}; got {value!r}")
+    raise ConfigError(f"aqe: config.{key} must be '{word}' or an integer >= 1; got {value!r}")
   return value
+
+
+def _own_reward_repeats(p):
+  """`reward_query_repeats` when it is set apart from the search's count, else None ("same")."""
+  k = p.get("reward_query_repeats", "same")
+  return None if str(k).strip().lower() in ("same", "") else k
 
 
 def _repeats(p, at) -> dict:
   """The repeat count every BM25 search over query + expansion uses: tune_repeats' file, or the int."""
   if _tuned(p):
     return {"aqe.query_repeats_file": os.path.join(at("tune_repeats"), "repeats.json")}
-  return {"aqe.query_repeats": _repeat_count(p.get("query_repeats", 1), "query_repeats")}
+  return {"aqe.query_repeats": _repeat_count(p.get("query_repeats", 1), "query_repeats", "tune")}
 
 
 def _reward_repeats(p, at) -> dict:
   """The repeat count of the alignment reward (score_train): `reward_query_repeats`, or "same" as the
   search's. A small k while aligning lets the expansion move the gold document's rank (with a large
   tuned k most of a query's expansions tie); the test-time search keeps its own k."""
-  k = p.get("reward_query_repeats", "same")
-  if str(k).strip().lower() in ("same", ""):
+  k = _own_reward_repeats(p)
+  if k is None:
     return _repeats(p, at)
-  return {"aqe.query_repeats": _repeat_count(k, "reward_query_repeats")}
+  return {"aqe.query_repeats": _repeat_count(k, "reward_query_repeats", "same")}
 
 
 def _tune_repeats(p, at):
@@ -218,8 +225,8 @@ def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list
 
 def _repeats_info(config, results: dict) -> str:
   tuned = results.get("tune_repeats")
-  reward = str(config.get("reward_query_repeats", "same")).strip().lower()
-  during = "" if reward in ("same", "") else f"; the alignment reward searched query x {reward} + expansion"
+  reward = _own_reward_repeats(config)
+  during = "" if reward is None else f"; the alignment reward searched query x {reward} + expansion"
   if not tuned:
     return f"{config.get('query_repeats', 1)} (fixed){during}"
   scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
