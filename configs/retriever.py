@@ -57,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 64
   # rows encoded at a time inside the step, each chunk recomputed in the backward (Towers chunk): the
   # same gradients in a fraction of the memory (MiniLM, batch 32: peak RSS 9.7 -> 2.8 GB at 8; batch 64
-  # at 16: 4.0 GB, ~18 GB without); 0 = the whole batch at once; -1 = 16 on CPU, 0 on accelerators
+  # at 16: 4.0 GB, ~18 GB without); 0 = the whole batch at once; -1 = on CPU chunks of at most 4,096
+  # tokens (rows x length: 16 x 256, a batch of 32 x 128 whole), on accelerators the whole batch
   c.encode_chunk = -1
   c.accum_steps = 1
   c.num_steps = 0

@@ -12,6 +12,7 @@ from qgjax.data import demo_dir
 from qgjax.errors import ConfigError
 from qgjax.models.bert import BiEncoder, EncoderConfig, init_params
 from qgjax.train.infonce import Towers, infonce_loss, retriever_loss_fn
+from qgjax.train.retriever_model import CPU_ENCODE_TOKENS, encode_chunking, rows_per_chunk
 
 
 def _tuples(path):
@@ -147,3 +148,33 @@ def test_chunked_encoding_same_loss_and_gradients():
   assert temp(chunked) < temp(whole)
   # a chunk that does not divide the rows: the whole batch at once
   np.testing.assert_allclose(np.asarray(emb(Towers(module, shared=True, chunk=3))), np.asarray(emb(whole)), atol=1e-6)
+  # a token budget: 8 x 24 = 192 tokens over 96 -> chunks of 4 rows (compiled like chunk=4), the same embeddings
+  by_tokens = Towers(module, shared=True, chunk_tokens=96)
+  np.testing.assert_allclose(np.asarray(emb(by_tokens)), np.asarray(emb(whole)), atol=1e-6)
+  assert temp(by_tokens) == temp(Towers(module, shared=True, chunk=4)) < temp(whole)
+  assert temp(Towers(module, shared=True, chunk_tokens=192)) == temp(whole)   # the batch fits: whole
+
+
+@pytest.mark.parametrize("rows,length,budget,expected", [
+    (32, 128, 4096, 0),      # fits: the whole batch
+    (64, 256, 4096, 16),     # 16 x 256 = 4096
+    (64, 64, 4096, 0),
+    (32, 256, 4096, 16),
+    (48, 256, 4096, 16),
+    (40, 256, 4096, 10),     # 16 does not divide 40: the largest divisor under 16 rows
+    (7, 1024, 4096, 1),      # a prime row count: one row at a time
+    (4, 8192, 4096, 1),      # one row over the budget: still one row
+    (64, 256, 0, 0),         # no budget: whole
+])
+def test_rows_per_chunk(rows, length, budget, expected):
+  assert rows_per_chunk(rows, length, budget) == expected
+
+
+def test_encode_chunking_config():
+  cfg = build_config("configs/retriever.py", [])
+  assert encode_chunking(cfg) == ({"chunk_tokens": CPU_ENCODE_TOKENS} if jax.default_backend() == "cpu" else {})
+  cfg.encode_chunk = 8
+  assert encode_chunking(cfg) == {"chunk": 8}
+  cfg.encode_chunk = -2
+  with pytest.raises(ConfigError, match="encode_chunk"):
+    encode_chunking(cfg)

@@ -2,6 +2,7 @@
 
   python tools/bench_infonce.py                        # nfcorpus train pairs, batch 32, 1 hard negative
   python tools/bench_infonce.py --data "" --steps 6    # the shipped demo corpus (quick check)
+  python tools/bench_infonce.py --set encode_chunk=0 --out /tmp/infonce_whole.json   # a qgjax config key
 
 Same model (all-MiniLM-L6-v2, f32, dropout on as in sentence-transformers' train mode), same
 examples in the same order ((query, positive, one negative) from qrels; the negative a seeded
@@ -149,6 +150,17 @@ def _examples(args) -> tuple[list[dict], str]:
   return build_examples(data_dir, args.examples, args.seed)
 
 
+def _overrides(args) -> list[tuple[str, str]]:
+  """--set KEY=VALUE options -> (config key, value) pairs for qgjax's retriever config."""
+  pairs = []
+  for item in args.set:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set expects KEY=VALUE (a configs/retriever.py key), got {item!r}")
+    pairs.append((key, value))
+  return pairs
+
+
 def _plan(args) -> list[list[int]]:
   return [list(range(1 + r * args.steps, 1 + (r + 1) * args.steps)) for r in range(args.rounds)]
 
@@ -165,7 +177,8 @@ class QgjaxSystem:
       for e in examples:
         f.write(json.dumps(e) + "\n")
     plan = [s for p in _plan(args) for s in p]
-    self._run, compile_shapes, loader = qgjax_trainer(path, data_dir, args.batch, args.max_len, len(plan) + 1)
+    self._run, compile_shapes, loader = qgjax_trainer(path, data_dir, args.batch, args.max_len, len(plan) + 1,
+                                                      overrides=_overrides(args))
     shapes, compile_s = compile_shapes(plan)
     # examples are in file order in setup_retriever (eval_fraction 0), so loader rows index `examples`
     self.info = {"data_dir": data_dir, "examples": len(examples), "shapes": shapes, "compile_s": compile_s,
@@ -236,6 +249,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--in-process", action="store_true",
                   help="run both systems in this one process (they then share the heap; see the docstring)")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="a configs/retriever.py key for qgjax's step, e.g. encode_chunk=0 (repeatable)")
   ap.add_argument("--worker", choices=("qgjax", "st"), help=argparse.SUPPRESS)
   ap.add_argument("--out", default="tools/results/bench_infonce.json")
   args = ap.parse_args(argv)
@@ -253,7 +268,7 @@ def main(argv=None) -> int:
     here = os.path.abspath(__file__)
     passed = ["--data", args.data, "--examples", str(args.examples), "--batch", str(args.batch),
               "--max-len", str(args.max_len), "--steps", str(args.steps), "--rounds", str(args.rounds),
-              "--seed", str(args.seed)]
+              "--seed", str(args.seed)] + [a for item in args.set for a in ("--set", item)]
     systems = {name: Worker(name, [sys.executable, here, "--worker", name] + passed) for name in ("qgjax", "st")}
   try:
     q_info = systems["qgjax"].request({"cmd": "prepare"})  # one at a time: compiling never overlaps the peer
@@ -285,7 +300,8 @@ def main(argv=None) -> int:
          "setup": {"model": "all-MiniLM-L6-v2", "data": os.path.abspath(q_info["data_dir"]),
                    "examples": q_info["examples"], "batch": args.batch, "max_len": args.max_len, "hard_negatives": 1,
                    "temperature": 0.05, "dropout": True, "dtype": "float32", "qgjax_shapes_compiled": q_info["shapes"],
-                   "qgjax_compile_s": round(q_info["compile_s"], 1)},
+                   "qgjax_compile_s": round(q_info["compile_s"], 1),
+                   "qgjax_config": dict(_overrides(args)) or "configs/retriever.py defaults"},
          "rounds": res, "examples_per_s_overall": total_rate, "examples_per_s_best_round": best,
          "ratio": round(total_rate["qgjax"] / total_rate["sentence_transformers"], 2), "target_ratio": 1.5,
          "load_avg": {"start": load_start, "end": load_avg()}}

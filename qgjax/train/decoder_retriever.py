@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from qgjax.errors import ConfigError
-from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunk, similarity_normalizes
+from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunking, similarity_normalizes
 
 
 def decoder_retriever_model(config: Any) -> RetrieverModel:
@@ -33,7 +33,7 @@ def decoder_retriever_model(config: Any) -> RetrieverModel:
   tokenizer = prepare_tokenizer(gen.tokenizer)
   module = DecoderEncoder(gen.config, pooling=m.pooling or "lasttoken", normalize=similarity_normalizes(config, False),
                           lora_scale=gen.lora.scale if gen.mode == "lora" else 0.0)
-  towers = Towers(module, shared=check_towers(config), chunk=encode_chunk(config))
+  towers = Towers(module, shared=check_towers(config), **encode_chunking(config))
   copy = lambda tree: jax.tree.map(np.copy, tree)
   trainable = {"query": gen.trainable} if towers.shared else {"query": gen.trainable, "doc": copy(gen.trainable)}
   abstract = ({"query": gen.abstract_trainable} if towers.shared

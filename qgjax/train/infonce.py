@@ -37,7 +37,7 @@ import numpy as np
 from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
-from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunk, similarity_normalizes
+from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunking, similarity_normalizes
 from qgjax.train.margin_mse import margin_mse_loss, retriever_loss_name, teacher_columns, teacher_scores
 
 MASKED = -1e9
@@ -210,7 +210,7 @@ def bert_retriever_model(config: Any) -> RetrieverModel:
     overrides["remat"] = True
   normalize = similarity_normalizes(config, module.normalize)
   module = BiEncoder(dataclasses.replace(info["config"], **overrides), pooling=module.pooling, normalize=normalize)
-  towers = Towers(module, shared=check_towers(config), dropout=bool(m.dropout), chunk=encode_chunk(config))
+  towers = Towers(module, shared=check_towers(config), dropout=bool(m.dropout), **encode_chunking(config))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   trainable = {"query": params} if towers.shared else {"query": params, "doc": jax.tree.map(np.copy, params)}
   abstract_one = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 2), jnp.int32),
