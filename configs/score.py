@@ -35,10 +35,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = ""  # BEIR directory of the corpus; "" = the shipped demo corpus
   c.split = "test"  # AQE: qrels/<split>.tsv names the gold documents
   c.workdir = "runs/score"
-  c.rewards = ("bm25_rank",)  # any of bm25_rank, dense_rank, dense_cosine, cross_encoder, llm_judge, lm_likelihood
+  c.rewards = ("bm25_rank",)  # any of bm25_rank, bm25_ndcg, dense_rank, dense_cosine, cross_encoder, llm_judge,
+  # lm_likelihood
   c.reward = "bm25_rank"  # the primary reward, copied to record["reward"]
   c.rank_reward = "neg_rank"  # or "reciprocal"
   c.depth = 1000  # ranks deeper than this are depth + 1
+  c.ndcg_cutoff = 10  # bm25_ndcg: nDCG@ndcg_cutoff, every target document (AQE: each judged one) gain 1
   c.batch_size = 64
   c.shard_size = 10000
   c.retention_ks = (1, 10, 100)

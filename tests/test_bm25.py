@@ -118,6 +118,9 @@ def test_batched_ranks_equal_the_per_query_ranks():
       want.append(min(bm25.rank_from_scores(scores, retriever._index_of[d], depth, retriever._tie_rank) for d in t))
     assert retriever.ranks_of(queries, targets, depth=depth).tolist() == want
     assert retriever.ranks_of(queries, targets, depth=depth, max_block=900).tolist() == want
+    each = [[bm25.rank_from_scores(retriever._scores(q), retriever._index_of[d], depth, retriever._tie_rank) for d in t]
+            for q, t in zip(queries, targets)]
+    assert [r.tolist() for r in retriever.target_ranks(queries, targets, depth=depth, max_block=900)] == each
   assert len(set(retriever.ranks_of(queries, targets, depth=1000).tolist())) > 10   # the ranks really vary
 
 

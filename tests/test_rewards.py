@@ -50,7 +50,7 @@ def test_unknown_reward_name():
 def test_bm25_rank_reward_equals_position_in_search():
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   retriever = build_bm25(corpus)
-  scorer = BM25RankScorer(retriever, depth=20, transform="neg_rank")
+  scorer = BM25RankScorer(retriever, depth=20, transform="neg_rank", ndcg_cutoff=10)
   queries = ["black hole event horizon", "how do vaccines work", "bread", "zzz unknown"]
   targets = [["demo-01"], ["demo-08"], ["demo-30"], ["demo-01"]]
   out = scorer(RewardBatch(queries, targets, [{}] * 4))
@@ -58,6 +58,33 @@ def test_bm25_rank_reward_equals_position_in_search():
   want = [hits[i].index(t[0]) + 1 if t[0] in hits[i] else 21 for i, t in enumerate(targets)]
   assert out.ranks["bm25"].tolist() == want and want[-1] == 21
   np.testing.assert_array_equal(out.rewards["bm25_rank"], -np.array(want))
+
+
+def test_bm25_ndcg_reward_equals_ir_measures():
+  """bm25_ndcg (nDCG@k from each target's rank, gain 1 per target) equals ir_measures' nDCG@k of the
+  BM25 search run with those targets as binary qrels: several targets per query, some ranked, some
+  not, some beyond the depth, and a query with no known word."""
+  import ir_measures
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  retriever = build_bm25(corpus)
+  queries = ["the effect of water on the body and the cells", "how do vaccines work", "bread baking yeast",
+             "zzz unknown", "ocean tides moon gravity"]
+  hits = retriever.search(queries, k=30)
+  assert [len(h) for h in hits.doc_ids] == [18, 11, 2, 0, 6]
+  targets = [[hits.doc_ids[0][0], hits.doc_ids[0][4], hits.doc_ids[0][15], "demo-30"],   # 1st, 5th, 16th, unranked
+             [hits.doc_ids[1][3]], [hits.doc_ids[2][1], "demo-01"], ["demo-01", "demo-02"],
+             [hits.doc_ids[4][0], hits.doc_ids[4][1], hits.doc_ids[4][2]]]
+  for cutoff in (3, 10):
+    scorer = BM25RankScorer(retriever, depth=30, transform="neg_rank", ndcg_cutoff=cutoff)
+    got = scorer(RewardBatch(queries, targets, [{}] * len(queries))).rewards["bm25_ndcg"]
+    qrels = [ir_measures.Qrel(f"q{i}", d, 1) for i, t in enumerate(targets) for d in t]
+    run = [ir_measures.ScoredDoc(f"q{i}", d, float(s)) for i in range(len(queries))
+           for d, s in zip(hits.doc_ids[i], hits.scores[i])]
+    want = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ cutoff], qrels, run)}
+    np.testing.assert_allclose(got, [want.get(f"q{i}", 0.0) for i in range(len(queries))], atol=1e-12)
+  assert 0.0 < got[0] < 1.0 and got[3] == 0.0 and got[4] == 1.0   # partial, none found, ideal
+  with pytest.raises(ConfigError, match="ndcg_cutoff"):
+    BM25RankScorer(retriever, depth=30, transform="neg_rank", ndcg_cutoff=0)
 
 
 def _brute_force_ranks(q, emb, doc_ids, targets, depth):

@@ -171,6 +171,8 @@ def _run(config: Any) -> dict:
               "depth": config.depth, "bm25": config.bm25.to_dict(),
               # the repeat count in use, wherever it came from (a tune_repeats file names it at run time)
               "aqe": {"query_repeats": targets.query_repeats if mode == "aqe" else int(config.aqe.query_repeats)}}
+  if "bm25_ndcg" in names:
+    settings["ndcg_cutoff"] = int(config.ndcg_cutoff)
   if any(n.startswith("dense") for n in names):
     settings["dense"] = {k: v for k, v in config.dense.to_dict().items()
                          if k not in ("cache_dir", "batch_size", "chunk")}  # these do not change results

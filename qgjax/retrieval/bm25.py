@@ -191,6 +191,12 @@ class BM25Retriever:
 
     doc_ids[i] may also be a list of ids (e.g. all gold documents of a query): the best rank.
     """
+    return np.array([r.min() for r in self.target_ranks(queries, doc_ids, depth)], np.int32)
+
+  def target_ranks(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+                   depth: int = 1000) -> list[np.ndarray]:
+    """Per query, int32 [len(targets)]: the rank of each of its target documents (in their order),
+    depth + 1 below the top depth; doc_ids[i] is an id or a list of ids as in `ranks_of`."""
     raise NotImplementedError
 
   def rank_of(self, query: str, doc_id: str, depth: int = 1000) -> int:
@@ -262,13 +268,27 @@ class Bm25sRetriever(BM25Retriever):
 
   def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
                depth: int = 1000, max_block: int = 1 << 22) -> np.ndarray:
-    """Vectorised over the batch: the scores of up to `max_block` // N queries come from one
+    sets = self._target_sets(queries, doc_ids)
+    rows = np.repeat(np.arange(len(sets)), [len(t) for t in sets])
+    best = np.full(len(sets), depth + 1, np.int64)
+    np.minimum.at(best, rows, self._per_target(queries, sets, rows, depth, max_block))
+    return best.astype(np.int32)
+
+  def target_ranks(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+                   depth: int = 1000, max_block: int = 1 << 22) -> list[np.ndarray]:
+    sets = self._target_sets(queries, doc_ids)
+    rows = np.repeat(np.arange(len(sets)), [len(t) for t in sets])
+    per_target = self._per_target(queries, sets, rows, depth, max_block).astype(np.int32)
+    return np.split(per_target, np.cumsum([len(t) for t in sets])[:-1])
+
+  def _per_target(self, queries: Sequence[str], sets: list[list[str]], rows: np.ndarray, depth: int,
+                  max_block: int) -> np.ndarray:
+    """int64 [targets]: the rank of every target of every query (rows[i]: its query's index).
+    Vectorised over the batch: the scores of up to `max_block` // N queries come from one
     `np.add.at` over their terms' postings (`batch_scores`) and every target is ranked in one
     comparison against its query's row (`ranks_in_scores`); per query that is the work of the
     search itself (bm25s builds the same N-vector), with no Python loop over queries or documents.
     Variants that add a non-occurrence score to every document (bm25l, bm25+) go query by query."""
-    sets = self._target_sets(queries, doc_ids)
-    rows = np.repeat(np.arange(len(sets)), [len(t) for t in sets])
     docs = np.array([self._index_of[d] for t in sets for d in t], np.int64)
     per_target = np.empty(len(docs), np.int64)
     if getattr(self.model, "nonoccurrence_array", None) is not None:
@@ -284,9 +304,7 @@ class Bm25sRetriever(BM25Retriever):
         at = np.flatnonzero((rows >= lo) & (rows < lo + step))
         for part in np.array_split(at, max(1, -(-len(at) * n // max_block))):  # [P, N] blocks <= max_block
           per_target[part] = ranks_in_scores(scores, rows[part] - lo, docs[part], depth, self._tie_rank)
-    best = np.full(len(sets), depth + 1, np.int64)
-    np.minimum.at(best, rows, per_target)
-    return best.astype(np.int32)
+    return per_target
 
   def save(self, index_dir: str | os.PathLike) -> None:
     index_dir = pathlib.Path(index_dir)
@@ -415,14 +433,14 @@ class PyseriniRetriever(BM25Retriever):
     return SearchResults([[d for d, _ in h] for h in hits],
                          [np.array([s for _, s in h], np.float32) for h in hits])
 
-  def ranks_of(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
-               depth: int = 1000) -> np.ndarray:
+  def target_ranks(self, queries: Sequence[str], doc_ids: Sequence[str | Sequence[str]],
+                   depth: int = 1000) -> list[np.ndarray]:
     sets = self._target_sets(queries, doc_ids)
-    ranks = []
+    out = []
     for hits, targets in zip(self._hits(queries, depth), sets):
-      wanted = set(targets)
-      ranks.append(next((i + 1 for i, (d, _) in enumerate(hits) if d in wanted), depth + 1))
-    return np.array(ranks, np.int32)
+      rank = {d: i + 1 for i, (d, _) in enumerate(hits)}
+      out.append(np.array([rank.get(d, depth + 1) for d in targets], np.int32))
+    return out
 
   def save(self, index_dir: str | os.PathLike) -> None:
     index_dir = pathlib.Path(index_dir)

@@ -3,6 +3,7 @@ relevance, an LLM judge, the generator's own likelihood; retention@k.
 
   name            module                     reward (higher is better)            rank stored as
   bm25_rank       qgjax.rewards.bm25_rank    -rank (or 1/rank) of the source doc   bm25
+  bm25_ndcg       qgjax.rewards.bm25_rank    nDCG@k of BM25's list, targets gain 1 bm25
   dense_rank      qgjax.rewards.dense        -rank (or 1/rank) under a bi-encoder  dense
   dense_cosine    qgjax.rewards.dense        cosine(query, source doc)
   cross_encoder   qgjax.rewards.cross_encoder  cross-encoder logit R(q, d)
@@ -21,6 +22,7 @@ from qgjax.errors import ConfigError
 # reward name -> "module:builder"; a builder takes a RewardContext and returns a Scorer.
 REWARDS: dict[str, str] = {
     "bm25_rank": "qgjax.rewards.bm25_rank:build",
+    "bm25_ndcg": "qgjax.rewards.bm25_rank:build",
     "dense_rank": "qgjax.rewards.dense:build",
     "dense_cosine": "qgjax.rewards.dense:build",
     "cross_encoder": "qgjax.rewards.cross_encoder:build",
