@@ -4,14 +4,13 @@ import importlib.util
 import pathlib
 import shutil
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus
 from qgjax.errors import ConfigError, InputError
-from qgjax.retrieval.bm25 import descending_id_rank, build_bm25
+from qgjax.retrieval.bm25 import build_bm25
 from qgjax.rewards import build_scorers
 from qgjax.rewards.base import RewardBatch, RewardContext, aqe_text, rank_reward
 from qgjax.rewards.bm25_rank import BM25RankScorer

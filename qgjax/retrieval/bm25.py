@@ -537,7 +537,7 @@ def open_bm25(corpus: Corpus, backend: str = "bm25s", settings: BM25Settings = B
     return load_bm25(target)
   target.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-  retriever = build_bm25(corpus, backend, settings, index_dir=staging)
+  build_bm25(corpus, backend, settings, index_dir=staging)
   (staging / "source.json").write_text(key)
   try:
     os.replace(staging, target)
