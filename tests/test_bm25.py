@@ -122,6 +122,7 @@ def test_batched_ranks_equal_the_per_query_ranks():
             for q, t in zip(queries, targets)]
     assert [r.tolist() for r in retriever.target_ranks(queries, targets, depth=depth, max_block=900)] == each
   assert len(set(retriever.ranks_of(queries, targets, depth=1000).tolist())) > 10   # the ranks really vary
+  assert retriever.target_ranks([], []) == [] and retriever.ranks_of([], []).tolist() == []
 
 
 def test_save_load_and_cache(tmp_path, monkeypatch):

@@ -278,6 +278,8 @@ class Bm25sRetriever(BM25Retriever):
                    depth: int = 1000, max_block: int = 1 << 22) -> list[np.ndarray]:
     sets = self._target_sets(queries, doc_ids)
     rows = np.repeat(np.arange(len(sets)), [len(t) for t in sets])
+    if not sets:
+      return []
     per_target = self._per_target(queries, sets, rows, depth, max_block).astype(np.int32)
     return np.split(per_target, np.cumsum([len(t) for t in sets])[:-1])
 
