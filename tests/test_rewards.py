@@ -49,7 +49,7 @@ def test_unknown_reward_name():
 def test_bm25_rank_reward_equals_position_in_search():
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   retriever = build_bm25(corpus)
-  scorer = BM25RankScorer(retriever, depth=20, transform="neg_rank", ndcg_cutoff=10)
+  scorer = BM25RankScorer(retriever, depth=20, transform="neg_rank")
   queries = ["black hole event horizon", "how do vaccines work", "bread", "zzz unknown"]
   targets = [["demo-01"], ["demo-08"], ["demo-30"], ["demo-01"]]
   out = scorer(RewardBatch(queries, targets, [{}] * 4))

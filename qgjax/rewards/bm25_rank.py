@@ -30,14 +30,19 @@ def binary_ndcg(ranks: np.ndarray, cutoff: int) -> float:
 
 
 class BM25RankScorer:
+  """bm25_rank always; bm25_ndcg too when given its cutoff (each target's rank, a per-query loop, is
+  only worked out then: without it the best rank comes from the vectorised `ranks_of`)."""
 
-  def __init__(self, retriever, depth: int, transform: str, ndcg_cutoff: int):
-    if int(ndcg_cutoff) < 1:
+  def __init__(self, retriever, depth: int, transform: str, ndcg_cutoff: int | None = None):
+    if ndcg_cutoff is not None and int(ndcg_cutoff) < 1:
       raise ConfigError(f"config.ndcg_cutoff must be >= 1 (the k of the bm25_ndcg reward); got {ndcg_cutoff}")
     self.retriever, self.depth, self.transform = retriever, int(depth), transform
-    self.ndcg_cutoff = int(ndcg_cutoff)
+    self.ndcg_cutoff = None if ndcg_cutoff is None else int(ndcg_cutoff)
 
   def __call__(self, batch: RewardBatch) -> ScoreOutput:
+    if self.ndcg_cutoff is None:
+      ranks = self.retriever.ranks_of(batch.texts, batch.targets, depth=self.depth)
+      return ScoreOutput({"bm25_rank": rank_reward(ranks, self.transform)}, {"bm25": ranks})
     per_target = self.retriever.target_ranks(batch.texts, batch.targets, depth=self.depth)
     ranks = np.array([r.min() for r in per_target], np.int32)
     ndcg = np.array([binary_ndcg(r, self.ndcg_cutoff) for r in per_target], np.float64)
@@ -47,6 +52,6 @@ class BM25RankScorer:
 def build(ctx: RewardContext) -> BM25RankScorer:
   if "bm25" not in ctx.cache:
     retriever = open_bm25_from_config(ctx.corpus, ctx.config.bm25)
-    ctx.cache["bm25"] = BM25RankScorer(retriever, ctx.config.depth, ctx.config.rank_reward,
-                                       ctx.config.get("ndcg_cutoff", 10))
+    cutoff = ctx.config.get("ndcg_cutoff", 10) if "bm25_ndcg" in ctx.config.rewards else None
+    ctx.cache["bm25"] = BM25RankScorer(retriever, ctx.config.depth, ctx.config.rank_reward, cutoff)
   return ctx.cache["bm25"]
