@@ -113,10 +113,33 @@ def test_qrels_mode_loss_equals_numpy_reference(tokenizer):
   batch = {"qpos": qp, "qpos_mask": qpm, "qneg": qn, "qneg_mask": qnm, "doc": dt, "doc_mask": dm,
            "doc_key": doc_key, "has_qneg": np.ones(b, np.float32), "weight": np.ones(b, np.float32),
            "neg_doc": nt, "neg_doc_mask": nm, "has_neg_doc": has_neg_doc, "query_key": query_key}
+  # without BM25 negatives (in-batch only: the :qrels preset) the batch has no neg_doc columns
+  in_batch_only = {k: v for k, v in batch.items() if k not in ("neg_doc", "neg_doc_mask", "has_neg_doc")}
   for pool in (1, 3):   # pool 1: row 1 sees only row 2 (same query) and has no in-batch negative
     fn = ce_loss_fn(module, pool=pool, margin=1.0, margin_weight=0.7, pad_id=0, joiner=None, query_negatives=False)
-    loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, batch))
-    ref = readqg_ce_numpy(scores, doc_key, np.zeros(b), pool, 1.0, 0.7, np.zeros(b), query_key=query_key,
-                          s_neg_doc=s_neg, has_neg_doc=has_neg_doc)
-    np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
-    assert float(metrics["margin_loss"]) == 0.0
+    for given, neg in ((batch, s_neg), (in_batch_only, None)):
+      loss, metrics = jax.jit(fn)(params, {}, jax.tree.map(jnp.asarray, given))
+      ref = readqg_ce_numpy(scores, doc_key, np.zeros(b), pool, 1.0, 0.7, np.zeros(b), query_key=query_key,
+                            s_neg_doc=neg, has_neg_doc=has_neg_doc)
+      np.testing.assert_allclose(float(loss), ref, rtol=2e-5)
+      assert float(metrics["margin_loss"]) == 0.0
+      assert ("neg_doc_accuracy" in metrics) == (neg is not None)
+
+
+def test_qrels_columns_leave_out_the_negative_document_when_no_pair_has_one(tokenizer):
+  """build_columns: neg_doc / has_neg_doc only when some record has a BM25 negative (else the step would
+  score a stand-in pair per example for nothing); query_key always."""
+  from qgjax.data.beir import Corpus
+  from qgjax.data import demo_dir
+  from qgjax.train.cross_encoder import QRELS_SPEC, SPEC, build_columns
+
+  corpus = Corpus(str(demo_dir() / "corpus.jsonl"))
+  d0, d1, d2 = corpus.doc_ids[:3]
+  records = [{"doc_id": d0, "qpos": "q one", "qneg": "", "query_id": "a", "neg_doc_id": None},
+             {"doc_id": d1, "qpos": "q two", "qneg": "", "query_id": "b", "neg_doc_id": None}]
+  cols = build_columns(records, corpus, tokenizer, query_max_len=16, doc_max_len=32)
+  assert set(cols) == set(SPEC) | {"doc_key", "has_qneg", "query_key"}
+  records[1]["neg_doc_id"] = d2
+  cols = build_columns(records, corpus, tokenizer, query_max_len=16, doc_max_len=32)
+  assert set(cols) == set(QRELS_SPEC) | {"doc_key", "has_qneg", "query_key", "has_neg_doc"}
+  assert cols["has_neg_doc"] == [0.0, 1.0] and cols["neg_doc"][0] == cols["doc"][0]

@@ -115,9 +115,9 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
   """(params, frozen, batch) -> (loss, metrics) for `loop.fit`.
 
   batch: qpos / qneg [B, Lq], doc [B, Ld] (+ masks), doc_key f32[B], has_qneg f32[B], weight f32[B].
-  Qrels mode adds neg_doc [B, Ld] (+ mask) and has_neg_doc f32[B] (a given negative document per
-  example, its BCE term) and query_key f32[B] (pool documents of an example with the same query are
-  its positives, never its in-batch negative). query_negatives False: no q- anywhere (qrels mode),
+  Qrels mode adds query_key f32[B] and, when its examples have BM25 negatives, neg_doc [B, Ld] (+ mask)
+  and has_neg_doc f32[B] (a given negative document per example, its BCE term); pool documents of an
+  example with the same query_key are its positives, never its in-batch negative. query_negatives False: no q- anywhere (qrels mode),
   F(q-, d) is not computed and the margin term is 0.
   """
 
@@ -134,15 +134,18 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
     # hardest in-batch negative document among the next p documents (no gradient through the choice)
     shifts = jnp.arange(1, p + 1)
     cand = (jnp.arange(b)[:, None] + shifts[None, :]) % b                         # [B, p]
-    flat_q = jnp.repeat(q, p, axis=0)
-    flat_qm = jnp.repeat(qm, p, axis=0)
-    pool_scores = jax.lax.stop_gradient(
-        score(params, flat_q, flat_qm, d[cand.reshape(-1)], dm[cand.reshape(-1)]).reshape(b, p))
     same = batch["doc_key"][cand] == batch["doc_key"][:, None]
     if "query_key" in batch:
       same = same | (batch["query_key"][cand] == batch["query_key"][:, None])
-    pool_scores = jnp.where(same, -jnp.inf, pool_scores)
-    hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
+    if p == 1:   # one candidate: it is the negative (or there is none), no pool scoring needed
+      hard = cand[:, 0]
+    else:
+      flat_q = jnp.repeat(q, p, axis=0)
+      flat_qm = jnp.repeat(qm, p, axis=0)
+      pool_scores = jax.lax.stop_gradient(
+          score(params, flat_q, flat_qm, d[cand.reshape(-1)], dm[cand.reshape(-1)]).reshape(b, p))
+      pool_scores = jnp.where(same, -jnp.inf, pool_scores)
+      hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
     s_hard = score(params, q, qm, d[hard], dm[hard])
     has_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # no other document among the next p
     if query_negatives:
@@ -195,8 +198,9 @@ def read_qrels_records(data, seed: int, corpus=None) -> list[dict]:
 
 def build_columns(records: Sequence[Mapping], corpus, tokenizer, *, query_max_len: int, doc_max_len: int,
                   source: str = "") -> dict[str, list]:
-  """Token and scalar columns of `SPEC`; records with "neg_doc_id" (qrels mode) add neg_doc,
-  has_neg_doc and query_key (the columns `ce_loss_fn` reads for the BM25 negative and the pool)."""
+  """Token and scalar columns of `SPEC`; records with "neg_doc_id" (qrels mode) add query_key (pool
+  documents of the same query are not negatives) and, when any record has a BM25 negative, neg_doc and
+  has_neg_doc (the columns `ce_loss_fn` reads for it; `QRELS_SPEC`)."""
   qrels_mode = bool(records) and "neg_doc_id" in records[0]
   wanted = {r["doc_id"] for r in records} | ({r["neg_doc_id"] for r in records} - {None} if qrels_mode else set())
   ids = sorted(wanted)
@@ -214,10 +218,12 @@ def build_columns(records: Sequence[Mapping], corpus, tokenizer, *, query_max_le
           "has_qneg": [1.0 if r["qneg"] else 0.0 for r in records]}
   if qrels_mode:
     qkey = {q: i for i, q in enumerate(dict.fromkeys(r["query_id"] for r in records))}
-    # the positive stands in where a pair has no negative; has_neg_doc = 0 masks it
-    cols["neg_doc"] = [doc_tok[r["neg_doc_id"] or r["doc_id"]] for r in records]
-    cols["has_neg_doc"] = [0.0 if r["neg_doc_id"] is None else 1.0 for r in records]
     cols["query_key"] = [float(qkey[r["query_id"]] % (1 << 24)) for r in records]
+    if any(r["neg_doc_id"] is not None for r in records):
+      # the positive stands in where a pair has no negative; has_neg_doc = 0 masks it. Without any
+      # negative the columns are left out, so the step scores no stand-in pairs.
+      cols["neg_doc"] = [doc_tok[r["neg_doc_id"] or r["doc_id"]] for r in records]
+      cols["has_neg_doc"] = [0.0 if r["neg_doc_id"] is None else 1.0 for r in records]
   return cols
 
 
@@ -265,7 +271,7 @@ def setup_cross_encoder(config: Any):
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
   pad_id = int(tokenizer.pad_token_id or 0)
-  train = StepLoader(cols, QRELS_SPEC if qrels_mode else SPEC, batch_size=int(config.batch_size), buckets=buckets,
+  train = StepLoader(cols, QRELS_SPEC if "neg_doc" in cols else SPEC, batch_size=int(config.batch_size), buckets=buckets,
                      pad_id=pad_id,
                      seed=int(config.seed), bucket_window=int(d.bucket_window), shuffle=True,
                      process_index=jax.process_index(), process_count=jax.process_count())
@@ -291,7 +297,7 @@ def setup_cross_encoder(config: Any):
                    "negative_depth": int(d.negative_depth),
                    "bm25": {k: v for k, v in d.bm25.items() if k != "cache_dir"}}
     extra.update(judged_pairs=len({(r["query_id"], r["doc_id"]) for r in records}),
-                 queries=len({r["query_id"] for r in records}), with_bm25_negative=int(sum(cols["has_neg_doc"])))
+                 queries=len({r["query_id"] for r in records}), with_bm25_negative=int(sum(cols.get("has_neg_doc", []))))
   return TaskSetup(params, {}, abstract, {}, loss_fn, train, None, export, fp, extra)
 
 
