@@ -125,12 +125,25 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
     tokens, mask, types = join_pairs(q, qm, d, dm, pad_id=pad_id, joiner=joiner)
     return module.apply({"params": params}, tokens, mask, types)[:, 0]
 
+  def score_together(params, pairs):
+    """{name: (q, qm, d, dm)} -> {name: f32[rows]}: pair sets of one (Lq, Ld) shape in one forward pass
+    (one [sum rows, Lq + Ld] batch instead of several small ones: larger matmuls, same scores)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, (pq, _, pd, _) in pairs.items():
+      groups.setdefault((pq.shape[1], pd.shape[1]), []).append(name)
+    out = {}
+    for names in groups.values():
+      parts = [pairs[n] for n in names]
+      scores = score(params, *(jnp.concatenate([x[i] for x in parts]) for i in range(4)))
+      offsets = np.cumsum([x[0].shape[0] for x in parts])[:-1]
+      out.update(zip(names, jnp.split(scores, offsets)))
+    return out
+
   def loss_fn(params, frozen, batch):
     del frozen
     q, qm, d, dm = batch["qpos"], batch["qpos_mask"], batch["doc"], batch["doc_mask"]
     b = q.shape[0]
     p = min(pool, b - 1)
-    s_pos = score(params, q, qm, d, dm)
     # hardest in-batch negative document among the next p documents (no gradient through the choice)
     shifts = jnp.arange(1, p + 1)
     cand = (jnp.arange(b)[:, None] + shifts[None, :]) % b                         # [B, p]
@@ -146,13 +159,18 @@ def ce_loss_fn(module: Any, *, pool: int, margin: float, margin_weight: float, p
           score(params, flat_q, flat_qm, d[cand.reshape(-1)], dm[cand.reshape(-1)]).reshape(b, p))
       pool_scores = jnp.where(same, -jnp.inf, pool_scores)
       hard = jnp.take_along_axis(cand, jnp.argmax(pool_scores, axis=1)[:, None], axis=1)[:, 0]
-    s_hard = score(params, q, qm, d[hard], dm[hard])
     has_hard = jnp.any(~same, axis=1).astype(jnp.float32)   # no other document among the next p
+    pairs = {"pos": (q, qm, d, dm), "hard": (q, qm, d[hard], dm[hard])}
     if query_negatives:
-      s_qneg, has_qneg = score(params, batch["qneg"], batch["qneg_mask"], d, dm), batch["has_qneg"]
+      pairs["qneg"] = (batch["qneg"], batch["qneg_mask"], d, dm)
+    if "neg_doc" in batch:
+      pairs["neg_doc"] = (q, qm, batch["neg_doc"], batch["neg_doc_mask"])
+    s = score_together(params, pairs)
+    s_pos, s_hard, s_neg_doc = s["pos"], s["hard"], s.get("neg_doc")
+    if query_negatives:
+      s_qneg, has_qneg = s["qneg"], batch["has_qneg"]
     else:
       s_qneg, has_qneg = jax.lax.stop_gradient(s_pos), jnp.zeros_like(s_pos)
-    s_neg_doc = score(params, q, qm, batch["neg_doc"], batch["neg_doc_mask"]) if "neg_doc" in batch else None
     loss, metrics = readqg_ce_loss(s_pos, s_hard, s_qneg, margin=margin, margin_weight=margin_weight,
                                    has_qneg=has_qneg, has_hard=has_hard, weight=batch["weight"],
                                    s_neg_doc=s_neg_doc, has_neg_doc=batch.get("has_neg_doc"))
