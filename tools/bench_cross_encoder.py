@@ -143,27 +143,9 @@ class SentenceTransformersSystem:
     return time.perf_counter() - t, float(loss.detach())
 
 
-class LocalSystem:
-  """One system behind the `bench_workers.Worker` interface: request(msg) -> reply ("prepare", "run")."""
-
-  def __init__(self, name, args):
-    self.name, self.args, self.system = name, args, None
-
-  def request(self, msg):
-    if msg["cmd"] == "prepare":
-      self.system = QgjaxSystem(self.args) if self.name == "qgjax" else SentenceTransformersSystem(self.args, msg["rows0"])
-      return self.system.info
-    if msg["cmd"] == "run":
-      secs, loss = self.system.run(msg["steps"], msg["rows"])
-      return {"seconds": secs, "loss": loss}
-    raise ValueError(f"unknown request {msg['cmd']!r}")
-
-
 def main(argv=None) -> int:
-  if argv is None:  # glibc huge pages for XLA:CPU buffers (inherited by both workers); QGJAX_HUGE_PAGES=0: off
-    from qgjax.host_allocator import OPT_IN, reexec_with_huge_pages
-    os.environ.setdefault(OPT_IN, "1")
-    reexec_with_huge_pages()
+  from bench_workers import huge_pages_first
+  huge_pages_first(argv)
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nfcorpus"),
                   help='BEIR dir with qrels/train.tsv; "" = the demo collection (its test qrels)')
@@ -177,32 +159,23 @@ def main(argv=None) -> int:
   if args.data and not os.path.isdir(args.data):
     args.data = ""
   if args.worker:
-    from bench_workers import serve
-    serve(LocalSystem(args.worker, args).request)
+    from bench_workers import LocalSystem, qgjax_or_peer, serve
+    serve(LocalSystem(qgjax_or_peer(QgjaxSystem, SentenceTransformersSystem, args)).request)
     return 0
 
   from bench_mining import load_avg, machine
-  from bench_workers import Worker
+  from bench_workers import Worker, alternate_rounds, prepare_both
 
   here = os.path.abspath(__file__)
   passed = ["--data", args.data, "--batch", str(args.batch), "--doc-len", str(args.doc_len), "--steps",
             str(args.steps), "--rounds", str(args.rounds)]
   systems = {name: Worker(name, [sys.executable, here, "--worker", name] + passed) for name in ("qgjax", "st")}
   try:
-    q_info = systems["qgjax"].request({"cmd": "prepare"})  # one at a time: compiling never overlaps the peer
-    rows = q_info.pop("rows")
-    st_info = systems["st"].request({"cmd": "prepare", "rows0": rows["0"]})
+    q_info, st_info, rows = prepare_both(systems)
     print(f"{q_info['examples']} judged pairs; batch {args.batch}; doc_len {args.doc_len}; qgjax compiled "
           f"{q_info['shapes']} shapes in {q_info['compile_s']:.1f}s", flush=True)
-    res = {"qgjax": [], "sentence_transformers": []}
     load_start = load_avg()
-    for r, steps in enumerate(_plan(args)):
-      for name, key in (("st", "sentence_transformers"), ("qgjax", "qgjax")):
-        out = systems[name].request({"cmd": "run", "steps": steps, "rows": [rows[str(s)] for s in steps]})
-        res[key].append({"round": r, "steps": len(steps), "seconds": round(out["seconds"], 3),
-                         "judged_pairs_per_s": round(len(steps) * args.batch / out["seconds"], 2),
-                         "last_loss": round(out["loss"], 4)})
-        print(f"round {r} {key}: {res[key][-1]['judged_pairs_per_s']} judged pairs/s", flush=True)
+    res = alternate_rounds(systems, _plan(args), rows, args.batch, "judged_pairs_per_s")
   finally:
     for w in systems.values():
       w.close()

@@ -211,34 +211,9 @@ class SentenceTransformersSystem:
     return self._run(rows)
 
 
-class LocalSystem:
-  """A system built in this process behind the `bench_workers.Worker` interface: request(msg) -> reply.
-
-  "prepare" builds it (qgjax, or sentence-transformers given step 0's rows) and returns its info;
-  "run" times the steps (and rows) asked for. A `--worker` process serves exactly this object.
-  """
-
-  def __init__(self, name, args):
-    self.name, self.args, self.system = name, args, None
-
-  def request(self, msg):
-    if msg["cmd"] == "prepare":
-      self.system = QgjaxSystem(self.args) if self.name == "qgjax" else SentenceTransformersSystem(self.args, msg["rows0"])
-      return self.system.info
-    if msg["cmd"] == "run":
-      secs, loss = self.system.run(msg["steps"], msg["rows"])
-      return {"seconds": secs, "loss": loss}
-    raise ValueError(f"unknown request {msg['cmd']!r}")
-
-  def close(self):
-    pass
-
-
 def main(argv=None) -> int:
-  if argv is None:  # glibc huge pages for XLA:CPU buffers (inherited by both workers); QGJAX_HUGE_PAGES=0: off
-    from qgjax.host_allocator import OPT_IN, reexec_with_huge_pages
-    os.environ.setdefault(OPT_IN, "1")
-    reexec_with_huge_pages()
+  from bench_workers import huge_pages_first
+  huge_pages_first(argv)
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nfcorpus"))
   ap.add_argument("--examples", type=int, default=2048)
@@ -255,15 +230,16 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="tools/results/bench_infonce.json")
   args = ap.parse_args(argv)
   if args.worker:  # one system in this process, driven by the parent over stdin/stdout
-    from bench_workers import serve
-    serve(LocalSystem(args.worker, args).request)
+    from bench_workers import LocalSystem, qgjax_or_peer, serve
+    serve(LocalSystem(qgjax_or_peer(QgjaxSystem, SentenceTransformersSystem, args)).request)
     return 0
 
   from bench_mining import load_avg, machine
-  from bench_workers import Worker
+  from bench_workers import LocalSystem, Worker, alternate_rounds, prepare_both, qgjax_or_peer
 
   if args.in_process:
-    systems = {name: LocalSystem(name, args) for name in ("qgjax", "st")}
+    systems = {name: LocalSystem(qgjax_or_peer(QgjaxSystem, SentenceTransformersSystem, args))
+               for name in ("qgjax", "st")}
   else:
     here = os.path.abspath(__file__)
     passed = ["--data", args.data, "--examples", str(args.examples), "--batch", str(args.batch),
@@ -271,21 +247,12 @@ def main(argv=None) -> int:
               "--seed", str(args.seed)] + [a for item in args.set for a in ("--set", item)]
     systems = {name: Worker(name, [sys.executable, here, "--worker", name] + passed) for name in ("qgjax", "st")}
   try:
-    q_info = systems["qgjax"].request({"cmd": "prepare"})  # one at a time: compiling never overlaps the peer
-    rows = q_info.pop("rows")
-    st_info = systems["st"].request({"cmd": "prepare", "rows0": rows["0"]})
+    q_info, st_info, rows = prepare_both(systems)
     print(f"{q_info['examples']} examples from {q_info['data_dir']}; batch {args.batch}; max_len {args.max_len}; "
           f"qgjax compiled {q_info['shapes']} shapes in {q_info['compile_s']:.1f}s; "
           f"{'one process' if args.in_process else 'one process per system'}", flush=True)
-    res = {"qgjax": [], "sentence_transformers": []}
     load_start = load_avg()
-    for r, steps in enumerate(_plan(args)):
-      for name, key in (("st", "sentence_transformers"), ("qgjax", "qgjax")):
-        out = systems[name].request({"cmd": "run", "steps": steps, "rows": [rows[str(s)] for s in steps]})
-        secs, loss = out["seconds"], out["loss"]
-        res[key].append({"round": r, "steps": len(steps), "seconds": round(secs, 3),
-                         "examples_per_s": round(len(steps) * args.batch / secs, 2), "last_loss": round(loss, 4)})
-        print(f"round {r} {key}: {res[key][-1]['examples_per_s']} examples/s", flush=True)
+    res = alternate_rounds(systems, _plan(args), rows, args.batch, "examples_per_s")
   finally:
     for w in systems.values():
       w.close()

@@ -33,7 +33,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
