@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     return 0
 
   from bench_mining import load_avg, machine
+  from bench_sampling import matmul_peak
   from bench_workers import Worker, alternate_rounds, prepare_both
 
   here = os.path.abspath(__file__)
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     q_info, st_info, rows = prepare_both(systems)
     print(f"{q_info['examples']} judged pairs; batch {args.batch}; doc_len {args.doc_len}; qgjax compiled "
           f"{q_info['shapes']} shapes in {q_info['compile_s']:.1f}s", flush=True)
+    peak = {k: round(v, 1) for k, v in matmul_peak().items()}  # the host's f32 matmul speed: ratios differ by host
     load_start = load_avg()
     res = alternate_rounds(systems, _plan(args), rows, args.batch, "judged_pairs_per_s")
   finally:
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
       w.close()
   rate = {k: round(sum(x["steps"] for x in v) * args.batch / sum(x["seconds"] for x in v), 2) for k, v in res.items()}
   out = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-         "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+         "machine": machine(), "matmul_peak_gflops": peak, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
          "isolation": "one process per system, same environment; rounds alternate, one system running at a time",
          "versions": {**q_info["versions"], **st_info["versions"]},
          "setup": {"model": "all-MiniLM-L6-v2 + new one-logit head", "data": args.data or "demo (test qrels)",

@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     return 0
 
   from bench_mining import load_avg, machine
+  from bench_sampling import matmul_peak
   from bench_workers import LocalSystem, Worker, alternate_rounds, prepare_both, qgjax_or_peer
 
   if args.in_process:
@@ -251,6 +252,7 @@ def main(argv=None) -> int:
     print(f"{q_info['examples']} examples from {q_info['data_dir']}; batch {args.batch}; max_len {args.max_len}; "
           f"qgjax compiled {q_info['shapes']} shapes in {q_info['compile_s']:.1f}s; "
           f"{'one process' if args.in_process else 'one process per system'}", flush=True)
+    peak = {k: round(v, 1) for k, v in matmul_peak().items()}  # the host's f32 matmul speed: ratios differ by host
     load_start = load_avg()
     res = alternate_rounds(systems, _plan(args), rows, args.batch, "examples_per_s")
   finally:
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
   total_rate = {k: round(sum(x["steps"] for x in v) * args.batch / sum(x["seconds"] for x in v), 2)
                 for k, v in res.items()}
   out = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-         "machine": machine(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+         "machine": machine(), "matmul_peak_gflops": peak, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
          "isolation": "one process (shared heap)" if args.in_process else
                       "one process per system, same environment; rounds alternate, one system running at a time",
          "versions": {**q_info["versions"], **st_info["versions"]},
