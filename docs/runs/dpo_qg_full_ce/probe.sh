@@ -10,7 +10,7 @@ export QGJAX_HUGE_PAGES=${QGJAX_HUGE_PAGES:-1}
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
 N=${N:-240}
 OUT=$RUN/probe_$N
-for which in base aligned; do
+for which in ${WHICH:-base aligned}; do   # WHICH=base: the base half alone (needs no align stage)
   model=smollm2-135m-instruct
   [ "$which" = aligned ] && model=$RUN/align/export
   nice -n 5 .venv/bin/qgjax generate --config configs/generate.py:mode=few_shot,n=5 --config.model.name="$model" \
@@ -22,5 +22,7 @@ for which in base aligned; do
     --config.cross_encoder.model="$RUN/reward_model/export" --config.cross_encoder.max_len=192 \
     --config.dense.cache_dir="$RUN/cache/embeddings"
 done
-.venv/bin/python docs/runs/dpo_qg_full_ce/copying.py "$OUT" > "$OUT/copying.json"
-cat "$OUT/copying.json"
+if [ -d "$OUT/score_base/scored" ] && [ -d "$OUT/score_aligned/scored" ]; then
+  .venv/bin/python docs/runs/dpo_qg_full_ce/copying.py "$OUT" > "$OUT/copying.json"
+  cat "$OUT/copying.json"
+fi
