@@ -2,7 +2,8 @@
 # GPL's MarginMSE as the retriever loss (issue 25 item 5), on the queries of the cross-encoder-reward run
 # (run.sh, finished): each query's mined tuples are re-mined with the run's trained cross-encoder as the
 # reranker, its scores stored (mining.store_scores: ce_pos, ce_neg), and MiniLM is trained to match the
-# teacher's margin s(q, pos) - s(q, neg) (similarity=dot, as GPL) at the InfoNCE retrievers' budget: the
+# teacher's margin s(q, pos) - s(q, neg) (similarity=dot as GPL; all-MiniLM-L6-v2 keeps its Normalize module,
+# so its margins stay within [-2, 2] while the teacher's are logits) at the InfoNCE retrievers' budget: the
 # pipeline's mining (top 100, documents missing from it skipped), one mined negative, batch 64, one epoch,
 # lr 2e-5; then the test split as the pipeline's evaluate stages. WHICH="aligned unaligned" by default.
 # Resumable: every job is (rerun the script).
