@@ -20,7 +20,6 @@ process (`bench_workers`), rounds alternate. Writes tools/results/bench_cross_en
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -163,7 +162,7 @@ def main(argv=None) -> int:
     serve(LocalSystem(qgjax_or_peer(QgjaxSystem, SentenceTransformersSystem, args)).request)
     return 0
 
-  from bench_mining import load_avg, machine
+  from bench_common import load_avg, machine, write_result
   from bench_sampling import matmul_peak
   from bench_workers import Worker, alternate_rounds, prepare_both
 
@@ -194,10 +193,7 @@ def main(argv=None) -> int:
          "rounds": res, "judged_pairs_per_s": rate,
          "ratio": round(rate["qgjax"] / rate["sentence_transformers"], 2),
          "load_avg": {"start": load_start, "end": load_avg()}}
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=1)
-  print(json.dumps({"ratio": out["ratio"], "judged_pairs_per_s": rate}, indent=1))
+  write_result(args.out, out, {"ratio": out["ratio"], "judged_pairs_per_s": rate})
   return 0
 
 

@@ -40,6 +40,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from bench_common import load_avg, machine  # noqa: E402
 
 
 def parse_args():
@@ -240,24 +243,13 @@ def versions() -> dict:
   return out
 
 
-def machine() -> dict:
-  info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
-  try:
-    info["load_avg_start"] = os.getloadavg()
-    model = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
-    info["cpu_model"] = model[0] if model else None
-  except OSError:
-    pass
-  return info
-
-
 def main():
   args = parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   os.environ.setdefault("TQDM_DISABLE", "1")
-  mach = machine()
+  mach = dict(machine(), load_avg_start=load_avg())
   model_dir = export_model(args.workdir)
   from transformers import AutoTokenizer
   tok = AutoTokenizer.from_pretrained(model_dir)
@@ -321,7 +313,7 @@ def main():
                    "pairs": len(pairs), "data": data_dir, "max_doc_tokens": args.max_doc_tokens, "lr": args.lr,
                    "beta": 0.1, "loss": "sigmoid", "precision": "float32", "reference": "precomputed (both)",
                    "device": "cpu"},
-      "machine": dict(mach, load_avg_end=os.getloadavg()),
+      "machine": dict(mach, load_avg_end=load_avg()),
       "versions": versions(),
       "command": " ".join(["python", "tools/bench_dpo.py"] + sys.argv[1:]),
   }

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     serve(LocalSystem(qgjax_or_peer(QgjaxSystem, SentenceTransformersSystem, args)).request)
     return 0
 
-  from bench_mining import load_avg, machine
+  from bench_common import load_avg, machine, write_result
   from bench_sampling import matmul_peak
   from bench_workers import LocalSystem, Worker, alternate_rounds, prepare_both, qgjax_or_peer
 
@@ -274,10 +274,7 @@ def main(argv=None) -> int:
          "rounds": res, "examples_per_s_overall": total_rate, "examples_per_s_best_round": best,
          "ratio": round(total_rate["qgjax"] / total_rate["sentence_transformers"], 2), "target_ratio": 1.5,
          "load_avg": {"start": load_start, "end": load_avg()}}
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=1)
-  print(json.dumps({"ratio": out["ratio"], "examples_per_s": total_rate}, indent=1))
+  write_result(args.out, out, {"ratio": out["ratio"], "examples_per_s": total_rate})
   return 0
 
 

@@ -25,13 +25,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_common import load_avg, machine  # noqa: E402
 
 TARGET_RECALL = 0.95
 
@@ -60,13 +62,6 @@ def timed(fn, repeats: int):
 
 def recall(rows: np.ndarray, truth: np.ndarray) -> float:
   return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(rows, truth)]))
-
-
-def load_avg() -> list[float]:
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return []
 
 
 def bench_set(name: str, corpus: np.ndarray, queries: np.ndarray, grid: list[tuple[int, int]], num_leaves: int,
@@ -170,18 +165,6 @@ def real_embeddings(beir_dir: str, cache: str, log) -> tuple[np.ndarray, np.ndar
     np.save(qpath, queries)
   log(f"[real] {docs.shape[0]} docs, {queries.shape[0]} queries")
   return docs, queries
-
-
-def machine() -> dict:
-  info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-  try:
-    with open("/proc/cpuinfo") as f:
-      info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    with open("/proc/meminfo") as f:
-      info["mem_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
-  except (OSError, StopIteration):
-    pass
-  return info
 
 
 def versions() -> dict:

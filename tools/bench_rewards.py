@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,20 +40,11 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from bench_common import machine  # noqa: E402
 
 REWARDS = ("bm25_rank", "dense_rank", "cross_encoder")
-
-
-def machine() -> dict:
-  info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-  try:
-    with open("/proc/cpuinfo") as f:
-      info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    with open("/proc/meminfo") as f:
-      info["mem_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
-  except (OSError, StopIteration):
-    pass
-  return info
 
 
 def versions() -> dict:

@@ -39,6 +39,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_common import load_avg, machine  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -137,17 +140,6 @@ def versions() -> dict:
   return out
 
 
-def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "load_before": os.getloadavg()}
-
-
 def main():
   from qgjax.host_allocator import OPT_IN, reexec_with_huge_pages
   os.environ.setdefault(OPT_IN, "1")  # glibc huge pages for XLA:CPU buffers (HF shares them here); =0: off
@@ -162,7 +154,7 @@ def main():
   from qgjax.sampling.logits import SamplingParams
   from qgjax.sampling.prompts import PromptBuilder, default_prompt_config
 
-  info = {"machine": machine(), "versions": versions(), "command": " ".join([sys.executable] + sys.argv),
+  info = {"machine": dict(machine(), load_before=load_avg()), "versions": versions(), "command": " ".join([sys.executable] + sys.argv),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   peaks = [matmul_peak()]
   model, params, tok = load_decoder(args.model, dtype="float32", scan_layers=bool(args.scan_layers))
@@ -274,7 +266,7 @@ def main():
                         "generated_tokens": tokens, "threads_torch": args.threads, "scan_layers": bool(args.scan_layers),
                         "jax_devices": [str(d) for d in jax.devices()][:1],
                         "xla_flags": os.environ.get("XLA_FLAGS", "")}
-  info["machine"]["load_after"] = os.getloadavg()
+  info["machine"]["load_after"] = load_avg()
   result.update(info)
 
   rows = [("system", "tokens/s", "seconds", "GFLOP/s (useful)", "of peak")]
