@@ -293,3 +293,11 @@ def test_process_blocks_and_item_ranked_parts(tmp_path):
   (root / "process-00001" / ITEM_RANKS).write_text(json.dumps({"field": "doc_id", "ranks": {"d0": 1}}))
   with pytest.raises(InputError, match=r"item 'd2' has no rank"):
     list(iter_records(root))
+
+
+def test_batches_cut_a_stream_in_order_without_empty_lists():
+  from qgjax.data.records import batches
+
+  assert list(batches(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+  assert list(batches(iter(range(6)), 3)) == [[0, 1, 2], [3, 4, 5]]
+  assert list(batches(iter([]), 3)) == []

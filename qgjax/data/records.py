@@ -127,6 +127,18 @@ def sharded_parts(root: pathlib.Path) -> list[pathlib.Path]:
   return parts
 
 
+def batches(items: Iterator, size: int) -> Iterator[list]:
+  """Consecutive lists of `size` items from `items` (the last one may be shorter; none empty)."""
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
 def count_input(source: str | os.PathLike) -> int:
   """The number of records of `source` (a sharded output or its parts: from the manifests; a
   JSONL file: by reading it)."""

@@ -43,7 +43,7 @@ from qgjax.config import require
 from qgjax.data import demo_dir, storage
 from qgjax.data.beir import Corpus
 from qgjax.data.progress import progress
-from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
+from qgjax.data.records import UniqueKeys, batches, count_input, fingerprint, iter_records, part_dir, process_block
 from qgjax.data.sharded_writer import ShardedJsonlWriter
 from qgjax.errors import InputError
 from qgjax.parallel.data_parallel import process_local
@@ -78,17 +78,6 @@ def _sample_idx(value):
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ValueError(f"field 'sample_idx' must be an integer or a string, got {value!r}")
   return value
-
-
-def _batches(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
 
 
 def run(config: Any) -> dict:
@@ -137,7 +126,7 @@ def _run(config: Any) -> dict:
   with ShardedJsonlWriter(out_dir, key=KEY, shard_size=int(config.shard_size), meta=meta) as writer, \
       (process_local() if count > 1 else contextlib.nullcontext()):
     bar = progress(total=len(block), desc="mine", unit="query", initial=writer.num_records)
-    for batch in _batches(_pending(config.input, corpus, writer.done_keys, config.query_field, block),
+    for batch in batches(_pending(config.input, corpus, writer.done_keys, config.query_field, block),
                           int(config.batch_size)):
       q = encoder.encode_queries([b["query"] for b in batch], batch_size=int(e.batch_size),
                                  max_len=int(e.query_max_len))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,7 +30,7 @@ from qgjax.config import require
 from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
 from qgjax.data.progress import progress
-from qgjax.data.records import UniqueKeys, count_input, fingerprint, iter_records, part_dir, process_block
+from qgjax.data.records import UniqueKeys, batches, count_input, fingerprint, iter_records, part_dir, process_block
 from qgjax.data.sharded_writer import ShardedJsonlWriter
 from qgjax.errors import ConfigError, InputError
 from qgjax.methods.aqe.repeats import resolve_query_repeats
@@ -97,17 +97,6 @@ class Targets:
                        line=line, field="query_id")
     expansion = _text(record, "expansion", path, line)
     return aqe_text(query, expansion, self.query_repeats), gold
-
-
-def _batches(records: Iterator, size: int) -> Iterator[list]:
-  batch = []
-  for item in records:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
 
 
 def score_batch(scorers, items: list[tuple[dict, str, list[str]]], names) -> list[dict]:
@@ -208,7 +197,7 @@ def _run(config: Any) -> dict:
 
     bar = progress(total=len(block), desc="score", unit="query", initial=writer.num_records)
     with process_local() if count > 1 else contextlib.nullcontext():
-      for items in _batches(pending(), int(config.batch_size)):
+      for items in batches(pending(), int(config.batch_size)):
         for rec in score_batch(scorers, items, names):
           rec["reward"] = rec["rewards"][config.reward]
           writer.write(rec)
