@@ -14,7 +14,8 @@ each document's mined nearest other document for the contrastive prompt); triple
 uses the cross_encoder reward without a model: a MiniLM cross-encoder trained from training qrels)]
 generate (n queries/doc with `generator`) -> score -> pairs -> align (DPO) -> generate_unaligned /
 generate_aligned (1 query/doc, base and aligned generator, same sampling) -> score_* -> mine_* ->
-retriever_* (MiniLM InfoNCE) -> evaluate_bm25 / _base / _unaligned / _aligned on the collection's
+retriever_* (MiniLM InfoNCE; equal_budget: retriever_aligned_equal on as many aligned tuples as there are
+unaligned ones) -> evaluate_bm25 / _base / _unaligned / _aligned (/ _aligned_equal) on the collection's
 `split` queries + qrels -> <workdir>/report (report.md, report.json, report.png). Training sees the
 corpus only (and, for reward_model, the collection's training qrels).
 
@@ -57,6 +58,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # smollm2-135m-instruct with --config.retriever.config=retriever.py:family=decoder) trains the
   # decoder-only bi-encoder of qgjax.models.decoder_encoder while `encoder` still scores and mines
   c.retriever_model = ""
+  # a third retriever on the aligned queries cut to as many tuples as the unaligned ones (a seeded subset):
+  # aligned vs unaligned at the same training budget (retriever_aligned_equal, evaluate_aligned_equal)
+  c.equal_budget = not a.tiny
   c.report = ConfigDict(dict(bins=30))
   c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   # the paper's contrastive prompt (needs generate's prompt mode "contrastive"): negatives = random |

@@ -53,7 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = "infonce"              # or "margin_mse": needs tuples mined with mining.store_scores=True
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
-      doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0))
+      doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0,
+      # train on a seeded random subset of at most max_examples tuples (0 = all), or of as many as the
+      # tuples at max_examples_like hold (another mine output: equal training budgets for two query sets)
+      max_examples=0, max_examples_like=""))
   c.batch_size = 64
   # rows encoded at a time inside the step, each chunk recomputed in the backward (Towers chunk): the
   # same gradients in a fraction of the memory (MiniLM, batch 32: peak RSS 9.7 -> 2.8 GB at 8; batch 64

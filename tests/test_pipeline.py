@@ -148,6 +148,32 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_proc
     pipeline.run(wired)
 
 
+def test_equal_budget_adds_the_aligned_retriever_on_as_many_tuples_as_the_unaligned(models, one_process_run):
+  """equal_budget=True on a finished run (a copy of it): only the two new stages run; the third
+  retriever trains on a seeded subset of the aligned tuples as large as the unaligned ones, and the
+  report gains its row."""
+  import shutil
+
+  work, first, _ = one_process_run
+  copy = work.parent / "pipeline-equal"
+  shutil.copytree(work, copy, symlinks=True)
+  out = json.loads(json.dumps(pipeline.run(build_config(SPEC, _overrides(copy, models) + [("equal_budget", "True")])),
+                              default=str))
+  assert out["ran"] == ["retriever_aligned_equal", "evaluate_aligned_equal"]
+  assert list(out["systems"]) == ["bm25", "base", "unaligned", "aligned", "aligned_equal"]
+  assert {k: v for k, v in out["systems"].items() if k != "aligned_equal"} == first["systems"]
+  seen = {k: json.loads((copy / f"retriever_{k}" / "STAGE_DONE.json").read_text())["result"]
+          for k in ("unaligned", "aligned", "aligned_equal")}
+  assert seen["aligned_equal"]["train_examples"] == min(seen["unaligned"]["train_examples"],
+                                                       seen["aligned"]["train_examples"]) > 0
+  config = json.loads((copy / "retriever_aligned_equal" / "STAGE_DONE.json").read_text())["config"]
+  assert config["data"]["max_examples_like"] == str(copy.resolve() / "mine_unaligned" / "tuples")
+  assert config["data"]["train"] == str(copy.resolve() / "mine_aligned" / "tuples")
+  md = open(out["report"]["markdown"]).read()
+  assert "| MiniLM + aligned queries, as many as unaligned | " in md
+  shutil.rmtree(copy)
+
+
 def test_two_processes_give_the_one_process_outputs(models, one_process_run, tmp_path):
   """Two processes split each stage (generate round-robin, score and mine by contiguous blocks,
   every process's part in <stage>/.../process-<i>); read as one output, every stage's records

@@ -178,3 +178,44 @@ def test_encode_chunking_config():
   cfg.encode_chunk = -2
   with pytest.raises(ConfigError, match="encode_chunk"):
     encode_chunking(cfg)
+
+
+def test_max_examples_trains_on_a_seeded_subset_of_that_many_tuples(tmp_path):
+  """data.max_examples / max_examples_like: a seeded random subset (the same on every call), as large
+  as asked or as the other tuples (read as read_tuples reads them: skipped records do not count)."""
+  from transformers import AutoTokenizer
+
+  from qgjax.errors import InputError
+  from qgjax.models import bert
+  from qgjax.train.infonce import read_tuples, setup_retriever
+
+  tok = AutoTokenizer.from_pretrained(bert.resolve_model_dir("all-minilm-l6-v2"))
+  cfg = EncoderConfig(vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
+                      max_position_embeddings=160)
+  raw = BiEncoder(cfg, pooling="mean", normalize=True)
+  bert.save_bi_encoder_st(init_params(raw, seed=0), raw, tok, str(tmp_path / "m"), max_seq_length=128)
+  train = _tuples(tmp_path / "t.jsonl")
+  total = len(read_tuples(train)[0])
+  other = tmp_path / "other.jsonl"   # 5 usable tuples and a skipped record
+  other.write_text("".join(open(train).readlines()[:5]) + json.dumps({"doc_id": "x", "query": "q", "skip": "no"}) + "\n")
+  over = [("workdir", str(tmp_path / "r")), ("data.train", train), ("model.name", str(tmp_path / "m"))]
+  setup = lambda *extra: setup_retriever(build_config("configs/retriever.py:tiny", over + list(extra)))
+  whole = setup()
+  assert whole.info["train_examples"] == total > 7 and "max_examples" not in whole.fingerprint
+  seven = setup(("data.max_examples", "7"))
+  assert seven.info["train_examples"] == 7 and seven.info["tuples_read"] == total
+  assert seven.fingerprint["max_examples"] == 7
+  queries = lambda s: [tuple(t) for t in s.train.tokens["query"]]
+  assert queries(seven) == queries(setup(("data.max_examples", "7")))   # seeded: the same subset again
+  assert set(queries(seven)) < set(queries(whole))
+  like = setup(("data.max_examples_like", str(other)))
+  assert like.info["train_examples"] == 5 and like.fingerprint["max_examples"] == 5
+  assert setup(("data.max_examples", str(total + 3))).info["train_examples"] == total
+  with pytest.raises(ConfigError, match="not both"):
+    setup(("data.max_examples", "3"), ("data.max_examples_like", str(other)))
+  with pytest.raises(ConfigError, match=">= 0"):
+    setup(("data.max_examples", "-1"))
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text(json.dumps({"doc_id": "x", "query": "q", "skip": "no"}) + "\n")
+  with pytest.raises(InputError, match="empty.jsonl"):
+    setup(("data.max_examples_like", str(empty)))

@@ -49,10 +49,11 @@ def write_recipe_report(recipe, config, workdir: pathlib.Path, results: dict[str
   from qgjax.evaluation.report import build_report, write_report
 
   args = recipe.label_args(config, results)
-  metrics = {s.stage: stage_metrics(workdir, s.stage) for s in recipe.systems}
+  systems = [s for s in recipe.systems if s.stage in results]   # a stage `when` left out has no row
+  metrics = {s.stage: stage_metrics(workdir, s.stage) for s in systems}
   rows = [{"key": s.key, "label": s.label.format(**args), "metrics": metrics[s.stage]["systems"][s.system]}
-          for s in recipe.systems]
-  measures = metrics[recipe.systems[0].stage]["measures"]
+          for s in systems]
+  measures = metrics[systems[0].stage]["measures"]
   report = build_report(rows, measures, recipe.rewards(workdir), reward_name=reward_name,
                         info=recipe.info(config, results),
                         tables=list(recipe.tables(config, workdir, results, metrics)) + [stage_times(workdir, list(results))],

@@ -7,6 +7,9 @@ corpus -> generate (n/doc) -> score -> pairs -> align (DPO, `qgjax train`) -> ge
 with the base and with the aligned generator -> score both -> mine both -> train a MiniLM
 retriever on each -> evaluate BM25, base MiniLM and both trained retrievers on the `split`
 queries + qrels (training uses the corpus only) -> <workdir>/report/report.{md,json,png}.
+With `equal_budget`, a third retriever trains on a seeded random subset of the aligned tuples as
+large as the unaligned ones (mining keeps more of the aligned queries, so one epoch of each is not
+the same training budget) and is evaluated beside them.
 
 The paper's contrastive prompt (document + negative document -> query), with the generate
 group's prompt mode "contrastive":
@@ -39,6 +42,7 @@ from qgjax.recipes import jobs
 
 
 _mined_negatives = lambda p: p.contrastive.negatives in ("bm25", "dense")
+_equal_budget = lambda p: bool(p.equal_budget)
 _contrastive_sft = lambda p: bool(p.contrastive.sft)
 
 
@@ -111,11 +115,15 @@ def _mine(source: str):
   return wire
 
 
-def _retriever(source: str):
+def _retriever(source: str, budget_of: str = ""):
+  """`budget_of`: a mine stage whose tuple count caps this retriever's training tuples (a seeded subset)."""
   def wire(p, at):
-    return {"data.train": os.path.join(at(source), "tuples"), "data.corpus": data_dir(p), "workdir": at("self"),
-            "model.name": p.retriever_model or p.encoder, "export.enabled": True,
-            "export.dir": os.path.join(at("self"), "export")}
+    out = {"data.train": os.path.join(at(source), "tuples"), "data.corpus": data_dir(p), "workdir": at("self"),
+           "model.name": p.retriever_model or p.encoder, "export.enabled": True,
+           "export.dir": os.path.join(at("self"), "export")}
+    if budget_of:
+      out["data.max_examples_like"] = os.path.join(at(budget_of), "tuples")
+    return out
   return wire
 
 
@@ -161,18 +169,24 @@ STAGES: tuple[Stage, ...] = (
     Stage("retriever_unaligned", TRAIN, ("retriever",), ("mine_unaligned",), _retriever("mine_unaligned"),
           has_export()),
     Stage("retriever_aligned", TRAIN, ("retriever",), ("mine_aligned",), _retriever("mine_aligned"), has_export()),
+    Stage("retriever_aligned_equal", TRAIN, ("retriever",), ("mine_aligned", "mine_unaligned"),
+          _retriever("mine_aligned", budget_of="mine_unaligned"), has_export(), when=_equal_budget),
     Stage("evaluate_bm25", EVALUATE, ("evaluate",), (), _evaluate("bm25"), has_file("metrics.json")),
     Stage("evaluate_base", EVALUATE, ("evaluate",), (), _evaluate("dense", _encoder), has_file("metrics.json")),
     Stage("evaluate_unaligned", EVALUATE, ("evaluate",), ("retriever_unaligned",),
           _evaluate("dense", _trained("retriever_unaligned")), has_file("metrics.json")),
     Stage("evaluate_aligned", EVALUATE, ("evaluate",), ("retriever_aligned",),
           _evaluate("dense", _trained("retriever_aligned")), has_file("metrics.json")),
+    Stage("evaluate_aligned_equal", EVALUATE, ("evaluate",), ("retriever_aligned_equal",),
+          _evaluate("dense", _trained("retriever_aligned_equal")), has_file("metrics.json"), when=_equal_budget),
 )
 
 SYSTEMS = (System("bm25", "BM25", "evaluate_bm25", "bm25"),
            System("base", "{retriever} (base)", "evaluate_base", "dense"),
            System("unaligned", "{retriever} + unaligned queries", "evaluate_unaligned", "dense"),
-           System("aligned", "{retriever} + aligned queries", "evaluate_aligned", "dense"))
+           System("aligned", "{retriever} + aligned queries", "evaluate_aligned", "dense"),
+           System("aligned_equal", "{retriever} + aligned queries, as many as unaligned", "evaluate_aligned_equal",
+                  "dense"))
 
 
 def _label_args(config, results: dict) -> dict:
@@ -215,7 +229,7 @@ def _info(config, results: dict) -> dict:
                             f"steps, final loss {r.get('final', {}).get('loss')}")
   if "negatives" in results:
     info["prompt negatives"] = f"{results['negatives'].get('method')}-mined nearest other document"
-  for which in ("unaligned", "aligned"):  # how much each trained MiniLM saw (a 1-step run barely moves)
+  for which in ("unaligned", "aligned", "aligned_equal"):  # how much each trained MiniLM saw
     summary = storage.as_path(storage.resolved(config.workdir)) / f"retriever_{which}" / "summary.json"
     if summary.is_file():
       s = json.loads(summary.read_text())

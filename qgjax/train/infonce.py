@@ -194,6 +194,28 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.nonzero(~is_eval)[0], np.nonzero(is_eval)[0]
 
 
+def example_cap(data: Any) -> int:
+  """The most training tuples to use (0 = all): data.max_examples, else the number of tuples at
+  data.max_examples_like (another mine output, counted as read_tuples reads it)."""
+  cap, like = int(data.max_examples or 0), str(data.max_examples_like or "")
+  if cap < 0:
+    raise ConfigError(f"config.data.max_examples must be >= 0 (0 = all tuples); got {cap}")
+  if cap and like:
+    raise ConfigError("set config.data.max_examples or config.data.max_examples_like, not both")
+  if like:
+    cap = len(read_tuples(like)[0])
+    if not cap:
+      raise InputError("no training tuples to take the count from (config.data.max_examples_like)", path=like)
+  return cap
+
+
+def _subset(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:
+  """A seeded random `cap` of `idx`, in their order (all of them when cap is 0 or not smaller)."""
+  if not cap or cap >= len(idx):
+    return idx
+  return np.sort(np.random.default_rng([seed, 11]).choice(idx, cap, replace=False))
+
+
 def bert_retriever_model(config: Any) -> RetrieverModel:
   """The BERT-family bi-encoder of `config.model` (a sentence-transformers / HF dir or name)."""
   from qgjax.models.bert import BiEncoder, load_bi_encoder
@@ -262,6 +284,8 @@ def setup_retriever(config: Any):
     cols.update(teacher_columns(tuples, h, where))
   seed = int(config.seed)
   train_idx, eval_idx = _split(len(tuples), float(d.eval_fraction), seed)
+  cap = example_cap(d)
+  train_idx = _subset(train_idx, cap, seed)
   take = lambda idx: {k: [v[i] for i in idx] for k, v in cols.items()}
   buckets = {"query": tuple(sorted({b for b in d.query_buckets if b < max_q} | {max_q})),
              "doc": tuple(sorted({b for b in d.doc_buckets if b < max_d} | {max_d}))}
@@ -279,7 +303,9 @@ def setup_retriever(config: Any):
         "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
-  extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)),
+  if cap:
+    fp["max_examples"] = cap   # likewise absent without a cap
+  extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)), "tuples_read": len(tuples),
            "truncated": train.truncated, "towers": config.towers}
   return TaskSetup(model.trainable, model.frozen, model.abstract_trainable, model.abstract_frozen,
                    retriever_loss_fn(towers, h, float(config.temperature), seed, loss),

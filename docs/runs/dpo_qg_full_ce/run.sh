@@ -4,7 +4,9 @@
 # MiniLM cross-encoder from NFCorpus's training qrels (the run of docs/runs/ce_qrels_1000: 1,000 steps of
 # 16, in-batch negatives, documents cut to 128 tokens) and `score` ranks each pool query by its score.
 # Resumable: rerun the script. UNTIL=<stage> stops after that stage (e.g. UNTIL=align); ALIGN_STEPS=<n> DPO
-# steps (40 as in the BM25-rank run; the 2026-12-06 run on a slower host used 20).
+# steps (40 as in the BM25-rank run; the 2026-12-06 run on a slower host used 20). The pipeline's equal_budget
+# (default on since 2026-12-06) adds retriever_aligned_equal + evaluate_aligned_equal: the aligned tuples cut to
+# the unaligned count, the equal-budget control of the BM25-rank run (~17 min more).
 set -e
 cd "$(dirname "$0")/../../.."
 export QGJAX_HUGE_PAGES=${QGJAX_HUGE_PAGES:-1}   # glibc huge pages for XLA:CPU buffers (qgjax.host_allocator), as the benchmarks
