@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.similarity = "cos"            # cos (MNRL's cos_sim: the exported model normalises) or dot (as the model is)
   c.num_negatives = 1
   c.loss = "infonce"              # or "margin_mse": needs tuples mined with mining.store_scores=True
+  # margin_mse: the student's margins times this before they regress on the teacher's (cross-encoder logits);
+  # 1 = GPL's raw dot product; an encoder that normalises (all-MiniLM-L6-v2: |margin| <= 2) needs ~1/temperature
+  c.margin_scale = 1.0
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
       doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0,

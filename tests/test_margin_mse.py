@@ -43,6 +43,10 @@ def test_zero_when_the_student_margin_equals_the_teachers():
   assert abs(float(loss)) < 1e-10
   loss, _ = margin_mse_loss(q, pos, neg, s_pos + 1.0, s_neg)           # every margin off by 1
   np.testing.assert_allclose(float(loss), 1.0, rtol=1e-5)
+  loss, m = margin_mse_loss(q, pos, neg, 20.0 * s_pos, 20.0 * s_neg, scale=20.0)   # margins on a 20x scale
+  assert abs(float(loss)) < 1e-8 and float(m["pos_score"]) == pytest.approx(float(np.mean(s_pos)), rel=1e-5)
+  loss, _ = margin_mse_loss(q, pos, neg, 20.0 * s_pos + 1.0, 20.0 * s_neg, scale=20.0)
+  np.testing.assert_allclose(float(loss), 1.0, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------

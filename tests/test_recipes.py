@@ -484,3 +484,30 @@ def test_dpo_qg_trains_the_cross_encoder_reward_from_qrels(tmp_path):
     by = {s.name: c for s, c in configs}
     assert "reward_model" not in by
     assert by["score"].cross_encoder.model == ("/models/ce" if overrides is given else "")
+
+
+
+def test_dpo_qg_mines_with_the_trained_cross_encoder_as_margin_mse_teacher(tmp_path):
+  """mine.set.reranker.kind=cross_encoder without a model (GPL's MarginMSE teacher): the reward_model
+  stage runs even with the BM25-rank reward, both mine stages rerank with its export and read it as an
+  input, while the score stages keep the BM25 reward; a given model means no such stage."""
+  from qgjax.pipeline.runner import stage_configs
+  from qgjax.recipes.dpo_qg import STAGES
+
+  spec = os.path.join(REPO, "configs", "pipeline.py") + ":tiny"
+  base = [("workdir", str(tmp_path)), ("data_dir", "/data/nfcorpus")]
+  teacher = [("mine.set.reranker.kind", "cross_encoder"), ("mine.set.mining.store_scores", "True"),
+             ("retriever.set.loss", "margin_mse"), ("retriever.set.similarity", "dot")]
+  _, configs = stage_configs(build_config(spec, base + teacher), STAGES)
+  by = {s.name: c for s, c in configs}
+  names = [s.name for s, _ in configs]
+  assert names.index("reward_model") < names.index("mine_unaligned")
+  for name in ("mine_unaligned", "mine_aligned"):
+    assert by[name].reranker.model == str(tmp_path / "reward_model" / "export")
+    assert by[name].mining.store_scores is True
+    assert "reward_model" in next(s for s in STAGES if s.name == name).needs
+  assert by["score"].reward == "bm25_rank" and by["score"].cross_encoder.model == ""
+  assert by["retriever_aligned"].loss == "margin_mse"
+  _, configs = stage_configs(build_config(spec, base + teacher + [("mine.set.reranker.model", "/models/ce")]), STAGES)
+  by = {s.name: c for s, c in configs}
+  assert "reward_model" not in by and by["mine_aligned"].reranker.model == "/models/ce"

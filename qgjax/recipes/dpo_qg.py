@@ -24,7 +24,9 @@ group's prompt mode "contrastive":
 The paper's bge-reranker reward without a download: with the score group's reward (or one of its
 rewards) `cross_encoder` and no `cross_encoder.model` set, the `reward_model` stage first trains a
 MiniLM cross-encoder from the collection's training qrels (configs/cross_encoder.py:qrels, BM25 hard
-negatives), and its export is every score stage's cross-encoder.
+negatives), and its export is every score stage's cross-encoder. Likewise with the mine group's
+`reranker.kind=cross_encoder` and no `reranker.model` (GPL's MarginMSE: `mining.store_scores=True` and
+the retriever group's `loss=margin_mse`): the mine stages rerank with that trained cross-encoder.
 """
 
 from __future__ import annotations
@@ -46,10 +48,21 @@ _equal_budget = lambda p: bool(p.equal_budget)
 _contrastive_sft = lambda p: bool(p.contrastive.sft)
 
 
-def _trains_reward(p) -> bool:
-  """The cross_encoder reward is used and no model for it is given: train one from qrels first."""
+def _scores_with_trained_ce(p) -> bool:
+  """The score group uses the cross_encoder reward and names no model for it."""
   score = group_config(p, "score")
   return "cross_encoder" in (score.reward, *score.rewards) and not score.cross_encoder.model
+
+
+def _mines_with_trained_ce(p) -> bool:
+  """The mine group reranks with a cross-encoder (e.g. the teacher of loss=margin_mse) and names no model."""
+  reranker = group_config(p, "mine").reranker
+  return reranker.kind == "cross_encoder" and not reranker.model
+
+
+def _trains_reward(p) -> bool:
+  """A cross-encoder is needed (reward or mining reranker) and none is given: train one from qrels first."""
+  return _scores_with_trained_ce(p) or _mines_with_trained_ce(p)
 
 
 def _reward_model(p, at):
@@ -91,7 +104,7 @@ def _score(source: str):
   def wire(p, at):
     out = {"input": at(source), "data_dir": data_dir(p), "workdir": at("self"), "split": p.split,
            "dense.model": p.encoder, "dense.cache_dir": _embeddings(at)}
-    if _trains_reward(p):
+    if _scores_with_trained_ce(p):
       out["cross_encoder.model"] = os.path.join(at("reward_model"), "export")
     return out
   return wire
@@ -110,8 +123,11 @@ def _align(p, at):
 
 def _mine(source: str):
   def wire(p, at):
-    return {"input": at(source), "data_dir": data_dir(p), "workdir": at("self"), "encoder.model": p.encoder,
-            "encoder.cache_dir": _embeddings(at)}
+    out = {"input": at(source), "data_dir": data_dir(p), "workdir": at("self"), "encoder.model": p.encoder,
+           "encoder.cache_dir": _embeddings(at)}
+    if _mines_with_trained_ce(p):
+      out["reranker.model"] = os.path.join(at("reward_model"), "export")
+    return out
   return wire
 
 
@@ -163,9 +179,10 @@ STAGES: tuple[Stage, ...] = (
           has_sharded("scored")),
     Stage("score_aligned", SCORE, ("score",), ("generate_aligned", "reward_model"), _score("generate_aligned"),
           has_sharded("scored")),
-    Stage("mine_unaligned", MINE, ("mine",), ("generate_unaligned",), _mine("generate_unaligned"),
+    Stage("mine_unaligned", MINE, ("mine",), ("generate_unaligned", "reward_model"), _mine("generate_unaligned"),
           has_sharded("tuples")),
-    Stage("mine_aligned", MINE, ("mine",), ("generate_aligned",), _mine("generate_aligned"), has_sharded("tuples")),
+    Stage("mine_aligned", MINE, ("mine",), ("generate_aligned", "reward_model"), _mine("generate_aligned"),
+          has_sharded("tuples")),
     Stage("retriever_unaligned", TRAIN, ("retriever",), ("mine_unaligned",), _retriever("mine_unaligned"),
           has_export()),
     Stage("retriever_aligned", TRAIN, ("retriever",), ("mine_aligned",), _retriever("mine_aligned"), has_export()),

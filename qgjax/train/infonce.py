@@ -82,9 +82,9 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
 
 
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
-                      loss: str = "infonce"):
+                      loss: str = "infonce", margin_scale: float = 1.0):
   """(params, frozen, batch) -> (loss, metrics) for `loop.fit`; loss "infonce" or "margin_mse"
-  (the batch then carries the teacher's ce_pos / ce_neg{h})."""
+  (the batch then carries the teacher's ce_pos / ce_neg{h}; margin_scale multiplies the student's margins)."""
 
   def loss_fn(params, frozen, batch):
     rng = None
@@ -103,7 +103,7 @@ def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, se
       neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
     if loss == "margin_mse":
       ce_pos, ce_neg = teacher_scores(batch, num_negatives)
-      return margin_mse_loss(q, p, neg, ce_pos, ce_neg, weight=batch["weight"])
+      return margin_mse_loss(q, p, neg, ce_pos, ce_neg, weight=batch["weight"], scale=margin_scale)
     return infonce_loss(q, p, neg, temperature=temperature, pos_key=batch["pos_key"], neg_key=neg_key,
                         weight=batch["weight"])
 
@@ -280,6 +280,9 @@ def setup_retriever(config: Any):
   cols = build_columns(tuples, corpus, tokenizer, num_negatives=h, query_max_len=max_q, doc_max_len=max_d,
                        source=d.train, where=where)
   loss = retriever_loss_name(config, h)
+  margin_scale = float(config.margin_scale)
+  if margin_scale <= 0:
+    raise ConfigError(f"config.margin_scale must be > 0; got {margin_scale}")
   if loss == "margin_mse":
     cols.update(teacher_columns(tuples, h, where))
   seed = int(config.seed)
@@ -303,12 +306,14 @@ def setup_retriever(config: Any):
         "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
+  if margin_scale != 1.0:
+    fp["margin_scale"] = margin_scale   # likewise absent at the default
   if cap:
     fp["max_examples"] = cap   # likewise absent without a cap
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)), "tuples_read": len(tuples),
            "truncated": train.truncated, "towers": config.towers}
   return TaskSetup(model.trainable, model.frozen, model.abstract_trainable, model.abstract_frozen,
-                   retriever_loss_fn(towers, h, float(config.temperature), seed, loss),
+                   retriever_loss_fn(towers, h, float(config.temperature), seed, loss, margin_scale),
                    train, evals, export, fp, extra)
 
 

@@ -3,7 +3,7 @@
 GPL pseudo-labels each (query, positive, mined negative) with a cross-encoder and trains the
 dense retriever so that its margin matches the teacher's (Hofstaetter et al. 2020):
 
-  m_ih = s(q_i, p_i) - s(q_i, n_ih)                 s = <q, d> of the encoder outputs
+  m_ih = c (s(q_i, p_i) - s(q_i, n_ih))             s = <q, d> of the encoder outputs, c = `scale`
   t_ih = ce_pos_i - ce_neg_ih                       the teacher's scores, from `qgjax mine`
                                                     with mining.store_scores (ce_pos, ce_neg)
   loss = sum_i w_i sum_h (m_ih - t_ih)^2 / (H * sum_i w_i)
@@ -11,7 +11,9 @@ dense retriever so that its margin matches the teacher's (Hofstaetter et al. 202
 In the retriever task (qgjax.train.infonce, `config.loss = "margin_mse"`) the teacher's scores
 are the scalar columns ce_pos and ce_neg{h} of each batch (`teacher_columns`), mined negatives
 cycled as the token columns are. With similarity="cos" the outputs are L2-normalised, so |m| <= 2: GPL pairs MarginMSE with dot
-product (similarity="dot") when the teacher's margins are cross-encoder logits. Each row needs
+product (similarity="dot") when the teacher's margins are cross-encoder logits; an encoder that
+normalises its outputs anyway (all-MiniLM-L6-v2) reaches the teacher's logit scale only through
+`scale` (the retriever's margin_scale, e.g. 20 = 1 / InfoNCE's temperature). Each row needs
 only its own documents (no in-batch negatives), so a batch sharded over devices needs no
 communication besides the mean.
 """
@@ -29,14 +31,15 @@ LOSSES = ("infonce", "margin_mse")
 
 
 def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Array, ce_neg: jax.Array, *,
-                    weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                    weight: jax.Array | None = None, scale: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """q f32[B, D], pos f32[B, D], neg f32[B, H, D]; ce_pos f32[B], ce_neg f32[B, H] (teacher scores);
-  weight f32[B] (0 drops a row). Returns (loss scalar, metrics: accuracy (pos above every
-  negative), pos_score, hardest_neg_score, margin, target_margin)."""
+  weight f32[B] (0 drops a row); scale multiplies the student's margins. Returns (loss scalar,
+  metrics: accuracy (pos above every negative), pos_score, hardest_neg_score (unscaled), margin
+  (scaled), target_margin)."""
   f32 = jnp.float32
   s_pos = jnp.einsum("bd,bd->b", q, pos, preferred_element_type=f32)
   s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=f32)
-  margin = s_pos[:, None] - s_neg
+  margin = scale * (s_pos[:, None] - s_neg)
   target = ce_pos.astype(f32)[:, None] - ce_neg.astype(f32)
   per_row = jnp.mean(jnp.square(margin - target), axis=-1)
   w = jnp.ones(per_row.shape, f32) if weight is None else weight.astype(f32)

@@ -1,28 +1,23 @@
 #!/usr/bin/env bash
 # GPL's MarginMSE as the retriever loss (issue 25 item 5), on the queries of the cross-encoder-reward run
-# (run.sh, finished): each query's mined tuples are re-mined with the run's trained cross-encoder as the
-# reranker, its scores stored (mining.store_scores: ce_pos, ce_neg), and MiniLM is trained to match the
-# teacher's margin s(q, pos) - s(q, neg) (similarity=dot as GPL; all-MiniLM-L6-v2 keeps its Normalize module,
-# so its margins stay within [-2, 2] while the teacher's are logits) at the InfoNCE retrievers' budget: the
-# pipeline's mining (top 100, documents missing from it skipped), one mined negative, batch 64, one epoch,
-# lr 2e-5; then the test split as the pipeline's evaluate stages. WHICH="aligned unaligned" by default.
-# Resumable: every job is (rerun the script).
+# (run.sh): a copy of that run's workdir up to its generated and scored queries, then the same pipeline
+# with the mine stages reranking by the run's trained cross-encoder (the `reward_model` stage: the pipeline
+# wires it as mine's reranker when reranker.kind=cross_encoder names no model) and storing its scores
+# (ce_pos, ce_neg), and the retrievers trained to match the teacher's margin s(q, pos) - s(q, neg) at the
+# InfoNCE retrievers' budget (top-100 mining, one mined negative, batch 64, one epoch, lr 2e-5).
+# all-MiniLM-L6-v2 normalises its outputs (|margin| <= 2) while the teacher's margins are logits, so the
+# student's margins are scaled by 20 (= 1 / InfoNCE's temperature; retriever margin_scale). The equal-budget
+# retriever (pipeline equal_budget) comes with it. Resumable: rerun the script.
 set -e
-cd "$(dirname "$0")/../../.."
-export QGJAX_HUGE_PAGES=${QGJAX_HUGE_PAGES:-1}
+cd "$(dirname "$0")"
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
-OUT=$RUN/margin_mse
-for which in ${WHICH:-aligned unaligned}; do
-  nice -n 5 .venv/bin/qgjax mine --config configs/mine.py --config.input="$RUN/generate_$which" \
-    --config.data_dir=../shared/data/nfcorpus --config.workdir="$OUT/mine_$which" \
-    --config.encoder.cache_dir="$RUN/cache/embeddings" \
-    --config.reranker.kind=cross_encoder --config.reranker.model="$RUN/reward_model/export" \
-    --config.reranker.max_len=192 --config.mining.store_scores=True
-  nice -n 5 .venv/bin/qgjax train --config configs/retriever.py --config.loss=margin_mse --config.similarity=dot \
-    --config.data.train="$OUT/mine_$which/tuples" --config.data.corpus=../shared/data/nfcorpus \
-    --config.workdir="$OUT/retriever_$which" --config.export.dir="$OUT/retriever_$which/export"
-  nice -n 5 .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=../shared/data/nfcorpus \
-    --config.split=test --config.retriever=dense --config.dense.model="$OUT/retriever_$which/export" \
-    --config.dense.cache_dir="$RUN/cache/embeddings" --config.measures=nDCG@10,RR@100,R@100,R@1000 \
-    --config.workdir="$OUT/evaluate_$which"
+OUT=${OUT:-$RUN-margin_mse}
+mkdir -p "$OUT"
+for stage in reward_model generate score pairs align generate_unaligned generate_aligned score_unaligned \
+             score_aligned evaluate_bm25 evaluate_base cache; do
+  [ -e "$OUT/$stage" ] || cp -r "$RUN/$stage" "$OUT/"
 done
+WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
+  --config.mine.set.reranker.kind=cross_encoder --config.mine.set.reranker.max_len=192 \
+  --config.mine.set.mining.store_scores=True \
+  --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale=20.0
