@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # the alignment reward's k (score_train): "same" as above, or an integer (e.g. 1: the expansion weighs
   # as much as the query, so its content moves the gold document's rank; the test-time search keeps k)
   c.reward_query_repeats = "same"
+  # tune each greedy generator's own k on dev queries (needs split.set.dev_queries > 0: training queries
+  # set apart), for evaluate_base / evaluate_aligned; best of N keeps the k above
+  c.tune_on_dev = False
   c.report = ConfigDict(dict(bins=30))
   c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))
@@ -70,6 +73,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.generate = _group("generate.py:mode=expansion", batch_size=8, buckets=(128, 192, 256),
                         sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
     c.tune_repeats = _group("repeats.py")
+    c.tune_dev = _group("repeats.py")   # tune_on_dev: each greedy generator's k on the dev queries
     c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
     # RSFT keeps a query only when its best expansion brings the gold document within the depth
     # (the -rank reward of a miss is -(depth + 1) for every expansion: nothing to learn from)
@@ -87,6 +91,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                       print_examples=0, postprocess=dict(drop_copied=False),
                       sampling=dict(num_samples=n, max_new_tokens=24, seed=0))
   c.tune_repeats = _group("repeats.py", candidates=(1, 2, 3), samples_per_query=2)
+  c.tune_dev = _group("repeats.py", candidates=(1, 2, 3))
   c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
   c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
                    rsft=dict(n_best=1, min_reward=-100.0))

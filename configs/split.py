@@ -26,4 +26,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.max_train = 0          # 0 = all
   c.max_test = 0
+  c.dev_queries = 0        # training queries (the largest hashes) set apart as a `dev` split; 0 = none
   return c

@@ -206,6 +206,13 @@ def test_stage_marker_new_keys_are_compatible_changed_keys_are_not(tmp_path):
   new_key = {"a": 1, "g": {"x": "q", "y": None}}   # a newer config file added g.y
   fp = cache.fingerprint(new_key, {"generate": "f0"})
   assert cache.check_marker("score", tmp_path, [], marker, new_key, {"generate": "f0"}, fp) == "fp-old"
+  # with the config file's defaults known: compatible while the new key keeps its default, refused when
+  # set to another value (the stage never ran with it: e.g. a new split option)
+  defaults = {"a": 0, "g": {"x": "", "y": None}}
+  assert cache.check_marker("score", tmp_path, [], marker, new_key, {"generate": "f0"}, fp, defaults) == "fp-old"
+  with pytest.raises(QgjaxError, match=r"g\.y \(a key newer than the stage, set to a value other than its default\)"):
+    cache.check_marker("score", tmp_path, [], marker, {"a": 1, "g": {"x": "q", "y": 3}}, {"generate": "f0"}, "fp-y",
+                       defaults)
   with pytest.raises(QgjaxError, match=r"stage 'score'.*\(g\.x changed\).*stages after it \(pairs\)"):
     changed = {"a": 1, "g": {"x": "other"}}
     cache.check_marker("score", tmp_path, ["pairs"], marker, changed, {"generate": "f0"}, "fp-new")

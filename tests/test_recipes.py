@@ -190,8 +190,8 @@ def test_tiny_aqe_recipe(models, aqe_run):
   spec = AQE_SPEC
   work, first, _ = aqe_run
   over = _aqe_overrides(work, models)
-  names = [s.name for s in STAGES]
-  assert first["ran"] == names and first["skipped"] == []
+  names = [s.name for s in STAGES if s.when(build_config(spec, over))]
+  assert first["ran"] == names and first["skipped"] == [] and "tune_dev_aligned" not in names
   rsft = json.loads((work / "align_rsft" / "STAGE_DONE.json").read_text())
   dpo = json.loads((work / "align" / "STAGE_DONE.json").read_text())
   assert rsft["config"]["task"] == "rsft" and rsft["result"]["steps"] == 4
@@ -280,6 +280,46 @@ def test_tiny_aqe_recipe(models, aqe_run):
     pipeline.run(changed)
 
 
+def test_aqe_tunes_each_greedy_generators_query_weight_on_dev_queries(models, aqe_run, tmp_path):
+  """tune_on_dev with split.set.dev_queries: dev queries set apart from training, one greedy expansion
+  each from the base and the aligned generator, each generator's k chosen on them, and its test-time
+  search (evaluate_*, score_*) uses that k; best of N keeps tune_repeats' k. A finished split made
+  without dev queries is refused; without dev queries tune_on_dev is a config error."""
+  import shutil
+
+  from qgjax.errors import ConfigError
+  from qgjax.pipeline.runner import stage_configs
+  from qgjax.recipes.aqe import STAGES
+
+  dev = [("tune_on_dev", "True"), ("split.set.dev_queries", "3")]
+  with pytest.raises(ConfigError, match="tune_on_dev needs dev queries"):
+    pipeline.run(build_config(AQE_SPEC, _aqe_overrides(tmp_path / "x", models) + dev[:1]))
+  work, _, _ = aqe_run
+  copy = tmp_path / "copy"
+  shutil.copytree(work, copy, symlinks=True)
+  with pytest.raises(QgjaxError, match=r"stage 'split' already finished .*dev_queries"):
+    pipeline.run(build_config(AQE_SPEC, _aqe_overrides(copy, models) + dev))
+  w = tmp_path / "dev"
+  out = run_pipeline(AQE_SPEC, _aqe_overrides(w, models) + dev)   # the CLI, one process
+  data = w / "split" / "data"
+  train, devq = ({q["_id"] for q in _jsonl(data / f"queries_{side}.jsonl")} for side in ("train", "dev"))
+  assert len(devq) == 3 and not train & devq
+  assert {r["query_id"] for r in _records(w / "generate_train")} <= train
+  for side in ("base", "aligned"):
+    recs = _records(w / f"generate_dev_{side}")
+    assert {r["query_id"] for r in recs} <= devq and all(r["sample_idx"] == 0 for r in recs)
+    tuned = json.loads((w / f"tune_dev_{side}" / "repeats.json").read_text())
+    assert tuned["queries"] == len({r["query_id"] for r in recs}) and tuned["samples_per_query"] == 1
+    for stage in (f"evaluate_{side}", f"score_{side}"):
+      cfg = json.loads((w / stage / "STAGE_DONE.json").read_text())["config"]
+      assert cfg["aqe"]["query_repeats_file"] == str(w.resolve() / f"tune_dev_{side}" / "repeats.json"), stage
+  best = json.loads((w / "evaluate_best_of_n" / "STAGE_DONE.json").read_text())["config"]
+  assert best["aqe"]["query_repeats_file"] == str(w.resolve() / "tune_repeats" / "repeats.json")
+  assert "dev queries" in open(out["report"]["markdown"]).read()
+  by = {s.name: c for s, c in stage_configs(build_config(AQE_SPEC, _aqe_overrides(w, models) + dev), STAGES)[1]}
+  assert by["generate_dev_aligned"].model.name == str(w / "align" / "export") and by["tune_dev_base"].split == "dev"
+
+
 def test_aqe_two_processes_equal_one(models, aqe_run, tmp_path):
   covered = _two_processes_equal_one(AQE_SPEC, lambda w: _aqe_overrides(w, models), aqe_run, tmp_path / "aqe",
                                      split=("generate_train", "score_train/scored", "generate_sampled"))
@@ -341,7 +381,7 @@ def test_split_drops_queries_without_a_relevant_document(tmp_path):
   (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\ns\tc\t2\nt\tzz\t1\nu\ta\t0\n")
   cfg = ml_collections.ConfigDict(dict(data_dir=str(src), workdir=str(tmp_path / "w"), how="splits", seed=0,
                                        train_split="train", test_split="test", test_fraction=0.5, max_train=0,
-                                       max_test=0))
+                                       max_test=0, dev_queries=0))
   summary = split.run(cfg)
   assert summary["dropped_no_relevant"] == {"train": 2, "test": 2} and summary["dropped_empty_documents"] == ["b"]
   data = tmp_path / "w" / "data"
@@ -350,6 +390,39 @@ def test_split_drops_queries_without_a_relevant_document(tmp_path):
   (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt\tzz\t1\n")
   with pytest.raises(QgjaxError, match="relevant document"):
     split.run(cfg)
+
+
+def test_split_sets_dev_queries_apart_without_changing_the_training_queries(tmp_path):
+  """dev_queries=N: the N training queries with the largest seeded hashes become the dev split (queries
+  and qrels), never training queries; the training queries of a max_train run stay those of the run
+  without dev; asking for more dev queries than there are is an error."""
+  from qgjax.config import build_config
+  from qgjax.jobs import split
+
+  src = tmp_path / "src"
+  (src / "qrels").mkdir(parents=True)
+  (src / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(12)))
+  qids = [f"q{i}" for i in range(12)]
+  (src / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": f"query {q}"}) + "\n" for q in qids))
+  (src / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{i}\t1\n" for i, q in enumerate(qids[:10])))
+  (src / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{i + 10}\t2\n" for i, q in enumerate(qids[10:])))
+  run = lambda name, **kw: split.run(build_config(os.path.join(REPO, "configs", "split.py"), [
+      ("data_dir", str(src)), ("workdir", str(tmp_path / name))] + [(k, str(v)) for k, v in kw.items()]))
+  ids = lambda name, side: [q["_id"] for q in _jsonl(tmp_path / name / "data" / f"queries_{side}.jsonl")]
+  whole = run("whole")
+  assert whole["train_queries"] == 10 and "dev_queries" not in whole
+  assert not (tmp_path / "whole" / "data" / "queries_dev.jsonl").exists()
+  by_hash = ids("whole", "train")   # all 10, smallest hash first
+  summary = run("dev", dev_queries=3)
+  assert summary["dev_queries"] == 3 and summary["dev_qrels"] == 3 and summary["train_queries"] == 7
+  assert ids("dev", "dev") == by_hash[7:] and ids("dev", "train") == by_hash[:7] and ids("dev", "test") == ids("whole", "test")
+  rows = (tmp_path / "dev" / "data" / "qrels" / "dev.tsv").read_text().splitlines()[1:]
+  assert sorted(r.split("\t")[0] for r in rows) == sorted(by_hash[7:]) and all(r.endswith("\t1") for r in rows)
+  run("small", max_train=4)
+  run("small_dev", max_train=4, dev_queries=3)
+  assert ids("small_dev", "train") == ids("small", "train") == by_hash[:4]
+  with pytest.raises(QgjaxError, match="dev_queries=10"):
+    run("too_many", dev_queries=10)
 
 
 def test_tiny_readqg_recipe(models, readqg_run):

@@ -15,7 +15,10 @@ queries_test.jsonl, qrels/train.tsv, qrels/test.tsv (every grade of the chosen q
 Queries without a relevant (grade >= 1) document left in the corpus are dropped from both sides
 (counted in split.json `dropped_no_relevant`): no reward can rank them and no metric counts them.
 Then at most `max_train` / `max_test` queries of each side are kept (0 = all), the ones with the
-smallest seeded hashes, so a smaller run is a subset of a larger one.
+smallest seeded hashes, so a smaller run is a subset of a larger one. `dev_queries` = N > 0 first sets
+the N training queries with the largest hashes apart as a `dev` split (queries_dev.jsonl,
+qrels/dev.tsv) that no training stage reads (AQE tunes each generator's query weight on it), so
+with max_train <= (training queries - N) the training queries are the same as without it.
 On P processes process 0 alone writes the directory; the others wait at the pipeline's barrier
 after the stage (every later stage reads the files it wrote). The collection and the workdir may be
 gs:// URLs (qgjax.data.storage): objects have no links, so there the corpus is always copied.
@@ -140,14 +143,22 @@ def run(config) -> dict:
   n_train, n_test = len(train_ids), len(test_ids)
   train_ids, test_ids = answerable(train_ids, train_rels), answerable(test_ids, test_rels)
   no_relevant = {"train": n_train - len(train_ids), "test": n_test - len(test_ids)}
-  train_ids = _keep(train_ids, seed, int(config.max_train))
+  n_dev = int(config.dev_queries)
+  if n_dev < 0:
+    raise ConfigError(f"split.dev_queries must be >= 0; got {n_dev}")
+  ordered = _keep(train_ids, seed, 0)
+  dev_ids = ordered[max(len(ordered) - n_dev, 0):] if n_dev else []
+  train_ids = _keep(ordered[:len(ordered) - len(dev_ids)], seed, int(config.max_train))
   test_ids = _keep(test_ids, seed, int(config.max_test))
-  if not train_ids or not test_ids:
-    raise InputError(f"the split leaves {len(train_ids)} training and {len(test_ids)} test queries with a "
-                     "relevant document; both need at least one", path=str(root))
+  if not train_ids or not test_ids or len(dev_ids) < n_dev:
+    raise InputError(f"the split leaves {len(train_ids)} training, {len(test_ids)} test and {len(dev_ids)} dev "
+                     f"queries with a relevant document (dev_queries={n_dev}); training and test need at least one",
+                     path=str(root))
   summary = {"data_dir": str(out), "source": str(root), "how": used, "seed": seed, "dropped_empty_documents": empty,
              "dropped_no_relevant": no_relevant, "train_queries": len(train_ids), "test_queries": len(test_ids),
              "train_qrels": _write(out, "train", train_ids, train_q, train_rels),
              "test_qrels": _write(out, "test", test_ids, test_q, test_rels)}
+  if dev_ids:
+    summary.update(dev_queries=len(dev_ids), dev_qrels=_write(out, "dev", dev_ids, train_q, train_rels))
   write_json_atomic(storage.as_path(config.workdir) / "split.json", summary, sort_keys=False)
   return summary

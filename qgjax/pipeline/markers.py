@@ -99,13 +99,23 @@ def _relocated(value: Any, old: str, new: str) -> Any:
   return value
 
 
+def _lookup(tree: Any, dotted: str) -> Any:
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return _ABSENT
+    tree = tree[part]
+  return tree
+
+
 def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: dict, config: dict,
-                 needs: dict[str, str], fp: str) -> str:
+                 needs: dict[str, str], fp: str, defaults: dict | None = None) -> str:
   """The fingerprint the finished stage in `stage_dir` stands for; QgjaxError if it was made with other settings.
 
   Keys that only exist in the current config (a newer config file added them) are taken as
-  compatible, with a note: the stage keeps the fingerprint it was made with. So is a stage whose
-  workdir moved: its paths under the old workdir are compared as paths under `stage_dir`'s parent.
+  compatible, with a note: the stage keeps the fingerprint it was made with; with `defaults` (the
+  stage's config file as it is, without the pipeline's values) only where the key keeps its default,
+  since the stage never ran with another value. So is a stage whose workdir moved: its paths under the
+  old workdir are compared as paths under `stage_dir`'s parent.
   """
   if marker.get("fingerprint") == fp:
     return fp
@@ -113,6 +123,10 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
   moved = made_in is not None and made_in != here
   old_config = _relocated(marker.get("config", {}), made_in, here) if moved else marker.get("config", {})
   changed, added = _changed_keys(old_config, config)
+  if defaults is not None:
+    set_apart = [k for k in added if _lookup(defaults, k) != _lookup(config, k)]
+    changed += [f"{k} (a key newer than the stage, set to a value other than its default)" for k in set_apart]
+    added = [k for k in added if k not in set_apart]
   neutral = [k for k in changed if k.rsplit(".", 1)[-1] in _RESULT_NEUTRAL]
   changed = [k for k in changed if k not in neutral]
   changed += [f"input from stage '{n}'" for n in needs if marker.get("needs", {}).get(n) != needs[n]]

@@ -28,7 +28,7 @@ from qgjax.pipeline import markers
 from qgjax.pipeline.clock import StageClock
 from qgjax.pipeline.process import run_in_process
 from qgjax.pipeline.stage import Stage, depends_on
-from qgjax.pipeline.wiring import stage_config
+from qgjax.pipeline.wiring import default_config, stage_config
 
 log = logging.getLogger(__name__)
 Execute = Callable[[Stage, Any], tuple[dict, float, str]]   # (stage, config) -> (result, seconds, log note)
@@ -76,13 +76,15 @@ def run_isolated(stage: Stage, config) -> tuple[dict, float, str]:
 
 
 def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
-              position: str, execute: Execute = run_here) -> tuple[str, dict, str]:
-  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint)."""
+              position: str, execute: Execute = run_here, defaults: dict | None = None) -> tuple[str, dict, str]:
+  """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint). `defaults`: the
+  stage's config file alone (as a dict), which tells a key newer than a finished stage at its default
+  from one the pipeline sets (markers.check_marker)."""
   as_dict = markers.config_dict(config)
   fp = markers.fingerprint(as_dict, needs)
   marker = markers.read_marker(stage_dir)
   if marker is not None:
-    made_with = markers.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp)
+    made_with = markers.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp, defaults)
     if stage.complete(stage_dir):
       log.info("%s %s: done, skipped (%s)", position, stage.name, stage_dir / markers.MARKER)
       return "skipped", marker.get("result", {}), made_with
@@ -113,7 +115,7 @@ def stage_configs(config, stages: tuple[Stage, ...]) -> tuple[pathlib.Path, list
 
 
 def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated: frozenset[str] = frozenset(),
-               ) -> tuple[dict[str, str], dict[str, dict]]:
+               defaults: dict[str, dict] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
   """Runs (or skips) the stages in order, stage X in <workdir>/X -> (status, results) by stage name.
 
   Stages in `isolated` run in their own process when this is the only process (with several
@@ -128,7 +130,8 @@ def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated
     later = [s.name for s, _ in configs[i + 1:] if depends_on(s, stage.name, by_name)]
     execute = run_isolated if own and stage.name in isolated else run_here
     status[stage.name], results[stage.name], fps[stage.name] = run_stage(
-        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", execute=execute)
+        stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", execute=execute,
+        defaults=(defaults or {}).get(stage.name))
   return status, results
 
 
@@ -147,7 +150,8 @@ def run_recipe(recipe: Recipe, config) -> dict:
     if until not in names:
       raise ConfigError(f"config.until={until!r} is not a stage of this run; its stages: {', '.join(names)}")
     configs = configs[: names.index(until) + 1]
-  status, results = run_stages(workdir, configs, recipe.isolated)
+  defaults = {s.name: markers.config_dict(default_config(config, s)) for s, _ in configs}
+  status, results = run_stages(workdir, configs, recipe.isolated, defaults)
   report = {"paths": {}, "report": {}}
   if until:
     log.info("stopped after stage %s (config.until); run again without it to go on", until)

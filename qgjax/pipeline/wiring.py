@@ -90,6 +90,11 @@ def stage_config(p, stage: Stage, stage_dir: Callable[[str], str]) -> ConfigDict
   return cfg
 
 
+def default_config(p, stage: Stage) -> ConfigDict:
+  """The stage's config file as it is (its `:arg` included): no `set` values, no wiring."""
+  return load_config_file(_config_spec(p, stage.groups[0]))
+
+
 def group_config(p, group: str) -> ConfigDict:
   """A group's config file with its `set` values, no wiring (e.g. the generate group's prompt,
   which DPO must score exactly as the queries were sampled)."""

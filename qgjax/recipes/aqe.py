@@ -13,6 +13,12 @@ generator), generate_sampled + select (best of N by a qrels-free criterion, qgja
 -> evaluate_bm25 / _base / _best_of_n / _aligned (BM25 over query [+ expansion]) ->
 score_base / score_aligned (the gold document's BM25 rank with each generator's greedy expansion:
 the report's reward histogram) -> <workdir>/report/report.{md,json,png}.
+
+tune_on_dev (with split.set.dev_queries = N > 0: N training queries set apart, never trained on):
+generate_dev_base / generate_dev_aligned (one greedy expansion per dev query) -> tune_dev_base /
+tune_dev_aligned (the query's repeat count for that generator's own expansions, chosen on the dev
+queries), and evaluate_base / score_base and evaluate_aligned / score_aligned search with it: an
+aligned expansion is better than the unaligned samples tune_repeats sees, so its best weight differs.
 """
 
 from __future__ import annotations
@@ -92,6 +98,26 @@ def _tune_repeats(p, at):
   return {"input": at("generate_train"), "data_dir": split_data(at), "workdir": at("self"), "split": "train"}
 
 
+_on_dev = lambda p: bool(p.tune_on_dev)
+
+
+def _tune_dev(source: str):
+  """The repeat count for one generator's greedy expansions of the dev queries."""
+  def wire(p, at):
+    return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": "dev",
+            "samples_per_query": 1}
+  return wire
+
+
+def _greedy_repeats(tune_stage: str):
+  """The repeat count a greedy system searches with: its own dev-tuned one (tune_on_dev), else the recipe's."""
+  def repeats(p, at) -> dict:
+    if _on_dev(p):
+      return {"aqe.query_repeats_file": os.path.join(at(tune_stage), "repeats.json")}
+    return _repeats(p, at)
+  return repeats
+
+
 def _score(source: str, side: str, repeats=_repeats):
   def wire(p, at):
     return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": side,
@@ -123,13 +149,13 @@ def _select(p, at):
   return {"input": at("generate_sampled"), "workdir": at("self")}
 
 
-def _evaluate(expansions):
+def _evaluate(expansions, repeats=_repeats):
   def wire(p, at):
     out = {"data_dir": split_data(at), "split": "test", "workdir": at("self"),
            "retriever": "bm25" if expansions is None else "aqe"}
     if expansions is not None:
       out["aqe.input"] = expansions(at)
-      out.update(_repeats(p, at))
+      out.update(repeats(p, at))
     return out
   return wire
 
@@ -151,20 +177,27 @@ STAGES: tuple[Stage, ...] = (
     Stage("align", jobs.TRAIN, ("align",), ("pairs", "align_rsft"), _align, has_export()),
     Stage("generate_base", jobs.GENERATE, _GREEDY, ("split",), _generate("test", _base), has_sharded()),
     Stage("generate_aligned", jobs.GENERATE, _GREEDY, ("split", "align"), _generate("test", _aligned), has_sharded()),
+    Stage("generate_dev_base", jobs.GENERATE, _GREEDY, ("split",), _generate("dev", _base), has_sharded(),
+          when=_on_dev),
+    Stage("generate_dev_aligned", jobs.GENERATE, _GREEDY, ("split", "align"), _generate("dev", _aligned),
+          has_sharded(), when=_on_dev),
+    Stage("tune_dev_base", jobs.AQE_REPEATS, ("tune_dev",), ("generate_dev_base",), _tune_dev("generate_dev_base"),
+          has_file("repeats.json"), when=_on_dev),
+    Stage("tune_dev_aligned", jobs.AQE_REPEATS, ("tune_dev",), ("generate_dev_aligned",),
+          _tune_dev("generate_dev_aligned"), has_file("repeats.json"), when=_on_dev),
     Stage("generate_sampled", jobs.GENERATE, _SAMPLED, ("split",), _generate("test", _base), has_sharded()),
     Stage("select", jobs.AQE_SELECT, ("select",), ("generate_sampled",), _select, has_file("selected.jsonl")),
     Stage("evaluate_bm25", jobs.EVALUATE, ("evaluate",), ("split",), _evaluate(None), has_file("metrics.json")),
-    Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base", "tune_repeats"),
-          _evaluate(lambda at: at("generate_base")), has_file("metrics.json")),
+    Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base", "tune_repeats", "tune_dev_base"),
+          _evaluate(lambda at: at("generate_base"), _greedy_repeats("tune_dev_base")), has_file("metrics.json")),
     Stage("evaluate_best_of_n", jobs.EVALUATE, ("evaluate",), ("select", "tune_repeats"), _evaluate(_selected),
           has_file("metrics.json")),
-    Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned", "tune_repeats"),
-          _evaluate(lambda at: at("generate_aligned")), has_file("metrics.json")),
-    Stage("score_base", jobs.SCORE, ("score",), ("generate_base", "tune_repeats"), _score("generate_base", "test"),
-          has_sharded("scored")),
-    Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned", "tune_repeats"),
-          _score("generate_aligned", "test"),
-          has_sharded("scored")),
+    Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned", "tune_repeats", "tune_dev_aligned"),
+          _evaluate(lambda at: at("generate_aligned"), _greedy_repeats("tune_dev_aligned")), has_file("metrics.json")),
+    Stage("score_base", jobs.SCORE, ("score",), ("generate_base", "tune_repeats", "tune_dev_base"),
+          _score("generate_base", "test", _greedy_repeats("tune_dev_base")), has_sharded("scored")),
+    Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned", "tune_repeats", "tune_dev_aligned"),
+          _score("generate_aligned", "test", _greedy_repeats("tune_dev_aligned")), has_sharded("scored")),
 )
 
 
@@ -179,6 +212,9 @@ def _check(config, by: dict) -> None:
   if "align_rsft" in by and by["align_rsft"].task != "rsft":
     raise ConfigError(f"aqe: method=rsft_then_dpo needs align_rsft.config = configs/rsft.py (it trains task "
                       f"{by['align_rsft'].task!r})")
+  if _on_dev(config) and int(by["split"].dev_queries) < 1:
+    raise ConfigError("aqe: tune_on_dev needs dev queries: set split.set.dev_queries to how many training "
+                      "queries to set apart (e.g. 300)")
   for name in ("generate_base", "generate_aligned"):
     s = by[name].sampling
     if not (s.temperature == 0.0 and s.num_samples == 1 and s.num_beams == 1):
@@ -228,10 +264,18 @@ def _repeats_info(config, results: dict) -> str:
   reward = _own_reward_repeats(config)
   during = "" if reward is None else f"; the alignment reward searched query x {reward} + expansion"
   if not tuned:
-    return f"{config.get('query_repeats', 1)} (fixed){during}"
-  scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
-  return (f"{tuned.get('query_repeats')} (tuned on {tuned.get('queries')} training queries, {tuned.get('measure')} by k: "
-          f"{scores}; the query alone {tuned.get('query_only', 0.0):.4f}){during}")
+    out = f"{config.get('query_repeats', 1)} (fixed){during}"
+  else:
+    scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
+    out = (f"{tuned.get('query_repeats')} (tuned on {tuned.get('queries')} training queries, {tuned.get('measure')} "
+           f"by k: {scores}; the query alone {tuned.get('query_only', 0.0):.4f}){during}")
+  for side in ("base", "aligned"):
+    dev = results.get(f"tune_dev_{side}")
+    if dev:
+      out += (f"; greedy {side} expansions: {dev.get('query_repeats')} (tuned on {dev.get('queries')} dev queries, "
+              f"{dev.get('by_repeats', {}).get(str(dev.get('query_repeats')), 0.0):.4f} vs the query alone "
+              f"{dev.get('query_only', 0.0):.4f})")
+  return out
 
 
 def _info(config, results: dict) -> dict:
