@@ -33,14 +33,14 @@ def main(argv=None) -> int:
 
   from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
   from qgjax.evaluation.ir_metrics import evaluate_per_query
-  from qgjax.methods.aqe.repeats import _expansions
+  from qgjax.methods.aqe.repeats import sampled_expansions
   from qgjax.retrieval.bm25 import default_bm25_config, open_bm25_from_config
   from qgjax.rewards.base import aqe_text
 
   corpus = Corpus(os.path.join(args.data, "corpus.jsonl"))
   qrels = load_qrels(os.path.join(args.data, "qrels", f"{args.split}.tsv"), doc_ids=corpus, min_grade=1)
   texts = load_queries(queries_path(args.data, args.split))
-  samples = {q: rows for q, rows in _expansions(args.run, 10**6).items() if q in qrels}
+  samples = {q: rows for q, rows in sampled_expansions(args.run, 10**6).items() if q in qrels}
   if args.max_queries:
     samples = dict(sorted(samples.items())[: args.max_queries])
   n_max = max(len(rows) for rows in samples.values())

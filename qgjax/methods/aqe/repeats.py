@@ -53,7 +53,7 @@ def resolve_query_repeats(aqe: Mapping[str, Any]) -> int:
   return value
 
 
-def _expansions(source: str, samples_per_query: int) -> dict[str, list[tuple[int, str, str | None]]]:
+def sampled_expansions(source: str, samples_per_query: int) -> dict[str, list[tuple[int, str, str | None]]]:
   """query id -> its first `samples_per_query` (sample_idx, expansion, query text or None)."""
   out: dict[str, list[tuple[int, str, str | None]]] = {}
   for path, line, rec in iter_records(source):
@@ -88,7 +88,7 @@ def run(config) -> dict:
   data_dir = storage.as_path(config.data_dir)
   corpus = Corpus(data_dir / "corpus.jsonl")
   qrels = load_qrels(data_dir / "qrels" / f"{config.split}.tsv", doc_ids=corpus, min_grade=1)
-  expansions = _expansions(config.input, samples)
+  expansions = sampled_expansions(config.input, samples)
   unknown = sorted(set(expansions) - set(qrels))
   if unknown:
     raise InputError(f"{len(unknown)} expansion queries are not judged in qrels/{config.split}.tsv "
