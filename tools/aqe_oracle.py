@@ -32,8 +32,7 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
 
   from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
-  from qgjax.evaluation.ir_metrics import evaluate_per_query
-  from qgjax.methods.aqe.repeats import sampled_expansions
+  from qgjax.methods.aqe.repeats import sampled_expansions, search_measure
   from qgjax.retrieval.bm25 import default_bm25_config, open_bm25_from_config
   from qgjax.rewards.base import aqe_text
 
@@ -46,11 +45,7 @@ def main(argv=None) -> int:
   n_max = max(len(rows) for rows in samples.values())
   bm25 = open_bm25_from_config(corpus, default_bm25_config())
 
-  def per_query(searches: dict[str, str]) -> dict[str, float]:
-    keys = list(searches)
-    run = bm25.search([searches[k] for k in keys], k=100).as_run(keys)
-    per = evaluate_per_query(run, {k: qrels[k.split("\t", 1)[0]] for k in keys}, [args.measure])
-    return {k: v[args.measure] for k, v in per.items()}
+  per_query = lambda searches: search_measure(bm25, searches, qrels, args.measure, 100)
 
   alone = per_query({f"{q}\t-": texts[q] for q in samples})
   mean = lambda xs: sum(xs) / len(xs)

@@ -67,9 +67,21 @@ def sampled_expansions(source: str, samples_per_query: int) -> dict[str, list[tu
   return {q: sorted(v, key=lambda row: row[0])[:samples_per_query] for q, v in out.items()}
 
 
+def search_measure(retriever: Any, searches: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
+                   measure: str, depth: int) -> dict[str, float]:
+  """`measure` of each search: keys "<query id>\t<anything>" -> BM25 text; each is judged by its query's
+  qrels -> {key: value}."""
+  from qgjax.evaluation.ir_metrics import evaluate_per_query
+
+  keys = list(searches)
+  run = retriever.search([searches[k] for k in keys], k=depth).as_run(keys)
+  per = evaluate_per_query(run, {k: qrels[k.split("\t", 1)[0]] for k in keys}, [measure])
+  return {k: v[measure] for k, v in per.items()}
+
+
 def run(config) -> dict:
   from qgjax.data.beir import Corpus, load_qrels, load_queries, queries_path
-  from qgjax.evaluation.ir_metrics import evaluate_per_query, parse_measure
+  from qgjax.evaluation.ir_metrics import parse_measure
   from qgjax.parallel.distributed import is_main_process
   from qgjax.retrieval.bm25 import open_bm25_from_config
   from qgjax.rewards.base import aqe_text
@@ -107,12 +119,9 @@ def run(config) -> dict:
   depth = int(config.depth)
 
   def mean_measure(searches: dict[str, str]) -> float:
-    keys = list(searches)
-    run = retriever.search([searches[k] for k in keys], k=depth).as_run(keys)
-    per = evaluate_per_query(run, {k: judged[k.split("\t", 1)[0]] for k in keys}, [config.measure])
     by_query: dict[str, list[float]] = {}
-    for k, v in per.items():
-      by_query.setdefault(k.split("\t", 1)[0], []).append(v[config.measure])
+    for k, v in search_measure(retriever, searches, judged, config.measure, depth).items():
+      by_query.setdefault(k.split("\t", 1)[0], []).append(v)
     return sum(sum(v) / len(v) for v in by_query.values()) / len(by_query)
 
   by_repeats = {}
