@@ -110,12 +110,18 @@ def test_store_scores_are_the_rerankers_scores_of_the_tuple():
   (rec,), _ = _mine("none", relabel_positive=True, store_scores=True)
   assert rec["ce_pos"] == pytest.approx(0.9) and len(rec["ce_neg"]) == len(rec["neg_ids"]) == 7
   np.testing.assert_allclose(rec["ce_neg"], [SCORES[d] for d in rec["neg_ids"]], rtol=1e-6)
-  # without relabelling: the source positive's score; negatives only from the scored prefix of the draw
+  # without relabelling: the source positive's score, and the reranker scores only the positive and the
+  # negatives the tuple keeps, which are the ones mining without a reranker draws
   cfg = MiningConfig(top_k=10, num_negatives=2, relabel_oversample=2, relabel_depth=1, store_scores=True)
+  plain = MiningConfig(top_k=10, num_negatives=2)
   for key in ("q1", "q2", "q3"):
     plan = plan_example(key, "d2", RETRIEVED, cfg)
-    assert plan.to_score[:2] == ["d2", "d0"] and len(plan.to_score) == 2 + 4
     sc = {d: SCORES[d] for d in plan.to_score}
     rec = finish_example(plan, sc, cfg)
-    assert rec["pos_id"] == "d2" and rec["ce_pos"] == 0.5 and set(rec["neg_ids"]) <= set(plan.to_score[2:])
+    assert plan.to_score == ["d2"] + sorted(rec["neg_ids"], key=plan.to_score.index)
+    assert rec["neg_ids"] == finish_example(plan_example(key, "d2", RETRIEVED, plain), None, plain)["neg_ids"]
+    assert rec["pos_id"] == "d2" and rec["ce_pos"] == 0.5 and len(plan.to_score) == 1 + 2
     assert rec["ce_neg"] == [SCORES[d] for d in rec["neg_ids"]] and len(rec["neg_ids"]) == 2
+  # a positive with fewer documents below it than num_negatives: all of them scored, all kept
+  plan = plan_example("q1", "d8", RETRIEVED, cfg)
+  assert plan.to_score == ["d8", "d9"] and finish_example(plan, SCORES, cfg)["neg_ids"] == ["d9"]

@@ -8,7 +8,9 @@ For a generated query q of source document d+ (its positive):
    drawn from a seed that depends only on (seed, query key), so a resumed or re-sharded run
    draws the same negatives;
 4. optionally score with a reranker the positive, the top `relabel_depth` retrieved documents
-   and the first `num_negatives * relabel_oversample` candidates; a document that scores above
+   and the first `num_negatives * relabel_oversample` candidates (with store_scores alone, no
+   false-negative check: the positive and the first `num_negatives` candidates, the ones step 5
+   keeps, so a MarginMSE mining scores 1 + num_negatives pairs a query); a document that scores above
    the positive (by more than `relabel_margin`) is a likely false negative:
      relabel     -> the best-scoring such document becomes the positive (Gecko style); all of
                     them leave the negative pool
@@ -88,8 +90,13 @@ class MiningConfig:
     return cls(**cfg)
 
   @property
+  def checks_false_negatives(self) -> bool:
+    """Whether the reranker judges documents against the positive (relabel or relabel_positive)."""
+    return self.relabel != "none" or self.relabel_positive
+
+  @property
   def uses_reranker(self) -> bool:
-    return self.relabel != "none" or self.relabel_positive or self.store_scores
+    return self.checks_false_negatives or self.store_scores
 
 
 def example_rng(seed: int, key: str) -> np.random.Generator:
@@ -117,9 +124,12 @@ def plan_example(key: str, pos_id: str, retrieved: Sequence[str], cfg: MiningCon
   ranks = [r for r in range(first, len(retrieved)) if retrieved[r] != pos_id]
   order = [ranks[i] for i in example_rng(cfg.seed, key).permutation(len(ranks))]
   to_score: list[str] = []
-  if cfg.uses_reranker:
+  if cfg.checks_false_negatives:
     want = [pos_id] + retrieved[: cfg.relabel_depth] + \
         [retrieved[r] for r in order[: cfg.num_negatives * cfg.relabel_oversample]]
+  elif cfg.store_scores:   # nothing is dropped: the negatives are the first num_negatives of the draw
+    want = [pos_id] + [retrieved[r] for r in order[: cfg.num_negatives]]
+  if cfg.uses_reranker:
     seen = set()
     to_score = [d for d in want if not (d in seen or seen.add(d))]
   return Plan(key, pos_id, retrieved, pos_rank, order, to_score)
