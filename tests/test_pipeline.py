@@ -129,6 +129,22 @@ def test_tiny_pipeline_runs_caches_and_refuses_changed_settings(models, one_proc
   moved = json.loads(json.dumps(pipeline.run(build_config(SPEC, _overrides(copy, models))), default=str))
   assert moved["ran"] == [] and moved["skipped"] == names and moved["systems"] == first["systems"]
   shutil.rmtree(copy)
+  # carried without its trained models and caches (tools/carry_workdir.py): no model is trained again
+  # while every stage that reads it has finished; a stage that reads one and must run again trains it first
+  import sys
+  sys.path.insert(0, os.path.join(REPO, "tools"))
+  from carry_workdir import carry
+  carried = carry(str(work), str(copy))
+  assert sorted(carried["left_out"]) == ["align/checkpoints", "align/export", "cache", "retriever_aligned/checkpoints",
+                                         "retriever_aligned/export", "retriever_unaligned/checkpoints",
+                                         "retriever_unaligned/export"]
+  pruned = json.loads(json.dumps(pipeline.run(build_config(SPEC, _overrides(copy, models))), default=str))
+  assert pruned["ran"] == [] and pruned["skipped"] == names and pruned["systems"] == first["systems"]
+  shutil.rmtree(copy / "generate_aligned")
+  again = pipeline.run(build_config(SPEC, _overrides(copy, models)))
+  assert again["ran"] == ["align", "generate_aligned"] and (copy / "align" / "export").is_dir()
+  assert not (copy / "retriever_aligned" / "export").exists()
+  shutil.rmtree(copy)
 
   # killed after a stage's work but before its marker, or its output lost: only that stage runs again
   (work / "evaluate_bm25" / "STAGE_DONE.json").unlink()
@@ -251,3 +267,29 @@ def test_stage_marker_of_a_moved_workdir_compares_paths_under_the_new_one(tmp_pa
   elsewhere = dict(config(new), model={"name": str(tmp_path / "c" / "align" / "export")})
   with pytest.raises(QgjaxError, match=r"\(model\.name changed\)"):
     cache.check_marker("generate", new / "generate", [], marker, elsewhere, {"align": "f-al"}, "fp-d")
+
+
+def test_pending_stages_skip_a_deleted_model_nothing_still_to_run_reads(tmp_path):
+  from qgjax.pipeline.runner import pending_stages
+  from qgjax.pipeline.stage import Stage, has_export, has_file
+
+  wire = lambda p, at: {}
+  train = Stage("train", "job", ("g",), (), wire, has_export())
+  use = Stage("use", "job", ("g",), ("train",), wire, has_file("out.txt"))
+  report = Stage("report", "job", ("g",), ("use",), wire, has_file("out.txt"))
+  stages = [train, use, report]
+  assert train.intermediate and not use.intermediate
+  assert pending_stages(tmp_path, stages) == {"train", "use", "report"}       # nothing has run
+  for s in stages:
+    (tmp_path / s.name).mkdir()
+    (tmp_path / s.name / "STAGE_DONE.json").write_text("{}")
+  (tmp_path / "use" / "out.txt").write_text("x")
+  (tmp_path / "report" / "out.txt").write_text("x")
+  assert pending_stages(tmp_path, stages) == set()        # train's export is gone, its reader is done
+  (tmp_path / "report" / "out.txt").unlink()
+  assert pending_stages(tmp_path, stages) == {"report"}   # a lost output that is not a model runs again
+  (tmp_path / "use" / "out.txt").unlink()
+  assert pending_stages(tmp_path, stages) == {"train", "use", "report"}   # its reader runs: train again
+  (tmp_path / "use" / "STAGE_DONE.json").unlink()
+  (tmp_path / "use" / "out.txt").write_text("x")
+  assert pending_stages(tmp_path, stages) == {"train", "use", "report"}   # no marker: runs, reads train

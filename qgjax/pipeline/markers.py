@@ -33,7 +33,12 @@ def config_dict(config) -> dict:
   return json.loads(config.to_json(sort_keys=True))
 
 
-def fingerprint(config: dict, needs: dict[str, str]) -> str:
+def fingerprint(config: dict, needs: dict[str, str], workdir: str | None = None) -> str:
+  """A stage's identity: its config (paths under `workdir` written relative to it, so that a workdir
+  moved or carried to another machine keeps its fingerprints, even for a stage that runs again there)
+  and the fingerprints of the stages it reads."""
+  if workdir is not None:
+    config = _relocated(config, str(workdir).rstrip("/"), "<workdir>")
   blob = json.dumps({"config": config, "needs": needs}, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -133,7 +138,8 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
   if not changed:
     why = ([f"made before these config keys existed: {', '.join(added)}"] if added else []) + \
           ([f"only cache locations differ: {', '.join(neutral)}"] if neutral else []) + \
-          ([f"made in workdir {made_in}"] if moved else [])
+          ([f"made in workdir {made_in}"] if moved else []) + \
+          ([] if added or neutral or moved else ["its fingerprint is of an older form"])
     log.info("note: stage '%s' taken as compatible (%s)", stage, "; ".join(why))
     return marker["fingerprint"]
   shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")

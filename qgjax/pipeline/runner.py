@@ -7,7 +7,9 @@ Stage X runs `<stage.job>.run(config)` with the config qgjax.pipeline.wiring bui
 that marker and a whole output is skipped; a marker made with other settings is an error naming
 the stage and the changed keys. A pipeline killed at any moment and started again with the same
 command re-enters the unfinished stage, which resumes on its own (sharded outputs, orbax
-checkpoints). A stage named in `recipe.isolated` runs in a fresh process (single-process runs
+checkpoints). A finished stage whose model was deleted (an `intermediate` stage: its marker is
+there, its export is not) runs again only when a stage still to run reads it, like make's
+intermediate files: a workdir can travel without its checkpoints once their readers are done. A stage named in `recipe.isolated` runs in a fresh process (single-process runs
 only) so that its wall time and peak memory are its own: its result then carries `cost`.
 """
 
@@ -75,18 +77,38 @@ def run_isolated(stage: Stage, config) -> tuple[dict, float, str]:
   return result, result["cost"]["seconds"], f", peak RSS {result['cost']['peak_rss_mb']:.0f} MiB (own process)"
 
 
+def pending_stages(workdir: pathlib.Path, stages: list[Stage]) -> set[str]:
+  """The names of the stages (in run order) that will run: those without a marker or without a whole
+  output, except an intermediate stage (a model) that no pending stage reads."""
+  pending: set[str] = set()
+  for i in reversed(range(len(stages))):
+    stage, stage_dir = stages[i], workdir / stages[i].name
+    if markers.read_marker(stage_dir) is not None and stage.complete(stage_dir):
+      continue
+    read_later = any(stage.name in s.needs and s.name in pending for s in stages[i + 1:])
+    if markers.read_marker(stage_dir) is None or not stage.intermediate or read_later:
+      pending.add(stage.name)
+  return pending
+
+
 def run_stage(stage: Stage, config, stage_dir: pathlib.Path, needs: dict[str, str], later: list[str],
-              position: str, execute: Execute = run_here, defaults: dict | None = None) -> tuple[str, dict, str]:
+              position: str, execute: Execute = run_here, defaults: dict | None = None,
+              output_needed: bool = True) -> tuple[str, dict, str]:
   """Runs or skips one stage -> ("ran" | "skipped", its result, its fingerprint). `defaults`: the
   stage's config file alone (as a dict), which tells a key newer than a finished stage at its default
-  from one the pipeline sets (markers.check_marker)."""
+  from one the pipeline sets (markers.check_marker). `output_needed=False` (pending_stages): a finished
+  intermediate stage whose output is gone is skipped, since nothing still to run reads it."""
   as_dict = markers.config_dict(config)
-  fp = markers.fingerprint(as_dict, needs)
+  fp = markers.fingerprint(as_dict, needs, workdir=str(stage_dir.parent))
   marker = markers.read_marker(stage_dir)
   if marker is not None:
     made_with = markers.check_marker(stage.name, stage_dir, later, marker, as_dict, needs, fp, defaults)
     if stage.complete(stage_dir):
       log.info("%s %s: done, skipped (%s)", position, stage.name, stage_dir / markers.MARKER)
+      return "skipped", marker.get("result", {}), made_with
+    if stage.intermediate and not output_needed:
+      log.info("%s %s: done, its model in %s was removed and no stage still to run reads it: skipped",
+               position, stage.name, stage_dir)
       return "skipped", marker.get("result", {}), made_with
     log.info("%s %s: marked done but its output in %s is not whole; running it again", position, stage.name,
              stage_dir)
@@ -124,6 +146,7 @@ def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated
 
   own = jax.process_count() == 1
   by_name = {s.name: s for s, _ in configs}
+  pending = pending_stages(workdir, [s for s, _ in configs])
   status, results, fps = {}, {}, {}
   for i, (stage, cfg) in enumerate(configs):
     needs = {n: fps[n] for n in stage.needs if n in by_name}   # a stage `when` left out is not read
@@ -131,7 +154,7 @@ def run_stages(workdir: pathlib.Path, configs: list[tuple[Stage, Any]], isolated
     execute = run_isolated if own and stage.name in isolated else run_here
     status[stage.name], results[stage.name], fps[stage.name] = run_stage(
         stage, cfg, workdir / stage.name, needs, later, f"[{i + 1}/{len(configs)}]", execute=execute,
-        defaults=(defaults or {}).get(stage.name))
+        defaults=(defaults or {}).get(stage.name), output_needed=stage.name in pending)
   return status, results
 
 

@@ -36,6 +36,13 @@ class Stage:
   complete: Callable[[pathlib.Path], bool]   # is the output in this stage dir whole?
   when: Callable[[Any], bool] = lambda p: True   # does the recipe run this stage with config p?
 
+  @property
+  def intermediate(self) -> bool:
+    """Whether the output is a trained model (`has_export`): once every stage that reads it has finished,
+    its files may be deleted (a workdir carried to another machine without its checkpoints) and the
+    runner trains it again only for a stage still to run that reads it (qgjax.pipeline.runner)."""
+    return bool(getattr(self.complete, "model_export", False))
+
 
 def data_dir(p) -> str:
   """The pipeline's collection: `data_dir` made absolute, or the embedded demo corpus."""
@@ -62,7 +69,10 @@ def has_sharded(rel: str = "") -> Callable[[pathlib.Path], bool]:
 def has_export(rel: str = "export") -> Callable[[pathlib.Path], bool]:
   """A finished model export in `<stage dir>/<rel>`: its marker, written last, is there
   (`qgjax.train.export`); a directory left by a kill in the middle of the export is not done."""
-  return lambda d: is_complete_export(d / rel)
+  def complete(d: pathlib.Path) -> bool:
+    return is_complete_export(d / rel)
+  complete.model_export = True   # Stage.intermediate
+  return complete
 
 
 def depends_on(stage: Stage, name: str, stages: dict[str, Stage]) -> bool:
