@@ -7,7 +7,9 @@
 # InfoNCE retrievers' budget (top-100 mining, one mined negative, batch 64, one epoch, lr 2e-5).
 # all-MiniLM-L6-v2 normalises its outputs (|margin| <= 2) while the teacher's margins are logits, so the
 # student's margins are scaled by 20 (= 1 / InfoNCE's temperature; retriever margin_scale). The equal-budget
-# retriever (pipeline equal_budget) comes with it. Resumable: rerun the script.
+# retriever (pipeline equal_budget) comes with it. Resumable: rerun the script. Without a finished run.sh
+# workdir at WORKDIR (the stages copied are those it has), every stage runs here: ~3.5 h on 2 cores (the
+# 2026-12-06 second session: OUT=/work/runs/dpo_qg_full/ce-margin_mse, WORKDIR unset and absent).
 set -e
 cd "$(dirname "$0")"
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
@@ -15,7 +17,7 @@ OUT=${OUT:-$RUN-margin_mse}
 mkdir -p "$OUT"
 for stage in reward_model generate score pairs align generate_unaligned generate_aligned score_unaligned \
              score_aligned evaluate_bm25 evaluate_base cache; do
-  [ -e "$OUT/$stage" ] || cp -r "$RUN/$stage" "$OUT/"
+  [ -e "$OUT/$stage" ] || [ ! -e "$RUN/$stage" ] || cp -r "$RUN/$stage" "$OUT/"
 done
 WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
   --config.mine.set.reranker.kind=cross_encoder --config.mine.set.reranker.max_len=192 \
