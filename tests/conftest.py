@@ -1,8 +1,11 @@
-"""Shared test setup: 8 simulated CPU devices unless the caller already chose XLA flags."""
+"""Shared test setup: 8 simulated CPU devices, compiled fast (tests/xla_flags.py), unless the caller already
+chose XLA flags."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from xla_flags import cpu_devices  # tests/ is on sys.path, as for tiny_lm
+
+os.environ.setdefault("XLA_FLAGS", cpu_devices(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

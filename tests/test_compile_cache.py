@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from xla_flags import cpu_devices
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = r"""
@@ -30,7 +32,7 @@ print(json.dumps({"path": path, "hits": len(hits), "value": value}))
 def _probe(env_extra, tmp_path, devices=1):
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "QGJAX_COMPILATION_CACHE")}
   env.update(QGJAX_CACHE_DIR=str(tmp_path / "home"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **env_extra)
+             JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_devices(devices), **env_extra)
   proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])

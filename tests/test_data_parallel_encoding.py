@@ -22,7 +22,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from xla_flags import cpu_devices
 TEXTS = ["black hole event horizon", "mrna vaccine", "sourdough bread yeast", "how do vaccines work",
          "what causes earthquakes along faults", "plants", "stars and planets", "the tallest mountain",
          "why is the sky blue", "photosynthesis in leaves", "volcano eruption", "ocean tides and the moon",
@@ -86,7 +86,7 @@ def _start(models: str, out: str, processes: int, devices_each: int) -> list[sub
   port, procs = _free_port(), []
   for i in range(processes):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QGJAX_")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each} {FAST_COMPILE}",
+    env.update(XLA_FLAGS=cpu_devices(devices_each),
                JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                PYTHONPATH=REPO + os.pathsep + HERE)
     if processes > 1:

@@ -18,6 +18,7 @@ from qgjax.data.sharded_writer import is_complete, iter_sharded, read_manifest
 from qgjax.sampling.done_log import DONE_FILE, done_ids, read_done_entries
 from qgjax.sampling.generation_loop import Item, Output, PromptSource, pending_items, per_item, run_generation
 from tiny_lm import make_tiny_lm
+from xla_flags import cpu_devices
 
 BUCKETS = (12, 24)
 
@@ -202,7 +203,7 @@ def test_readqg_generation_two_processes_equal_one(tmp_path):
   procs = []
   for run, index, count in (("one", 0, 1), ("two", 0, 2), ("two", 1, 2)):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QGJAX_")}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0",
+    env.update(XLA_FLAGS=cpu_devices(1), JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0",
                PYTHONPATH=REPO)
     if count > 1:
       env.update(QGJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", QGJAX_NUM_PROCESSES=str(count),

@@ -110,7 +110,7 @@ def _free_port() -> int:
 
 
 # Both runs use the same flags; these halve XLA:CPU compile time (the test is mostly compiles).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from xla_flags import cpu_devices
 
 
 def _start(workdir: str, run: str, num_processes: int, devices_each: int) -> list[tuple[str, subprocess.Popen]]:
@@ -119,7 +119,7 @@ def _start(workdir: str, run: str, num_processes: int, devices_each: int) -> lis
   procs = []
   for i in range(num_processes):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QGJAX_")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each} {FAST_COMPILE}",
+    env.update(XLA_FLAGS=cpu_devices(devices_each),
                JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                PYTHONPATH=REPO)
     if num_processes > 1:

@@ -15,6 +15,7 @@ from qgjax.data import demo_dir
 from qgjax.data.beir import Corpus, load_qrels, load_queries
 from qgjax.retrieval.negatives import first_unexcluded
 from tiny_lm import make_tiny_bert, make_tiny_lm
+from xla_flags import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +107,7 @@ def test_contrastive_dpo_qg_pipeline_through_the_cli(collection, tmp_path):
   root = tmp_path / "models"
   lm, bert = make_tiny_lm(str(root / "tiny_lm")), make_tiny_bert(str(root / "tiny_bert"))
   work = tmp_path / "pipeline"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=cpu_devices(1), JAX_PLATFORMS="cpu",
              QGJAX_PROGRESS="0")
   over = {"workdir": work, "generator": lm, "encoder": bert, "data_dir": collection,
           "generate.config": "generate.py:mode=contrastive,tiny", "align.config": "dpo.py:tiny,prompt=contrastive",

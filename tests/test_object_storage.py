@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+from xla_flags import cpu_devices
 
 BUCKET = "qgjax-test"   # tensorstore wants 3-63 characters
 
@@ -238,7 +239,7 @@ VOLATILE = {"seconds", "finished_at", "examples_per_s", "inputs_per_s", "tokens_
 def _pipeline(workdir, data_dir, models, env, cwd):
   cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", SPEC, f"--config.workdir={workdir}",
          f"--config.data_dir={data_dir}", f"--config.generator={models[0]}", f"--config.encoder={models[1]}"]
-  full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+  full_env = dict(os.environ, XLA_FLAGS=cpu_devices(1), JAX_PLATFORMS="cpu",
                   QGJAX_PROGRESS="0", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
   return cmd, full_env, cwd
 

@@ -18,6 +18,7 @@ from qgjax import recipes as pipeline
 from pipeline_processes import compare_workdirs, parts_of, run_pipeline, snapshot
 import test_object_storage as object_storage
 from tiny_lm import make_tiny_bert, make_tiny_lm
+from xla_flags import cpu_devices
 
 gcs = object_storage.gcs   # the fake-gcs-server fixture (its own server for this module)
 
@@ -31,7 +32,7 @@ def models(tmp_path_factory):
 
 
 def _cli(spec: str, overrides: list[tuple[str, str]]) -> dict:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=cpu_devices(1), JAX_PLATFORMS="cpu",
              QGJAX_PROGRESS="0")
   cmd = [sys.executable, "-m", "qgjax.cli", "pipeline", "--config", spec] + [f"--config.{k}={v}" for k, v in overrides]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

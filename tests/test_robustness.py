@@ -22,6 +22,7 @@ from qgjax.data import demo_dir
 from qgjax.data.sharded_writer import ShardedJsonlWriter, iter_sharded, read_manifest
 from qgjax.errors import ConfigError, InputError
 from tiny_lm import make_tiny_lm
+from xla_flags import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -35,7 +36,7 @@ def tiny_lm(tmp_path_factory):
 
 
 def _env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", QGJAX_PROGRESS="0", XLA_FLAGS=cpu_devices(1))
   env["PYTHONPATH"] = REPO + os.pathsep + os.path.join(REPO, "tests") + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)
   return env

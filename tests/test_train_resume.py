@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tiny_lm import make_tiny_lm
+from xla_flags import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 100
@@ -25,7 +26,7 @@ def _cmd(model_dir, workdir):
 
 
 def _env():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=cpu_devices(2), JAX_PLATFORMS="cpu",
              QGJAX_PROGRESS="0")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   return env
