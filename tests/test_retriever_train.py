@@ -142,7 +142,7 @@ def test_chunked_encoding_same_loss_and_gradients():
   (l2, _), g2 = grad(chunked)(params, {}, batch)
   np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
   for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-5)   # gradients ~0.01-0.6
   temp = lambda t: jax.jit(jax.grad(lambda p: retriever_loss_fn(t, 1, 0.05)(p, {}, batch)[0])).lower(
       params).compile().memory_analysis().temp_size_in_bytes
   assert temp(chunked) < temp(whole)
