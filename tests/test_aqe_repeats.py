@@ -114,3 +114,22 @@ def test_bad_inputs_name_what_and_where(tmp_path, expansions):
   broken.write_text(json.dumps({"query_id": "q10", "expansion": "y"}) + "\n")
   with pytest.raises(InputError, match="sample_idx"):
     repeats.run(_config(tmp_path, broken))
+
+
+def test_aqe_by_k_join_searches_a_querys_first_samples_as_one_expansion(tmp_path, expansions):
+  """tools/aqe_by_k.py --join: the first n samples (sample order) joined, then searched like one sample."""
+  import sys
+  sys.path.insert(0, str(CONFIGS.parent / "tools"))
+  import aqe_by_k
+
+  joined = aqe_by_k.joined_expansions(str(expansions), 2, str(tmp_path / "joined.jsonl"))
+  rows = {r["query_id"]: r for r in map(json.loads, open(joined))}
+  assert rows["q10"] == {"query_id": "q10", "sample_idx": 0, "query": QUERY["q10"],
+                         "expansion": ROWS[1]["expansion"] + " " + ROWS[0]["expansion"]}
+  assert rows["q24"] == {"query_id": "q24", "sample_idx": 0, "expansion": ROWS[3]["expansion"] + " " + ROWS[4]["expansion"]}
+  out = tmp_path / "by_k.json"
+  assert aqe_by_k.main(["--data", str(demo_dir()), "--run", f"x={expansions}", "--samples", "2", "--join",
+                        "--candidates", "1,2", "--out", str(out)]) == 0
+  by_k = json.loads(out.read_text())["runs"]["x"]["by_repeats"]
+  direct = repeats.run(_config(tmp_path, joined, candidates=(1, 2), samples_per_query=1))["by_repeats"]
+  assert by_k == direct and json.loads(out.read_text())["join"] is True

@@ -9,6 +9,9 @@ never a way to choose k).
 Each `--run name=<expansion records>` is measured with `qgjax.methods.aqe.repeats` (the recipe's
 tune_repeats stage: first `--samples` expansion(s) per query, `--measure` averaged over the judged
 queries) at every k of `--candidates`; writes {name: {by_repeats, query_only, best}} and prints a table.
+`--join`: the first `--samples` expansions of a query joined into ONE expansion (sample order, one
+space apart) and searched once, the multi-sample expansion of query2doc-style methods (MuGI); with n
+joined samples the expansion is n times longer, so give `--candidates` up to ~n times the usual k.
 """
 
 from __future__ import annotations
@@ -22,6 +25,20 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def joined_expansions(source: str, n: int, out_path: str) -> str:
+  """Each query's first `n` expansions (lowest sample_idx first) joined into one record (sample_idx 0)
+  in `out_path` -> out_path."""
+  from qgjax.methods.aqe.repeats import sampled_expansions
+
+  with open(out_path, "w") as f:
+    for qid, rows in sampled_expansions(source, n).items():
+      rec = {"query_id": qid, "sample_idx": 0, "expansion": " ".join(text for _, text, _ in rows)}
+      if rows[0][2] is not None:
+        rec["query"] = rows[0][2]
+      f.write(json.dumps(rec) + "\n")
+  return out_path
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--data", required=True, help="BEIR directory (the AQE recipe's split/data)")
@@ -29,6 +46,7 @@ def main(argv=None) -> int:
   ap.add_argument("--run", action="append", required=True, metavar="NAME=PATH", help="expansion records")
   ap.add_argument("--candidates", default="1,2,3,4,6,8,12,16,24,32")
   ap.add_argument("--samples", type=int, default=1, help="expansions per query (lowest sample_idx first)")
+  ap.add_argument("--join", action="store_true", help="join the first --samples expansions into one")
   ap.add_argument("--measure", default="nDCG@10")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
@@ -40,9 +58,12 @@ def main(argv=None) -> int:
   out = {}
   for name, path in runs.items():
     with tempfile.TemporaryDirectory() as tmp:
+      samples = args.samples
+      if args.join:
+        path, samples = joined_expansions(path, args.samples, os.path.join(tmp, "joined.jsonl")), 1
       cfg = build_config(os.path.join(os.path.dirname(__file__), "..", "configs", "repeats.py"), [
           ("input", path), ("data_dir", args.data), ("split", args.split), ("workdir", tmp),
-          ("candidates", args.candidates), ("samples_per_query", str(args.samples)), ("measure", args.measure)])
+          ("candidates", args.candidates), ("samples_per_query", str(samples)), ("measure", args.measure)])
       r = repeats.run(cfg)
     out[name] = {"by_repeats": r["by_repeats"], "query_only": r["query_only"], "best": r["query_repeats"],
                  "queries": r["queries"], "input": r["input"]}
@@ -53,7 +74,7 @@ def main(argv=None) -> int:
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-      json.dump({"split": args.split, "measure": args.measure, "samples_per_query": args.samples,
+      json.dump({"split": args.split, "measure": args.measure, "samples_per_query": args.samples, "join": args.join,
                  "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
                  "runs": out}, f, indent=1)
   return 0
