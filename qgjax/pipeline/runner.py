@@ -9,8 +9,9 @@ the stage and the changed keys. A pipeline killed at any moment and started agai
 command re-enters the unfinished stage, which resumes on its own (sharded outputs, orbax
 checkpoints). A finished stage whose model was deleted (an `intermediate` stage: its marker is
 there, its export is not) runs again only when a stage still to run reads it, like make's
-intermediate files: a workdir can travel without its checkpoints once their readers are done. A stage named in `recipe.isolated` runs in a fresh process (single-process runs
-only) so that its wall time and peak memory are its own: its result then carries `cost`.
+intermediate files: a workdir can travel without its checkpoints once their readers are done. A
+stage named in `recipe.isolated` runs in a fresh process (single-process runs only) so that its wall
+time and peak memory are its own: its result then carries `cost`.
 """
 
 from __future__ import annotations
@@ -83,10 +84,11 @@ def pending_stages(workdir: pathlib.Path, stages: list[Stage]) -> set[str]:
   pending: set[str] = set()
   for i in reversed(range(len(stages))):
     stage, stage_dir = stages[i], workdir / stages[i].name
-    if markers.read_marker(stage_dir) is not None and stage.complete(stage_dir):
+    marked = markers.read_marker(stage_dir) is not None
+    if marked and stage.complete(stage_dir):
       continue
     read_later = any(stage.name in s.needs and s.name in pending for s in stages[i + 1:])
-    if markers.read_marker(stage_dir) is None or not stage.intermediate or read_later:
+    if not marked or not stage.intermediate or read_later:
       pending.add(stage.name)
   return pending
 
