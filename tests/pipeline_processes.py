@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
+from xla_flags import cpu_devices   # every run here (1 or P processes) compiles fast
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Every run here (1 or P processes) uses these: they halve XLA:CPU compile time, most of a tiny run.
-from xla_flags import cpu_devices
 TOLERANCE = 1e-5   # absolute and relative, for floats (cross-process reductions may reorder sums)
 # keys whose values are wall times, rates or where a run happened: they differ between any two runs
 _PLACE = {"finished_at", "peak_rss_mb", "mesh", "devices", "pid", "host"}

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 import pytest
+from xla_flags import cpu_devices
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-from xla_flags import cpu_devices
 TEXTS = ["black hole event horizon", "mrna vaccine", "sourdough bread yeast", "how do vaccines work",
          "what causes earthquakes along faults", "plants", "stars and planets", "the tallest mountain",
          "why is the sky blue", "photosynthesis in leaves", "volcano eruption", "ocean tides and the moon",

@@ -25,6 +25,7 @@ import sys
 import time
 
 import pytest
+from xla_flags import cpu_devices   # both runs compile fast (the test is mostly compiles)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -107,10 +108,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-# Both runs use the same flags; these halve XLA:CPU compile time (the test is mostly compiles).
-from xla_flags import cpu_devices
 
 
 def _start(workdir: str, run: str, num_processes: int, devices_each: int) -> list[tuple[str, subprocess.Popen]]:
