@@ -92,6 +92,63 @@ def test_dpo_job_reference_pass_and_export(tiny_lm, tmp_path):
   assert _summary(work)["resumed_from"] == 6
 
 
+def test_reference_pass_resumes_after_a_kill(tiny_lm, tmp_path, monkeypatch):
+  """A reference pass stopped after 3 of its batches goes on from batch 3 (saved progress) and stores
+  exactly the values of an uninterrupted pass; the progress file goes once the values are stored."""
+  from qgjax.config import build_config
+  from qgjax.train import examples as ex
+  from qgjax.train import lm_tasks
+
+  def config(workdir):
+    return build_config(os.path.join(CONFIGS, "dpo.py:tiny"),
+                        [("model.name", tiny_lm), ("workdir", workdir), ("mesh", "[('data', 2), ('fsdp', 4)]"),
+                         ("reference_batch_size", "8")])
+
+  def stored(workdir):
+    return [(r["ref_chosen"], r["ref_rejected"]) for _, r in ex.read_jsonl(os.path.join(workdir, "pairs_with_ref.jsonl"))]
+
+  whole = str(tmp_path / "whole")
+  lm_tasks.setup_dpo(config(whole))
+  want = stored(whole)
+  assert len(want) == 35   # 5 batches of 8
+
+  make_loader, batches = lm_tasks._loader, []
+
+  class Stopping:   # the reference pass's loader, killed when it reaches batch 3
+    def __init__(self, loader, stop_at):
+      self.loader, self.stop_at = loader, stop_at
+
+    def __getattr__(self, name):
+      return getattr(self.loader, name)
+
+    def batch(self, s):
+      if s == self.stop_at:
+        raise KeyboardInterrupt
+      batches.append(s)
+      return self.loader.batch(s)
+
+  def loader_stopping_at(stop_at):
+    def make(columns, spec, cfg, *, shuffle, batch_size=None):
+      loader = make_loader(columns, spec, cfg, shuffle=shuffle, batch_size=batch_size)
+      return Stopping(loader, stop_at) if batch_size == 8 else loader   # not the training loaders
+    return make
+
+  monkeypatch.setattr(lm_tasks, "REFERENCE_SAVE_EVERY_S", 0.0)
+  killed = str(tmp_path / "killed")
+  monkeypatch.setattr(lm_tasks, "_loader", loader_stopping_at(3))
+  with pytest.raises(KeyboardInterrupt):
+    lm_tasks.setup_dpo(config(killed))
+  partial = os.path.join(killed, "pairs_with_ref.partial.npz")
+  assert batches == [0, 1, 2] and os.path.isfile(partial)
+  assert not os.path.exists(os.path.join(killed, "pairs_with_ref.jsonl"))
+
+  batches.clear()
+  monkeypatch.setattr(lm_tasks, "_loader", loader_stopping_at(None))
+  lm_tasks.setup_dpo(config(killed))
+  assert batches == [3, 4]
+  assert stored(killed) == want and not os.path.exists(partial)
+
+
 def test_export_merges_lora(tiny_lm, tmp_path):
   from qgjax.models.lora import LoraConfig, apply_unmerged, init_lora
   from qgjax.models.registry import load_decoder

@@ -20,8 +20,10 @@ ending in EOS), losses, the reference pass and the jitted step are the same for 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 import zlib
 from typing import Any
 
@@ -38,6 +40,8 @@ from qgjax.train.generator import Generator, load_generator
 from qgjax.train.logprobs import split_common_prefix
 from qgjax.train.loop import TaskSetup, fit
 from qgjax.train.losses import dpo_loss, masked_nll, rsft_dpo_loss
+
+REFERENCE_SAVE_EVERY_S = 30.0   # how often a reference pass saves its progress (a kill loses at most this much)
 
 PAIR_SPEC = {"prompt": Column("prompt", "left"), "chosen": Column("completion", "right"),
              "rejected": Column("completion", "right")}
@@ -178,10 +182,16 @@ def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0, prefix: li
   return loss_fn
 
 
-def reference_logprobs(gen: Generator, columns: dict, config: Any,
-                       prefix: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference_logprobs(gen: Generator, columns: dict, config: Any, prefix: list[int] | None = None, *,
+                       partial: str | None = None, key: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Summed log-probs of chosen / rejected under the initial model (adapters off), one pass in file
-  order; prefix: the tokens split off the front of every prompt in `columns`."""
+  order: two float64 arrays [num pairs]; prefix: the tokens split off the front of every prompt in
+  `columns`.
+
+  partial: an .npz file the pass saves its progress to (process 0, at most every
+  REFERENCE_SAVE_EVERY_S seconds) and resumes from when its `key` (what the values are computed from)
+  matches, so a pass killed midway loses at most that much work; the caller removes it once the
+  values are stored."""
   from qgjax.parallel.mesh import mesh_from_config
   from qgjax.parallel.sharding import activate, put_batch, put_on_mesh, rules_for, tree_shardings
   from qgjax.data.progress import progress
@@ -208,10 +218,18 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any,
                        b["rejected_mask"], share_prompt=share, prefix=pre)
     return c.total, r.total
 
-  out_c = np.zeros(loader.num_examples, np.float64)
-  out_r = np.zeros(loader.num_examples, np.float64)
   from jax.experimental import multihost_utils
-  for s in progress(range(loader.steps_per_epoch), desc="reference log-probs", unit="batch"):
+  key_text = json.dumps({**(key or {}), "batch_size": batch_size, "num_pairs": loader.num_examples,
+                         "tokens_crc32": _tokens_crc(columns), "prefix": [int(t) for t in (prefix or [])],
+                         "share_prompt": share}, sort_keys=True)
+  start, out_c, out_r = _resume_reference(partial, key_text, loader.num_examples)
+  if jax.process_count() > 1:   # every process goes on from process 0's file (it alone writes it)
+    start = int(multihost_utils.broadcast_one_to_all(np.int32(start)))
+    out_c, out_r = (np.asarray(multihost_utils.broadcast_one_to_all(a.astype(np.float32)), np.float64)
+                    for a in (out_c, out_r))
+  saved_at = time.monotonic()
+  for s in progress(range(start, loader.steps_per_epoch), total=loader.steps_per_epoch, initial=start,
+                    desc="reference log-probs", unit="batch"):
     host = loader.batch(s)
     with activate(mesh, rules):
       c, r = ref_step(params, put_batch(host, mesh, rules))
@@ -221,7 +239,41 @@ def reference_logprobs(gen: Generator, columns: dict, config: Any,
     keep = (s * batch_size + np.arange(batch_size)) < loader.num_examples
     out_c[rows[keep]] = np.asarray(c)[keep]
     out_r[rows[keep]] = np.asarray(r)[keep]
+    if partial and jax.process_index() == 0 and time.monotonic() - saved_at >= REFERENCE_SAVE_EVERY_S:
+      _save_reference(partial, key_text, s + 1, out_c, out_r)
+      saved_at = time.monotonic()
   return out_c, out_r
+
+
+def _tokens_crc(columns: dict) -> int:
+  """CRC32 of the prompt / chosen / rejected token ids, row by row (what a partial pass was computed on)."""
+  crc = 0
+  for name in ("prompt", "chosen", "rejected"):
+    for row in columns[name]:
+      crc = zlib.crc32(np.asarray(row, np.int32).tobytes() + b"|", crc)
+  return crc
+
+
+def _resume_reference(partial: str | None, key_text: str, n: int) -> tuple[int, np.ndarray, np.ndarray]:
+  """(batches done, ref_chosen, ref_rejected) from a partial reference pass whose key and size match;
+  (0, zeros, zeros) when there is none (or it was made from other inputs, or cannot be read)."""
+  fresh = (0, np.zeros(n, np.float64), np.zeros(n, np.float64))
+  if not partial or jax.process_index() != 0 or not storage.as_path(partial).is_file():
+    return fresh
+  try:
+    with np.load(io.BytesIO(storage.read_bytes(partial))) as z:
+      if str(z["key"]) != key_text or z["ref_chosen"].shape != (n,):
+        return fresh
+      return int(z["steps_done"]), z["ref_chosen"].astype(np.float64), z["ref_rejected"].astype(np.float64)
+  except (OSError, ValueError, KeyError):
+    return fresh
+
+
+def _save_reference(partial: str, key_text: str, steps_done: int, ref_c: np.ndarray, ref_r: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, key=np.asarray(key_text), steps_done=np.int64(steps_done), ref_chosen=ref_c, ref_rejected=ref_r)
+  storage.as_path(partial).parent.mkdir(parents=True, exist_ok=True)
+  storage.write_bytes_atomic(partial, buf.getvalue())
 
 
 def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
@@ -256,11 +308,14 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
       info["reference"] = f"stored in {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = done["ref_chosen"], done["ref_rejected"]
     else:   # none yet, or made from another model / prompt / pairs file: (re)compute it
-      ref_c, ref_r = reference_logprobs(gen, cols, config, prefix)
+      partial = stored[: -len(".jsonl")] + ".partial.npz"
+      ref_c, ref_r = reference_logprobs(gen, cols, config, prefix, partial=partial,
+                                        key={**inputs, "train_mode": gen.mode})
       if jax.process_index() == 0:
         storage.as_path(stored).parent.mkdir(parents=True, exist_ok=True)
         ex.write_pairs_with_reference(src, stored, ref_c, ref_r)
         write_json(stored_inputs, inputs)   # written last: a kill in between leaves a cache that is not reused
+        storage.remove(partial)
       info["reference"] = f"computed into {stored}"
       cols["ref_chosen"], cols["ref_rejected"] = list(ref_c), list(ref_r)
   else:
