@@ -251,11 +251,22 @@ class BiEncoderPairScorer:
     self.batch_size = batch_size
 
   def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-    q = self.encoder.encode_queries(queries, batch_size=self.batch_size, max_len=self.query_max_len).astype(np.float64)
-    d = self.encoder.encode(docs, batch_size=self.batch_size, max_len=self.doc_max_len).astype(np.float64)
+    """f32[N] cosines of N (query, doc) pairs; each distinct text is encoded once (mining asks for a
+    query with each of its candidates, and a document for every query that retrieved it)."""
+    q_texts, q_row = _distinct(queries)
+    d_texts, d_row = _distinct(docs)
+    q = self.encoder.encode_queries(q_texts, batch_size=self.batch_size, max_len=self.query_max_len).astype(np.float64)
+    d = self.encoder.encode(d_texts, batch_size=self.batch_size, max_len=self.doc_max_len).astype(np.float64)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    return np.sum(q * d, axis=1).astype(np.float32)
+    return np.sum(q[q_row] * d[d_row], axis=1).astype(np.float32)
+
+
+def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+  """(distinct texts in first-seen order, int[N] row of each input text among them)."""
+  row_of: dict[str, int] = {}
+  rows = np.asarray([row_of.setdefault(t, len(row_of)) for t in texts], np.int64)
+  return list(row_of), rows
 
 
 def load_pair_scorer(cfg: Mapping[str, Any], encoder: DenseEncoder | None = None):
