@@ -41,3 +41,33 @@ def test_restore_names_missing_and_misshaped_tensors(tmp_path):
   assert "missing: " in msg and "params.head.w" in msg
   assert "mis-shaped: " in msg and "params.dense.kernel (4, 4) stored vs (8, 4) here" in msg
   ck.close()
+
+
+def test_a_moved_run_resumes_and_its_inputs_compare_under_the_new_place(tmp_path):
+  """Checkpoints written in <old>/align/checkpoints with inputs under <old> restore from <new>/align/checkpoints
+  when the inputs are the same paths under <new>; an input outside the moved directory, or another
+  setting, is still refused by name."""
+  import shutil
+
+  from qgjax.data.settings_diff import moved_root
+
+  old, new = tmp_path / "run", tmp_path / "elsewhere" / "copy"
+  fp = lambda root, corpus="/data/corpus.jsonl", lr=1e-3: {"train_file": f"{root}/pairs/pairs.jsonl",
+                                                          "corpus": corpus, "optim": {"lr": lr}}
+  saved = _state((4, 4))
+  ck = Checkpointer(str(old / "align" / "checkpoints"), async_save=False, fingerprint=fp(old))
+  ck.save(3, saved)
+  ck.close()
+  shutil.copytree(old, new)
+  ck = Checkpointer(str(new / "align" / "checkpoints"), async_save=False, fingerprint=fp(new))
+  back = ck.restore(3, _state((4, 4)), _shardings(saved))
+  np.testing.assert_array_equal(back.params["dense"]["kernel"], saved.params["dense"]["kernel"])
+  ck.close()
+  for other, changed in ((fp(new, corpus="/data/other.jsonl"), "corpus"), (fp(new, lr=0.5), "optim.lr"),
+                         (fp(tmp_path / "third"), "train_file")):
+    ck = Checkpointer(str(new / "align" / "checkpoints"), async_save=False, fingerprint=other)
+    with pytest.raises(CheckpointMismatchError, match=rf"different run .*{changed}"):
+      ck.restore(3, _state((4, 4)), _shardings(saved))
+    ck.close()
+  assert moved_root("/a/run/align/checkpoints", "/b/copy/align/checkpoints") == ("/a/run", "/b/copy")
+  assert moved_root("gs://b/x/ck", "/local/y/ck") == ("gs://b/x", "/local/y")

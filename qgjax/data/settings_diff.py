@@ -37,3 +37,24 @@ def changed_settings(old: Any, new: Any, *, limit: int = 6) -> list[str]:
   if len(keys) > limit:
     lines.append(f"and {len(keys) - limit} more")
   return lines
+
+
+def relocated(value: Any, old: str, new: str) -> Any:
+  """`value` (nested dicts / lists) with every string path under `old` rewritten under `new`."""
+  if isinstance(value, dict):
+    return {k: relocated(v, old, new) for k, v in value.items()}
+  if isinstance(value, list):
+    return [relocated(v, old, new) for v in value]
+  if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+    return new + value[len(old):]
+  return value
+
+
+def moved_root(old_dir: str, new_dir: str) -> tuple[str, str]:
+  """(old root, new root): what a directory's path lost and gained in a move, its common trailing
+  components kept: ("/a/run/align/checkpoints", "/b/copy/align/checkpoints") -> ("/a/run", "/b/copy")."""
+  old_parts, new_parts = old_dir.rstrip("/").split("/"), new_dir.rstrip("/").split("/")
+  same = 0
+  while same < min(len(old_parts), len(new_parts)) - 1 and old_parts[-1 - same] == new_parts[-1 - same]:
+    same += 1
+  return "/".join(old_parts[:len(old_parts) - same]), "/".join(new_parts[:len(new_parts) - same])

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from qgjax.data import storage
+from qgjax.data.settings_diff import relocated
 from qgjax.errors import QgjaxError
 
 MARKER = "STAGE_DONE.json"
@@ -38,7 +39,7 @@ def fingerprint(config: dict, needs: dict[str, str], workdir: str | None = None)
   moved or carried to another machine keeps its fingerprints, even for a stage that runs again there)
   and the fingerprints of the stages it reads."""
   if workdir is not None:
-    config = _relocated(config, str(workdir).rstrip("/"), "<workdir>")
+    config = relocated(config, str(workdir).rstrip("/"), "<workdir>")
   blob = json.dumps({"config": config, "needs": needs}, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -93,17 +94,6 @@ def _marker_workdir(marker: dict) -> str | None:
   return found[0] if found and len(set(found)) == 1 else None
 
 
-def _relocated(value: Any, old: str, new: str) -> Any:
-  """`value` with every string path under `old` rewritten under `new`."""
-  if isinstance(value, dict):
-    return {k: _relocated(v, old, new) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_relocated(v, old, new) for v in value]
-  if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-    return new + value[len(old):]
-  return value
-
-
 def _lookup(tree: Any, dotted: str) -> Any:
   for part in dotted.split("."):
     if not isinstance(tree, dict) or part not in tree:
@@ -126,7 +116,7 @@ def check_marker(stage: str, stage_dir: pathlib.Path, later: list[str], marker: 
     return fp
   made_in, here = _marker_workdir(marker), str(stage_dir.parent)
   moved = made_in is not None and made_in != here
-  old_config = _relocated(marker.get("config", {}), made_in, here) if moved else marker.get("config", {})
+  old_config = relocated(marker.get("config", {}), made_in, here) if moved else marker.get("config", {})
   changed, added = _changed_keys(old_config, config)
   if defaults is not None:
     set_apart = [k for k in added if _lookup(defaults, k) != _lookup(config, k)]

@@ -7,7 +7,9 @@
 
 What is saved: {step, trainable params, optimizer state} (the frozen base model is rebuilt from
 its checkpoint, so a LoRA run saves megabytes, not the model) plus a small JSON of metadata
-(the config fingerprint a resume must match). Saves are atomic (orbax writes to a temporary
+(the config fingerprint a resume must match, and the directory it was written in: a run whose
+directory was moved or carried elsewhere compares the input paths it saved under the old
+location as the same paths under the new one). Saves are atomic (orbax writes to a temporary
 directory and renames it), so a run killed mid-save resumes from the previous step.
 
 `directory` may be a gs:// URL: orbax writes it through tensorstore's GCS driver and, where no
@@ -30,7 +32,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from qgjax.data import storage
-from qgjax.data.settings_diff import changed_settings
+from qgjax.data.settings_diff import changed_settings, moved_root, relocated
 from qgjax.errors import CheckpointMismatchError, QgjaxError
 
 from qgjax.train.step import TrainState
@@ -161,13 +163,17 @@ class Checkpointer:
     return self.manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)),
                                            meta=ocp.args.JsonSave({"fingerprint": self.fingerprint,
-                                                                   "step": int(step)})),
+                                                                   "step": int(step),
+                                                                   "directory": self.directory})),
         metrics=metrics, force=force)
 
   def restore(self, step: int, state: TrainState, shardings: TrainState) -> TrainState:
     """Restores `step` into the structure, dtypes and shardings of `state`."""
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     saved_fp = (meta or {}).get("fingerprint", {})
+    saved_in = (meta or {}).get("directory")
+    if saved_in and saved_in != self.directory:   # the run's directory moved (or was carried): so did its inputs
+      saved_fp = relocated(saved_fp, *moved_root(saved_in, self.directory))
     changed = changed_settings({k: saved_fp.get(k) for k in self.fingerprint}, self.fingerprint)
     if changed:
       lines = "; ".join(changed)
