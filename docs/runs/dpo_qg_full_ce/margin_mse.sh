@@ -7,7 +7,8 @@
 # InfoNCE retrievers' budget (top-100 mining, one mined negative, batch 64, one epoch, lr 2e-5).
 # all-MiniLM-L6-v2 normalises its outputs (|margin| <= 2) while the teacher's margins are logits, so the
 # student's margins are scaled by 20 (= 1 / InfoNCE's temperature; retriever margin_scale). The equal-budget
-# retriever (pipeline equal_budget) comes with it. Resumable: rerun the script. Without a finished run.sh
+# retriever (pipeline equal_budget) comes with it. Resumable: rerun the script (the retrievers checkpoint every
+# 10 steps: a session's end kills the run, and at 100, a retriever of ~50 steps started over). Without a finished run.sh
 # workdir at WORKDIR (the stages copied are those it has), every stage runs here: ~3.5 h on 2 cores (the
 # 2026-12-06 second session: OUT=/work/runs/dpo_qg_full/ce-margin_mse, WORKDIR unset and absent).
 set -e
@@ -22,4 +23,5 @@ done
 WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
   --config.mine.set.reranker.kind=cross_encoder --config.mine.set.reranker.max_len=192 \
   --config.mine.set.mining.store_scores=True \
-  --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale=20.0
+  --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale=20.0 \
+  --config.retriever.set.checkpoint.every=10
