@@ -94,3 +94,24 @@ def test_an_edited_corpus_gets_a_new_store(encoder_dir, tmp_path):
   assert after != before
   ids, emb = embed_corpus(str(path), after, enc, batch_size=16, max_len=128)
   assert len(ids) == emb.shape[0] == 51
+
+
+def test_the_same_corpus_bytes_with_a_new_mtime_keep_their_store_and_index(encoder_dir, tmp_path):
+  """A corpus synced again (same bytes, fresh mtime) keeps its embedding store and BM25 index key;
+  one byte changed (same size) gets new ones."""
+  import os
+  import shutil
+
+  from qgjax.retrieval.bm25 import corpus_fingerprint
+  path = tmp_path / "corpus.jsonl"
+  shutil.copy(demo_dir() / "corpus.jsonl", path)
+  enc = _encoder(encoder_dir)
+  cache = str(tmp_path / "cache")
+  before, fp = corpus_store_dir(cache, str(path), enc, 128), corpus_fingerprint(path)
+  st = os.stat(path)
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert corpus_store_dir(cache, str(path), enc, 128) == before and corpus_fingerprint(path) == fp
+  data = bytearray(path.read_bytes())
+  data[-3] = ord("X") if data[-3] != ord("X") else ord("Y")   # same size
+  path.write_bytes(bytes(data))
+  assert corpus_fingerprint(path) != fp and corpus_store_dir(cache, str(path), enc, 128) != before

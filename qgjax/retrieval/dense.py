@@ -308,7 +308,8 @@ def corpus_store_dir(cache_dir: str, corpus_path: str, encoder: DenseEncoder, ma
 
   One key for every stage that encodes a corpus (score's dense rewards, mine, evaluate), so
   stages given the same `cache_dir` share one store: the corpus is encoded once per model. The
-  corpus counts by path, size and mtime (an edited corpus gets a new store), the model by its
+  corpus counts by path, size and content hash (an edited corpus gets a new store; the same bytes
+  with a new mtime keep theirs), the model by its
   files (a re-export into the same directory is re-encoded), the length as the one texts are
   really cut to (`max_len_for`).
   """
