@@ -512,7 +512,7 @@ def corpus_fingerprint(path: str | os.PathLike) -> str:
   """The corpus file's identity for cache keys: its path, size and a SHA-256 of its bytes (a gs://
   object: its generation, which every rewrite changes). By content rather than mtime, so the same
   file copied or synced again (a fresh mtime) keeps its BM25 index and embedding stores; hashed once
-  per process and mtime (SHA-256 ran at 1.7 GB/s on one core of the 2-core CI host)."""
+  per process and mtime (SHA-256: 1.7 GB/s on one core of the 2-core dev host)."""
   if storage.is_remote(path):
     info = storage.filesystem().info(os.fspath(path))
     return f"{os.fspath(path)}:{info.get('size')}:{info.get('generation')}"
