@@ -33,6 +33,7 @@ import numpy as np
 from qgjax.data import storage
 from qgjax.data.beir import Corpus, Document
 from qgjax.data.progress import progress
+from qgjax.data.records import fingerprint as content_fingerprint
 from qgjax.errors import ConfigError, InputError
 
 META_FILE = "qgjax_bm25.json"
@@ -520,11 +521,7 @@ def corpus_fingerprint(path: str | os.PathLike) -> str:
   st = os.stat(full)
   seen = (full, st.st_size, st.st_mtime_ns)
   if seen not in _CONTENT_HASHES:
-    digest = hashlib.sha256()
-    with open(full, "rb") as f:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        digest.update(block)
-    _CONTENT_HASHES[seen] = digest.hexdigest()[:16]
+    _CONTENT_HASHES[seen] = content_fingerprint(full)   # SHA-256 of the bytes, 16 hex digits
   return f"{full}:{st.st_size}:sha256={_CONTENT_HASHES[seen]}"
 
 
