@@ -23,6 +23,6 @@ run() {
 if [ -e "$HALF/generate_train/STAGE_DONE.json" ] && [ ! -e "$WORKDIR/generate_train" ]; then
   run --config.until=split
   .venv/bin/python tools/seed_generation.py "$HALF/generate_train" "$WORKDIR/generate_train" \
-    --queries "$WORKDIR/split/data/queries_train.jsonl"
+    --inputs "$WORKDIR/split/data/queries_train.jsonl"
 fi
 run "$@"
