@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from qgjax.data import storage
 from qgjax.data.safe_files import fsync_dir, write_json_atomic
+from qgjax.data.settings_diff import relocated
 
 EXPORT_MARKER = "EXPORT_DONE.json"
 FORMAT = "qgjax.export/1"
@@ -53,8 +54,8 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
                  main: bool = True) -> Any:
   """Runs `export_fn(tmp_dir)`, renames tmp_dir to `out_dir` (replacing an old one), writes the marker.
 
-  Returns what `export_fn` returned, with `tmp_dir` replaced by `out_dir` in str results (a dict
-  of such paths too). `main`: whether this process writes (the others only call `export_fn`).
+  Returns what `export_fn` returned, with paths under `tmp_dir` moved under `out_dir` (in nested
+  dicts and lists too: qgjax.data.settings_diff.relocated). `main`: whether this process writes (the others only call `export_fn`).
   """
   if storage.is_remote(out_dir):
     return _write_remote_export(export_fn, os.fspath(out_dir).rstrip("/"), info=info, main=main)
@@ -67,7 +68,7 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
     _remove(old)
   result = export_fn(tmp)
   if not main:
-    return _relocate(result, tmp, out_dir)
+    return relocated(result, tmp, out_dir)
   if not os.path.isdir(tmp):
     raise RuntimeError(f"the export function wrote nothing to {tmp}")
   files = sorted(os.path.relpath(os.path.join(r, f), tmp) for r, _, fs in os.walk(tmp) for f in fs)
@@ -78,7 +79,7 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
   _remove(old)
   write_json_atomic(os.path.join(out_dir, EXPORT_MARKER), {"format": FORMAT, "files": files, "info": info or {}},
                     default=str)
-  return _relocate(result, tmp, out_dir)
+  return relocated(result, tmp, out_dir)
 
 
 def _write_remote_export(export_fn: Callable[[str], Any], url: str, *, info: dict | None, main: bool) -> Any:
@@ -86,18 +87,11 @@ def _write_remote_export(export_fn: Callable[[str], Any], url: str, *, info: dic
   with tempfile.TemporaryDirectory(prefix="qgjax-export-") as tmp:
     result = export_fn(tmp)
     if not main:
-      return _relocate(result, tmp, url)
+      return relocated(result, tmp, url)
     if not any(fs for _, _, fs in os.walk(tmp)):
       raise RuntimeError(f"the export function wrote nothing to {tmp}")
     files = storage.upload_dir(tmp, url, EXPORT_MARKER)   # the old marker goes first: the export is absent
     write_json_atomic(f"{url}/{EXPORT_MARKER}", {"format": FORMAT, "files": files, "info": info or {}},
                       default=str)
-    return _relocate(result, tmp, url)
+    return relocated(result, tmp, url)
 
-
-def _relocate(result: Any, tmp: str, out_dir: str) -> Any:
-  if isinstance(result, str) and os.path.abspath(result).startswith(tmp):
-    return out_dir + os.path.abspath(result)[len(tmp):]
-  if isinstance(result, dict):
-    return {k: _relocate(v, tmp, out_dir) for k, v in result.items()}
-  return result
