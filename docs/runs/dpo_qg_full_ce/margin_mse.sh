@@ -11,17 +11,20 @@
 # 10 steps: a session's end kills the run, and at 100, a retriever of ~50 steps started over). Without a finished run.sh
 # workdir at WORKDIR (the stages copied are those it has), every stage runs here: ~3.5 h on 2 cores (the
 # 2026-12-06 second session: OUT=/work/runs/dpo_qg_full/ce-margin_mse, WORKDIR unset and absent).
+# Another student scale on a finished MarginMSE run's mined tuples (only the retrievers and evaluations run):
+#   WORKDIR=/work/runs/dpo_qg_full/ce-margin_mse OUT=/work/runs/dpo_qg_full/ce-margin_mse-scale4 \
+#     MARGIN_SCALE=4 COPY_ALSO="mine_unaligned mine_aligned" bash docs/runs/dpo_qg_full_ce/margin_mse.sh
 set -e
 cd "$(dirname "$0")"
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
 OUT=${OUT:-$RUN-margin_mse}
 mkdir -p "$OUT"
 for stage in reward_model generate score pairs align generate_unaligned generate_aligned score_unaligned \
-             score_aligned evaluate_bm25 evaluate_base cache; do
+             score_aligned evaluate_bm25 evaluate_base cache ${COPY_ALSO:-}; do
   [ -e "$OUT/$stage" ] || [ ! -e "$RUN/$stage" ] || cp -r "$RUN/$stage" "$OUT/"
 done
 WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
   --config.mine.set.reranker.kind=cross_encoder --config.mine.set.reranker.max_len=192 \
   --config.mine.set.mining.store_scores=True \
-  --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale=20.0 \
+  --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale="${MARGIN_SCALE:-20.0}" \
   --config.retriever.set.checkpoint.every=10
