@@ -71,3 +71,30 @@ def test_a_moved_run_resumes_and_its_inputs_compare_under_the_new_place(tmp_path
     ck.close()
   assert moved_root("/a/run/align/checkpoints", "/b/copy/align/checkpoints") == ("/a/run", "/b/copy")
   assert moved_root("gs://b/x/ck", "/local/y/ck") == ("gs://b/x", "/local/y")
+
+
+def test_unretrieved_disk_full_write_tasks_are_not_reported_other_task_errors_are(tmp_path, caplog):
+  """After a save on a full disk, asyncio reports each orbax write task nobody awaited ("Task exception
+  was never retrieved", a traceback apiece) when it is collected, after the run has printed its one
+  error line; those reports are dropped, any other task's error still goes through."""
+  import asyncio
+  import gc
+
+  Checkpointer(str(tmp_path / "ckpt")).close()   # the filter stays after close: tasks die later
+
+  def unretrieved(message):
+    async def fails():
+      raise ValueError(message)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fails())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    del task
+    gc.collect()
+
+  with caplog.at_level("ERROR", logger="asyncio"):
+    unretrieved("RESOURCE_EXHAUSTED: Failed to write 183 bytes to file 15: No space left on device "
+                "[os_error_code='28']")
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    unretrieved("another failure")
+    assert [r for r in caplog.records if r.name == "asyncio" and "never retrieved" in r.getMessage()]

@@ -66,6 +66,21 @@ class _DropDiskFullReports(logging.Filter):
     return not any(s in text for s in _DISK_FULL)
 
 
+_UNRETRIEVED_WRITES = _DropDiskFullReports()
+
+
+def _quiet_unretrieved_writes() -> None:
+  """Drops asyncio's "Task exception was never retrieved" reports of orbax writes that hit a full disk.
+
+  A failed save leaves write tasks whose error nobody awaits; asyncio logs each, with a traceback,
+  when the task is collected, which can be after the Checkpointer closed (at exit): so the filter
+  stays on the "asyncio" logger for the process. Other task errors go through.
+  """
+  logger = logging.getLogger("asyncio")
+  if _UNRETRIEVED_WRITES not in logger.filters:
+    logger.addFilter(_UNRETRIEVED_WRITES)
+
+
 _closed_loop_reports = [0]   # reports dropped by the hook below
 
 
@@ -121,6 +136,7 @@ class Checkpointer:
     self._log_filter = _DropDiskFullReports()
     logging.getLogger("absl").addFilter(self._log_filter)
     _quiet_closed_loop_reports()
+    _quiet_unretrieved_writes()
 
   @contextlib.contextmanager
   def _writing(self, what: str) -> Iterator[None]:
