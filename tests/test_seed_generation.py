@@ -30,17 +30,18 @@ def _write_queries(path, queries):
   return str(path)
 
 
-def _generate(lm, queries, out_dir):
-  overrides = {"model.name": lm, "output_dir": str(out_dir), "data.queries": queries, "batch_size": "2",
+def _generate(lm, queries, out_dir, mode="expansion", **data):
+  overrides = {"model.name": lm, "output_dir": str(out_dir), "batch_size": "2",
                "buckets": "[128]", "sampling.num_samples": "3", "sampling.max_new_tokens": "5",
                "sampling.stop_at_newline": "false", "log_every_s": "0", "print_examples": "0",
-               "num_devices": "1"}
-  config = build_config(os.path.join(REPO, "configs", "generate.py") + ":mode=expansion", list(overrides.items()))
+               "num_devices": "1", **({"data.queries": queries} if mode == "expansion" else {}),
+               **{f"data.{k}": str(v) for k, v in data.items()}}
+  config = build_config(os.path.join(REPO, "configs", "generate.py") + f":mode={mode}", list(overrides.items()))
   return generate.run(config)
 
 
-def _samples(out_dir):
-  return {(r["query_id"], r["sample_idx"]): r["expansion"] for r in iter_sharded(out_dir, require_complete=True)}
+def _samples(out_dir, key="query_id", text="expansion"):
+  return {(r[key], r["sample_idx"]): r[text] for r in iter_sharded(out_dir, require_complete=True)}
 
 
 def test_seeded_run_samples_only_new_inputs_and_equals_a_fresh_run(tmp_path):
@@ -68,3 +69,18 @@ def test_seeded_run_samples_only_new_inputs_and_equals_a_fresh_run(tmp_path):
   with pytest.raises(InputError, match="1 inputs have other text"):
     seed(str(tmp_path / "small" / "gen"), str(tmp_path / "edited" / "gen"), edited)
   assert not (tmp_path / "fewer" / "gen").exists() and not (tmp_path / "edited" / "gen").exists()
+
+
+def test_document_queries_seeded_into_a_run_over_more_documents(tmp_path):
+  """Document mode: a run over the first 3 documents seeds one over the first 6 (data.limit)."""
+  lm = make_tiny_lm(str(tmp_path / "tiny_lm"))
+  corpus = str(demo_dir())
+  _generate(lm, None, tmp_path / "small" / "gen", mode="plain", corpus=corpus, limit=3)
+  out = seed(str(tmp_path / "small" / "gen"), str(tmp_path / "large" / "gen"), corpus, limit=6)
+  assert out["seeded_inputs"] == 3
+  assert _generate(lm, None, tmp_path / "large" / "gen", mode="plain", corpus=corpus, limit=6)["inputs_this_run"] == 3
+  _generate(lm, None, tmp_path / "fresh" / "gen", mode="plain", corpus=corpus, limit=6)
+  seeded = _samples(tmp_path / "large" / "gen", "doc_id", "query")
+  assert len({d for d, _ in seeded}) == 6 and seeded == _samples(tmp_path / "fresh" / "gen", "doc_id", "query")
+  with pytest.raises(InputError, match="3 of the smaller run's inputs are not in the new inputs"):
+    seed(str(tmp_path / "small" / "gen"), str(tmp_path / "later" / "gen"), corpus, limit=3, offset=3)

@@ -26,8 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 from qgjax.data.sharded_writer import MANIFEST, read_manifest  # noqa: E402
 from qgjax.errors import ConfigError, InputError  # noqa: E402
-from qgjax.sampling.done_log import DONE_FILE, done_ids, read_done_entries  # noqa: E402
 from qgjax.data.settings_diff import moved_root, relocated  # noqa: E402
+from qgjax.sampling.done_log import DONE_FILE, done_ids, read_done_entries  # noqa: E402
 
 
 def _input_texts(mode: str, path: str) -> dict[str, str]:
@@ -39,9 +39,10 @@ def _input_texts(mode: str, path: str) -> dict[str, str]:
   return {doc.doc_id: doc.contents for doc in open_corpus(path)}
 
 
-def seed(src: str, dst: str, inputs: str) -> dict:
-  """Copies the finished output `src` into the new output dir `dst` (absent) for the inputs file
-  `inputs`; returns {"seeded_inputs", "records", "meta_moved": [old root, new root]}."""
+def seed(src: str, dst: str, inputs: str, *, limit: int = 0, offset: int = 0) -> dict:
+  """Copies the finished output `src` into the new output dir `dst` (absent) for the new run's inputs
+  file `inputs` and its data.limit / data.offset; returns {"seeded_inputs", "records", "meta_moved":
+  [old root, new root]}."""
   src, dst = os.path.abspath(src), os.path.abspath(dst)
   manifest = read_manifest(src)
   if not manifest or not manifest.get("complete"):
@@ -59,10 +60,13 @@ def seed(src: str, dst: str, inputs: str) -> dict:
                      "seeded inputs' texts", path=old_inputs or src)
   old_root, new_root = moved_root(src, dst)
   new_meta = relocated(meta, old_root, new_root)
-  new_meta["data"][key] = inputs   # as the new run's config names it: the job compares the strings
+  # as the new run's config names them: the job compares these strings and numbers
+  new_meta["data"].update({key: inputs, "limit": int(limit), "offset": int(offset)})
   entries = read_done_entries(src)
   seeded = done_ids(entries)
   old_texts, new_texts = _input_texts(mode, old_inputs), _input_texts(mode, inputs)
+  window = list(new_texts)[int(offset):int(offset) + int(limit) if limit else None]   # the new run's inputs
+  new_texts = {i: new_texts[i] for i in window}
   missing = sorted(i for i in seeded if i not in new_texts)
   if missing:
     raise InputError(f"{len(missing)} of the smaller run's inputs are not in the new inputs "
@@ -87,8 +91,10 @@ def main(argv=None) -> int:
   ap.add_argument("src", help="a finished generation output directory (the smaller run)")
   ap.add_argument("dst", help="the new run's output directory (must not exist)")
   ap.add_argument("--inputs", required=True, help="the new run's queries file (expansion) or corpus")
+  ap.add_argument("--limit", type=int, default=0, help="the new run's data.limit (0: all inputs)")
+  ap.add_argument("--offset", type=int, default=0, help="the new run's data.offset")
   args = ap.parse_args(argv)
-  print(json.dumps(seed(args.src, args.dst, args.inputs)))
+  print(json.dumps(seed(args.src, args.dst, args.inputs, limit=args.limit, offset=args.offset)))
   return 0
 
 

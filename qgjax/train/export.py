@@ -55,7 +55,8 @@ def write_export(export_fn: Callable[[str], Any], out_dir: str, *, info: dict | 
   """Runs `export_fn(tmp_dir)`, renames tmp_dir to `out_dir` (replacing an old one), writes the marker.
 
   Returns what `export_fn` returned, with paths under `tmp_dir` moved under `out_dir` (in nested
-  dicts and lists too: qgjax.data.settings_diff.relocated). `main`: whether this process writes (the others only call `export_fn`).
+  dicts and lists too: qgjax.data.settings_diff.relocated). `main`: whether this process writes
+  (the others only call `export_fn`).
   """
   if storage.is_remote(out_dir):
     return _write_remote_export(export_fn, os.fspath(out_dir).rstrip("/"), info=info, main=main)
