@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 from qgjax.data.sharded_writer import MANIFEST, read_manifest  # noqa: E402
 from qgjax.errors import ConfigError, InputError  # noqa: E402
+from qgjax.data.safe_files import write_json_atomic  # noqa: E402
 from qgjax.data.settings_diff import moved_root, relocated  # noqa: E402
 from qgjax.sampling.done_log import DONE_FILE, done_ids, read_done_entries  # noqa: E402
 
@@ -79,10 +80,7 @@ def seed(src: str, dst: str, inputs: str, *, limit: int = 0, offset: int = 0) ->
   for shard in manifest["shards"]:
     shutil.copyfile(os.path.join(src, shard["file"]), os.path.join(dst, shard["file"]))
   shutil.copyfile(os.path.join(src, DONE_FILE), os.path.join(dst, DONE_FILE))
-  tmp = os.path.join(dst, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(dict(manifest, meta=new_meta, complete=False), f, indent=1)
-  os.replace(tmp, os.path.join(dst, MANIFEST))
+  write_json_atomic(os.path.join(dst, MANIFEST), dict(manifest, meta=new_meta, complete=False))
   return {"seeded_inputs": len(seeded), "records": manifest["records"], "meta_moved": [old_root, new_root]}
 
 
