@@ -127,34 +127,28 @@ def _iter_raw_lines(path: PathLike) -> Iterator[tuple[int, int, bytes]]:
       offset += len(raw)
 
 
-def iter_corpus(path: PathLike) -> Iterator[Document]:
-  """Streams the documents of a corpus.jsonl, validating each line and rejecting duplicate ids."""
+def _iter_unique(path: PathLike, parse, id_of, kind: str) -> Iterator:
+  """Streams parse(obj) for each non-blank line of a JSONL file, rejecting a repeated `_id`."""
   seen: set[str] = set()
   for line_no, _, raw in _iter_raw_lines(path):
     obj = _decode_line(raw, path, line_no)
     if obj is None:
       continue
-    doc = _parse_document(obj, path, line_no)
-    if doc.doc_id in seen:
-      raise InputError(f"duplicate document id '{doc.doc_id}'", path=str(path), line=line_no,
-                       field="_id")
-    seen.add(doc.doc_id)
-    yield doc
+    item = parse(obj, path, line_no)
+    if id_of(item) in seen:
+      raise InputError(f"duplicate {kind} id '{id_of(item)}'", path=str(path), line=line_no, field="_id")
+    seen.add(id_of(item))
+    yield item
+
+
+def iter_corpus(path: PathLike) -> Iterator[Document]:
+  """Streams the documents of a corpus.jsonl, validating each line and rejecting duplicate ids."""
+  return _iter_unique(path, _parse_document, lambda doc: doc.doc_id, "document")
 
 
 def iter_queries(path: PathLike) -> Iterator[Query]:
   """Streams the queries of a queries*.jsonl, validating each line and rejecting duplicate ids."""
-  seen: set[str] = set()
-  for line_no, _, raw in _iter_raw_lines(path):
-    obj = _decode_line(raw, path, line_no)
-    if obj is None:
-      continue
-    query = _parse_query(obj, path, line_no)
-    if query.query_id in seen:
-      raise InputError(f"duplicate query id '{query.query_id}'", path=str(path), line=line_no,
-                       field="_id")
-    seen.add(query.query_id)
-    yield query
+  return _iter_unique(path, _parse_query, lambda query: query.query_id, "query")
 
 
 def load_queries(path: PathLike) -> dict[str, str]:
