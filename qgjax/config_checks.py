@@ -12,8 +12,9 @@ its key, instead of a traceback deep inside a job:
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -77,3 +78,14 @@ def _check_node(node: ml_collections.ConfigDict, prefix: str) -> None:
 def check_values(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value no job can run with (see module doc)."""
   _check_node(config, "")
+
+
+def settings_from_config(cls, cfg: Mapping | None, what: str):
+  """`cls(**cfg)` for a settings dataclass; a key that is not one of its fields is a ConfigError
+  naming `what` (e.g. "mining") and the known keys."""
+  cfg = dict(cfg or {})
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(cfg) - names)
+  if unknown:
+    raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(names)}")
+  return cls(**cfg)

@@ -45,6 +45,17 @@ def test_missing_positive_and_too_few():
     MiningConfig(relabel="gecko")
 
 
+def test_settings_from_config_names_an_unknown_key_and_the_known_ones():
+  assert MiningConfig.from_config({"top_k": 20, "num_negatives": 2}) == MiningConfig(top_k=20, num_negatives=2)
+  assert MiningConfig.from_config(None) == MiningConfig()
+  with pytest.raises(ConfigError, match=r"unknown mining setting\(s\) \['top_kk'\]; known: .*'top_k'"):
+    MiningConfig.from_config({"top_kk": 20})
+  from qgjax.retrieval.scann_index import ScannParams
+  assert ScannParams.from_config({"num_leaves": 8}).num_leaves == 8
+  with pytest.raises(ConfigError, match=r"unknown ScaNN setting\(s\) \['leaves'\]"):
+    ScannParams.from_config({"leaves": 8})
+
+
 # Reranker scores: the positive d2 scores 0.5; d1 (above it) 0.9 and d7 (below it) 0.8 beat it.
 SCORES = {"d0": 0.1, "d1": 0.9, "d2": 0.5, "d3": 0.2, "d4": 0.3, "d5": 0.1, "d6": 0.0, "d7": 0.8, "d8": 0.2,
           "d9": 0.4}

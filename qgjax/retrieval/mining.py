@@ -48,6 +48,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from qgjax.config_checks import settings_from_config
 from qgjax.errors import ConfigError
 
 RELABEL_MODES = ("none", "relabel", "drop", "drop_query")
@@ -82,12 +83,7 @@ class MiningConfig:
 
   @classmethod
   def from_config(cls, cfg: Mapping | None) -> MiningConfig:
-    cfg = dict(cfg or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - names)
-    if unknown:
-      raise ConfigError(f"unknown mining setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**cfg)
+    return settings_from_config(cls, cfg, "mining")
 
   @property
   def checks_false_negatives(self) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qgjax.config_checks import settings_from_config
 from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 
@@ -50,12 +51,7 @@ class ScannParams:
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None) -> ScannParams:
-    cfg = dict(cfg or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - names)
-    if unknown:
-      raise ConfigError(f"unknown ScaNN setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**cfg)
+    return settings_from_config(cls, cfg, "ScaNN")
 
   def resolved(self, num_rows: int) -> ScannParams:
     """Fills the 0 ("auto") fields for a corpus of `num_rows` and clamps to what ScaNN accepts."""
