@@ -2,10 +2,12 @@
 # Multi-sample expansion with the aqe_n8 run's generators: each query's 8 sampled expansions (gen.sh) joined
 # into one, the query weight k chosen on the 300 dev queries, then the 323 test queries at that k; paired
 # tests against BM25 and the run's greedy expansions. Reads /work/runs/aqe_n8 (the run) and
-# /work/runs/aqe_n8_multi (gen.sh's outputs); writes this folder's JSON files.
+# /work/runs/aqe_n8_multi (gen.sh's outputs); writes this folder's JSON files. W, O and HERE (where the JSON
+# goes) default to the half run; the full run's:
+#   W=/work/runs/aqe_n8_full O=/work/runs/aqe_n8_full_multi HERE=docs/runs/aqe_n8_full bash docs/runs/aqe_n8_multi/post.sh
 set -e
 cd "$(dirname "$0")/../../.."
-W=/work/runs/aqe_n8; O=/work/runs/aqe_n8_multi; D=$W/split/data; HERE=docs/runs/aqe_n8_multi
+W=${W:-/work/runs/aqe_n8}; O=${O:-/work/runs/aqe_n8_multi}; D=$W/split/data; HERE=${HERE:-docs/runs/aqe_n8_multi}
 K=1,2,4,6,8,12,16,24,32,48,64,96,128
 .venv/bin/python tools/aqe_by_k.py --data $D --split dev --join --samples 8 --candidates $K \
   --run aligned_x8=$O/sampled_aligned_dev --run unaligned_x8=$O/sampled_base_dev --out $HERE/dev_by_k.json
