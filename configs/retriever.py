@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # margin_mse: the student's margins times this before they regress on the teacher's (cross-encoder logits);
   # 1 = GPL's raw dot product; an encoder that normalises (all-MiniLM-L6-v2: |margin| <= 2) needs ~1/temperature
   c.margin_scale = 1.0
+  # > 0: margin_scale is instead fitted before training, by least squares of the teacher's margins on the
+  # start student's over the first this many training tuples (the scale that asks the student neither to
+  # widen nor to shrink its margins on average; docs/results.md, MarginMSE). 0: margin_scale as given.
+  c.margin_scale_fit = 0
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
       doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0,

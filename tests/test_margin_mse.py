@@ -126,3 +126,64 @@ def test_retriever_margin_mse_task_and_cli_run_match_the_reference(tmp_path):
     setup_retriever(build_config("configs/retriever.py:tiny", over + [("data.train", str(plain))]))
   with pytest.raises(ConfigError, match="needs num_negatives >= 1"):
     setup_retriever(build_config("configs/retriever.py:tiny", over + [("num_negatives", "0")]))
+
+
+def test_fitted_scale_is_least_squares_through_zero_and_refuses_a_reversed_student():
+  from qgjax.train.margin_mse import fitted_scale
+
+  s = np.array([[0.1, 0.3], [0.2, -0.1], [0.5, 0.4]])
+  t = np.array([[0.5, 1.0], [0.4, -0.2], [9.0, 9.0]])
+  w = np.array([1.0, 1.0, 0.0])                           # the third row (a wrap-around repeat) drops out
+  c, r = fitted_scale(s, t, w)
+  # by hand: <s, t> = 0.05 + 0.3 + 0.08 + 0.02 = 0.45, <s, s> = 0.01 + 0.09 + 0.04 + 0.01 = 0.15
+  assert c == pytest.approx(3.0) and r == pytest.approx(np.corrcoef(s[:2].ravel(), t[:2].ravel())[0, 1])
+  with pytest.raises(ConfigError, match=r"margin_scale_fit: .* -3 .*not > 0.*margin_scale_fit=0"):
+    fitted_scale(s, -t, w)
+
+
+@pytest.mark.torch_ref
+def test_retriever_fits_margin_scale_on_the_start_students_margins(tmp_path):
+  """The fitted scale equals float64 least squares on sentence-transformers' margins of the same tuples, and the
+  loss at the initial weights is MarginMSE at that scale."""
+  import json
+
+  from sentence_transformers import SentenceTransformer
+
+  from qgjax.config import build_config
+  from qgjax.data import demo_dir
+  from qgjax.data.beir import Corpus
+  from qgjax.train.infonce import setup_retriever
+  from tiny_lm import make_tiny_bert
+
+  model = make_tiny_bert(str(tmp_path / "m"))
+  _, tuples = _scored_tuples(tmp_path / "t0.jsonl")
+  corpus = Corpus(demo_dir() / "corpus.jsonl")
+  st = SentenceTransformer(model, device="cpu")
+  st.max_seq_length = 64
+  q = st.encode([t["query"] for t in tuples]).astype(np.float64)
+  st.max_seq_length = 128
+  doc = lambda ids: st.encode([corpus[d].contents for d in ids]).astype(np.float64)
+  pos = doc([t["pos_id"] for t in tuples])
+  neg = np.stack([doc([t["neg_ids"][h % len(t["neg_ids"])] for t in tuples]) for h in range(2)], axis=1)
+  student = np.einsum("bd,bd->b", q, pos)[:, None] - np.einsum("bd,bhd->bh", q, neg)        # [N, 2]
+  rng = np.random.default_rng(0)
+  for i, t in enumerate(tuples):   # a teacher about 7x the student, with noise, its negatives' scores per neg id
+    t["ce_pos"] = 1.0
+    t["ce_neg"] = [1.0 - 7.0 * student[i, h] + 0.02 * rng.standard_normal() for h in range(len(t["neg_ids"]))]
+  train = tmp_path / "t.jsonl"
+  train.write_text("".join(json.dumps(t) + "\n" for t in tuples))
+  teacher = np.array([[t["ce_pos"] - t["ce_neg"][h % len(t["ce_neg"])] for h in range(2)] for t in tuples])
+  want = float(np.sum(student * teacher) / np.sum(student * student))
+  over = [("workdir", str(tmp_path / "r")), ("data.train", str(train)), ("model.name", model), ("loss", "margin_mse"),
+          ("num_negatives", "2"), ("similarity", "dot"), ("batch_size", "8"), ("num_steps", "2"),
+          ("margin_scale_fit", "1000")]
+  setup = setup_retriever(build_config("configs/retriever.py:tiny", over))
+  assert setup.info["margin_scale_fit"]["tuples"] == len(tuples) and setup.fingerprint["margin_scale_fit"] == 1000
+  assert "margin_scale" not in setup.fingerprint
+  np.testing.assert_allclose(setup.info["margin_scale"], want, rtol=2e-3)
+  assert 6.5 < want < 7.5 and setup.info["margin_scale_fit"]["pearson"] > 0.9
+  batch, rows = setup.train.batch(0), setup.train.indices(0)
+  loss, _ = jax.jit(setup.loss_fn)(setup.trainable, setup.frozen, jax.tree.map(jax.numpy.asarray, batch))
+  c = setup.info["margin_scale"]
+  ref = np.mean([np.mean((c * student[i] - teacher[i]) ** 2) for i in rows])
+  np.testing.assert_allclose(float(loss), ref, rtol=5e-3, atol=1e-6)

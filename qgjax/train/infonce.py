@@ -26,8 +26,9 @@ Data: the tuples of `qgjax mine` ({query, pos_id, neg_ids, ...}; a sharded outpu
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -39,6 +40,8 @@ from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunking, similarity_normalizes
 from qgjax.train.margin_mse import margin_mse_loss, retriever_loss_name, teacher_columns, teacher_scores
+
+log = logging.getLogger(__name__)
 
 MASKED = -1e9
 
@@ -81,6 +84,50 @@ def infonce_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None = None, *, 
 # The task: towers, data, loss, export.
 
 
+def encode_batch(towers: Towers, params: Any, frozen: Any, batch: Mapping[str, jax.Array], num_negatives: int,
+                 keys=(None, None, None)):
+  """A retriever batch -> (q f32[B, D], pos f32[B, D], neg f32[B, H, D] or None, neg_key f32[B, H] or None);
+  keys: dropout keys of the query, positive and negative encodes (None: deterministic)."""
+  q = towers.encode(params, "query", batch["query"], batch["query_mask"], keys[0], frozen)
+  p = towers.encode(params, "doc", batch["pos"], batch["pos_mask"], keys[1], frozen)
+  neg = neg_key = None
+  if num_negatives:
+    toks = jnp.concatenate([batch[f"neg{h}"] for h in range(num_negatives)], axis=0)   # [H * B, L]
+    mask = jnp.concatenate([batch[f"neg{h}_mask"] for h in range(num_negatives)], axis=0)
+    n = towers.encode(params, "doc", toks, mask, keys[2], frozen)
+    neg = n.reshape(num_negatives, q.shape[0], -1).swapaxes(0, 1)                        # [B, H, D]
+    neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
+  return q, p, neg, neg_key
+
+
+def fit_margin_scale(towers: Towers, params: Any, frozen: Any, loader: StepLoader, num_negatives: int
+                     ) -> tuple[float, float]:
+  """The least-squares margin_scale (margin_mse.fitted_scale) of the teacher's margins on the student's at
+  `params`, over one file-order pass of `loader` (every row on every process, so all processes fit the same
+  scale up to float rounding; process 0's is used) -> (scale, Pearson of the margins)."""
+  from qgjax.train.margin_mse import fitted_scale
+
+  @jax.jit
+  def margins(params, frozen, batch):
+    q, p, neg, _ = encode_batch(towers, params, frozen, batch, num_negatives)
+    s_pos = jnp.einsum("bd,bd->b", q, p, preferred_element_type=jnp.float32)
+    s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=jnp.float32)
+    return s_pos[:, None] - s_neg
+
+  student, teacher, weight = [], [], []
+  for step in range(loader.steps_per_epoch):
+    batch = loader.batch(step)
+    student.append(np.asarray(margins(params, frozen, {k: jnp.asarray(v) for k, v in batch.items()})))
+    ce_pos, ce_neg = teacher_scores(batch, num_negatives)
+    teacher.append(np.asarray(ce_pos)[:, None] - np.asarray(ce_neg))
+    weight.append(batch["weight"])
+  fit = np.asarray(fitted_scale(np.concatenate(student), np.concatenate(teacher), np.concatenate(weight)))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    fit = np.asarray(multihost_utils.broadcast_one_to_all(fit))
+  return float(fit[0]), float(fit[1])
+
+
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
                       loss: str = "infonce", margin_scale: float = 1.0):
   """(params, frozen, batch) -> (loss, metrics) for `loop.fit`; loss "infonce" or "margin_mse"
@@ -91,16 +138,7 @@ def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, se
     if towers.dropout:
       rng = jax.random.fold_in(jax.random.key(seed), batch["step"][0].astype(jnp.int32))
     keys = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-    q = towers.encode(params, "query", batch["query"], batch["query_mask"], keys[0], frozen)
-    p = towers.encode(params, "doc", batch["pos"], batch["pos_mask"], keys[1], frozen)
-    neg = neg_key = None
-    if num_negatives:
-      toks = jnp.concatenate([batch[f"neg{h}"] for h in range(num_negatives)], axis=0)   # [H * B, L]
-      mask = jnp.concatenate([batch[f"neg{h}_mask"] for h in range(num_negatives)], axis=0)
-      n = towers.encode(params, "doc", toks, mask, keys[2], frozen)
-      b = q.shape[0]
-      neg = n.reshape(num_negatives, b, -1).swapaxes(0, 1)                                  # [B, H, D]
-      neg_key = jnp.stack([batch[f"neg{h}_key"] for h in range(num_negatives)], axis=1)
+    q, p, neg, neg_key = encode_batch(towers, params, frozen, batch, num_negatives, keys)
     if loss == "margin_mse":
       ce_pos, ce_neg = teacher_scores(batch, num_negatives)
       return margin_mse_loss(q, p, neg, ce_pos, ce_neg, weight=batch["weight"], scale=margin_scale)
@@ -297,6 +335,16 @@ def setup_retriever(config: Any):
             process_count=jax.process_count())
   train = _StepColumn(take(train_idx), retriever_spec(h), shuffle=True, **kw)
   evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
+  fit_n = int(config.get("margin_scale_fit", 0) or 0)
+  fitted = {}
+  if loss == "margin_mse" and fit_n > 0:
+    fit_loader = _StepColumn(take(train_idx[:fit_n]), retriever_spec(h), shuffle=False,
+                             **{**kw, "process_index": 0, "process_count": 1})
+    margin_scale, pearson = fit_margin_scale(towers, model.trainable, model.frozen, fit_loader, h)
+    fitted = {"margin_scale": margin_scale, "margin_scale_fit": {"tuples": min(fit_n, len(train_idx)),
+                                                                  "pearson": pearson}}
+    log.info("margin_scale fitted on %d training tuples: %.4g (student vs teacher margins, Pearson %.3f)",
+             fitted["margin_scale_fit"]["tuples"], margin_scale, pearson)
 
   def export(p, frozen, out_dir):
     return model.export(p, frozen, out_dir, max_d)
@@ -306,12 +354,14 @@ def setup_retriever(config: Any):
         "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
-  if margin_scale != 1.0:
+  if fit_n > 0 and loss == "margin_mse":
+    fp["margin_scale_fit"] = fit_n      # the fitted value is recomputed on resume (same start, same tuples)
+  elif margin_scale != 1.0:
     fp["margin_scale"] = margin_scale   # likewise absent at the default
   if cap:
     fp["max_examples"] = cap   # likewise absent without a cap
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)), "tuples_read": len(tuples),
-           "truncated": train.truncated, "towers": config.towers}
+           "truncated": train.truncated, "towers": config.towers, **fitted}
   return TaskSetup(model.trainable, model.frozen, model.abstract_trainable, model.abstract_frozen,
                    retriever_loss_fn(towers, h, float(config.temperature), seed, loss, margin_scale),
                    train, evals, export, fp, extra)

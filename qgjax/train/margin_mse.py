@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qgjax.errors import ConfigError, InputError
 
@@ -50,6 +51,24 @@ def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Ar
              "hardest_neg_score": mean(hardest), "margin": mean(jnp.mean(margin, -1)),
              "target_margin": mean(jnp.mean(target, -1))}
   return mean(per_row), metrics
+
+
+def fitted_scale(student: np.ndarray, teacher: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+  """student, teacher f[N, H] margins, weight f[N] (0 drops a row) -> (c, pearson): c minimises
+  sum_i w_i sum_h (c student_ih - teacher_ih)^2, i.e. c = <s, t>_w / <s, s>_w (least squares through 0),
+  and the weighted Pearson correlation of the margins. Raises ConfigError when c is not > 0."""
+  s, t = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+  w = np.broadcast_to(np.asarray(weight, np.float64)[:, None], s.shape)
+  ss = float(np.sum(w * s * s))
+  c = float(np.sum(w * s * t)) / ss if ss > 0 else float("nan")
+  mean = lambda x: float(np.sum(w * x)) / max(float(np.sum(w)), 1e-12)
+  ds, dt = s - mean(s), t - mean(t)
+  pearson = mean(ds * dt) / max(np.sqrt(mean(ds * ds) * mean(dt * dt)), 1e-12)
+  if not np.isfinite(c) or c <= 0:
+    raise ConfigError(f"margin_scale_fit: the least-squares scale of the teacher's margins on the start student's "
+                      f"is {c:.4g} (Pearson {pearson:.3f}), not > 0: the student ranks the tuples' documents against "
+                      "the teacher; set margin_scale by hand (margin_scale_fit=0)")
+  return c, float(pearson)
 
 
 def retriever_loss_name(config: Any, num_negatives: int) -> str:
