@@ -114,6 +114,7 @@ def fit_margin_scale(towers: Towers, params: Any, frozen: Any, loader: StepLoade
     s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=jnp.float32)
     return s_pos[:, None] - s_neg
 
+  params, frozen = jax.device_put((params, frozen))   # host trees: moved once, not at every call
   student, teacher, weight = [], [], []
   for step in range(loader.steps_per_epoch):
     batch = loader.batch(step)
