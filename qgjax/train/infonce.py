@@ -105,13 +105,12 @@ def fit_margin_scale(towers: Towers, params: Any, frozen: Any, loader: StepLoade
   """The least-squares margin_scale (margin_mse.fitted_scale) of the teacher's margins on the student's at
   `params`, over one file-order pass of `loader` (every row on every process, so all processes fit the same
   scale up to float rounding; process 0's is used) -> (scale, Pearson of the margins)."""
-  from qgjax.train.margin_mse import fitted_scale
+  from qgjax.train.margin_mse import fitted_scale, student_scores
 
   @jax.jit
   def margins(params, frozen, batch):
     q, p, neg, _ = encode_batch(towers, params, frozen, batch, num_negatives)
-    s_pos = jnp.einsum("bd,bd->b", q, p, preferred_element_type=jnp.float32)
-    s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=jnp.float32)
+    s_pos, s_neg = student_scores(q, p, neg)
     return s_pos[:, None] - s_neg
 
   params, frozen = jax.device_put((params, frozen))   # host trees: moved once, not at every call
@@ -355,7 +354,7 @@ def setup_retriever(config: Any):
         "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
-  if fit_n > 0 and loss == "margin_mse":
+  if fitted:
     fp["margin_scale_fit"] = fit_n      # the fitted value is recomputed on resume (same start, same tuples)
   elif margin_scale != 1.0:
     fp["margin_scale"] = margin_scale   # likewise absent at the default

@@ -31,6 +31,13 @@ from qgjax.errors import ConfigError, InputError
 LOSSES = ("infonce", "margin_mse")
 
 
+def student_scores(q: jax.Array, pos: jax.Array, neg: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """q f32[B, D], pos f32[B, D], neg f32[B, H, D] -> (s(q, pos) f32[B], s(q, neg) f32[B, H]), inner products."""
+  s_pos = jnp.einsum("bd,bd->b", q, pos, preferred_element_type=jnp.float32)
+  s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=jnp.float32)
+  return s_pos, s_neg
+
+
 def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Array, ce_neg: jax.Array, *,
                     weight: jax.Array | None = None, scale: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """q f32[B, D], pos f32[B, D], neg f32[B, H, D]; ce_pos f32[B], ce_neg f32[B, H] (teacher scores);
@@ -38,8 +45,7 @@ def margin_mse_loss(q: jax.Array, pos: jax.Array, neg: jax.Array, ce_pos: jax.Ar
   metrics: accuracy (pos above every negative), pos_score, hardest_neg_score (unscaled), margin
   (scaled), target_margin)."""
   f32 = jnp.float32
-  s_pos = jnp.einsum("bd,bd->b", q, pos, preferred_element_type=f32)
-  s_neg = jnp.einsum("bd,bhd->bh", q, neg, preferred_element_type=f32)
+  s_pos, s_neg = student_scores(q, pos, neg)
   margin = scale * (s_pos[:, None] - s_neg)
   target = ce_pos.astype(f32)[:, None] - ce_neg.astype(f32)
   per_row = jnp.mean(jnp.square(margin - target), axis=-1)

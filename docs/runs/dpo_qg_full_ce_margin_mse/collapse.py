@@ -23,13 +23,12 @@ import numpy as np
 
 from qgjax.data.beir import load_beir
 from qgjax.retrieval.dense import DenseEncoder
+from qgjax.retrieval.embeddings_store import load_embeddings
 
 
 def load_store(store):
-  shards = json.load(open(f"{store}/manifest.json"))["shards"]
-  emb = np.concatenate([np.load(f"{store}/{s['file']}") for s in shards]).astype(np.float64)
-  ids = [i for s in shards for i in json.load(open(f"{store}/{s['ids']}"))]
-  return emb, {d: i for i, d in enumerate(ids)}
+  ids, emb = load_embeddings(store)
+  return emb.astype(np.float64), {d: i for i, d in enumerate(ids)}
 
 
 def main(data_dir, specs):

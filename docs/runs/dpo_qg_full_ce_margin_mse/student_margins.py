@@ -10,10 +10,9 @@ correlation, sign agreement, and the scale that would match them (std ratio; lea
 import glob, json, sys
 import numpy as np
 from qgjax.retrieval.dense import DenseEncoder
+from qgjax.retrieval.embeddings_store import load_embeddings
 run, model, store = sys.argv[1], sys.argv[2], sys.argv[3]
-shards = json.load(open(f"{store}/manifest.json"))["shards"]
-emb = np.concatenate([np.load(f"{store}/{s['file']}") for s in shards])
-ids = [i for s in shards for i in json.load(open(f"{store}/{s['ids']}"))]
+ids, emb = load_embeddings(store)
 row = {d: i for i, d in enumerate(ids)}
 enc = DenseEncoder.load(model)
 for st in ["mine_unaligned", "mine_aligned"]:
