@@ -58,6 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # start student's over the first this many training tuples (the scale that asks the student neither to
   # widen nor to shrink its margins on average; docs/results.md, MarginMSE). 0: margin_scale as given.
   c.margin_scale_fit = 0
+  # margin_mse: < 1 mixes the teacher with the start student before training: every target margin becomes
+  # w x teacher + (1 - w) x k x the start student's margin, k the ratio of their spreads over the training
+  # tuples (0.5 = equal weight); a teacher weaker than the student then only nudges it. 1 = the teacher alone.
+  c.teacher_weight = 1.0
   c.data = ml_collections.ConfigDict(dict(
       train="", corpus="", query_max_len=64, doc_max_len=256, query_buckets=(16, 32, 64),
       doc_buckets=(64, 128, 256), bucket_window=8, eval_fraction=0.0,

@@ -141,22 +141,14 @@ def test_fitted_scale_is_least_squares_through_zero_and_refuses_a_reversed_stude
     fitted_scale(s, -t, w)
 
 
-@pytest.mark.torch_ref
-def test_retriever_fits_margin_scale_on_the_start_students_margins(tmp_path):
-  """The fitted scale equals float64 least squares on sentence-transformers' margins of the same tuples, and the
-  loss at the initial weights is MarginMSE at that scale."""
-  import json
-
+def _st_student_margins(model, tuples, num_negatives=2):
+  """sentence-transformers' margins s(q, pos) - s(q, neg_h) of the tuples, float64 [N, H] (negatives cycled),
+  at the retriever's tiny lengths (query 64, documents 128 tokens)."""
   from sentence_transformers import SentenceTransformer
 
-  from qgjax.config import build_config
   from qgjax.data import demo_dir
   from qgjax.data.beir import Corpus
-  from qgjax.train.infonce import setup_retriever
-  from tiny_lm import make_tiny_bert
 
-  model = make_tiny_bert(str(tmp_path / "m"))
-  _, tuples = _scored_tuples(tmp_path / "t0.jsonl")
   corpus = Corpus(demo_dir() / "corpus.jsonl")
   st = SentenceTransformer(model, device="cpu")
   st.max_seq_length = 64
@@ -164,20 +156,44 @@ def test_retriever_fits_margin_scale_on_the_start_students_margins(tmp_path):
   st.max_seq_length = 128
   doc = lambda ids: st.encode([corpus[d].contents for d in ids]).astype(np.float64)
   pos = doc([t["pos_id"] for t in tuples])
-  neg = np.stack([doc([t["neg_ids"][h % len(t["neg_ids"])] for t in tuples]) for h in range(2)], axis=1)
-  student = np.einsum("bd,bd->b", q, pos)[:, None] - np.einsum("bd,bhd->bh", q, neg)        # [N, 2]
+  neg = np.stack([doc([t["neg_ids"][h % len(t["neg_ids"])] for t in tuples]) for h in range(num_negatives)], axis=1)
+  return np.einsum("bd,bd->b", q, pos)[:, None] - np.einsum("bd,bhd->bh", q, neg)
+
+
+def _teacher_margins(tuples, num_negatives=2):
+  return np.array([[t["ce_pos"] - t["ce_neg"][h % len(t["ce_neg"])] for h in range(num_negatives)] for t in tuples])
+
+
+def _margin_mse_setup(tmp_path, model, tuples, **overrides):
+  import json
+
+  from qgjax.config import build_config
+  from qgjax.train.infonce import setup_retriever
+
+  train = tmp_path / "t.jsonl"
+  train.write_text("".join(json.dumps(t) + "\n" for t in tuples))
+  over = [("workdir", str(tmp_path / "r")), ("data.train", str(train)), ("model.name", model), ("loss", "margin_mse"),
+          ("num_negatives", "2"), ("similarity", "dot"), ("batch_size", "8"), ("num_steps", "2")]
+  over += [(k, str(v)) for k, v in overrides.items()]
+  return setup_retriever(build_config("configs/retriever.py:tiny", over))
+
+
+@pytest.mark.torch_ref
+def test_retriever_fits_margin_scale_on_the_start_students_margins(tmp_path):
+  """The fitted scale equals float64 least squares on sentence-transformers' margins of the same tuples, and the
+  loss at the initial weights is MarginMSE at that scale."""
+  from tiny_lm import make_tiny_bert
+
+  model = make_tiny_bert(str(tmp_path / "m"))
+  _, tuples = _scored_tuples(tmp_path / "t0.jsonl")
+  student = _st_student_margins(model, tuples)                                                 # [N, 2]
   rng = np.random.default_rng(0)
   for i, t in enumerate(tuples):   # a teacher about 7x the student, with noise, its negatives' scores per neg id
     t["ce_pos"] = 1.0
     t["ce_neg"] = [1.0 - 7.0 * student[i, h] + 0.02 * rng.standard_normal() for h in range(len(t["neg_ids"]))]
-  train = tmp_path / "t.jsonl"
-  train.write_text("".join(json.dumps(t) + "\n" for t in tuples))
-  teacher = np.array([[t["ce_pos"] - t["ce_neg"][h % len(t["ce_neg"])] for h in range(2)] for t in tuples])
+  teacher = _teacher_margins(tuples)
   want = float(np.sum(student * teacher) / np.sum(student * student))
-  over = [("workdir", str(tmp_path / "r")), ("data.train", str(train)), ("model.name", model), ("loss", "margin_mse"),
-          ("num_negatives", "2"), ("similarity", "dot"), ("batch_size", "8"), ("num_steps", "2"),
-          ("margin_scale_fit", "1000")]
-  setup = setup_retriever(build_config("configs/retriever.py:tiny", over))
+  setup = _margin_mse_setup(tmp_path, model, tuples, margin_scale_fit=1000)
   assert setup.info["margin_scale_fit"]["tuples"] == len(tuples) and setup.fingerprint["margin_scale_fit"] == 1000
   assert "margin_scale" not in setup.fingerprint
   np.testing.assert_allclose(setup.info["margin_scale"], want, rtol=2e-3)
@@ -187,3 +203,46 @@ def test_retriever_fits_margin_scale_on_the_start_students_margins(tmp_path):
   c = setup.info["margin_scale"]
   ref = np.mean([np.mean((c * student[i] - teacher[i]) ** 2) for i in rows])
   np.testing.assert_allclose(float(loss), ref, rtol=5e-3, atol=1e-6)
+
+
+def test_mixed_teacher_by_hand():
+  from qgjax.train.margin_mse import mixed_teacher
+
+  ce_pos, ce_neg = np.array([2.0, 1.0, 0.0]), np.array([[0.0], [2.0], [9.0]])
+  s_pos, s_neg = np.array([0.5, 0.4, 0.3]), np.array([[0.3], [0.3], [0.9]])
+  # training rows 0 and 1: teacher margins 2, -1 (std 1.5), student margins 0.2, 0.1 (std 0.05): k = 30
+  mp, mn, k = mixed_teacher(ce_pos, ce_neg, s_pos, s_neg, 0.5, np.array([0, 1]))
+  assert k == pytest.approx(30.0)
+  # every row mixes, row 2 too (an eval row): 0.5 x (0 - 9) + 0.5 x 30 x (0.3 - 0.9) = -4.5 - 9 = -13.5
+  np.testing.assert_allclose((mp[:, None] - mn)[:, 0], [0.5 * 2 + 0.5 * 30 * 0.2, 0.5 * -1 + 0.5 * 30 * 0.1, -13.5])
+  same = mixed_teacher(ce_pos, ce_neg, s_pos, s_neg, 1.0, np.array([0, 1]))
+  np.testing.assert_array_equal(same[0], ce_pos)
+  np.testing.assert_array_equal(same[1], ce_neg)
+  for bad in (0.0, 1.5, -0.1):
+    with pytest.raises(ConfigError, match=r"teacher_weight must be in \(0, 1\]"):
+      mixed_teacher(ce_pos, ce_neg, s_pos, s_neg, bad, np.array([0, 1]))
+
+
+@pytest.mark.torch_ref
+def test_retriever_mixes_the_teacher_with_sentence_transformers_start_margins(tmp_path):
+  """teacher_weight=0.3: every training batch's target margins are 0.3 t + 0.7 k m0, m0 sentence-transformers'
+  margins of the start model and k = std(t) / std(m0) in float64; the summary and fingerprint say so; the
+  scale fitted afterwards is least squares on the mixed margins; InfoNCE refuses the knob."""
+  from tiny_lm import make_tiny_bert
+
+  model = make_tiny_bert(str(tmp_path / "m"))
+  _, tuples = _scored_tuples(tmp_path / "t0.jsonl")
+  student, teacher = _st_student_margins(model, tuples), _teacher_margins(tuples)
+  k = teacher.std() / student.std()
+  want = 0.3 * teacher + 0.7 * k * student                                                      # [N, 2]
+  setup = _margin_mse_setup(tmp_path, model, tuples, teacher_weight=0.3, margin_scale_fit=1000)
+  assert setup.fingerprint["teacher_weight"] == 0.3
+  np.testing.assert_allclose(setup.info["teacher_mix"]["student_to_teacher"], k, rtol=2e-3)
+  for step in range(setup.train.steps_per_epoch):
+    batch, rows = setup.train.batch(step), setup.train.indices(step)
+    got = batch["ce_pos"][:, None] - np.stack([batch["ce_neg0"], batch["ce_neg1"]], axis=1)
+    np.testing.assert_allclose(got, want[rows], rtol=2e-3, atol=2e-3 * np.abs(want).max())
+  c = float(np.sum(student * want) / np.sum(student * student))
+  np.testing.assert_allclose(setup.info["margin_scale"], c, rtol=2e-3)
+  with pytest.raises(ConfigError, match="teacher_weight=0.5 .* needs loss=margin_mse"):
+    _margin_mse_setup(tmp_path, model, tuples, teacher_weight=0.5, loss="infonce")

@@ -100,32 +100,72 @@ def encode_batch(towers: Towers, params: Any, frozen: Any, batch: Mapping[str, j
   return q, p, neg, neg_key
 
 
+def student_pass(towers: Towers, params: Any, frozen: Any, loader: StepLoader, num_negatives: int):
+  """One file-order pass of `loader` through the student at `params` -> yields (batch, s_pos f[B],
+  s_neg f[B, H]) per step (inner products of the encoder outputs; rows with weight 0 are wrap-around repeats)."""
+  from qgjax.train.margin_mse import student_scores
+
+  @jax.jit
+  def scores(params, frozen, batch):
+    q, p, neg, _ = encode_batch(towers, params, frozen, batch, num_negatives)
+    return student_scores(q, p, neg)
+
+  params, frozen = jax.device_put((params, frozen))   # host trees: moved once, not at every call
+  for step in range(loader.steps_per_epoch):
+    batch = loader.batch(step)
+    s_pos, s_neg = scores(params, frozen, {k: jnp.asarray(v) for k, v in batch.items()})
+    yield batch, np.asarray(s_pos), np.asarray(s_neg)
+
+
+def _from_process_0(x: np.ndarray) -> np.ndarray:
+  """Every process gets process 0's copy of a host array (its float rounding wins)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    x = np.asarray(multihost_utils.broadcast_one_to_all(x))
+  return x
+
+
 def fit_margin_scale(towers: Towers, params: Any, frozen: Any, loader: StepLoader, num_negatives: int
                      ) -> tuple[float, float]:
   """The least-squares margin_scale (margin_mse.fitted_scale) of the teacher's margins on the student's at
   `params`, over one file-order pass of `loader` (every row on every process, so all processes fit the same
   scale up to float rounding; process 0's is used) -> (scale, Pearson of the margins)."""
-  from qgjax.train.margin_mse import fitted_scale, student_scores
+  from qgjax.train.margin_mse import fitted_scale
 
-  @jax.jit
-  def margins(params, frozen, batch):
-    q, p, neg, _ = encode_batch(towers, params, frozen, batch, num_negatives)
-    s_pos, s_neg = student_scores(q, p, neg)
-    return s_pos[:, None] - s_neg
-
-  params, frozen = jax.device_put((params, frozen))   # host trees: moved once, not at every call
   student, teacher, weight = [], [], []
-  for step in range(loader.steps_per_epoch):
-    batch = loader.batch(step)
-    student.append(np.asarray(margins(params, frozen, {k: jnp.asarray(v) for k, v in batch.items()})))
+  for batch, s_pos, s_neg in student_pass(towers, params, frozen, loader, num_negatives):
+    student.append(s_pos[:, None] - s_neg)
     ce_pos, ce_neg = teacher_scores(batch, num_negatives)
     teacher.append(np.asarray(ce_pos)[:, None] - np.asarray(ce_neg))
     weight.append(batch["weight"])
   fit = np.asarray(fitted_scale(np.concatenate(student), np.concatenate(teacher), np.concatenate(weight)))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    fit = np.asarray(multihost_utils.broadcast_one_to_all(fit))
+  fit = _from_process_0(fit)
   return float(fit[0]), float(fit[1])
+
+
+def mix_start_student(towers: Towers, params: Any, frozen: Any, loader: StepLoader, num_negatives: int,
+                      weight: float, train_rows: np.ndarray
+                      ) -> tuple[dict[str, list[float]], float, np.ndarray]:
+  """The teacher columns of `loader`'s rows (all of them, file order) mixed with the student at `params`
+  (margin_mse.mixed_teacher; every process scores every row, process 0's result is used) ->
+  ({ce_pos, ce_neg{h}: one value per row}, k: the student-to-teacher spread ratio, the student's margins
+  f[N, H])."""
+  from qgjax.train.margin_mse import mixed_teacher
+
+  n, h = loader.num_examples, num_negatives
+  s_pos, s_neg = np.zeros(n), np.zeros((n, h))
+  for step, (batch, sp, sn) in enumerate(student_pass(towers, params, frozen, loader, h)):
+    rows = np.arange(step * loader.batch_size, (step + 1) * loader.batch_size)
+    keep = rows < n                      # file order: row i of step s is example s * B + i
+    s_pos[rows[keep]], s_neg[rows[keep]] = sp[keep], sn[keep]
+  ce_pos = loader.scalars["ce_pos"]
+  ce_neg = np.stack([loader.scalars[f"ce_neg{j}"] for j in range(h)], axis=1)
+  mixed_pos, mixed_neg, k = mixed_teacher(ce_pos, ce_neg, s_pos, s_neg, weight, train_rows)
+  packed = _from_process_0(np.concatenate([np.concatenate([mixed_pos[:, None], mixed_neg], axis=1),
+                                           np.pad(s_pos[:, None] - s_neg, ((0, 0), (0, 1))), [[k] * (h + 1)]], axis=0))
+  # packed [2N + 1, 1 + H]: mixed scores, then the student's margins (first H columns), then k
+  cols = {"ce_pos": packed[:n, 0].tolist(), **{f"ce_neg{j}": packed[:n, 1 + j].tolist() for j in range(h)}}
+  return cols, float(packed[2 * n, 0]), packed[n:2 * n, :h]
 
 
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
@@ -333,14 +373,34 @@ def setup_retriever(config: Any):
   kw = dict(batch_size=int(config.batch_size), buckets=buckets, pad_id=int(tokenizer.pad_token_id or 0), seed=seed,
             bucket_window=int(d.bucket_window), process_index=jax.process_index(),
             process_count=jax.process_count())
+  teacher_weight = float(config.get("teacher_weight", 1.0))
+  mixed = {}
+  if teacher_weight != 1.0:
+    if loss != "margin_mse":
+      raise ConfigError(f"teacher_weight={teacher_weight} mixes MarginMSE's teacher with the start student; "
+                        f"it needs loss=margin_mse (got {loss!r})")
+    every_row = _StepColumn(cols, retriever_spec(h), shuffle=False, **{**kw, "process_index": 0, "process_count": 1})
+    mixed_cols, k, start_margins = mix_start_student(towers, model.trainable, model.frozen, every_row, h,
+                                                     teacher_weight, train_idx)
+    cols.update(mixed_cols)
+    mixed = {"teacher_mix": {"teacher_weight": teacher_weight, "student_to_teacher": k}}
+    log.info("teacher mixed with the start student: %.2f x teacher + %.2f x %.4g x student scores, over %d tuples",
+             teacher_weight, 1 - teacher_weight, k, len(tuples))
   train = _StepColumn(take(train_idx), retriever_spec(h), shuffle=True, **kw)
   evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
   fit_n = int(config.get("margin_scale_fit", 0) or 0)
   fitted = {}
   if loss == "margin_mse" and fit_n > 0:
-    fit_loader = _StepColumn(take(train_idx[:fit_n]), retriever_spec(h), shuffle=False,
-                             **{**kw, "process_index": 0, "process_count": 1})
-    margin_scale, pearson = fit_margin_scale(towers, model.trainable, model.frozen, fit_loader, h)
+    if mixed:   # the start student's margins are already known: least squares of the mixed ones on them
+      from qgjax.train.margin_mse import fitted_scale
+      rows = train_idx[:fit_n]
+      target = np.asarray(cols["ce_pos"])[rows, None] - np.stack([np.asarray(cols[f"ce_neg{j}"])[rows]
+                                                                  for j in range(h)], axis=1)
+      margin_scale, pearson = fitted_scale(start_margins[rows], target, np.ones(len(rows)))
+    else:
+      fit_loader = _StepColumn(take(train_idx[:fit_n]), retriever_spec(h), shuffle=False,
+                               **{**kw, "process_index": 0, "process_count": 1})
+      margin_scale, pearson = fit_margin_scale(towers, model.trainable, model.frozen, fit_loader, h)
     fitted = {"margin_scale": margin_scale, "margin_scale_fit": {"tuples": min(fit_n, len(train_idx)),
                                                                   "pearson": pearson}}
     log.info("margin_scale fitted on %d training tuples: %.4g (student vs teacher margins, Pearson %.3f)",
@@ -354,6 +414,8 @@ def setup_retriever(config: Any):
         "train": storage.absolute(d.train), **model.fingerprint}
   if loss != "infonce":
     fp["loss"] = loss   # absent for InfoNCE, so earlier runs still resume
+  if mixed:
+    fp["teacher_weight"] = teacher_weight   # absent at 1 (the teacher alone), so earlier runs still resume
   if fitted:
     fp["margin_scale_fit"] = fit_n      # the fitted value is recomputed on resume (same start, same tuples)
   elif margin_scale != 1.0:
@@ -361,7 +423,7 @@ def setup_retriever(config: Any):
   if cap:
     fp["max_examples"] = cap   # likewise absent without a cap
   extra = {"train_examples": int(len(train_idx)), "eval_examples": int(len(eval_idx)), "tuples_read": len(tuples),
-           "truncated": train.truncated, "towers": config.towers, **fitted}
+           "truncated": train.truncated, "towers": config.towers, **mixed, **fitted}
   return TaskSetup(model.trainable, model.frozen, model.abstract_trainable, model.abstract_frozen,
                    retriever_loss_fn(towers, h, float(config.temperature), seed, loss, margin_scale),
                    train, evals, export, fp, extra)

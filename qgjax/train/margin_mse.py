@@ -16,6 +16,11 @@ normalises its outputs anyway (all-MiniLM-L6-v2) reaches the teacher's logit sca
 `scale` (the retriever's margin_scale, e.g. 20 = 1 / InfoNCE's temperature). Each row needs
 only its own documents (no in-batch negatives), so a batch sharded over devices needs no
 communication besides the mean.
+
+A teacher weaker than its student pulls the student towards the teacher's errors. `mixed_teacher`
+(the retriever's teacher_weight w < 1) regresses instead on w t + (1 - w) k m0, the teacher mixed with
+the start student's own margins m0 at the teacher's spread k: an ensemble of the two, which the
+student starts close to.
 """
 
 from __future__ import annotations
@@ -75,6 +80,25 @@ def fitted_scale(student: np.ndarray, teacher: np.ndarray, weight: np.ndarray) -
                       f"is {c:.4g} (Pearson {pearson:.3f}), not > 0: the student ranks the tuples' documents against "
                       "the teacher; set margin_scale by hand (margin_scale_fit=0)")
   return c, float(pearson)
+
+
+def mixed_teacher(ce_pos: np.ndarray, ce_neg: np.ndarray, s_pos: np.ndarray, s_neg: np.ndarray, weight: float,
+                  fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+  """The teacher mixed with the start student: ce_pos f[N], ce_neg f[N, H] the teacher's scores, s_pos f[N],
+  s_neg f[N, H] the start student's (unscaled), weight w in (0, 1], fit_rows int[M] (the training rows).
+  With k = std of the teacher's margins / std of the student's over fit_rows (the student in the teacher's
+  units), returns (w ce_pos + (1 - w) k s_pos, w ce_neg + (1 - w) k s_neg, k): every margin becomes
+  w t + (1 - w) k m0, an equal-spread mix at w = 0.5; w = 1 is the teacher alone."""
+  if not 0.0 < weight <= 1.0:
+    raise ConfigError(f"teacher_weight must be in (0, 1] (1 = the teacher alone); got {weight}")
+  rows = np.asarray(fit_rows)
+  t = np.asarray(ce_pos, np.float64)[rows, None] - np.asarray(ce_neg, np.float64)[rows]
+  m = np.asarray(s_pos, np.float64)[rows, None] - np.asarray(s_neg, np.float64)[rows]
+  if m.std() <= 0:
+    raise ConfigError("teacher_weight < 1: the start student gives every training tuple the same margin")
+  k = float(t.std() / m.std())
+  mix = lambda ce, s: (weight * np.asarray(ce, np.float64) + (1 - weight) * k * np.asarray(s, np.float64))
+  return mix(ce_pos, s_pos), mix(ce_neg, s_neg), k
 
 
 def retriever_loss_name(config: Any, num_negatives: int) -> str:

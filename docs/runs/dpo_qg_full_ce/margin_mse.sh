@@ -15,7 +15,9 @@
 #   WORKDIR=/work/runs/dpo_qg_full/ce-margin_mse OUT=/work/runs/dpo_qg_full/ce-margin_mse-scale4 \
 #     MARGIN_SCALE=4 COPY_ALSO="mine_unaligned mine_aligned" bash docs/runs/dpo_qg_full_ce/margin_mse.sh
 # MARGIN_SCALE_FIT=<N> instead fits each retriever's scale on its first N training tuples (retriever
-# margin_scale_fit: least squares of the teacher's margins on the start student's).
+# margin_scale_fit: least squares of the teacher's margins on the start student's). TEACHER_WEIGHT=<w> < 1
+# mixes the teacher with the start student (retriever teacher_weight: w x teacher + (1 - w) x the start
+# student's margins at the teacher's spread).
 set -e
 cd "$(dirname "$0")"
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
@@ -30,4 +32,5 @@ WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
   --config.mine.set.mining.store_scores=True \
   --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale="${MARGIN_SCALE:-20.0}" \
   --config.retriever.set.margin_scale_fit="${MARGIN_SCALE_FIT:-0}" \
+  --config.retriever.set.teacher_weight="${TEACHER_WEIGHT:-1.0}" \
   --config.retriever.set.checkpoint.every=10

@@ -15,6 +15,7 @@ A MarginMSE teacher that mixes the two margins this way is only worth training a
 beats w = 0: a teacher no better than the student can only pull it toward the teacher's errors.
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -46,7 +47,7 @@ def fused_run(student: dict, teacher: dict, w: float) -> dict:
 
 
 def main(data_dir: str, dense_path: str, rerank_path: str) -> dict:
-  qrels = load_qrels(data_dir, "test")
+  qrels = load_qrels(os.path.join(data_dir, "qrels", "test.tsv"))
   student, teacher = read_trec_run(dense_path), read_trec_run(rerank_path)
   qids = sorted(qrels)
   per_w = {}
