@@ -246,3 +246,5 @@ def test_retriever_mixes_the_teacher_with_sentence_transformers_start_margins(tm
   np.testing.assert_allclose(setup.info["margin_scale"], c, rtol=2e-3)
   with pytest.raises(ConfigError, match="teacher_weight=0.5 .* needs loss=margin_mse"):
     _margin_mse_setup(tmp_path, model, tuples, teacher_weight=0.5, loss="infonce")
+  with pytest.raises(ConfigError, match=r"teacher_weight must be in \(0, 1\].*got 1.5"):
+    _margin_mse_setup(tmp_path, model, tuples, teacher_weight=1.5)

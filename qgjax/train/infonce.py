@@ -39,7 +39,8 @@ from qgjax.data import storage
 from qgjax.errors import ConfigError, InputError
 from qgjax.train.data import Column, StepLoader
 from qgjax.train.retriever_model import RetrieverModel, Towers, check_towers, encode_chunking, similarity_normalizes
-from qgjax.train.margin_mse import margin_mse_loss, retriever_loss_name, teacher_columns, teacher_scores
+from qgjax.train.margin_mse import (check_teacher_weight, margin_mse_loss, retriever_loss_name, teacher_columns,
+                                     teacher_scores)
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ def setup_retriever(config: Any):
   kw = dict(batch_size=int(config.batch_size), buckets=buckets, pad_id=int(tokenizer.pad_token_id or 0), seed=seed,
             bucket_window=int(d.bucket_window), process_index=jax.process_index(),
             process_count=jax.process_count())
-  teacher_weight = float(config.get("teacher_weight", 1.0))
+  teacher_weight = check_teacher_weight(float(config.get("teacher_weight", 1.0)))
   mixed = {}
   if teacher_weight != 1.0:
     if loss != "margin_mse":

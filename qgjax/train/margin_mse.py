@@ -82,6 +82,13 @@ def fitted_scale(student: np.ndarray, teacher: np.ndarray, weight: np.ndarray) -
   return c, float(pearson)
 
 
+def check_teacher_weight(weight: float) -> float:
+  """The retriever's teacher_weight, checked to lie in (0, 1]."""
+  if not 0.0 < weight <= 1.0:
+    raise ConfigError(f"teacher_weight must be in (0, 1] (1 = the teacher alone); got {weight}")
+  return weight
+
+
 def mixed_teacher(ce_pos: np.ndarray, ce_neg: np.ndarray, s_pos: np.ndarray, s_neg: np.ndarray, weight: float,
                   fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
   """The teacher mixed with the start student: ce_pos f[N], ce_neg f[N, H] the teacher's scores, s_pos f[N],
@@ -89,8 +96,7 @@ def mixed_teacher(ce_pos: np.ndarray, ce_neg: np.ndarray, s_pos: np.ndarray, s_n
   With k = std of the teacher's margins / std of the student's over fit_rows (the student in the teacher's
   units), returns (w ce_pos + (1 - w) k s_pos, w ce_neg + (1 - w) k s_neg, k): every margin becomes
   w t + (1 - w) k m0, an equal-spread mix at w = 0.5; w = 1 is the teacher alone."""
-  if not 0.0 < weight <= 1.0:
-    raise ConfigError(f"teacher_weight must be in (0, 1] (1 = the teacher alone); got {weight}")
+  check_teacher_weight(weight)
   rows = np.asarray(fit_rows)
   t = np.asarray(ce_pos, np.float64)[rows, None] - np.asarray(ce_neg, np.float64)[rows]
   m = np.asarray(s_pos, np.float64)[rows, None] - np.asarray(s_neg, np.float64)[rows]
