@@ -118,12 +118,12 @@ def student_pass(towers: Towers, params: Any, frozen: Any, loader: StepLoader, n
     yield batch, np.asarray(s_pos), np.asarray(s_neg)
 
 
-def _from_process_0(x: np.ndarray) -> np.ndarray:
-  """Every process gets process 0's copy of a host array (its float rounding wins)."""
+def _from_process_0(tree: Any) -> Any:
+  """Every process gets process 0's copy of a tree of host arrays (its float rounding wins)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    x = np.asarray(multihost_utils.broadcast_one_to_all(x))
-  return x
+    tree = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
+  return tree
 
 
 def fit_margin_scale(towers: Towers, params: Any, frozen: Any, loader: StepLoader, num_negatives: int
@@ -162,11 +162,9 @@ def mix_start_student(towers: Towers, params: Any, frozen: Any, loader: StepLoad
   ce_pos = loader.scalars["ce_pos"]
   ce_neg = np.stack([loader.scalars[f"ce_neg{j}"] for j in range(h)], axis=1)
   mixed_pos, mixed_neg, k = mixed_teacher(ce_pos, ce_neg, s_pos, s_neg, weight, train_rows)
-  packed = _from_process_0(np.concatenate([np.concatenate([mixed_pos[:, None], mixed_neg], axis=1),
-                                           np.pad(s_pos[:, None] - s_neg, ((0, 0), (0, 1))), [[k] * (h + 1)]], axis=0))
-  # packed [2N + 1, 1 + H]: mixed scores, then the student's margins (first H columns), then k
-  cols = {"ce_pos": packed[:n, 0].tolist(), **{f"ce_neg{j}": packed[:n, 1 + j].tolist() for j in range(h)}}
-  return cols, float(packed[2 * n, 0]), packed[n:2 * n, :h]
+  mixed_pos, mixed_neg, margins, k = _from_process_0((mixed_pos, mixed_neg, s_pos[:, None] - s_neg, np.asarray(k)))
+  cols = {"ce_pos": mixed_pos.tolist(), **{f"ce_neg{j}": mixed_neg[:, j].tolist() for j in range(h)}}
+  return cols, float(k), margins
 
 
 def retriever_loss_fn(towers: Towers, num_negatives: int, temperature: float, seed: int = 0,
