@@ -383,8 +383,9 @@ def setup_retriever(config: Any):
                                                      teacher_weight, train_idx)
     cols.update(mixed_cols)
     mixed = {"teacher_mix": {"teacher_weight": teacher_weight, "student_to_teacher": k}}
-    log.info("teacher mixed with the start student: %.2f x teacher + %.2f x %.4g x student scores, over %d tuples",
-             teacher_weight, 1 - teacher_weight, k, len(tuples))
+    log.info("teacher mixed with the start student: %.2f x teacher + %.2f x %.4g x student scores on %d tuples "
+             "(the spread ratio from the %d training tuples)", teacher_weight, 1 - teacher_weight, k, len(tuples),
+             len(train_idx))
   train = _StepColumn(take(train_idx), retriever_spec(h), shuffle=True, **kw)
   evals = _StepColumn(take(eval_idx), retriever_spec(h), shuffle=False, **kw) if len(eval_idx) else None
   fit_n = int(config.get("margin_scale_fit", 0) or 0)
