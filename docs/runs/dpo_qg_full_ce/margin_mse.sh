@@ -17,14 +17,21 @@
 # MARGIN_SCALE_FIT=<N> instead fits each retriever's scale on its first N training tuples (retriever
 # margin_scale_fit: least squares of the teacher's margins on the start student's). TEACHER_WEIGHT=<w> < 1
 # mixes the teacher with the start student (retriever teacher_weight: w x teacher + (1 - w) x the start
-# student's margins at the teacher's spread).
+# student's margins at the teacher's spread). Arguments are passed on to `qgjax pipeline`; COPY=<stages> replaces the
+# list of stages copied from WORKDIR. The copy-guard variant with the mixed teacher (pairs never choose a query that
+# repeats more than 3 consecutive words of its document; the unaligned side reused from the mix0.5 run, everything
+# from pairs on the aligned side run again: ~2.5 h on 2 cores):
+#   WORKDIR=/work/runs/dpo_qg_full/ce-margin_mse-mix0.5 OUT=/work/runs/dpo_qg_full/ce-guard3-mix0.5 TEACHER_WEIGHT=0.5 \
+#     MARGIN_SCALE_FIT=100000 COPY="reward_model generate score generate_unaligned score_unaligned evaluate_bm25 \
+#     evaluate_base cache mine_unaligned retriever_unaligned evaluate_unaligned" \
+#     bash docs/runs/dpo_qg_full_ce/margin_mse.sh --config.pairs.set.chosen_max_copied_span=3
 set -e
 cd "$(dirname "$0")"
 RUN=${WORKDIR:-/work/runs/dpo_qg_full/ce}
 OUT=${OUT:-$RUN-margin_mse}
 mkdir -p "$OUT"
-for stage in reward_model generate score pairs align generate_unaligned generate_aligned score_unaligned \
-             score_aligned evaluate_bm25 evaluate_base cache ${COPY_ALSO:-}; do
+for stage in ${COPY:-reward_model generate score pairs align generate_unaligned generate_aligned score_unaligned \
+             score_aligned evaluate_bm25 evaluate_base cache} ${COPY_ALSO:-}; do
   [ -e "$OUT/$stage" ] || [ ! -e "$RUN/$stage" ] || cp -r "$RUN/$stage" "$OUT/"
 done
 WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
@@ -33,4 +40,4 @@ WORKDIR="$OUT" ALIGN_STEPS=${ALIGN_STEPS:-20} bash ./run.sh \
   --config.retriever.set.loss=margin_mse --config.retriever.set.margin_scale="${MARGIN_SCALE:-20.0}" \
   --config.retriever.set.margin_scale_fit="${MARGIN_SCALE_FIT:-0}" \
   --config.retriever.set.teacher_weight="${TEACHER_WEIGHT:-1.0}" \
-  --config.retriever.set.checkpoint.every=10
+  --config.retriever.set.checkpoint.every=10 "$@"
