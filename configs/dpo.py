@@ -92,7 +92,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       beta=0.1, label_smoothing=0.0, loss_type=a.loss, reference="precomputed", share_prompt=True,
       # the tokens every prompt starts with (a few-shot prompt's ~310) run once per batch, not per pair:
       # 1.57x per step on 1 CPU device (docs/benchmarks.md); the same losses and gradients
-      share_prompt_prefix=True, sft_weight=0.0))
+      share_prompt_prefix=True, sft_weight=0.0,
+      # R-DPO (Park et al. 2024): + length_alpha x (chosen - rejected completion tokens) inside the sigmoid,
+      # so DPO is not paid for longer chosen answers; 0 = plain DPO
+      length_alpha=0.0))
   c.reference_batch_size = 0   # pairs per step of the one-off reference pass (dpo.reference=precomputed); 0 = batch_size
   if a.tiny:
     c.data.train = demo_path("pairs")

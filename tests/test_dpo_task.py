@@ -95,10 +95,14 @@ def _log_sigmoid(x):
   return -np.logaddexp(0.0, -x)
 
 
-@pytest.mark.parametrize("mode,reference,sft_weight", [("full", "precomputed", 0.0),
-                                                       ("lora", "adapters_off", 0.0),
-                                                       ("lora", "adapters_off", 0.5)])
-def test_dpo_task_loss_matches_numpy(tiny_lm, mode, reference, sft_weight):
+@pytest.mark.parametrize("mode,reference,sft_weight,length_alpha", [("full", "precomputed", 0.0, 0.0),
+                                                                    ("lora", "adapters_off", 0.0, 0.0),
+                                                                    ("lora", "adapters_off", 0.5, 0.0),
+                                                                    ("full", "precomputed", 0.0, 0.3),
+                                                                    ("lora", "adapters_off", 0.5, 0.3)])
+def test_dpo_task_loss_matches_numpy(tiny_lm, mode, reference, sft_weight, length_alpha):
+  """The DPO task's loss and metrics against numpy log-probs of the same policy; length_alpha > 0 is R-DPO
+  (+ alpha x (chosen - rejected token count) inside the sigmoid)."""
   gen = _generator(tiny_lm, mode)
   tok = gen.tokenizer
   eos = tok.eos_token_id
@@ -119,7 +123,7 @@ def test_dpo_task_loss_matches_numpy(tiny_lm, mode, reference, sft_weight):
   beta = 0.5
   dpo = build_config(os.path.join(REPO, "configs", "dpo.py")).dpo
   dpo.update(beta=beta, label_smoothing=0.0, loss_type="sigmoid", reference=reference, share_prompt=True,
-             sft_weight=sft_weight)
+             sft_weight=sft_weight, length_alpha=length_alpha)
   loss_fn = jax.jit(lm_tasks.dpo_loss_fn(gen, dpo, sft_weight=sft_weight))
   columns = {"prompt": prompts, "chosen": chosen, "rejected": rejected}
   if reference == "precomputed":
@@ -137,10 +141,14 @@ def test_dpo_task_loss_matches_numpy(tiny_lm, mode, reference, sft_weight):
     mean = lambda x: float(np.sum(w * x[rows]) / np.sum(w))
     h = (pi_c - ref_c) - (pi_r - ref_r)
     r_c, r_r = beta * (pi_c - ref_c), beta * (pi_r - ref_r)
-    want = {"dpo_loss": mean(-_log_sigmoid(beta * h)), "rewards/chosen": mean(r_c), "rewards/rejected": mean(r_r),
+    dlen = np.array([len(c) - len(r) for c, r in zip(chosen, rejected)], np.float64)
+    want = {"dpo_loss": mean(-_log_sigmoid(beta * h + length_alpha * dlen)), "rewards/chosen": mean(r_c),
+            "rewards/rejected": mean(r_r),
             "rewards/accuracy": mean((r_c > r_r).astype(np.float64)), "rewards/margin": mean(r_c - r_r),
             "logps/chosen": mean(pi_c), "logps/rejected": mean(pi_r)}
     want_loss = want["dpo_loss"]
+    if length_alpha:
+      want["length/chosen_minus_rejected"] = mean(dlen)
     if sft_weight > 0:
       # masked token NLL of the chosen completions (pair-weighted token mean)
       nll = -sum(w[i] * tok_c[r].sum() for i, r in enumerate(rows)) / sum(w[i] * len(tok_c[r])

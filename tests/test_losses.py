@@ -68,6 +68,34 @@ def test_dpo_gradient_sign_and_ipo():
     losses.dpo_loss(pc, pr, rc, rr, loss_type="hinge2")
 
 
+def test_r_dpo_length_term_matches_numpy_and_discounts_longer_chosen():
+  """R-DPO (Park et al. 2024): -log sigmoid(beta h + alpha (len_c - len_r)); alpha 0 is plain DPO, and a
+  longer chosen answer gets a smaller push towards itself."""
+  rng = np.random.default_rng(3)
+  pc, pr, rc, rr = (rng.normal(-20, 5, 5).astype(np.float32) for _ in range(4))
+  lc, lr = np.array([12, 7, 9, 20, 5], np.float32), np.array([8, 7, 15, 6, 5], np.float32)
+  beta, alpha = 0.2, 0.05
+  args = tuple(map(jnp.asarray, (pc, pr, rc, rr)))
+  out = losses.dpo_loss(*args, beta=beta, length_alpha=alpha, len_chosen=jnp.asarray(lc), len_rejected=jnp.asarray(lr))
+  h = (pc - pr) - (rc - rr)
+  np.testing.assert_allclose(out.loss, np.mean(-_logsig(beta * h + alpha * (lc - lr))), rtol=1e-5)
+  np.testing.assert_allclose(out.metrics["length/chosen_minus_rejected"], np.mean(lc - lr), rtol=1e-6)
+  plain = losses.dpo_loss(*args, beta=beta)
+  zero = losses.dpo_loss(*args, beta=beta, length_alpha=0.0, len_chosen=jnp.asarray(lc), len_rejected=jnp.asarray(lr))
+  np.testing.assert_allclose(zero.loss, plain.loss, rtol=1e-7)
+  grad = lambda **kw: np.asarray(jax.grad(lambda a: losses.dpo_loss(a, *args[1:], beta=beta, **kw).loss)(args[0]))
+  g_plain = grad()
+  g_r = grad(length_alpha=alpha, len_chosen=jnp.asarray(lc), len_rejected=jnp.asarray(lr))
+  longer, shorter, same = lc > lr, lc < lr, lc == lr
+  assert np.all(np.abs(g_r[longer]) < np.abs(g_plain[longer]))
+  assert np.all(np.abs(g_r[shorter]) > np.abs(g_plain[shorter]))
+  np.testing.assert_allclose(g_r[same], g_plain[same], rtol=1e-6)
+  with pytest.raises(ValueError, match="sigmoid"):
+    losses.dpo_loss(*args, loss_type="ipo", length_alpha=alpha, len_chosen=jnp.asarray(lc), len_rejected=jnp.asarray(lr))
+  with pytest.raises(ValueError, match="len_chosen"):
+    losses.dpo_loss(*args, length_alpha=alpha)
+
+
 def test_rsft_dpo_is_weighted_sum():
   rng = np.random.default_rng(2)
   pc, pr, rc, rr = (jnp.asarray(rng.normal(-20, 5, 4).astype(np.float32)) for _ in range(4))

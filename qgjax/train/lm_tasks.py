@@ -156,6 +156,11 @@ def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0, prefix: li
   loss_type = dpo.loss_type
   share = bool(dpo.share_prompt)
   beta, ls = float(dpo.beta), float(dpo.label_smoothing)
+  length_alpha = float(dpo.get("length_alpha", 0.0))
+  if length_alpha and loss_type != "sigmoid":
+    raise ConfigError(f"dpo.length_alpha={length_alpha} (R-DPO) needs dpo.loss_type='sigmoid', got {loss_type!r}")
+  if length_alpha < 0:
+    raise ConfigError(f"dpo.length_alpha must be >= 0 (a bonus per token the chosen is longer); got {length_alpha}")
   prefix_ids = np.asarray(prefix, np.int32) if prefix else None
 
   def loss_fn(params, frozen, batch):
@@ -174,6 +179,8 @@ def dpo_loss_fn(gen: Generator, dpo: Any, *, sft_weight: float = 0.0, prefix: li
     else:
       pi_c, pi_r = c.total, r.total
     kw = dict(beta=beta, label_smoothing=ls, loss_type=loss_type, weights=batch["weight"])
+    if length_alpha:
+      kw.update(length_alpha=length_alpha, len_chosen=c.count, len_rejected=r.count)
     if sft_weight > 0:
       out = rsft_dpo_loss(pi_c, pi_r, ref_c, ref_r, c.token, c.mask, sft_weight=sft_weight, **kw)
     else:

@@ -1,7 +1,7 @@
 """Loss functions of the alignment objectives, on per-token / per-sequence log-probs (pure jnp).
 
   masked_nll(token_logp, mask)                      SFT / RSFT: mean NLL over completion tokens
-  dpo_loss(pi_c, pi_r, ref_c, ref_r, ...)           DPO sigmoid (+ label smoothing) or IPO, + metrics
+  dpo_loss(pi_c, pi_r, ref_c, ref_r, ...)           DPO sigmoid (+ label smoothing, + R-DPO length term) or IPO
   rsft_dpo_loss(..., nll_chosen, sft_weight)        AQE's RSFT+DPO: DPO + w * NLL of the chosen query
   mean_pool(states, mask)                           [B, S, D] -> [B, D] over valid positions
   self_contrastive_loss(pooled, tau, same_input)    ReadQG in-batch self-contrastive loss
@@ -35,19 +35,30 @@ class DPOOutput(NamedTuple):
 
 def dpo_loss(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
              *, beta: float = 0.1, label_smoothing: float = 0.0, loss_type: str = "sigmoid",
-             weights: jax.Array | None = None) -> DPOOutput:
+             weights: jax.Array | None = None, length_alpha: float = 0.0,
+             len_chosen: jax.Array | None = None, len_rejected: jax.Array | None = None) -> DPOOutput:
   """DPO (Rafailov et al. 2023) on sequence log-probs f32[B] of the policy and the reference.
 
-  h = (pi_c - pi_r) - (ref_c - ref_r)
-  sigmoid: -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)   (conservative DPO)
+  h = (pi_c - pi_r) - (ref_c - ref_r);  z = beta * h + length_alpha * (len_c - len_r)
+  sigmoid: -(1 - ls) * log sigmoid(z) - ls * log sigmoid(-z)   (conservative DPO)
   ipo:     (h - 1 / (2 * beta))^2   (Azar et al. 2023; pass per-token mean log-probs)
+  length_alpha > 0 is R-DPO (Park et al. 2024, length-regularised DPO): len_c / len_r f32[B] are the
+  completions' token counts, and a chosen answer that is longer than its rejected one already
+  satisfies part of the margin, so the policy is not paid for length. Sigmoid loss only.
   Implicit rewards r = beta * (pi - ref); accuracy = mean(r_c > r_r); margin = mean(r_c - r_r).
   `weights` f32[B] (e.g. 0 for padding pairs) weight the mean.
   """
   h = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)
+  z = beta * h
+  if length_alpha:
+    if loss_type != "sigmoid":
+      raise ValueError(f"length_alpha (R-DPO) needs loss_type 'sigmoid', got {loss_type!r}")
+    if len_chosen is None or len_rejected is None:
+      raise ValueError("length_alpha (R-DPO) needs len_chosen and len_rejected")
+    z = z + length_alpha * (len_chosen.astype(jnp.float32) - len_rejected.astype(jnp.float32))
   if loss_type == "sigmoid":
-    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
-              - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(z)
+              - label_smoothing * jax.nn.log_sigmoid(-z))
   elif loss_type == "ipo":
     losses = (h - 1.0 / (2.0 * beta)) ** 2
   else:
@@ -68,6 +79,8 @@ def dpo_loss(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_chosen: jax.Array
       "logps/chosen": mean(jax.lax.stop_gradient(pi_chosen)),
       "logps/rejected": mean(jax.lax.stop_gradient(pi_rejected)),
   }
+  if length_alpha:
+    metrics["length/chosen_minus_rejected"] = mean(len_chosen.astype(jnp.float32) - len_rejected.astype(jnp.float32))
   loss = mean(losses)
   metrics["dpo_loss"] = jax.lax.stop_gradient(loss)
   return DPOOutput(loss, metrics)
@@ -75,10 +88,11 @@ def dpo_loss(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_chosen: jax.Array
 
 def rsft_dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, chosen_token_logp, chosen_mask, *,
                   sft_weight: float = 1.0, beta: float = 0.1, label_smoothing: float = 0.0,
-                  loss_type: str = "sigmoid", weights=None) -> DPOOutput:
-  """AQE's RSFT+DPO: DPO + sft_weight * masked NLL of the chosen (best) query's tokens."""
+                  loss_type: str = "sigmoid", weights=None, **length) -> DPOOutput:
+  """AQE's RSFT+DPO: DPO + sft_weight * masked NLL of the chosen (best) query's tokens; `length`:
+  dpo_loss's length_alpha / len_chosen / len_rejected (R-DPO)."""
   out = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=beta,
-                 label_smoothing=label_smoothing, loss_type=loss_type, weights=weights)
+                 label_smoothing=label_smoothing, loss_type=loss_type, weights=weights, **length)
   mask = chosen_mask if weights is None else chosen_mask * weights[:, None].astype(chosen_mask.dtype)
   nll = masked_nll(chosen_token_logp, mask)
   metrics = dict(out.metrics, sft_nll=jax.lax.stop_gradient(nll))
