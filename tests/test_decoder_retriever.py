@@ -194,19 +194,25 @@ def test_separate_towers_loss_equals_infonce_of_each_encoder(tmp_path, tiny_lm, 
   assert norm(grads["query"]) > 0 and norm(grads["doc"]) > 0
 
 
+def _pooling_probe():
+  """tools/decoder_pooling_probe.py as a module."""
+  import os
+  import sys
+  tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+  if tools not in sys.path:
+    sys.path.insert(0, tools)
+  import decoder_pooling_probe
+  return decoder_pooling_probe
+
+
 @pytest.mark.torch_ref
 def test_pooling_probe_gives_both_poolings_of_one_pass_as_sentence_transformers(tiny_lm):
   """tools/decoder_pooling_probe.py: [mean | last token] of one forward pass, each L2-normalised, equal
   sentence-transformers' Transformer + Pooling + Normalize of the same decoder dir."""
-  import os
-  import sys
-
   from qgjax.models.text_encoding import encode_texts
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-  from decoder_pooling_probe import BothPools
 
   module, params, tok, _ = load_decoder_encoder(tiny_lm)
-  both = encode_texts(BothPools(module), params, tok, TEXTS, batch_size=8, max_len=64)
+  both = encode_texts(_pooling_probe().BothPools(module), params, tok, TEXTS, batch_size=8, max_len=64)
   d = module.config.hidden_size
   assert both.shape == (len(TEXTS), 2 * d)
   for cols, pooling in ((slice(0, d), "mean"), (slice(d, 2 * d), "lasttoken")):
@@ -216,16 +222,11 @@ def test_pooling_probe_gives_both_poolings_of_one_pass_as_sentence_transformers(
 def test_pooling_probe_random_floor_matches_the_expected_recall():
   """The probe's random top-k floor: mean Recall@100 of uniform random top 100s over a collection of N
   documents is 100 / N for every query (here N = 400, one relevant document per query: 0.25)."""
-  import os
-  import sys
   import types
-
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-  from decoder_pooling_probe import random_floor
 
   docs = [types.SimpleNamespace(doc_id=f"d{i}") for i in range(400)]
   data = types.SimpleNamespace(corpus=docs, queries={f"q{i}": "x" for i in range(200)},
                                qrels={f"q{i}": {f"d{i}": 1} for i in range(200)})
-  floor = random_floor(data, 100, 20)
+  floor = _pooling_probe().random_floor(data, 100, 20)
   assert abs(floor["mean"]["R@100"] - 0.25) < 0.025       # 4,000 draws: std of the mean ~0.007 (seeded)
   assert floor["std"]["R@100"] > 0
