@@ -53,3 +53,16 @@ def test_common_prompt_prefix_runs_once_with_the_same_reference_and_loss(tmp_pat
   (l_w, m_w), (l_s, m_s) = loss(whole, b_whole), loss(shared, b_shared)
   np.testing.assert_allclose(float(l_s), float(l_w), rtol=1e-4)
   np.testing.assert_allclose(float(m_s["rewards/chosen"]), float(m_w["rewards/chosen"]), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_length_alpha_is_in_the_fingerprint_only_when_set(tmp_path):
+  """R-DPO's dpo.length_alpha is absent from the checkpoint fingerprint at 0 (plain DPO), so checkpoints
+  written before the key existed resume; any other value is part of the run's identity."""
+  model = make_tiny_lm(str(tmp_path / "tiny_lm"))
+  over = [("model.name", model), ("workdir", str(tmp_path / "dpo")), ("mesh", "[('data', 8)]"), ("batch_size", "8")]
+  plain = setup_dpo(build_config(CONFIG, over))
+  assert "length_alpha" not in plain.fingerprint["dpo"] and "beta" in plain.fingerprint["dpo"]
+  r_dpo = setup_dpo(build_config(CONFIG, over + [("dpo.length_alpha", "0.05")]))
+  assert r_dpo.fingerprint["dpo"]["length_alpha"] == 0.05
+  assert {k: v for k, v in r_dpo.fingerprint["dpo"].items() if k != "length_alpha"} == plain.fingerprint["dpo"]

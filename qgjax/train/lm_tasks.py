@@ -332,8 +332,10 @@ def setup_dpo(config: Any, *, sft_weight: float | None = None) -> TaskSetup:
   evals = _loader(_take(cols, eval_idx), PAIR_SPEC, config, shuffle=False) if len(eval_idx) else None
   weight = float(dpo.sft_weight) if sft_weight is None else sft_weight
   info.update(train_pairs=int(len(train_idx)), eval_pairs=int(len(eval_idx)), truncated=train.truncated)
-  # share_prompt_prefix changes the cost of a step, not its result: a run resumes with either
-  fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys()) if k != "share_prompt_prefix"})
+  # share_prompt_prefix changes the cost of a step, not its result: a run resumes with either; length_alpha
+  # is absent at 0 (plain DPO), so checkpoints written before the key existed still resume
+  fp = dict(_fingerprint(config, gen), dpo={k: dpo[k] for k in sorted(dpo.keys())
+                                            if k != "share_prompt_prefix" and not (k == "length_alpha" and not dpo[k])})
   return TaskSetup(gen.trainable, gen.frozen, gen.abstract_trainable, gen.abstract_frozen,
                    dpo_loss_fn(gen, dpo, sft_weight=weight, prefix=prefix), train, evals, gen.export, fp, info)
 
