@@ -7,7 +7,7 @@ search over the whole corpus, measures from `qgjax.evaluation.ir_metrics` on the
 the same measures of a uniformly random top 100 (mean and std over --random-seeds rankings): the floor.
 
   .venv/bin/python tools/decoder_pooling_probe.py --data ../shared/data/nfcorpus \
-      --out docs/runs/decoder_pooling_probe.json
+      --out docs/runs/decoder_pooling_probe/probe.json
 """
 
 from __future__ import annotations
