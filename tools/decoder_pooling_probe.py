@@ -3,8 +3,8 @@ any training (where a decoder-only retriever starts from).
 
 One forward pass per text gives both poolings (`BothPools`); documents are `title text` cut at
 --doc-max-len tokens, queries at 64, each query optionally behind an instruction. Exact cosine
-search over the whole corpus, measures from `qgjax.evaluation.ir_metrics` on the split's qrels, beside
-the same measures of a uniformly random top 100 (mean and std over --random-seeds rankings): the floor.
+search over the whole corpus (`qgjax.retrieval.dense`'s exact index), measures from
+`qgjax.evaluation.ir_metrics` on the split's qrels, beside the same measures of a uniformly random top 100 (mean and std over --random-seeds rankings): the floor.
 
   .venv/bin/python tools/decoder_pooling_probe.py --data ../shared/data/nfcorpus \
       --out docs/runs/decoder_pooling_probe/probe.json
@@ -28,6 +28,7 @@ from qgjax.evaluation.ir_metrics import evaluate
 from qgjax.models.decoder_encoder import DecoderEncoder, l2_normalize, last_token_pool, load_decoder_encoder, mean_pool
 from qgjax.models.decoder import positions_from_mask
 from qgjax.models.text_encoding import encode_texts
+from qgjax.retrieval.dense import build_index, default_index_config, search_run
 
 MEASURES = ("nDCG@10", "RR@100", "R@100")
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant passages: "
@@ -44,14 +45,6 @@ class BothPools:
     _, _, hidden = self.encoder.lm.apply(variables, tokens, positions_from_mask(mask), mask, return_hidden=True)
     return jax.numpy.concatenate([l2_normalize(mean_pool(hidden, mask)), l2_normalize(last_token_pool(hidden, mask))],
                                  axis=-1)
-
-
-def search(query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: list[str], qids: list[str],
-           depth: int) -> dict[str, dict[str, float]]:
-  """Exact inner-product top `depth` per query -> {qid: {doc_id: score}}."""
-  scores = query_emb @ doc_emb.T
-  top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-  return {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(qids)}
 
 
 def random_floor(data, depth: int, seeds: int) -> dict[str, dict[str, float]]:
@@ -106,7 +99,8 @@ def main(argv=None) -> int:
     q_emb = encode_texts(both, params, tokenizer, [prefix + data.queries[q] for q in qids],
                          batch_size=args.batch_size, max_len=args.query_max_len)
     for p, (name, cols) in enumerate((("mean", slice(0, d)), ("lasttoken", slice(d, 2 * d)))):
-      run = search(q_emb[:, cols], doc_emb[:, cols], doc_ids, qids, depth=100)
+      index = build_index(np.ascontiguousarray(doc_emb[:, cols]), {**default_index_config().to_dict(), "kind": "exact"})
+      run = search_run(index, doc_ids, np.ascontiguousarray(q_emb[:, cols]), 100, qids)
       rows[f"{name} pooling, {label}"] = evaluate(run, data.qrels, MEASURES)
       print(f"{name:9s} {label:20s} " + " ".join(f"{m} {v:.4f}" for m, v in rows[f'{name} pooling, {label}'].items()),
             flush=True)
