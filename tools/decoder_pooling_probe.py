@@ -4,7 +4,8 @@ any training (where a decoder-only retriever starts from).
 One forward pass per text gives both poolings (`BothPools`); documents are `title text` cut at
 --doc-max-len tokens, queries at 64, each query optionally behind an instruction. Exact cosine
 search over the whole corpus (`qgjax.retrieval.dense`'s exact index), measures from
-`qgjax.evaluation.ir_metrics` on the split's qrels, beside the same measures of a uniformly random top 100 (mean and std over --random-seeds rankings): the floor.
+`qgjax.evaluation.ir_metrics` on the split's qrels, beside the same measures of a uniformly random
+top 100 (mean and std over --random-seeds rankings): the floor.
 
   .venv/bin/python tools/decoder_pooling_probe.py --data ../shared/data/nfcorpus \
       --out docs/runs/decoder_pooling_probe/probe.json
