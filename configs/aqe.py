@@ -13,13 +13,17 @@ reference)) -> generate_base / generate_aligned (one
 greedy expansion per test query) and generate_sampled + select (best of n_test by a qrels-free
 filter) -> evaluate_* (BM25 over query + expansion: nDCG@10, Recall@100, top-1/5/20 accuracy) ->
 score_base / score_aligned -> <workdir>/report. Test-time stages run in their own process and
-report wall time and peak RSS.
+report wall time and peak RSS. With test_samples=N (and tune_on_dev): N sampled expansions per dev and
+test query from the aligned generator, each query's N joined into one expansion (MuGI / query2doc
+style), its k chosen on the dev queries (generate_dev_joined -> tune_dev_joined, generate_joined ->
+evaluate_joined): the report's "N samples joined" row.
 
 Training queries: the collection's `train` split (NFCorpus: queries_train.jsonl + qrels/train.tsv);
 a collection without one (the demo, Cranfield) is split by a seeded hash of the query id into
 disjoint train / test halves (split.set.how=hash, test_fraction). split.set.max_train / max_test
 cap the query counts. Arguments: tiny, method=rsft|dpo|rsft_dpo|rsft_then_dpo, n=<expansions per training
-query> (the paper: 50), n_test=<samples per test query for best of N> (default n), generator=.
+query> (the paper: 50), n_test=<samples per test query for best of N> (default n),
+test_samples=<aligned samples joined per test query> (default 0: off), generator=.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def _group(spec: str, **values) -> ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  a = parse_arg(arg, tiny=False, method="dpo", n=0, n_test=0, generator="")
+  a = parse_arg(arg, tiny=False, method="dpo", n=0, n_test=0, test_samples=0, generator="")
   if a.method not in ALIGN:
     raise ValueError(f"method must be one of {', '.join(ALIGN)}; got {a.method!r}")
   n = a.n or (4 if a.tiny else 50)
@@ -61,11 +65,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # tune each greedy generator's own k on dev queries (needs split.set.dev_queries > 0: training queries
   # set apart), for evaluate_base / evaluate_aligned; best of N keeps the k above
   c.tune_on_dev = False
+  # > 0: also the aligned generator's test_samples sampled expansions per query joined into one (its k tuned
+  # on dev: needs tune_on_dev); set it with the config argument (test_samples=8), which sizes generate_joined
+  c.test_samples = a.test_samples
   c.report = ConfigDict(dict(bins=30))
   c.until = ""   # a stage name: stop after it (no report), e.g. "generate" for the pool alone
   greedy = dict(sampling=dict(temperature=0.0, num_samples=1, num_beams=1))
   c.generate_greedy = ConfigDict({"set": ConfigDict(greedy)})
   c.generate_sampled = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=n_test)))})
+  c.generate_joined = ConfigDict({"set": ConfigDict(dict(sampling=dict(num_samples=max(a.test_samples, 1))))})
   c.select = _group("select.py", criterion="consensus")
   measures = ("nDCG@10", "R@100", "Success@1", "Success@5", "Success@20")
   if not a.tiny:
@@ -74,6 +82,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
                         sampling=dict(num_samples=n, max_new_tokens=64, seed=0))
     c.tune_repeats = _group("repeats.py")
     c.tune_dev = _group("repeats.py")   # tune_on_dev: each greedy generator's k on the dev queries
+    # test_samples: the joined expansion is ~test_samples times longer, so its k runs ~that much higher
+    c.tune_joined = _group("repeats.py", candidates=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128))
     c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=1000)
     # RSFT keeps a query only when its best expansion brings the gold document within the depth
     # (the -rank reward of a miss is -(depth + 1) for every expansion: nothing to learn from)
@@ -92,6 +102,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                       sampling=dict(num_samples=n, max_new_tokens=24, seed=0))
   c.tune_repeats = _group("repeats.py", candidates=(1, 2, 3), samples_per_query=2)
   c.tune_dev = _group("repeats.py", candidates=(1, 2, 3))
+  c.tune_joined = _group("repeats.py", candidates=(1, 2, 4))
   c.score = _group("score.py", rewards=("bm25_rank",), reward="bm25_rank", depth=100, batch_size=64)
   c.pairs = _group("pairs.py", strategy="best_worst", margin=0.0, max_pairs_per_doc=1,
                    rsft=dict(n_best=1, min_reward=-100.0))

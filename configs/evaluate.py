@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rerank: a cross-encoder dir (e.g. configs/cross_encoder.py's export) re-scoring the top `depth`
   c.rerank = ml_collections.ConfigDict(dict(model="", depth=100, max_len=512, batch_size=32))
   # aqe: BM25 over query + expansion, expansions read from `input` (qgjax.methods.aqe.expansion)
-  c.aqe = ml_collections.ConfigDict(dict(input="", query_repeats=1, query_repeats_file=""))
+  # (join_samples n > 0: each query's first n sampled expansions joined into one, MuGI-style)
+  c.aqe = ml_collections.ConfigDict(dict(input="", query_repeats=1, query_repeats_file="", join_samples=0))
   # reports=("query_quality",): diversity and rel+/rel-/Δrel of a generation output
   c.query_quality = ml_collections.ConfigDict(dict(
       input="", encoder="all-minilm-l6-v2", scorer=ml_collections.ConfigDict(dict(

@@ -116,20 +116,34 @@ def test_bad_inputs_name_what_and_where(tmp_path, expansions):
     repeats.run(_config(tmp_path, broken))
 
 
-def test_aqe_by_k_join_searches_a_querys_first_samples_as_one_expansion(tmp_path, expansions):
-  """tools/aqe_by_k.py --join: the first n samples (sample order) joined, then searched like one sample."""
+def test_joined_samples_search_a_querys_first_samples_as_one_expansion(tmp_path, expansions):
+  """join_samples (repeats.joined_expansions; tools/aqe_by_k.py --join; evaluate's aqe.join_samples): a
+  query's first n samples (sample order) joined by one space, then searched like one sample: equal to
+  tuning on a file of those joined texts written here by hand."""
   import sys
   sys.path.insert(0, str(CONFIGS.parent / "tools"))
   import aqe_by_k
+  from qgjax.methods.aqe.expansion import load_expansions
 
-  joined = aqe_by_k.joined_expansions(str(expansions), 2, str(tmp_path / "joined.jsonl"))
-  rows = {r["query_id"]: r for r in map(json.loads, open(joined))}
-  assert rows["q10"] == {"query_id": "q10", "sample_idx": 0, "query": QUERY["q10"],
-                         "expansion": ROWS[1]["expansion"] + " " + ROWS[0]["expansion"]}
-  assert rows["q24"] == {"query_id": "q24", "sample_idx": 0, "expansion": ROWS[3]["expansion"] + " " + ROWS[4]["expansion"]}
+  q10 = ROWS[1]["expansion"] + " " + ROWS[0]["expansion"]
+  q24 = ROWS[3]["expansion"] + " " + ROWS[4]["expansion"]
+  assert repeats.joined_expansions(str(expansions), 2) == {"q10": [(0, q10, QUERY["q10"])], "q24": [(0, q24, None)]}
+  assert load_expansions(str(expansions), join_samples=2) == {"q10": q10, "q24": q24}
+  with pytest.raises(InputError, match="a second expansion for query 'q10'"):
+    load_expansions(str(expansions))
+  with pytest.raises(ConfigError, match="join_samples must be >= 0"):
+    load_expansions(str(expansions), join_samples=-1)
+  by_hand = tmp_path / "joined.jsonl"
+  by_hand.write_text(json.dumps({"query_id": "q10", "sample_idx": 0, "query": QUERY["q10"], "expansion": q10}) + "\n"
+                     + json.dumps({"query_id": "q24", "sample_idx": 0, "expansion": q24}) + "\n")
+  direct = repeats.run(_config(tmp_path, by_hand, candidates=(1, 2), samples_per_query=1))
+  joined = repeats.run(_config(tmp_path, expansions, candidates=(1, 2), join_samples=2))
+  assert joined["by_repeats"] == direct["by_repeats"] and joined["join_samples"] == 2
+  assert joined["samples_per_query"] == 1 and "join_samples" not in direct
   out = tmp_path / "by_k.json"
   assert aqe_by_k.main(["--data", str(demo_dir()), "--run", f"x={expansions}", "--samples", "2", "--join",
                         "--candidates", "1,2", "--out", str(out)]) == 0
-  by_k = json.loads(out.read_text())["runs"]["x"]["by_repeats"]
-  direct = repeats.run(_config(tmp_path, joined, candidates=(1, 2), samples_per_query=1))["by_repeats"]
-  assert by_k == direct and json.loads(out.read_text())["join"] is True
+  assert json.loads(out.read_text())["runs"]["x"]["by_repeats"] == direct["by_repeats"]
+  assert json.loads(out.read_text())["join"] is True
+  with pytest.raises(ConfigError, match="join_samples must be >= 0"):
+    repeats.run(_config(tmp_path, expansions, join_samples=-1))

@@ -300,8 +300,13 @@ def test_aqe_tunes_each_greedy_generators_query_weight_on_dev_queries(models, aq
   shutil.copytree(work, copy, symlinks=True)
   with pytest.raises(QgjaxError, match=r"stage 'split' already finished .*dev_queries"):
     pipeline.run(build_config(AQE_SPEC, _aqe_overrides(copy, models) + dev))
+  joined_spec = AQE_SPEC + ",test_samples=2"   # + each dev / test query's 2 aligned samples joined
+  with pytest.raises(ConfigError, match="test_samples .*tune_on_dev"):
+    pipeline.run(build_config(joined_spec, _aqe_overrides(tmp_path / "x", models)))
+  with pytest.raises(ConfigError, match="test_samples=3 needs generate_joined to sample that many"):
+    pipeline.run(build_config(joined_spec, _aqe_overrides(tmp_path / "x", models) + dev + [("test_samples", "3")]))
   w = tmp_path / "dev"
-  out = run_pipeline(AQE_SPEC, _aqe_overrides(w, models) + dev)   # the CLI, one process
+  out = run_pipeline(joined_spec, _aqe_overrides(w, models) + dev)   # the CLI, one process
   data = w / "split" / "data"
   train, devq = ({q["_id"] for q in _jsonl(data / f"queries_{side}.jsonl")} for side in ("train", "dev"))
   assert len(devq) == 3 and not train & devq
@@ -317,8 +322,41 @@ def test_aqe_tunes_each_greedy_generators_query_weight_on_dev_queries(models, aq
   best = json.loads((w / "evaluate_best_of_n" / "STAGE_DONE.json").read_text())["config"]
   assert best["aqe"]["query_repeats_file"] == str(w.resolve() / "tune_repeats" / "repeats.json")
   assert "dev queries" in open(out["report"]["markdown"]).read()
-  by = {s.name: c for s, c in stage_configs(build_config(AQE_SPEC, _aqe_overrides(w, models) + dev), STAGES)[1]}
+  by = {s.name: c for s, c in stage_configs(build_config(joined_spec, _aqe_overrides(w, models) + dev), STAGES)[1]}
   assert by["generate_dev_aligned"].model.name == str(w / "align" / "export") and by["tune_dev_base"].split == "dev"
+  assert by["generate_joined"].model.name == str(w / "align" / "export") and by["generate_joined"].sampling.num_samples == 2
+
+  # joined: 2 sampled expansions per dev / test query from the aligned generator; k chosen on dev for
+  # the joined text; evaluate_joined's run is BM25 over query x k + the two samples joined in sample order
+  from qgjax.data.beir import Corpus
+  from qgjax.evaluation.ir_metrics import read_trec_run
+  from qgjax.retrieval.bm25 import open_bm25_from_config
+  import ml_collections
+  test = {q["_id"]: q["text"] for q in _jsonl(data / "queries_test.jsonl")}
+  for stage, ids in (("generate_dev_joined", devq), ("generate_joined", set(test))):
+    recs = _records(w / stage)
+    assert {r["query_id"] for r in recs} <= ids and {r["sample_idx"] for r in recs} == {0, 1}, stage
+  tuned = json.loads((w / "tune_dev_joined" / "repeats.json").read_text())
+  assert tuned["join_samples"] == 2 and tuned["candidates"] == [1, 2, 4] and tuned["queries"] == len(
+      {r["query_id"] for r in _records(w / "generate_dev_joined")})
+  k = tuned["query_repeats"]
+  ev = json.loads((w / "evaluate_joined" / "STAGE_DONE.json").read_text())["config"]
+  assert ev["aqe"]["join_samples"] == 2 and ev["aqe"]["query_repeats_file"] == str(w.resolve() / "tune_dev_joined" / "repeats.json")
+  samples: dict = {}
+  for r in sorted(_records(w / "generate_joined"), key=lambda r: r["sample_idx"]):
+    samples.setdefault(r["query_id"], []).append(r["expansion"])
+  run = read_trec_run(w / "evaluate_joined" / "run.aqe.trec")
+  qids = sorted(run)
+  bm25 = open_bm25_from_config(Corpus(data / "corpus.jsonl"), ml_collections.ConfigDict(ev["bm25"]))
+  ref = bm25.search([" ".join([test[q]] * k + samples[q]) if q in samples else test[q] for q in qids],
+                    k=10).as_run(qids)
+  for q in qids:
+    top = sorted(run[q], key=lambda d: (-run[q][d], d))[:10]
+    assert [round(run[q][d], 4) for d in top] == [round(v, 4) for v in sorted(ref[q].values(), reverse=True)], q
+  report = json.loads(open(out["report"]["json"]).read())
+  assert [s["key"] for s in report["systems"]] == ["bm25", "base", "best_of_n", "aligned", "joined"]
+  assert report["systems"][-1]["label"] == "BM25 + aligned, 2 samples joined (rsft_then_dpo)"
+  assert [row[0] for row in report["tables"][0]["rows"]] == [s["label"] for s in report["systems"]]
 
 
 def test_aqe_two_processes_equal_one(models, aqe_run, tmp_path):

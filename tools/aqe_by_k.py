@@ -10,8 +10,9 @@ Each `--run name=<expansion records>` is measured with `qgjax.methods.aqe.repeat
 tune_repeats stage: first `--samples` expansion(s) per query, `--measure` averaged over the judged
 queries) at every k of `--candidates`; writes {name: {by_repeats, query_only, best}} and prints a table.
 `--join`: the first `--samples` expansions of a query joined into ONE expansion (sample order, one
-space apart) and searched once, the multi-sample expansion of query2doc-style methods (MuGI); with n
-joined samples the expansion is n times longer, so give `--candidates` up to ~n times the usual k.
+space apart; `repeats.joined_expansions`) and searched once, the multi-sample expansion of
+query2doc-style methods (MuGI; the AQE recipe's `test_samples`); with n joined samples the expansion is
+n times longer, so give `--candidates` up to ~n times the usual k.
 """
 
 from __future__ import annotations
@@ -23,20 +24,6 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def joined_expansions(source: str, n: int, out_path: str) -> str:
-  """Each query's first `n` expansions (lowest sample_idx first) joined into one record (sample_idx 0)
-  in `out_path` -> out_path."""
-  from qgjax.methods.aqe.repeats import sampled_expansions
-
-  with open(out_path, "w") as f:
-    for qid, rows in sampled_expansions(source, n).items():
-      rec = {"query_id": qid, "sample_idx": 0, "expansion": " ".join(text for _, text, _ in rows)}
-      if rows[0][2] is not None:
-        rec["query"] = rows[0][2]
-      f.write(json.dumps(rec) + "\n")
-  return out_path
 
 
 def main(argv=None) -> int:
@@ -58,12 +45,10 @@ def main(argv=None) -> int:
   out = {}
   for name, path in runs.items():
     with tempfile.TemporaryDirectory() as tmp:
-      samples = args.samples
-      if args.join:
-        path, samples = joined_expansions(path, args.samples, os.path.join(tmp, "joined.jsonl")), 1
       cfg = build_config(os.path.join(os.path.dirname(__file__), "..", "configs", "repeats.py"), [
           ("input", path), ("data_dir", args.data), ("split", args.split), ("workdir", tmp),
-          ("candidates", args.candidates), ("samples_per_query", str(samples)), ("measure", args.measure)])
+          ("candidates", args.candidates), ("samples_per_query", str(args.samples)),
+          ("join_samples", str(args.samples if args.join else 0)), ("measure", args.measure)])
       r = repeats.run(cfg)
     out[name] = {"by_repeats": r["by_repeats"], "query_only": r["query_only"], "best": r["query_repeats"],
                  "queries": r["queries"], "input": r["input"]}

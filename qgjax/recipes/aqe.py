@@ -19,6 +19,11 @@ generate_dev_base / generate_dev_aligned (one greedy expansion per dev query) ->
 tune_dev_aligned (the query's repeat count for that generator's own expansions, chosen on the dev
 queries), and evaluate_base / score_base and evaluate_aligned / score_aligned search with it: an
 aligned expansion is better than the unaligned samples tune_repeats sees, so its best weight differs.
+
+test_samples = N > 0 (with tune_on_dev): generate_dev_joined / generate_joined (N sampled expansions per
+dev / test query from the aligned generator, the generate_sampled settings) -> tune_dev_joined (k for
+each query's N samples joined into one expansion, on the dev queries) -> evaluate_joined (BM25 over
+query x k + the joined samples): MuGI / query2doc-style multi-sample expansion, the report's last row.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ METHODS = {"rsft": ("rsft.jsonl", "rsft"), "dpo": ("pairs.jsonl", "dpo"), "rsft_
 SYSTEMS = (System("bm25", "BM25 (query only)", "evaluate_bm25", "bm25"),
            System("base", "BM25 + unaligned greedy expansion", "evaluate_base", "aqe"),
            System("best_of_n", "BM25 + best of N (filter: {criterion})", "evaluate_best_of_n", "aqe"),
-           System("aligned", "BM25 + aligned greedy expansion ({method})", "evaluate_aligned", "aqe"))
+           System("aligned", "BM25 + aligned greedy expansion ({method})", "evaluate_aligned", "aqe"),
+           System("joined", "BM25 + aligned, {test_samples} samples joined ({method})", "evaluate_joined", "aqe"))
 PAID = {"bm25": (), "base": ("generate_base",), "best_of_n": ("generate_sampled", "select"),
-        "aligned": ("generate_aligned",)}   # test-time stages whose cost each system pays
+        "aligned": ("generate_aligned",), "joined": ("generate_joined",)}   # test-time stages each system pays
 ISOLATED = frozenset({"generate_base", "generate_aligned", "generate_sampled", "select", "evaluate_bm25",
-                      "evaluate_base", "evaluate_best_of_n", "evaluate_aligned"})
+                      "evaluate_base", "evaluate_best_of_n", "evaluate_aligned", "generate_joined",
+                      "evaluate_joined"})
 
 
 def _generate(side: str, model):
@@ -99,18 +106,21 @@ def _tune_repeats(p, at):
 
 
 _on_dev = lambda p: bool(p.tune_on_dev)
+_joined = lambda p: int(p.get("test_samples", 0) or 0) > 0
 
 
-def _tune_dev(source: str):
-  """The repeat count for one generator's greedy expansions of the dev queries."""
+def _tune_dev(source: str, join: bool = False):
+  """The repeat count for one generator's greedy expansions of the dev queries (`join`: for each query's
+  test_samples sampled expansions joined into one)."""
   def wire(p, at):
     return {"input": at(source), "data_dir": split_data(at), "workdir": at("self"), "split": "dev",
-            "samples_per_query": 1}
+            "samples_per_query": 1, **({"join_samples": int(p.test_samples)} if join else {})}
   return wire
 
 
 def _greedy_repeats(tune_stage: str):
-  """The repeat count a greedy system searches with: its own dev-tuned one (tune_on_dev), else the recipe's."""
+  """The repeat count a greedy (or joined) system searches with: its own dev-tuned one (tune_on_dev), else
+  the recipe's."""
   def repeats(p, at) -> dict:
     if _on_dev(p):
       return {"aqe.query_repeats_file": os.path.join(at(tune_stage), "repeats.json")}
@@ -149,13 +159,15 @@ def _select(p, at):
   return {"input": at("generate_sampled"), "workdir": at("self")}
 
 
-def _evaluate(expansions, repeats=_repeats):
+def _evaluate(expansions, repeats=_repeats, join: bool = False):
   def wire(p, at):
     out = {"data_dir": split_data(at), "split": "test", "workdir": at("self"),
            "retriever": "bm25" if expansions is None else "aqe"}
     if expansions is not None:
       out["aqe.input"] = expansions(at)
       out.update(repeats(p, at))
+    if join:
+      out["aqe.join_samples"] = int(p.test_samples)
     return out
   return wire
 
@@ -164,6 +176,7 @@ _base = lambda p, at: p.generator
 _aligned = lambda p, at: os.path.join(at("align"), "export")
 _selected = lambda at: os.path.join(at("select"), "selected.jsonl")
 _GREEDY, _SAMPLED = ("generate", "generate_greedy"), ("generate", "generate_sampled")
+_JOINED = ("generate", "generate_sampled", "generate_joined")
 
 STAGES: tuple[Stage, ...] = (
     SPLIT,
@@ -185,8 +198,14 @@ STAGES: tuple[Stage, ...] = (
           has_file("repeats.json"), when=_on_dev),
     Stage("tune_dev_aligned", jobs.AQE_REPEATS, ("tune_dev",), ("generate_dev_aligned",),
           _tune_dev("generate_dev_aligned"), has_file("repeats.json"), when=_on_dev),
+    Stage("generate_dev_joined", jobs.GENERATE, _JOINED, ("split", "align"), _generate("dev", _aligned),
+          has_sharded(), when=_joined),
+    Stage("tune_dev_joined", jobs.AQE_REPEATS, ("tune_joined",), ("generate_dev_joined",),
+          _tune_dev("generate_dev_joined", join=True), has_file("repeats.json"), when=_joined),
     Stage("generate_sampled", jobs.GENERATE, _SAMPLED, ("split",), _generate("test", _base), has_sharded()),
     Stage("select", jobs.AQE_SELECT, ("select",), ("generate_sampled",), _select, has_file("selected.jsonl")),
+    Stage("generate_joined", jobs.GENERATE, _JOINED, ("split", "align"), _generate("test", _aligned), has_sharded(),
+          when=_joined),
     Stage("evaluate_bm25", jobs.EVALUATE, ("evaluate",), ("split",), _evaluate(None), has_file("metrics.json")),
     Stage("evaluate_base", jobs.EVALUATE, ("evaluate",), ("generate_base", "tune_repeats", "tune_dev_base"),
           _evaluate(lambda at: at("generate_base"), _greedy_repeats("tune_dev_base")), has_file("metrics.json")),
@@ -194,6 +213,9 @@ STAGES: tuple[Stage, ...] = (
           has_file("metrics.json")),
     Stage("evaluate_aligned", jobs.EVALUATE, ("evaluate",), ("generate_aligned", "tune_repeats", "tune_dev_aligned"),
           _evaluate(lambda at: at("generate_aligned"), _greedy_repeats("tune_dev_aligned")), has_file("metrics.json")),
+    Stage("evaluate_joined", jobs.EVALUATE, ("evaluate",), ("generate_joined", "tune_dev_joined"),
+          _evaluate(lambda at: at("generate_joined"), _greedy_repeats("tune_dev_joined"), join=True),
+          has_file("metrics.json"), when=_joined),
     Stage("score_base", jobs.SCORE, ("score",), ("generate_base", "tune_repeats", "tune_dev_base"),
           _score("generate_base", "test", _greedy_repeats("tune_dev_base")), has_sharded("scored")),
     Stage("score_aligned", jobs.SCORE, ("score",), ("generate_aligned", "tune_repeats", "tune_dev_aligned"),
@@ -220,6 +242,15 @@ def _check(config, by: dict) -> None:
     if not (s.temperature == 0.0 and s.num_samples == 1 and s.num_beams == 1):
       raise ConfigError(f"aqe: stage {name} must decode greedily (generate_greedy.set: temperature=0, "
                         f"num_samples=1, num_beams=1)")
+  if _joined(config):
+    if not _on_dev(config):
+      raise ConfigError("aqe: test_samples (joined samples) chooses its k on dev queries: set tune_on_dev=True "
+                        "and split.set.dev_queries")
+    s = by["generate_joined"].sampling
+    if s.num_samples != int(config.test_samples) or not s.temperature > 0.0:
+      raise ConfigError(f"aqe: test_samples={config.test_samples} needs generate_joined to sample that many "
+                        f"(temperature > 0; it has num_samples={s.num_samples}, temperature={s.temperature}): "
+                        f"set it as the config argument, configs/aqe.py:...,test_samples={config.test_samples}")
 
 
 def _cost(results: dict, stages: tuple[str, ...], evaluate: str, system: str, metrics: dict) -> dict:
@@ -242,13 +273,14 @@ def _rewards(workdir: pathlib.Path) -> dict[str, list[float]]:
 
 
 def _label_args(config, results: dict) -> dict:
-  return {"criterion": results["select"].get("criterion", ""), "method": config.method}
+  return {"criterion": results["select"].get("criterion", ""), "method": config.method,
+          "test_samples": config.get("test_samples", 0)}
 
 
 def _tables(config, workdir: pathlib.Path, results: dict, metrics: dict) -> list:
   args = _label_args(config, results)
   costs = []
-  for s in SYSTEMS:
+  for s in (s for s in SYSTEMS if s.stage in results):
     c = _cost(results, PAID[s.key], s.stage, s.system, metrics[s.stage])
     costs.append([s.label.format(**args)] + [f"{c[k]:.1f}" if c[k] is not None else "-"
                                              for k in ("expansion_s", "sampling_s", "retrieval_s", "peak_rss_mb")])
@@ -269,10 +301,11 @@ def _repeats_info(config, results: dict) -> str:
     scores = ", ".join(f"{k}: {v:.4f}" for k, v in tuned.get("by_repeats", {}).items())
     out = (f"{tuned.get('query_repeats')} (tuned on {tuned.get('queries')} training queries, {tuned.get('measure')} "
            f"by k: {scores}; the query alone {tuned.get('query_only', 0.0):.4f}){during}")
-  for side in ("base", "aligned"):
+  for side in ("base", "aligned", "joined"):
     dev = results.get(f"tune_dev_{side}")
+    what = f"{dev.get('join_samples')} aligned samples joined" if side == "joined" and dev else f"greedy {side} expansions"
     if dev:
-      out += (f"; greedy {side} expansions: {dev.get('query_repeats')} (tuned on {dev.get('queries')} dev queries, "
+      out += (f"; {what}: {dev.get('query_repeats')} (tuned on {dev.get('queries')} dev queries, "
               f"{dev.get('by_repeats', {}).get(str(dev.get('query_repeats')), 0.0):.4f} vs the query alone "
               f"{dev.get('query_only', 0.0):.4f})")
   return out

@@ -16,11 +16,8 @@ K=1,2,4,6,8,12,16,24,32,48,64,96,128
 for which in aligned unaligned; do
   src=$O/sampled_aligned_test; [ $which = aligned ] || src=$W/generate_sampled
   k=$(python3 -c "import json; print(json.load(open('$HERE/dev_by_k.json'))['runs']['${which}_x8']['best'])")
-  .venv/bin/python -c "
-import sys; sys.path.insert(0, 'tools'); import aqe_by_k
-aqe_by_k.joined_expansions('$src', 8, '$O/joined_${which}_test.jsonl')"
   .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=$D --config.split=test --config.retriever=aqe \
-    --config.aqe.input=$O/joined_${which}_test.jsonl --config.aqe.query_repeats=$k \
+    --config.aqe.input=$src --config.aqe.join_samples=8 --config.aqe.query_repeats=$k \
     --config.measures=nDCG@10,R@100 --config.workdir=$O/evaluate_${which}_x8
 done
 .venv/bin/python tools/compare_runs.py --data $D --split test \

@@ -8,7 +8,9 @@ collection and the generator, so it is chosen here, on training queries only: fo
 `candidates`, each training query's first `samples_per_query` sampled expansions (the generate_train
 records, lowest sample_idx first) are searched as `aqe_text(query, expansion, k)`; `measure` is
 averaged over a query's samples, then over the queries judged in `<data_dir>/qrels/<split>.tsv`. The
-best k wins (ties: the smaller). The query alone is measured too, for the record.
+best k wins (ties: the smaller). The query alone is measured too, for the record. With `join_samples`
+= n > 0 each query's first n expansions are joined into one (`joined_expansions`) and searched once:
+the joined text is ~n times longer, so its k is ~n times larger (give candidates to match).
 
 Output <workdir>/repeats.json: {query_repeats, measure, by_repeats {k: value}, query_only, queries,
 samples_per_query, candidates}. The recipe's later stages read `query_repeats` from it at run time
@@ -67,6 +69,13 @@ def sampled_expansions(source: str, samples_per_query: int) -> dict[str, list[tu
   return {q: sorted(v, key=lambda row: row[0])[:samples_per_query] for q, v in out.items()}
 
 
+def joined_expansions(source: str, n: int) -> dict[str, list[tuple[int, str, str | None]]]:
+  """query id -> one row (0, its first `n` expansions joined, lowest sample_idx first, one space apart,
+  query text or None): the multi-sample expansion of query2doc-style methods (MuGI), searched once."""
+  return {q: [(0, " ".join(text for _, text, _ in rows), rows[0][2])]
+          for q, rows in sampled_expansions(source, n).items()}
+
+
 def search_measure(retriever: Any, searches: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
                    measure: str, depth: int) -> dict[str, float]:
   """`measure` of each search: keys "<query id>\t<anything>" -> BM25 text; each is judged by its query's
@@ -96,11 +105,14 @@ def run(config) -> dict:
   samples = int(config.samples_per_query)
   if samples < 1:
     raise ConfigError(f"tune_repeats.samples_per_query must be >= 1; got {samples}")
+  join = int(config.get("join_samples", 0))
+  if join < 0:
+    raise ConfigError(f"tune_repeats.join_samples must be >= 0 (0 = search each sample apart); got {join}")
   parse_measure(config.measure)
   data_dir = storage.as_path(config.data_dir)
   corpus = Corpus(data_dir / "corpus.jsonl")
   qrels = load_qrels(data_dir / "qrels" / f"{config.split}.tsv", doc_ids=corpus, min_grade=1)
-  expansions = sampled_expansions(config.input, samples)
+  expansions = joined_expansions(config.input, join) if join else sampled_expansions(config.input, samples)
   unknown = sorted(set(expansions) - set(qrels))
   if unknown:
     raise InputError(f"{len(unknown)} expansion queries are not judged in qrels/{config.split}.tsv "
@@ -134,8 +146,8 @@ def run(config) -> dict:
   best = max(candidates, key=lambda k: (by_repeats[k], -k))
   result = {"query_repeats": best, "measure": config.measure,
             "by_repeats": {str(k): round(v, 6) for k, v in by_repeats.items()},
-            "query_only": round(query_only, 6), "queries": len(expansions), "samples_per_query": samples,
-            "candidates": candidates, "input": storage.absolute(str(config.input))}
+            "query_only": round(query_only, 6), "queries": len(expansions), "samples_per_query": 1 if join else samples,
+            **({"join_samples": join} if join else {}), "candidates": candidates, "input": storage.absolute(str(config.input))}
   ensure_dir(out_dir)
   write_json_atomic(out_dir / OUTPUT, result)
   log.info("tune_repeats: query_repeats=%d (%s %.4f; the query alone %.4f)", best, config.measure,
