@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# The n = 4 run's aligned generator, 8 sampled expansions per query joined into one (run.sh's gen.sh
+# The n = 4 run's aligned generator, N (default 4) sampled expansions per query joined into one (run.sh's gen.sh
 # outputs): k chosen on the 300 dev queries, the 323 test queries searched at that k, BM25 alone beside
 # it, paired tests. Reads $W (the run) and $W/multi; writes this folder's JSON files.
 set -e
 cd "$(dirname "$0")/../../.."
-W=${W:-/work/runs/aqe_n4_joined}; O=$W/multi; D=$W/split/data; HERE=docs/runs/aqe_n4_joined
+W=${W:-/work/runs/aqe_n4_joined}; O=$W/multi; D=$W/split/data; HERE=docs/runs/aqe_n4_joined; N=${N:-4}
 K=1,2,4,6,8,12,16,24,32,48,64,96,128
-dev_runs="--run aligned_x8=$O/sampled_aligned_dev"
+dev_runs="--run aligned_x$N=$O/sampled_aligned_dev"
 if grep -qs '"complete": true' "$O/sampled_base_dev/manifest.json"; then   # the base generator's, when sampled
-  dev_runs="$dev_runs --run unaligned_x8=$O/sampled_base_dev"
+  dev_runs="$dev_runs --run unaligned_x$N=$O/sampled_base_dev"
 fi
-.venv/bin/python tools/aqe_by_k.py --data $D --split dev --join --samples 8 --candidates $K $dev_runs --out $HERE/dev_by_k.json
-.venv/bin/python tools/aqe_by_k.py --data $D --split test --join --samples 8 --candidates $K \
-  --run aligned_x8=$O/sampled_aligned_test --out $HERE/test_by_k.json
-k=$(python3 -c "import json; print(json.load(open('$HERE/dev_by_k.json'))['runs']['aligned_x8']['best'])")
+.venv/bin/python tools/aqe_by_k.py --data $D --split dev --join --samples $N --candidates $K $dev_runs --out $HERE/dev_by_k.json
+.venv/bin/python tools/aqe_by_k.py --data $D --split test --join --samples $N --candidates $K \
+  --run aligned_x$N=$O/sampled_aligned_test --out $HERE/test_by_k.json
+k=$(python3 -c "import json; print(json.load(open('$HERE/dev_by_k.json'))['runs']['aligned_x$N']['best'])")
 .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=$D --config.split=test --config.retriever=bm25 \
   --config.measures=nDCG@10,R@100,Success@1,Success@5,Success@20 --config.workdir=$O/evaluate_bm25
 .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=$D --config.split=test --config.retriever=aqe \
-  --config.aqe.input=$O/sampled_aligned_test --config.aqe.join_samples=8 --config.aqe.query_repeats=$k \
-  --config.measures=nDCG@10,R@100,Success@1,Success@5,Success@20 --config.workdir=$O/evaluate_aligned_x8
+  --config.aqe.input=$O/sampled_aligned_test --config.aqe.join_samples=$N --config.aqe.query_repeats=$k \
+  --config.measures=nDCG@10,R@100,Success@1,Success@5,Success@20 --config.workdir=$O/evaluate_aligned_x$N
 .venv/bin/python tools/compare_runs.py --data $D --split test \
-  --run bm25=$O/evaluate_bm25/run.bm25.trec --run aligned_x8=$O/evaluate_aligned_x8/run.aqe.trec \
+  --run bm25=$O/evaluate_bm25/run.bm25.trec --run aligned_x$N=$O/evaluate_aligned_x$N/run.aqe.trec \
   --measure nDCG@10 --measure R@100 --out $HERE/significance.json
-cp $O/evaluate_bm25/metrics.json $HERE/metrics_bm25.json; cp $O/evaluate_aligned_x8/metrics.json $HERE/metrics_aligned_x8.json
+cp $O/evaluate_bm25/metrics.json $HERE/metrics_bm25.json; cp $O/evaluate_aligned_x$N/metrics.json $HERE/metrics_aligned_x$N.json

@@ -2,7 +2,7 @@
 # AQE on NFCorpus, n = 4 sampled expansions for all 2,290 non-dev training queries, the nDCG@10 reward at
 # query weight 1, RSFT+DPO for one epoch (the settings of the reward_ndcg run, whose greedy expansion gave
 # +0.96 nDCG@10 over BM25), with 300 training queries set apart as dev queries (the split of the n = 8
-# runs: same dev and test queries) so each system's test-time k is chosen on dev. Then 8 sampled
+# runs: same dev and test queries) so each system's test-time k is chosen on dev. Then 4 sampled
 # expansions of the aligned generator for the dev and test queries, joined (docs/runs/aqe_n8_multi/gen.sh
 # with W/O set). Resumable: rerun the script.
 #   bash docs/runs/aqe_n4_joined/run.sh                 # to align, then the joined samples
@@ -17,4 +17,6 @@ nice -n 5 .venv/bin/qgjax pipeline --config configs/aqe.py:method=rsft_dpo,n=4 \
   --config.score.set.reward=bm25_ndcg --config.pairs.set.rsft.min_reward=0.000001 \
   --config.align.set.num_epochs=1.0 --config.tune_on_dev=True --config.until=align "$@"
 case " $* " in *" --config.until="*) exit 0 ;; esac
-W="$WORKDIR" O="$WORKDIR/multi" bash docs/runs/aqe_n8_multi/gen.sh
+# 4 samples joined: the n = 8 half run's generator gave the same test nDCG@10 at the dev-chosen k with the
+# first 4 as with 8 (docs/runs/aqe_n8_multi/by_samples), at half the sampling
+N=4 WHICH="aligned_test aligned_dev" W="$WORKDIR" O="$WORKDIR/multi" bash docs/runs/aqe_n8_multi/gen.sh
