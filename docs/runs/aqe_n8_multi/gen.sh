@@ -20,6 +20,7 @@ for w in $WHICH; do
     aligned_test) gen $W/align/export test $O/sampled_aligned_test ;;
     aligned_dev) gen $W/align/export dev $O/sampled_aligned_dev ;;
     base_dev) gen smollm2-135m-instruct dev $O/sampled_base_dev ;;
+    base_test) gen smollm2-135m-instruct test $O/sampled_base_test ;;   # the runs' generate_sampled, when n >= N
     *) echo "gen.sh: unknown output '$w' in WHICH" >&2; exit 2 ;;
   esac
 done
