@@ -7,11 +7,13 @@
 # expansions of the aligned generator for the dev and test queries, joined (docs/runs/aqe_n8_multi/gen.sh
 # with W/O set). Resumable: rerun the script.
 #   bash docs/runs/aqe_n4_joined/run.sh                 # to align, then the joined samples
-#   bash docs/runs/aqe_n4_joined/run.sh --config.until= # the recipe's own test-time stages
+#   TEST_SAMPLES=4 bash docs/runs/aqe_n4_joined/run.sh --config.until=   # the recipe's own test-time stages,
+#   with its joined system (seed generate_joined / generate_dev_joined / generate_sampled from gen.sh's outputs
+#   with tools/seed_generation.py first to skip sampling them again)
 set -e
 cd "$(dirname "$0")/../../.."
 WORKDIR=${WORKDIR:-/work/runs/aqe_n4_joined}
-nice -n 5 .venv/bin/qgjax pipeline --config configs/aqe.py:method=rsft_dpo,n=4 \
+nice -n 5 .venv/bin/qgjax pipeline --config configs/aqe.py:method=rsft_dpo,n=4,test_samples=${TEST_SAMPLES:-0} \
   --config.workdir="$WORKDIR" --config.data_dir=../shared/data/nfcorpus \
   --config.split.set.dev_queries=300 \
   --config.reward_query_repeats=1 --config.score.set.rewards=bm25_rank,bm25_ndcg \
