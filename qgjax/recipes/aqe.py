@@ -303,8 +303,8 @@ def _repeats_info(config, results: dict) -> str:
            f"by k: {scores}; the query alone {tuned.get('query_only', 0.0):.4f}){during}")
   for side in ("base", "aligned", "joined"):
     dev = results.get(f"tune_dev_{side}")
-    what = f"{dev.get('join_samples')} aligned samples joined" if side == "joined" and dev else f"greedy {side} expansions"
     if dev:
+      what = f"{dev.get('join_samples')} aligned samples joined" if side == "joined" else f"greedy {side} expansions"
       out += (f"; {what}: {dev.get('query_repeats')} (tuned on {dev.get('queries')} dev queries, "
               f"{dev.get('by_repeats', {}).get(str(dev.get('query_repeats')), 0.0):.4f} vs the query alone "
               f"{dev.get('query_only', 0.0):.4f})")

@@ -146,8 +146,9 @@ def run(config) -> dict:
   best = max(candidates, key=lambda k: (by_repeats[k], -k))
   result = {"query_repeats": best, "measure": config.measure,
             "by_repeats": {str(k): round(v, 6) for k, v in by_repeats.items()},
-            "query_only": round(query_only, 6), "queries": len(expansions), "samples_per_query": 1 if join else samples,
-            **({"join_samples": join} if join else {}), "candidates": candidates, "input": storage.absolute(str(config.input))}
+            "query_only": round(query_only, 6), "queries": len(expansions),
+            "samples_per_query": 1 if join else samples, **({"join_samples": join} if join else {}),
+            "candidates": candidates, "input": storage.absolute(str(config.input))}
   ensure_dir(out_dir)
   write_json_atomic(out_dir / OUTPUT, result)
   log.info("tune_repeats: query_repeats=%d (%s %.4f; the query alone %.4f)", best, config.measure,
