@@ -273,6 +273,8 @@ def test_tiny_aqe_recipe(models, aqe_run):
   assert all(st["max"] <= -1 and 0 < st["count"] <= len(test) for st in report["reward"]["stats"].values())
   md = open(first["report"]["markdown"]).read()
   assert "## Test-time cost" in md and "| BM25 (query only) |" in md
+  kept = len(_records(work / "generate_train")) / len(train)   # empty expansions are dropped, so N or fewer
+  assert report["info"]["expansions per training query (N)"] == f"4 sampled, {kept:.2f} kept on average"
 
   again = _in_process(spec, over)   # in this process: a second interpreter would only re-import jax
   assert again["ran"] == [] and again["skipped"] == names and again["systems"] == first["systems"]

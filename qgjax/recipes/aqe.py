@@ -311,6 +311,13 @@ def _repeats_info(config, results: dict) -> str:
   return out
 
 
+def _samples_info(config, results: dict) -> str:
+  """N as configured and the mean number of expansions a training query kept (post-processing drops empties)."""
+  sampling = config.generate.get("set", {}).get("sampling", {})
+  kept = results["generate_train"].get("records", 0) / max(int(results["split"].get("train_queries") or 1), 1)
+  return f"{sampling.get('num_samples', '?')} sampled, {kept:.2f} kept on average"
+
+
 def _info(config, results: dict) -> dict:
   split = results["split"]
   final = results["align"].get("final", {})
@@ -318,8 +325,7 @@ def _info(config, results: dict) -> dict:
   return {"recipe": "aqe", "data_dir": split.get("source"), "split": split.get("how"),
           "training queries": split.get("train_queries"), "test queries": split.get("test_queries"),
           "generator": config.generator, "method": config.method,
-          "expansions per training query (N)": int(results["generate_train"].get("records", 0)
-                                                    // max(int(split.get("train_queries") or 1), 1)),
+          "expansions per training query (N)": _samples_info(config, results),
           "expansion records (train)": results["generate_train"].get("records"),
           "preference pairs": results["pairs"].get("pairs"), "RSFT records": results["pairs"].get("rsft"),
           "mean train reward (all / best / chosen / rejected)": [
