@@ -9,7 +9,8 @@
 #    rejected ones and its held-out reward margin was ~2 at step 20, so ~0.6 of it comes free.
 # Otherwise the sizes of docs/runs/dpo_qg_full_bm25 (pool 500 docs x 5, 2 pairs a document, 1 query for each
 # of the other 3,133 documents, MiniLM InfoNCE one epoch) with 20 DPO steps (held-out accuracy was flat from
-# step 20 there), and the pipeline's equal-budget control. Resumable: rerun the script. ~2 h on 2 cores.
+# step 20 there), and the pipeline's equal-budget control. Resumable: rerun the script. ~2.7 h on 2 cores
+# (9,566 s of stage time on 2026-12-07 without the equal-budget control, --config.equal_budget=False).
 set -e
 cd "$(dirname "$0")/../../.."
 export QGJAX_HUGE_PAGES=${QGJAX_HUGE_PAGES:-1}
