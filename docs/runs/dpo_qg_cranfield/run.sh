@@ -13,7 +13,7 @@ export QGJAX_HUGE_PAGES=${QGJAX_HUGE_PAGES:-1}
 WORKDIR=${WORKDIR:-/work/runs/dpo_qg_cranfield}
 # Cranfield's documents 471 and 995 have neither title nor text, which the corpus reader refuses: a copy without
 # them (and without the one qrel, query 125 -> 995, that points at an empty document).
-DATA=$WORKDIR/data
+DATA=${DATA:-$WORKDIR/data}
 if [ ! -f "$DATA/qrels/test.tsv" ]; then
   mkdir -p "$DATA/qrels"
   .venv/bin/python - ../shared/data/cranfield "$DATA" <<'PY'

@@ -1,6 +1,7 @@
 """Copying and retention of the probe's queries (probe.sh): per generator (base, aligned), the means of
 qgjax.evaluation.query_quality.lexical_copying, retention@1/10/100 of the source document by each retriever
-of the score stage (its `ranks`), and the mean of each reward. python copying.py <probe dir> -> JSON on stdout."""
+of the score stage (its `ranks`), and the mean of each reward.
+python copying.py <probe dir> [<corpus.jsonl>, default NFCorpus's] -> JSON on stdout."""
 import json
 import os
 import sys
@@ -13,8 +14,8 @@ from qgjax.data.records import iter_records  # noqa: E402
 from qgjax.evaluation.query_quality import lexical_copying  # noqa: E402
 
 probe = sys.argv[1]
-corpus = Corpus(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "shared", "data",
-                             "nfcorpus", "corpus.jsonl"))
+corpus = Corpus(sys.argv[2] if len(sys.argv) > 2 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "shared", "data", "nfcorpus", "corpus.jsonl"))
 out = {}
 for which in ("base", "aligned"):
   recs = [r for _, _, r in iter_records(os.path.join(probe, f"score_{which}", "scored"))]
