@@ -17,16 +17,10 @@ DATA=${DATA:-$WORKDIR/data}
 if [ ! -f "$DATA/qrels/test.tsv" ]; then
   mkdir -p "$DATA/qrels"
   .venv/bin/python - ../shared/data/cranfield "$DATA" <<'PY'
-import json, sys, pathlib
+import sys, pathlib
+from qgjax.jobs.split import _link_corpus   # the split stage's copy of a corpus without its empty documents
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-empty = set()
-with open(src / "corpus.jsonl") as f, open(dst / "corpus.jsonl", "w") as out:
-  for line in f:
-    d = json.loads(line)
-    if (d.get("title") or "").strip() or (d.get("text") or "").strip():
-      out.write(line)
-    else:
-      empty.add(d["_id"])
+empty = set(_link_corpus(src / "corpus.jsonl", dst / "corpus.jsonl"))
 (dst / "queries.jsonl").write_bytes((src / "queries.jsonl").read_bytes())
 rows = (src / "qrels" / "test.tsv").read_text().splitlines(keepends=True)
 (dst / "qrels" / "test.tsv").write_text("".join(r for r in rows if r.split("\t")[1] not in empty))
