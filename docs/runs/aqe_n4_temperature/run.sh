@@ -14,13 +14,7 @@ cd "$(dirname "$0")/../../.."
 W=${W:-/work/runs/aqe_n4_joined}; O=${O:-/work/runs/aqe_n4_temperature}; D=$W/split/data; HERE=docs/runs/aqe_n4_temperature
 N=4; TEMPS=${TEMPS:-0.3 0.5 0.7}; K=1,2,4,6,8,12,16,24,32,48,64,96,128
 MEASURES=nDCG@10,R@100,Success@1,Success@5,Success@20
-gen() {  # model split temperature output
-  nice -n 5 .venv/bin/qgjax generate --config configs/generate.py:mode=expansion --config.model.name="$1" \
-    --config.data.corpus=$D --config.data.split="$2" --config.data.queries=$D/queries_$2.jsonl \
-    --config.batch_size=8 --config.buckets=128,192,256 --config.sampling.num_samples=$N --config.sampling.temperature="$3" \
-    --config.sampling.top_k=50 --config.sampling.top_p=0.95 --config.sampling.max_new_tokens=64 --config.sampling.seed=0 \
-    --config.print_examples=0 --config.output_dir="$4"
-}
+gen() { W=$W bash $HERE/sample.sh "$1" "$2" "$3" $N "$4"; }   # model split temperature output
 runs="--run t1.0=$W/multi/sampled_aligned_dev"
 for t in $TEMPS; do
   gen $W/align/export dev $t $O/aligned_dev_t$t

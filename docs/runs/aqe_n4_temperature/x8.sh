@@ -8,13 +8,7 @@ set -e
 cd "$(dirname "$0")/../../.."
 W=${W:-/work/runs/aqe_n4_joined}; O=${O:-/work/runs/aqe_n4_temperature}; D=$W/split/data; HERE=docs/runs/aqe_n4_temperature
 T=${T:-0.7}; N=8; K=1,2,4,6,8,12,16,24,32,48,64,96,128; MEASURES=nDCG@10,R@100,Success@1,Success@5,Success@20
-gen() {  # split output
-  nice -n 5 .venv/bin/qgjax generate --config configs/generate.py:mode=expansion --config.model.name=$W/align/export \
-    --config.data.corpus=$D --config.data.split="$1" --config.data.queries=$D/queries_$1.jsonl \
-    --config.batch_size=8 --config.buckets=128,192,256 --config.sampling.num_samples=$N --config.sampling.temperature=$T \
-    --config.sampling.top_k=50 --config.sampling.top_p=0.95 --config.sampling.max_new_tokens=64 --config.sampling.seed=0 \
-    --config.print_examples=0 --config.output_dir="$2"
-}
+gen() { W=$W bash $HERE/sample.sh $W/align/export "$1" $T $N "$2"; }   # split output
 gen dev $O/aligned_dev_t${T}_x$N
 .venv/bin/python tools/aqe_by_k.py --data $D --split dev --join --samples $N --candidates $K \
   --run t${T}_x$N=$O/aligned_dev_t${T}_x$N --out $HERE/dev_by_k_x$N.json
