@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # N sampled expansions per query of one split at temperature T (top-k 50, top-p 0.95, 64 new tokens, seed 0: the AQE
-# recipe's generate_sampled settings but T) into OUT; resumable. Used by run.sh and x8.sh; reads W (the run).
+# recipe's generate_sampled settings but T) into OUT; resumable.
+# Used by run.sh, x8.sh and ../aqe_n8_multi/gen.sh (T = 1); reads W (the run).
 #   W=/work/runs/aqe_n4_joined bash docs/runs/aqe_n4_temperature/sample.sh MODEL SPLIT T N OUT
 set -e
 cd "$(dirname "$0")/../../.."

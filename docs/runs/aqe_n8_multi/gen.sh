@@ -8,13 +8,7 @@ cd "$(dirname "$0")/../../.."
 # N (samples per query, default 8) and WHICH (default: all three outputs) narrow it, e.g.
 #   N=4 WHICH="aligned_test aligned_dev" W=... O=... bash docs/runs/aqe_n8_multi/gen.sh
 W=${W:-/work/runs/aqe_n8}; O=${O:-/work/runs/aqe_n8_multi}; N=${N:-8}; WHICH=${WHICH:-aligned_test aligned_dev base_dev}
-gen() {  # model split output
-  .venv/bin/qgjax generate --config configs/generate.py:mode=expansion --config.model.name="$1" \
-    --config.data.corpus=$W/split/data --config.data.split="$2" --config.data.queries=$W/split/data/queries_$2.jsonl \
-    --config.batch_size=8 --config.buckets=128,192,256 --config.sampling.num_samples=$N --config.sampling.temperature=1.0 \
-    --config.sampling.top_k=50 --config.sampling.top_p=0.95 --config.sampling.max_new_tokens=64 --config.sampling.seed=0 \
-    --config.print_examples=0 --config.output_dir="$3"
-}
+gen() { W=$W bash docs/runs/aqe_n4_temperature/sample.sh "$1" "$2" 1.0 $N "$3"; }   # model split output (T = 1)
 for w in $WHICH; do
   case $w in
     aligned_test) gen $W/align/export test $O/sampled_aligned_test ;;

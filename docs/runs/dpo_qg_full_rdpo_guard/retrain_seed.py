@@ -13,9 +13,13 @@ import sys
 import ml_collections
 
 from qgjax.jobs import train
+from qgjax.pipeline.markers import read_marker
 
 src, out, seed = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-cfg = ml_collections.ConfigDict(json.loads((src / "STAGE_DONE.json").read_text())["config"])
+marker = read_marker(src)
+if marker is None:
+  sys.exit(f"{src}: not a finished pipeline stage (no STAGE_DONE.json)")
+cfg = ml_collections.ConfigDict(marker["config"])
 cfg.seed = seed
 cfg.workdir = str(out)
 cfg.export.dir = str(out / "export")
