@@ -7,18 +7,15 @@ generator's samples, round 2's the round-1 policy's: how far round 1 moved the p
 """
 import argparse
 import collections
-import glob
 import json
-import os
+
+from qgjax.data.records import iter_records
 
 
 def rewards_by_query(scored_dir: str) -> dict[str, list[float]]:
   by_query = collections.defaultdict(list)
-  for path in sorted(glob.glob(os.path.join(scored_dir, "shard-*.jsonl"))):
-    with open(path) as f:
-      for line in f:
-        r = json.loads(line)
-        by_query[r["query_id"]].append(float(r["reward"]))
+  for _, _, r in iter_records(scored_dir):
+    by_query[r["query_id"]].append(float(r["reward"]))
   return by_query
 
 
