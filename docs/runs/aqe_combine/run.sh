@@ -4,7 +4,7 @@
 # generator's at T = 0.7 (docs/runs/aqe_n4_temperature), round 2's at T = 0.5 (docs/runs/aqe_round2):
 #  - union: two or three generators' samples joined into one text (8 or 12 samples);
 #  - consensus M: one generator's 4 samples joined, keeping the words whose stem >= M of them wrote.
-#   bash docs/runs/aqe_combine/run.sh      # ~3 min (BM25 only)
+#   bash docs/runs/aqe_combine/run.sh      # ~2 min (BM25 only)
 set -e
 cd "$(dirname "$0")/../../.."
 T=${T:-/work/runs/aqe_n4_temperature}; R=${R:-/work/runs/aqe_round2/joined}; D=${D:-/work/runs/aqe_round2/split/data}
