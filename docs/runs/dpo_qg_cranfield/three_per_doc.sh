@@ -15,3 +15,9 @@ for s in data cache generate score pairs align evaluate_bm25 evaluate_base; do
 done
 WORKDIR=$W DATA=$W/data bash docs/runs/dpo_qg_cranfield/run.sh --config.generate_final.set.sampling.num_samples=3 \
   --config.equal_budget=False "$@"
+# paired tests against base MiniLM and the one-query-a-document retrievers of run.sh
+.venv/bin/python tools/compare_runs.py --data $W/data --split test --run base=$W/evaluate_base/run.dense.trec \
+  --run unaligned_x1=$SRC/evaluate_unaligned/run.dense.trec --run aligned_x1=$SRC/evaluate_aligned/run.dense.trec \
+  --run unaligned_x3=$W/evaluate_unaligned/run.dense.trec --run aligned_x3=$W/evaluate_aligned/run.dense.trec \
+  --measure nDCG@10 --measure RR@100 --out docs/runs/dpo_qg_cranfield/significance_three_per_doc.json
+for f in md json png; do cp $W/report/report.$f docs/runs/dpo_qg_cranfield/report_three_per_doc.$f; done
