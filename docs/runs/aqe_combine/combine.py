@@ -7,7 +7,8 @@ text could be made better without new training (a probe; run.sh measures both on
 
 --union is an ensemble of generators (e.g. round 1 and round 2, or aligned and base) in one text;
 --consensus M drops the words only one sample wrote (M = 1 keeps all: the recipe's joined expansion).
-Writes {query_id, query, expansion, sample_idx: 0} records, searched by tools/aqe_by_k.py without --join.
+Writes {query_id, query, expansion, sample_idx: 0} records for the queries of the first SRC (a query another SRC
+lacks gets only the samples it has), searched by tools/aqe_by_k.py without --join.
 """
 
 import argparse
