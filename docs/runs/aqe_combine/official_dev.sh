@@ -18,11 +18,13 @@ W=$W bash docs/runs/aqe_n4_temperature/sample.sh /work/runs/aqe_round2/align/exp
   --out $HERE/dev2_by_k_union.json
 .venv/bin/python tools/aqe_by_k.py --data $D --split dev2 --join --samples 4 --candidates $K \
   --run round1_t0.7=$W/round1_t0.7 --run round2_t0.5=$W/round2_t0.5 --out $HERE/dev2_by_k.json
-# Each system at the k the 300-query dev set chose for it (round 1 16, round 2 8, union 32), with paired tests
-for sys in "round1_t0.7 16 --config.aqe.join_samples=4" "round2_t0.5 8 --config.aqe.join_samples=4" "union_r1_r2.jsonl 32"; do
+# Each system at the k the 300-query dev set chose for it (round 1 16, round 2 8, union 32), with paired tests;
+# BM25 alone is searched once, beside round 1
+for sys in "round1_t0.7 16 bm25,aqe --config.aqe.join_samples=4" "round2_t0.5 8 aqe --config.aqe.join_samples=4" \
+    "union_r1_r2.jsonl 32 aqe"; do
   set -- $sys
-  .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=$D --config.split=dev2 --config.retriever=bm25,aqe \
-    --config.aqe.input=$W/$1 --config.aqe.query_repeats=$2 $3 --config.measures=nDCG@10,R@100 \
+  .venv/bin/qgjax evaluate --config configs/evaluate.py --config.data_dir=$D --config.split=dev2 --config.retriever=$3 \
+    --config.aqe.input=$W/$1 --config.aqe.query_repeats=$2 $4 --config.measures=nDCG@10,R@100 \
     --config.workdir=$W/evaluate_${1%.jsonl}
 done
 .venv/bin/python tools/compare_runs.py --data $D --split dev2 --run bm25=$W/evaluate_round1_t0.7/run.bm25.trec \
